@@ -1,0 +1,395 @@
+//! raftctl: the command-line client of a raftlane cluster.
+
+use std::process::ExitCode;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use clap::{Parser, Subcommand};
+use raft_node::client::KvClient;
+use raftlane_proto::admin::node_admin_client::NodeAdminClient;
+use raftlane_proto::admin::{
+    MemberRequest, SnapshotRequest, StatusRequest, StatusResponse, UpsertPeersRequest,
+};
+use serde_json::json;
+use tonic::transport::{Channel, Endpoint};
+
+#[derive(Parser)]
+#[command(name = "raftctl", version, about = "Client of a raftlane cluster")]
+struct Cli {
+    /// Client addresses of members (HOST:PORT, comma-separated), for data commands.
+    #[arg(long, env = "RAFTLANE_ENDPOINTS", value_delimiter = ',', global = true)]
+    endpoints: Vec<String>,
+    /// Admin address of one member (HOST:PORT), for admin commands.
+    #[arg(long, env = "RAFTLANE_ADMIN", global = true)]
+    admin: Option<String>,
+    /// Overall deadline of one command, milliseconds (retries included).
+    #[arg(long, default_value_t = 10_000, global = true)]
+    timeout_ms: u64,
+    #[command(subcommand)]
+    cmd: Cmd,
+}
+
+#[derive(Subcommand)]
+enum Cmd {
+    /// Write a key.
+    Put { key: String, value: String },
+    /// Read a key (linearizable); exits 1 if it does not exist.
+    Get { key: String },
+    /// Delete a key.
+    Del { key: String },
+    /// List keys with a prefix, in order.
+    Scan {
+        prefix: Option<String>,
+        #[arg(long, default_value_t = 0)]
+        limit: u32,
+    },
+    /// Show a member's view of the cluster.
+    Status {
+        #[arg(long)]
+        json: bool,
+    },
+    /// List voters and learners with their addresses.
+    Members,
+    /// Add a member as a learner (leader only).
+    AddLearner { id: u64 },
+    /// Promote a learner to voter (leader only).
+    Promote { id: u64 },
+    /// Remove a member from the cluster (leader only).
+    Remove { id: u64 },
+    /// Move leadership to a voter (leader only).
+    TransferLeader { id: u64 },
+    /// Set peer addresses in place: ID=HOST:PORT[,ID=HOST:PORT].
+    UpsertPeers {
+        #[arg(value_delimiter = ',')]
+        peers: Vec<String>,
+    },
+    /// Take a snapshot and compact the log now.
+    Snapshot,
+    /// Write load: prints ops/s, p50, p99 and errors.
+    Bench {
+        #[arg(long, default_value_t = 10_000)]
+        ops: u64,
+        #[arg(long, default_value_t = 16)]
+        concurrency: u64,
+        #[arg(long, default_value_t = 128)]
+        value_size: usize,
+    },
+}
+
+#[tokio::main]
+async fn main() -> ExitCode {
+    let cli = Cli::parse();
+    match run(cli).await {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            ExitCode::from(2)
+        }
+    }
+}
+
+fn kv(cli: &Cli) -> anyhow::Result<KvClient> {
+    anyhow::ensure!(
+        !cli.endpoints.is_empty(),
+        "--endpoints is required for this command"
+    );
+    KvClient::new(&cli.endpoints, Duration::from_millis(cli.timeout_ms))
+}
+
+async fn admin(cli: &Cli) -> anyhow::Result<NodeAdminClient<Channel>> {
+    let addr = cli
+        .admin
+        .as_deref()
+        .ok_or_else(|| anyhow::anyhow!("--admin is required for this command"))?;
+    raft_node::transport::validate_peer_addr(addr).map_err(|e| anyhow::anyhow!("--admin: {e}"))?;
+    let ch = Endpoint::from_shared(format!("http://{addr}"))?
+        .connect_timeout(Duration::from_secs(2))
+        .timeout(Duration::from_millis(cli.timeout_ms))
+        .connect()
+        .await
+        .map_err(|e| anyhow::anyhow!("--admin {addr}: cannot connect: {e}"))?;
+    Ok(NodeAdminClient::new(ch))
+}
+
+fn status_json(s: &StatusResponse) -> serde_json::Value {
+    json!({
+        "id": s.id,
+        "cluster_id": s.cluster_id,
+        "role": s.role,
+        "term": s.term,
+        "leader_id": s.leader_id,
+        "commit_index": s.commit_index,
+        "applied_index": s.applied_index,
+        "snapshot_index": s.snapshot_index,
+        "first_log_index": s.first_log_index,
+        "last_log_index": s.last_log_index,
+        "conf_change_pending": s.conf_change_pending,
+        "voters": s.voters,
+        "learners": s.learners,
+        "peers": s.peers.iter().map(|p| json!({
+            "id": p.id,
+            "address": p.address,
+            "no_stream": p.no_stream,
+            "last_error": p.last_error,
+            "lanes": p.lanes.iter().map(|l| json!({
+                "name": l.name,
+                "stream_open": l.stream_open,
+                "queued": l.queued,
+                "sent": l.sent,
+                "dropped": l.dropped,
+            })).collect::<Vec<_>>(),
+        })).collect::<Vec<_>>(),
+    })
+}
+
+fn print_status(s: &StatusResponse) {
+    println!(
+        "member {} ({}) of cluster {:?}, term {}, leader {}",
+        s.id, s.role, s.cluster_id, s.term, s.leader_id
+    );
+    println!(
+        "commit {} applied {} snapshot {} log [{}..{}]{}",
+        s.commit_index,
+        s.applied_index,
+        s.snapshot_index,
+        s.first_log_index,
+        s.last_log_index,
+        if s.conf_change_pending {
+            " (membership change pending)"
+        } else {
+            ""
+        }
+    );
+    println!("voters {:?} learners {:?}", s.voters, s.learners);
+    for p in &s.peers {
+        let err = if p.last_error.is_empty() {
+            String::new()
+        } else {
+            format!(" last error: {}", p.last_error)
+        };
+        println!(
+            "  peer {} at {}{}{}",
+            p.id,
+            p.address,
+            if p.no_stream { " (no streaming)" } else { "" },
+            err
+        );
+        for l in &p.lanes {
+            println!(
+                "    {:<11} open={:<5} queued={} sent={} dropped={}",
+                l.name, l.stream_open, l.queued, l.sent, l.dropped
+            );
+        }
+    }
+}
+
+fn member(id: u64) -> MemberRequest {
+    MemberRequest { id }
+}
+
+async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
+    match &cli.cmd {
+        Cmd::Put { key, value } => {
+            let index = kv(&cli)?.put(key.as_bytes(), value.as_bytes()).await?;
+            println!("OK (index {index})");
+        }
+        Cmd::Get { key } => match kv(&cli)?.get(key.as_bytes()).await? {
+            Some(v) => println!("{}", String::from_utf8_lossy(&v)),
+            None => {
+                eprintln!("key {key:?} not found");
+                return Ok(ExitCode::from(1));
+            }
+        },
+        Cmd::Del { key } => {
+            let existed = kv(&cli)?.delete(key.as_bytes()).await?;
+            println!(
+                "{}",
+                if existed {
+                    "deleted"
+                } else {
+                    "not found (nothing to delete)"
+                }
+            );
+        }
+        Cmd::Scan { prefix, limit } => {
+            let items = kv(&cli)?
+                .scan(prefix.as_deref().unwrap_or("").as_bytes(), *limit)
+                .await?;
+            for kv in items {
+                println!(
+                    "{}\t{}",
+                    String::from_utf8_lossy(&kv.key),
+                    String::from_utf8_lossy(&kv.value)
+                );
+            }
+        }
+        Cmd::Status { json } => {
+            let s = admin(&cli)
+                .await?
+                .status(StatusRequest {})
+                .await?
+                .into_inner();
+            if *json {
+                println!("{}", status_json(&s));
+            } else {
+                print_status(&s);
+            }
+        }
+        Cmd::Members => {
+            let s = admin(&cli)
+                .await?
+                .status(StatusRequest {})
+                .await?
+                .into_inner();
+            let addr = |id: u64| {
+                s.peers
+                    .iter()
+                    .find(|p| p.id == id)
+                    .map_or("-".to_string(), |p| p.address.clone())
+            };
+            for id in &s.voters {
+                let lead = if *id == s.leader_id { " leader" } else { "" };
+                let a = if *id == s.id {
+                    "(this member)".to_string()
+                } else {
+                    addr(*id)
+                };
+                println!("{id}\tvoter{lead}\t{a}");
+            }
+            for id in &s.learners {
+                let a = if *id == s.id {
+                    "(this member)".to_string()
+                } else {
+                    addr(*id)
+                };
+                println!("{id}\tlearner\t{a}");
+            }
+        }
+        Cmd::AddLearner { id } => println!(
+            "{}",
+            admin(&cli)
+                .await?
+                .add_learner(member(*id))
+                .await?
+                .into_inner()
+                .message
+        ),
+        Cmd::Promote { id } => println!(
+            "{}",
+            admin(&cli)
+                .await?
+                .promote_learner(member(*id))
+                .await?
+                .into_inner()
+                .message
+        ),
+        Cmd::Remove { id } => println!(
+            "{}",
+            admin(&cli)
+                .await?
+                .remove_member(member(*id))
+                .await?
+                .into_inner()
+                .message
+        ),
+        Cmd::TransferLeader { id } => {
+            println!(
+                "{}",
+                admin(&cli)
+                    .await?
+                    .transfer_leader(member(*id))
+                    .await?
+                    .into_inner()
+                    .message
+            )
+        }
+        Cmd::Snapshot => println!(
+            "{}",
+            admin(&cli)
+                .await?
+                .snapshot(SnapshotRequest {})
+                .await?
+                .into_inner()
+                .message
+        ),
+        Cmd::UpsertPeers { peers } => {
+            let mut map = std::collections::HashMap::new();
+            for p in peers {
+                let (id, addr) = p.split_once('=').ok_or_else(|| {
+                    anyhow::anyhow!("upsert-peers: expected ID=HOST:PORT, got {p:?}")
+                })?;
+                let id: u64 = id
+                    .parse()
+                    .map_err(|_| anyhow::anyhow!("upsert-peers: bad member id {id:?}"))?;
+                map.insert(id, addr.to_string());
+            }
+            let r = admin(&cli)
+                .await?
+                .upsert_peers(UpsertPeersRequest { peers: map })
+                .await?
+                .into_inner();
+            println!("changed: {:?}", r.changed);
+        }
+        Cmd::Bench {
+            ops,
+            concurrency,
+            value_size,
+        } => bench(kv(&cli)?, *ops, *concurrency, *value_size).await,
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+async fn bench(client: KvClient, ops: u64, concurrency: u64, value_size: usize) {
+    let client = Arc::new(client);
+    let next = Arc::new(AtomicU64::new(0));
+    let errors = Arc::new(AtomicU64::new(0));
+    let value = vec![b'v'; value_size];
+    let start = Instant::now();
+    let mut tasks = Vec::new();
+    for _ in 0..concurrency.max(1) {
+        let (client, next, errors, value) =
+            (client.clone(), next.clone(), errors.clone(), value.clone());
+        tasks.push(tokio::spawn(async move {
+            let mut lat = Vec::new();
+            loop {
+                let i = next.fetch_add(1, Ordering::Relaxed);
+                if i >= ops {
+                    return lat;
+                }
+                let t = Instant::now();
+                match client
+                    .put_once(format!("bench/{i:012}").into_bytes(), value.clone())
+                    .await
+                {
+                    Ok(_) => lat.push(t.elapsed()),
+                    Err(_) => {
+                        errors.fetch_add(1, Ordering::Relaxed);
+                    }
+                }
+            }
+        }));
+    }
+    let mut lat = Vec::new();
+    for t in tasks {
+        lat.extend(t.await.unwrap_or_default());
+    }
+    let secs = start.elapsed().as_secs_f64();
+    lat.sort();
+    let pct = |p: f64| {
+        lat.get(((lat.len() as f64 * p) as usize).min(lat.len().saturating_sub(1)))
+            .copied()
+            .unwrap_or_default()
+    };
+    println!(
+        "ops={} concurrency={} value_size={} ok={} errors={} ops/s={:.0} p50={:.2}ms p99={:.2}ms",
+        ops,
+        concurrency,
+        value_size,
+        lat.len(),
+        errors.load(Ordering::Relaxed),
+        lat.len() as f64 / secs,
+        pct(0.50).as_secs_f64() * 1e3,
+        pct(0.99).as_secs_f64() * 1e3,
+    );
+}

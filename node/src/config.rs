@@ -1,0 +1,207 @@
+//! raft-node's command line. Every flag also reads `RAFTLANE_<FLAG>`; a bad value
+//! is refused at startup with a message naming the flag.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use clap::Parser;
+
+use crate::transport::validate_peer_addr;
+
+/// A replicated key-value member of a raftlane cluster.
+#[derive(Parser, Debug, Clone)]
+#[command(name = "raft-node", version)]
+pub struct NodeConfig {
+    /// This member's raft id (1 or more; the operator uses ordinal + 1).
+    #[arg(long, env = "RAFTLANE_ID", value_parser = clap::value_parser!(u64).range(1..))]
+    pub id: u64,
+    /// Cluster identity; peers with another cluster id are refused.
+    #[arg(long, env = "RAFTLANE_CLUSTER_ID", value_parser = non_empty)]
+    pub cluster_id: String,
+    /// Where the raft log and snapshots live.
+    #[arg(long, env = "RAFTLANE_DATA_DIR")]
+    pub data_dir: PathBuf,
+    /// Listen address of the peer transport.
+    #[arg(long, env = "RAFTLANE_PEER_ADDR")]
+    pub peer_addr: SocketAddr,
+    /// The peer address others should use, when it differs from --peer-addr
+    /// (e.g. listening on 0.0.0.0). Defaults to --peer-addr.
+    #[arg(long, env = "RAFTLANE_ADVERTISE_ADDR", value_parser = peer_addr)]
+    pub advertise_addr: Option<String>,
+    /// Listen address of the key-value API.
+    #[arg(long, env = "RAFTLANE_CLIENT_ADDR")]
+    pub client_addr: SocketAddr,
+    /// Listen address of the admin API.
+    #[arg(long, env = "RAFTLANE_ADMIN_ADDR")]
+    pub admin_addr: SocketAddr,
+    /// Listen address of /metrics, /healthz and /readyz.
+    #[arg(long, env = "RAFTLANE_METRICS_ADDR")]
+    pub metrics_addr: SocketAddr,
+    /// Voters of a new cluster (bootstraps only an empty data dir). Without it the
+    /// member starts empty and waits to be added as a learner.
+    #[arg(long, env = "RAFTLANE_INITIAL_VOTERS", value_delimiter = ',',
+          value_parser = clap::value_parser!(u64).range(1..))]
+    pub initial_voters: Vec<u64>,
+    /// Known peer addresses, ID=HOST:PORT; more arrive through UpsertPeers.
+    #[arg(long, env = "RAFTLANE_PEERS", value_delimiter = ',', value_parser = peer_entry)]
+    pub peers: Vec<(u64, String)>,
+    /// Applied entries between snapshots (and log compactions).
+    #[arg(long, env = "RAFTLANE_SNAPSHOT_ENTRIES", default_value_t = 10_000,
+          value_parser = clap::value_parser!(u64).range(1..))]
+    pub snapshot_entries: u64,
+    /// Raft tick length in milliseconds.
+    #[arg(long, env = "RAFTLANE_TICK_MS", default_value_t = 100,
+          value_parser = clap::value_parser!(u64).range(1..=10_000))]
+    pub tick_ms: u64,
+    /// Ticks without a leader before an election.
+    #[arg(long, env = "RAFTLANE_ELECTION_TICKS", default_value_t = 10)]
+    pub election_ticks: usize,
+    /// Ticks between leader heartbeats; must be below --election-ticks.
+    #[arg(long, env = "RAFTLANE_HEARTBEAT_TICKS", default_value_t = 2)]
+    pub heartbeat_ticks: usize,
+    /// Append messages in flight per follower.
+    #[arg(long, env = "RAFTLANE_MAX_INFLIGHT", default_value_t = 256,
+          value_parser = clap::value_parser!(u64).range(1..=65_536))]
+    pub max_inflight: u64,
+    /// Deadline of a client request, milliseconds.
+    #[arg(long, env = "RAFTLANE_REQUEST_TIMEOUT_MS", default_value_t = 5_000)]
+    pub request_timeout_ms: u64,
+    /// Deadline of one peer send, milliseconds; past it the peer is reported unreachable.
+    #[arg(long, env = "RAFTLANE_SEND_TIMEOUT_MS", default_value_t = 5_000)]
+    pub send_timeout_ms: u64,
+    /// Connect timeout to a peer, milliseconds.
+    #[arg(long, env = "RAFTLANE_CONNECT_TIMEOUT_MS", default_value_t = 3_000)]
+    pub connect_timeout_ms: u64,
+}
+
+fn non_empty(s: &str) -> Result<String, String> {
+    if s.trim().is_empty() {
+        Err("must not be empty".into())
+    } else {
+        Ok(s.to_string())
+    }
+}
+
+fn peer_addr(s: &str) -> Result<String, String> {
+    validate_peer_addr(s).map_err(|e| e.to_string())?;
+    Ok(s.to_string())
+}
+
+fn peer_entry(s: &str) -> Result<(u64, String), String> {
+    let (id, addr) = s
+        .split_once('=')
+        .ok_or_else(|| format!("expected ID=HOST:PORT, got {s:?}"))?;
+    let id: u64 = id
+        .parse()
+        .ok()
+        .filter(|i| *i > 0)
+        .ok_or_else(|| format!("member id {id:?} is not a number of 1 or more"))?;
+    Ok((id, peer_addr(addr)?))
+}
+
+impl NodeConfig {
+    /// Checks that span several flags; the message names them.
+    pub fn validate(&self) -> Result<(), String> {
+        if self.heartbeat_ticks == 0 || self.heartbeat_ticks >= self.election_ticks {
+            return Err(format!(
+                "--heartbeat-ticks ({}) must be at least 1 and below --election-ticks ({})",
+                self.heartbeat_ticks, self.election_ticks
+            ));
+        }
+        if !self.initial_voters.is_empty() && !self.initial_voters.contains(&self.id) {
+            return Err(format!(
+                "--initial-voters ({:?}) must include this member's --id ({})",
+                self.initial_voters, self.id
+            ));
+        }
+        let addrs = [
+            ("--peer-addr", self.peer_addr),
+            ("--client-addr", self.client_addr),
+            ("--admin-addr", self.admin_addr),
+            ("--metrics-addr", self.metrics_addr),
+        ];
+        for (i, (a, x)) in addrs.iter().enumerate() {
+            for (b, y) in &addrs[i + 1..] {
+                if x == y && x.port() != 0 {
+                    return Err(format!("{a} and {b} are both {x}"));
+                }
+            }
+        }
+        Ok(())
+    }
+
+    pub fn advertise(&self) -> String {
+        self.advertise_addr
+            .clone()
+            .unwrap_or_else(|| self.peer_addr.to_string())
+    }
+
+    pub fn ms(v: u64) -> Duration {
+        Duration::from_millis(v)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const BASE: &[&str] = &[
+        "raft-node",
+        "--id",
+        "1",
+        "--cluster-id",
+        "c",
+        "--data-dir",
+        "/tmp/x",
+        "--peer-addr",
+        "127.0.0.1:1",
+        "--client-addr",
+        "127.0.0.1:2",
+        "--admin-addr",
+        "127.0.0.1:3",
+        "--metrics-addr",
+        "127.0.0.1:4",
+    ];
+
+    fn parse(extra: &[&str]) -> Result<NodeConfig, String> {
+        let args: Vec<&str> = BASE.iter().chain(extra).copied().collect();
+        let cfg = NodeConfig::try_parse_from(args).map_err(|e| e.to_string())?;
+        cfg.validate()?;
+        Ok(cfg)
+    }
+
+    #[test]
+    fn parses_peers_and_voters() {
+        let c = parse(&[
+            "--initial-voters",
+            "1,2,3",
+            "--peers",
+            "2=127.0.0.2:7000,3=raft-2.svc:7000",
+        ])
+        .unwrap();
+        assert_eq!(c.initial_voters, vec![1, 2, 3]);
+        assert_eq!(c.peers[1], (3, "raft-2.svc:7000".to_string()));
+        assert_eq!(c.snapshot_entries, 10_000);
+    }
+
+    #[test]
+    fn bad_values_name_their_flag() {
+        for (extra, flag) in [
+            (&["--peers", "2=nowhere"][..], "--peers"),
+            (&["--peers", "x=127.0.0.1:1"][..], "--peers"),
+            (&["--initial-voters", "1,0"][..], "--initial-voters"),
+            (&["--initial-voters", "2,3"][..], "--initial-voters"),
+            (&["--heartbeat-ticks", "10"][..], "--heartbeat-ticks"),
+            (&["--snapshot-entries", "0"][..], "--snapshot-entries"),
+            (&["--admin-addr", "127.0.0.1:2"][..], "--client-addr"),
+        ] {
+            let err = parse(extra).unwrap_err();
+            assert!(err.contains(flag), "{extra:?}: {err}");
+        }
+        let err = NodeConfig::try_parse_from(["raft-node", "--id", "0"])
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("--id"), "{err}");
+    }
+}

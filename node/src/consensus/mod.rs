@@ -1,0 +1,562 @@
+//! The raft loop: one task owns `RawNode`. It ticks, steps inbound messages,
+//! serves requests, and processes each `Ready` in the order raft-rs documents:
+//! send messages, install a snapshot, apply committed entries, persist entries and
+//! hard state (fsync), send the messages that waited for persistence, advance.
+
+mod handle;
+mod membership;
+
+pub use handle::{
+    MembershipChange, NodeError, NodeHandle, NodeStatus, Query, QueryResult, Request, WriteOutcome,
+};
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use prost::Message as _;
+use protobuf::Message as _;
+use raft::prelude::{
+    ConfChange, ConfChangeV2, ConfState, Entry, EntryType, Message, Snapshot, SnapshotMetadata,
+};
+use raft::{RawNode, ReadOnlyOption, StateRole, Storage};
+use raftlane_proto::kv::LogCommand;
+use tokio::sync::{mpsc, oneshot};
+use tokio::time::MissedTickBehavior;
+use tokio_util::sync::CancellationToken;
+
+use crate::metrics::{Kind, Metrics};
+use crate::state_machine::{Applied, KvStateMachine};
+use crate::storage::{LogStore, SnapshotStore};
+use crate::transport::inbox::InboxReceiver;
+use crate::transport::report::Report;
+use crate::transport::Transport;
+
+/// Inbound messages stepped per wake-up before other work gets a turn.
+const MAX_DRAIN: usize = 256;
+/// Largest total size of entries in one append message.
+const MAX_SIZE_PER_MSG: u64 = 1 << 20;
+
+/// Settings of the raft loop.
+#[derive(Clone, Debug)]
+pub struct LoopConfig {
+    pub id: u64,
+    pub tick: Duration,
+    pub election_ticks: usize,
+    pub heartbeat_ticks: usize,
+    /// Take a snapshot and compact the log after this many applied entries.
+    pub snapshot_entries: u64,
+    pub max_inflight_msgs: usize,
+    /// Fixed election timeout range `[min, max)` in ticks, for deterministic tests;
+    /// `None` uses raft-rs's `[election, 2 × election)`.
+    pub election_range: Option<(usize, usize)>,
+}
+
+/// Entry contexts carry (proposing member, request id), so the member that
+/// proposed, even through forwarding to the leader, can answer when it applies.
+fn context(member: u64, req: u64) -> Vec<u8> {
+    let mut c = member.to_le_bytes().to_vec();
+    c.extend_from_slice(&req.to_le_bytes());
+    c
+}
+
+fn parse_context(c: &[u8]) -> Option<(u64, u64)> {
+    let member = u64::from_le_bytes(c.get(..8)?.try_into().ok()?);
+    let req = u64::from_le_bytes(c.get(8..16)?.try_into().ok()?);
+    Some((member, req))
+}
+
+fn storage_err(e: impl std::fmt::Display) -> NodeError {
+    NodeError::Storage(e.to_string())
+}
+
+struct PendingWrite {
+    reply: oneshot::Sender<Result<WriteOutcome, NodeError>>,
+    started: Instant,
+}
+
+struct Transfer {
+    to: u64,
+    deadline: Instant,
+    reply: oneshot::Sender<Result<(), NodeError>>,
+}
+
+pub struct RaftLoop {
+    cfg: LoopConfig,
+    node: RawNode<LogStore>,
+    sm: KvStateMachine,
+    snapshots: SnapshotStore,
+    transport: Arc<dyn Transport>,
+    metrics: Metrics,
+    conf_state: ConfState,
+    next_req: u64,
+    writes: HashMap<u64, PendingWrite>,
+    changes: HashMap<u64, oneshot::Sender<Result<u64, NodeError>>>,
+    reads: HashMap<u64, (Query, oneshot::Sender<Result<QueryResult, NodeError>>)>,
+    /// Reads whose ReadIndex is known, waiting for apply to reach it.
+    ready_reads: Vec<(u64, Query, oneshot::Sender<Result<QueryResult, NodeError>>)>,
+    transfer: Option<Transfer>,
+    ticks: u64,
+}
+
+impl RaftLoop {
+    /// Builds the loop over opened storage, loading the state machine from the
+    /// newest snapshot; raft then replays the committed entries after it.
+    pub fn new(
+        cfg: LoopConfig,
+        store: LogStore,
+        snapshots: SnapshotStore,
+        transport: Arc<dyn Transport>,
+        metrics: Metrics,
+    ) -> anyhow::Result<RaftLoop> {
+        let meta = store.snapshot_meta().clone();
+        let sm = if meta.index > 0 {
+            let mut body = snapshots.open_body(meta.term, meta.index)?;
+            KvStateMachine::load(&mut body)?
+        } else {
+            KvStateMachine::default()
+        };
+        let mut rc = raft::Config {
+            id: cfg.id,
+            election_tick: cfg.election_ticks,
+            heartbeat_tick: cfg.heartbeat_ticks,
+            applied: meta.index,
+            max_size_per_msg: MAX_SIZE_PER_MSG,
+            max_inflight_msgs: cfg.max_inflight_msgs,
+            check_quorum: true,
+            pre_vote: true,
+            read_only_option: ReadOnlyOption::Safe,
+            ..Default::default()
+        };
+        if let Some((min, max)) = cfg.election_range {
+            rc.min_election_tick = min;
+            rc.max_election_tick = max;
+        }
+        rc.validate()?;
+        let logger = slog::Logger::root(tracing_slog::TracingSlogDrain, slog::o!());
+        let conf_state = store.initial_state()?.conf_state;
+        let node = RawNode::new(&rc, store, &logger)?;
+        Ok(RaftLoop {
+            cfg,
+            node,
+            sm,
+            snapshots,
+            transport,
+            metrics,
+            conf_state,
+            next_req: 0,
+            writes: HashMap::new(),
+            changes: HashMap::new(),
+            reads: HashMap::new(),
+            ready_reads: Vec::new(),
+            transfer: None,
+            ticks: 0,
+        })
+    }
+
+    /// Runs until `shutdown`; a storage failure ends the loop with an error, since
+    /// continuing could acknowledge what is not durable.
+    pub async fn run(
+        mut self,
+        mut inbox: InboxReceiver,
+        mut requests: mpsc::Receiver<Request>,
+        mut reports: mpsc::Receiver<Report>,
+        ready: Arc<AtomicBool>,
+        shutdown: CancellationToken,
+    ) -> anyhow::Result<()> {
+        let mut ticker = tokio::time::interval(self.cfg.tick);
+        ticker.set_missed_tick_behavior(MissedTickBehavior::Delay);
+        ready.store(true, Ordering::Release);
+        loop {
+            tokio::select! {
+                biased;
+                _ = shutdown.cancelled() => break,
+                Some(m) = inbox.priority.recv() => {
+                    self.step(m);
+                    for _ in 0..MAX_DRAIN {
+                        match inbox.priority.try_recv() { Ok(m) => self.step(m), Err(_) => break }
+                    }
+                }
+                _ = ticker.tick() => self.on_tick(),
+                Some(r) = reports.recv() => self.on_report(r),
+                Some(m) = inbox.bulk.recv() => {
+                    self.step(m);
+                    for _ in 0..MAX_DRAIN {
+                        match inbox.bulk.try_recv() { Ok(m) => self.step(m), Err(_) => break }
+                    }
+                }
+                Some(req) = requests.recv() => {
+                    self.on_request(req);
+                    for _ in 0..MAX_DRAIN {
+                        match requests.try_recv() { Ok(r) => self.on_request(r), Err(_) => break }
+                    }
+                }
+            }
+            self.on_ready()?;
+        }
+        ready.store(false, Ordering::Release);
+        Ok(())
+    }
+
+    fn step(&mut self, m: Message) {
+        let (from, t) = (m.from, m.get_msg_type());
+        if let Err(e) = self.node.step(m) {
+            tracing::debug!(from, msg_type = ?t, error = %e, "raft refused a message");
+        }
+    }
+
+    fn on_tick(&mut self) {
+        self.node.tick();
+        self.ticks += 1;
+        if let Some(t) = &self.transfer {
+            if Instant::now() >= t.deadline {
+                let t = self.transfer.take().expect("checked above");
+                let _ = t.reply.send(Err(NodeError::TransferFailed(t.to)));
+            }
+        }
+        // Requests whose caller gave up (timed out) are forgotten.
+        if self.ticks % 10 == 0 {
+            self.writes.retain(|_, w| !w.reply.is_closed());
+            self.changes.retain(|_, r| !r.is_closed());
+            self.reads.retain(|_, (_, r)| !r.is_closed());
+        }
+    }
+
+    fn on_report(&mut self, r: Report) {
+        match r {
+            Report::Unreachable(id) => self.node.report_unreachable(id),
+            Report::Snapshot { to, finished } => self
+                .node
+                .report_snapshot(to, Report::snapshot_status(finished)),
+        }
+    }
+
+    fn new_context(&mut self) -> (u64, Vec<u8>) {
+        self.next_req += 1;
+        (self.next_req, context(self.cfg.id, self.next_req))
+    }
+
+    fn leader_id(&self) -> u64 {
+        self.node.raft.leader_id
+    }
+
+    fn require_leader(&self) -> Result<(), NodeError> {
+        match (self.node.raft.state, self.leader_id()) {
+            (StateRole::Leader, _) => Ok(()),
+            (_, 0) => Err(NodeError::NoLeader),
+            (_, leader_id) => Err(NodeError::NotLeader { leader_id }),
+        }
+    }
+
+    fn on_request(&mut self, req: Request) {
+        match req {
+            Request::Write(cmd, reply) => {
+                if self.leader_id() == 0 {
+                    let _ = reply.send(Err(NodeError::NoLeader));
+                    return;
+                }
+                let (id, ctx) = self.new_context();
+                match self.node.propose(ctx, cmd.encode_to_vec()) {
+                    Ok(()) => {
+                        self.writes.insert(
+                            id,
+                            PendingWrite {
+                                reply,
+                                started: Instant::now(),
+                            },
+                        );
+                    }
+                    Err(e) => {
+                        let _ = reply.send(Err(NodeError::Dropped(e.to_string())));
+                    }
+                }
+            }
+            Request::Read(q, reply) => {
+                if self.leader_id() == 0 {
+                    let _ = reply.send(Err(NodeError::NoLeader));
+                    return;
+                }
+                let (id, ctx) = self.new_context();
+                self.node.read_index(ctx);
+                self.reads.insert(id, (q, reply));
+            }
+            Request::Membership(change, reply) => {
+                let result = self.propose_change(change);
+                match result {
+                    Ok(id) => {
+                        self.changes.insert(id, reply);
+                    }
+                    Err(e) => {
+                        let _ = reply.send(Err(e));
+                    }
+                }
+            }
+            Request::TransferLeader(to, reply) => {
+                if let Err(e) = self.require_leader() {
+                    let _ = reply.send(Err(e));
+                } else if to == self.cfg.id {
+                    let _ = reply.send(Ok(()));
+                } else if !self.conf_state.voters.contains(&to) {
+                    let _ = reply.send(Err(NodeError::InvalidChange(format!(
+                        "member {to} is not a voter"
+                    ))));
+                } else {
+                    self.node.transfer_leader(to);
+                    let timeout = self.cfg.tick * (2 * self.cfg.election_ticks) as u32;
+                    self.transfer = Some(Transfer {
+                        to,
+                        deadline: Instant::now() + timeout,
+                        reply,
+                    });
+                }
+            }
+            Request::Snapshot(reply) => {
+                let _ = reply.send(self.take_snapshot().map_err(storage_err));
+            }
+            Request::Status(reply) => {
+                let _ = reply.send(self.status());
+            }
+        }
+    }
+
+    fn propose_change(&mut self, change: MembershipChange) -> Result<u64, NodeError> {
+        self.require_leader()?;
+        if self.node.raft.has_pending_conf() {
+            return Err(NodeError::ChangeInProgress);
+        }
+        let cc = membership::to_conf_change(change, &self.conf_state)?;
+        let (id, ctx) = self.new_context();
+        self.node
+            .propose_conf_change(ctx, cc)
+            .map_err(|e| NodeError::Dropped(e.to_string()))?;
+        tracing::info!(?change, "membership change proposed");
+        Ok(id)
+    }
+
+    fn status(&self) -> NodeStatus {
+        let r = &self.node.raft;
+        let id = self.cfg.id;
+        let cs = &self.conf_state;
+        let role = if cs.learners.contains(&id) {
+            "learner"
+        } else if !cs.voters.contains(&id) {
+            "non-member"
+        } else {
+            match r.state {
+                StateRole::Leader => "leader",
+                StateRole::Follower => "follower",
+                StateRole::Candidate => "candidate",
+                StateRole::PreCandidate => "pre-candidate",
+            }
+        };
+        let store = self.node.store();
+        NodeStatus {
+            id,
+            role,
+            term: r.term,
+            leader_id: r.leader_id,
+            commit_index: r.raft_log.committed,
+            applied_index: r.raft_log.applied,
+            voters: cs.voters.clone(),
+            learners: cs.learners.clone(),
+            snapshot_index: store.snapshot_meta().index,
+            first_log_index: store.first_index().unwrap_or_default(),
+            last_log_index: r.raft_log.last_index(),
+            conf_change_pending: r.has_pending_conf(),
+        }
+    }
+
+    fn on_ready(&mut self) -> anyhow::Result<()> {
+        if let Some(t) = &self.transfer {
+            if self.leader_id() == t.to {
+                let t = self.transfer.take().expect("checked above");
+                let _ = t.reply.send(Ok(()));
+            }
+        }
+        if !self.node.has_ready() {
+            return Ok(());
+        }
+        let mut rd = self.node.ready();
+        if !rd.messages().is_empty() {
+            self.transport.send(rd.take_messages());
+        }
+        if !rd.snapshot().is_empty() {
+            self.install_snapshot(rd.snapshot().clone())?;
+        }
+        for rs in rd.take_read_states() {
+            if let Some((member, req)) = parse_context(&rs.request_ctx) {
+                if member == self.cfg.id {
+                    if let Some((q, reply)) = self.reads.remove(&req) {
+                        self.ready_reads.push((rs.index, q, reply));
+                    }
+                }
+            }
+        }
+        self.apply(rd.take_committed_entries())?;
+        let hs = rd.hs().cloned();
+        self.node
+            .mut_store()
+            .append(rd.entries(), hs.as_ref(), rd.must_sync())?;
+        if !rd.persisted_messages().is_empty() {
+            self.transport.send(rd.take_persisted_messages());
+        }
+        let mut light = self.node.advance(rd);
+        if let Some(commit) = light.commit_index() {
+            self.node.mut_store().set_commit(commit)?;
+        }
+        if !light.messages().is_empty() {
+            self.transport.send(light.take_messages());
+        }
+        self.apply(light.take_committed_entries())?;
+        self.node.advance_apply();
+        self.serve_reads();
+        let since = self.node.raft.raft_log.applied - self.node.store().snapshot_meta().index;
+        if since >= self.cfg.snapshot_entries {
+            self.take_snapshot()?;
+        }
+        self.update_gauges();
+        Ok(())
+    }
+
+    fn install_snapshot(&mut self, snap: Snapshot) -> anyhow::Result<()> {
+        let meta = snap.get_metadata();
+        let mut body = self.snapshots.open_body(meta.term, meta.index)?;
+        self.sm = KvStateMachine::load(&mut body)?;
+        self.node.mut_store().apply_snapshot(meta)?;
+        self.conf_state = meta.get_conf_state().clone();
+        self.snapshots.prune()?;
+        tracing::info!(
+            index = meta.index,
+            term = meta.term,
+            keys = self.sm.len(),
+            "snapshot installed"
+        );
+        Ok(())
+    }
+
+    fn apply(&mut self, entries: Vec<Entry>) -> anyhow::Result<()> {
+        for e in entries {
+            let ours = parse_context(&e.context)
+                .filter(|(m, _)| *m == self.cfg.id)
+                .map(|(_, r)| r);
+            match e.get_entry_type() {
+                EntryType::EntryNormal => self.apply_command(&e, ours),
+                EntryType::EntryConfChangeV2 => {
+                    let cc = ConfChangeV2::parse_from_bytes(&e.data)?;
+                    let result = self.node.apply_conf_change(&cc);
+                    self.finish_conf_change(result, e.index, ours);
+                }
+                EntryType::EntryConfChange => {
+                    let cc = ConfChange::parse_from_bytes(&e.data)?;
+                    let result = self.node.apply_conf_change(&cc);
+                    self.finish_conf_change(result, e.index, ours);
+                }
+            }
+        }
+        Ok(())
+    }
+
+    fn apply_command(&mut self, e: &Entry, ours: Option<u64>) {
+        // A leader's empty entry at the start of its term carries no command.
+        if e.data.is_empty() {
+            return;
+        }
+        let applied = match LogCommand::decode(e.data.as_ref()) {
+            Ok(cmd) => self.sm.apply(cmd),
+            Err(err) => {
+                // Every member skips the same entry, so replicas stay identical.
+                tracing::error!(index = e.index, error = %err, "undecodable command in the log; skipped");
+                Applied::Noop
+            }
+        };
+        if let Some(w) = ours.and_then(|r| self.writes.remove(&r)) {
+            self.metrics
+                .proposal_seconds
+                .observe(w.started.elapsed().as_secs_f64());
+            self.metrics
+                .proposals
+                .get_or_create(&Kind { kind: "ok" })
+                .inc();
+            let _ = w.reply.send(Ok(WriteOutcome {
+                index: e.index,
+                applied,
+            }));
+        }
+    }
+
+    fn finish_conf_change(
+        &mut self,
+        applied: raft::Result<ConfState>,
+        index: u64,
+        ours: Option<u64>,
+    ) {
+        let result = match applied {
+            Ok(cs) => {
+                tracing::info!(index, voters = ?cs.voters, learners = ?cs.learners, "membership changed");
+                self.conf_state = cs;
+                Ok(index)
+            }
+            Err(e) => {
+                tracing::warn!(index, error = %e, "membership change refused at apply");
+                Err(NodeError::InvalidChange(e.to_string()))
+            }
+        };
+        if let Some(reply) = ours.and_then(|r| self.changes.remove(&r)) {
+            let _ = reply.send(result);
+        }
+    }
+
+    fn serve_reads(&mut self) {
+        let applied = self.node.raft.raft_log.applied;
+        let (now, later): (Vec<_>, Vec<_>) = std::mem::take(&mut self.ready_reads)
+            .into_iter()
+            .partition(|(i, _, _)| *i <= applied);
+        self.ready_reads = later;
+        for (_, q, reply) in now {
+            let result = match q {
+                Query::Get(k) => QueryResult::Get(self.sm.get(&k).map(<[u8]>::to_vec)),
+                Query::Scan { prefix, limit } => {
+                    QueryResult::Scan(self.sm.scan(&prefix, limit as usize))
+                }
+            };
+            let _ = reply.send(Ok(result));
+        }
+    }
+
+    /// Dumps the state machine at the applied index and compacts the log, keeping
+    /// a margin of entries so slightly lagging followers need no snapshot.
+    fn take_snapshot(&mut self) -> anyhow::Result<u64> {
+        let index = self.node.raft.raft_log.applied;
+        if index == 0 || index == self.node.store().snapshot_meta().index {
+            return Ok(index);
+        }
+        let term = self.node.raft.raft_log.term(index)?;
+        let mut w = self.snapshots.create(term, index)?;
+        self.sm.dump(&mut w)?;
+        w.finish()?;
+        let mut meta = SnapshotMetadata::default();
+        meta.index = index;
+        meta.term = term;
+        meta.set_conf_state(self.conf_state.clone());
+        let keep = (self.cfg.snapshot_entries / 2).min(5000);
+        self.node.mut_store().compact(&meta, keep)?;
+        self.snapshots.prune()?;
+        self.metrics.snapshots_taken.inc();
+        tracing::info!(
+            index,
+            term,
+            keys = self.sm.len(),
+            "snapshot taken, log compacted"
+        );
+        Ok(index)
+    }
+
+    fn update_gauges(&self) {
+        let r = &self.node.raft;
+        self.metrics.term.set(r.term as i64);
+        self.metrics.commit_index.set(r.raft_log.committed as i64);
+        self.metrics.applied_index.set(r.raft_log.applied as i64);
+        self.metrics.leader_id.set(r.leader_id as i64);
+    }
+}

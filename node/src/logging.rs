@@ -1,0 +1,12 @@
+//! Logs go through `tracing` to stderr, filtered by `RAFTLANE_LOG` (default
+//! `info`); raft-rs's own slog records are bridged into the same stream.
+
+use tracing_subscriber::EnvFilter;
+
+pub fn init() {
+    let filter = EnvFilter::try_from_env("RAFTLANE_LOG").unwrap_or_else(|_| EnvFilter::new("info"));
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .try_init();
+}

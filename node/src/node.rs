@@ -1,0 +1,207 @@
+//! Wires a member together: storage, the raft loop, the peer transport, and the
+//! peer, client, admin and metrics listeners; runs until SIGINT or SIGTERM.
+
+use std::net::SocketAddr;
+use std::sync::atomic::AtomicBool;
+use std::sync::Arc;
+
+use anyhow::Context;
+use raftlane_proto::admin::node_admin_server::NodeAdminServer;
+use raftlane_proto::kv::kv_server::KvServer;
+use raftlane_proto::transport::raft_transport_server::RaftTransportServer;
+use tokio::net::TcpListener;
+use tokio::sync::mpsc;
+use tokio_stream::wrappers::TcpListenerStream;
+use tokio_util::sync::CancellationToken;
+use tonic::transport::Server;
+
+use crate::config::NodeConfig;
+use crate::consensus::{LoopConfig, NodeHandle, RaftLoop};
+use crate::metrics::{self, Metrics};
+use crate::service::{admin::AdminService, kv::KvService};
+use crate::storage::{LogStore, SnapshotStore};
+use crate::transport::channels::ChannelSettings;
+use crate::transport::grpc::{GrpcConfig, GrpcTransport, MAX_MESSAGE_BYTES};
+use crate::transport::inbox::Inbox;
+use crate::transport::receiver::{Receiver, ReceiverService};
+use crate::transport::report::ReportSender;
+use crate::transport::Transport;
+
+const REQUEST_QUEUE: usize = 4096;
+const REPORT_QUEUE: usize = 1024;
+
+async fn bind(flag: &str, addr: SocketAddr) -> anyhow::Result<TcpListener> {
+    TcpListener::bind(addr)
+        .await
+        .with_context(|| format!("{flag} {addr}: cannot listen"))
+}
+
+/// Opens storage, bootstrapping a new cluster or waiting to join, per the flags.
+fn open_storage(cfg: &NodeConfig) -> anyhow::Result<(LogStore, SnapshotStore)> {
+    std::fs::create_dir_all(&cfg.data_dir)
+        .with_context(|| format!("--data-dir {}: cannot create", cfg.data_dir.display()))?;
+    let mut store = LogStore::open(&cfg.data_dir.join("raft")).with_context(|| {
+        format!(
+            "--data-dir {}: cannot open the raft log",
+            cfg.data_dir.display()
+        )
+    })?;
+    let snapshots = SnapshotStore::open(&cfg.data_dir.join("snapshots"))?;
+    match (store.is_fresh(), cfg.initial_voters.is_empty()) {
+        (true, false) => {
+            let mut voters = cfg.initial_voters.clone();
+            voters.sort_unstable();
+            voters.dedup();
+            store.bootstrap(&voters)?;
+            tracing::info!(?voters, "bootstrapped a new cluster");
+        }
+        (true, true) => tracing::info!(
+            "empty data dir and no --initial-voters: waiting to be added as a learner"
+        ),
+        (false, false) => tracing::info!("data dir holds state: --initial-voters ignored"),
+        (false, true) => tracing::info!("restarting from the data dir"),
+    }
+    Ok((store, snapshots))
+}
+
+pub async fn run(cfg: NodeConfig) -> anyhow::Result<()> {
+    // Bind first: a taken port fails at once, naming its flag.
+    let peer_l = bind("--peer-addr", cfg.peer_addr).await?;
+    let client_l = bind("--client-addr", cfg.client_addr).await?;
+    let admin_l = bind("--admin-addr", cfg.admin_addr).await?;
+    let metrics_l = bind("--metrics-addr", cfg.metrics_addr).await?;
+    let (store, snapshots) = open_storage(&cfg)?;
+
+    let metrics = Metrics::new();
+    let (reports_tx, reports_rx) = ReportSender::channel(REPORT_QUEUE);
+    let transport: Arc<dyn Transport> = Arc::new(GrpcTransport::new(
+        GrpcConfig {
+            cluster_id: cfg.cluster_id.clone(),
+            id: cfg.id,
+            advertise_addr: cfg.advertise(),
+            send_timeout: NodeConfig::ms(cfg.send_timeout_ms),
+            queue_capacity: cfg.max_inflight as usize * 2,
+            channel: ChannelSettings {
+                connect_timeout: NodeConfig::ms(cfg.connect_timeout_ms),
+                ..ChannelSettings::default()
+            },
+        },
+        reports_tx,
+        snapshots.clone(),
+        metrics.clone(),
+    ));
+    for (id, addr) in &cfg.peers {
+        if *id != cfg.id {
+            transport.upsert_peer(*id, addr)?;
+        }
+    }
+
+    let (inbox, inbox_rx) = Inbox::new();
+    let receiver = Arc::new(Receiver::new(
+        cfg.cluster_id.clone(),
+        cfg.id,
+        inbox,
+        snapshots.clone(),
+        metrics.clone(),
+        transport.clone(),
+    ));
+    let raft_loop = RaftLoop::new(
+        LoopConfig {
+            id: cfg.id,
+            tick: NodeConfig::ms(cfg.tick_ms),
+            election_ticks: cfg.election_ticks,
+            heartbeat_ticks: cfg.heartbeat_ticks,
+            snapshot_entries: cfg.snapshot_entries,
+            max_inflight_msgs: cfg.max_inflight as usize,
+            election_range: None,
+        },
+        store,
+        snapshots,
+        transport.clone(),
+        metrics.clone(),
+    )?;
+    let (req_tx, req_rx) = mpsc::channel(REQUEST_QUEUE);
+    let handle = NodeHandle::new(req_tx);
+    let shutdown = CancellationToken::new();
+    let ready = Arc::new(AtomicBool::new(false));
+    let timeout = NodeConfig::ms(cfg.request_timeout_ms);
+
+    let peer_srv = Server::builder()
+        .add_service(
+            RaftTransportServer::new(ReceiverService(receiver))
+                .max_decoding_message_size(MAX_MESSAGE_BYTES)
+                .max_encoding_message_size(MAX_MESSAGE_BYTES),
+        )
+        .serve_with_incoming_shutdown(
+            TcpListenerStream::new(peer_l),
+            shutdown.clone().cancelled_owned(),
+        );
+    let client_srv = Server::builder()
+        .add_service(KvServer::new(KvService {
+            node: handle.clone(),
+            timeout,
+            metrics: metrics.clone(),
+        }))
+        .serve_with_incoming_shutdown(
+            TcpListenerStream::new(client_l),
+            shutdown.clone().cancelled_owned(),
+        );
+    let admin_srv = Server::builder()
+        .add_service(NodeAdminServer::new(AdminService {
+            node: handle.clone(),
+            transport: transport.clone(),
+            cluster_id: cfg.cluster_id.clone(),
+            id: cfg.id,
+            timeout,
+        }))
+        .serve_with_incoming_shutdown(
+            TcpListenerStream::new(admin_l),
+            shutdown.clone().cancelled_owned(),
+        );
+
+    let loop_task = tokio::spawn(raft_loop.run(
+        inbox_rx,
+        req_rx,
+        reports_rx,
+        ready.clone(),
+        shutdown.clone(),
+    ));
+    let servers = tokio::spawn(async move { tokio::try_join!(peer_srv, client_srv, admin_srv) });
+    let metrics_task = tokio::spawn(metrics::serve(metrics_l, metrics, ready));
+    tracing::info!(
+        id = cfg.id,
+        cluster = %cfg.cluster_id,
+        peer = %cfg.peer_addr,
+        client = %cfg.client_addr,
+        admin = %cfg.admin_addr,
+        metrics = %cfg.metrics_addr,
+        "raft-node started"
+    );
+
+    let result = tokio::select! {
+        _ = shutdown_signal() => {
+            tracing::info!("shutting down");
+            Ok(())
+        }
+        r = loop_task => r.context("raft loop panicked")?.context("raft loop failed"),
+    };
+    shutdown.cancel();
+    metrics_task.abort();
+    let _ = tokio::time::timeout(std::time::Duration::from_secs(5), servers).await;
+    result
+}
+
+async fn shutdown_signal() {
+    let term = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(_) => std::future::pending().await,
+        }
+    };
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => {}
+        _ = term => {}
+    }
+}

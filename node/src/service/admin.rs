@@ -1,0 +1,154 @@
+//! `NodeAdmin` service: status, the peer table, and membership changes (which the
+//! leader alone accepts, one at a time).
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use raftlane_proto::admin::node_admin_server::NodeAdmin;
+use raftlane_proto::admin::{
+    AdminResponse, MemberRequest, PeerIdRequest, SnapshotRequest, StatusRequest, StatusResponse,
+    UpsertPeersRequest, UpsertPeersResponse,
+};
+use tonic::{Request, Response, Status};
+
+use super::bounded;
+use crate::consensus::{MembershipChange, NodeHandle};
+use crate::transport::{validate_peer_addr, Transport};
+
+pub struct AdminService {
+    pub node: NodeHandle,
+    pub transport: Arc<dyn Transport>,
+    pub cluster_id: String,
+    pub id: u64,
+    pub timeout: Duration,
+}
+
+impl AdminService {
+    async fn change(&self, c: MembershipChange) -> Result<Response<AdminResponse>, Status> {
+        let index = bounded(
+            self.timeout,
+            "membership change",
+            self.node.change_membership(c),
+        )
+        .await?;
+        Ok(Response::new(AdminResponse {
+            index,
+            message: format!("{c:?} applied at index {index}"),
+        }))
+    }
+}
+
+#[tonic::async_trait]
+impl NodeAdmin for AdminService {
+    async fn status(&self, _: Request<StatusRequest>) -> Result<Response<StatusResponse>, Status> {
+        let s = bounded(self.timeout, "status", self.node.status()).await?;
+        Ok(Response::new(StatusResponse {
+            id: s.id,
+            cluster_id: self.cluster_id.clone(),
+            role: s.role.to_string(),
+            term: s.term,
+            leader_id: s.leader_id,
+            commit_index: s.commit_index,
+            applied_index: s.applied_index,
+            voters: s.voters,
+            learners: s.learners,
+            peers: self.transport.peers(),
+            snapshot_index: s.snapshot_index,
+            first_log_index: s.first_log_index,
+            last_log_index: s.last_log_index,
+            conf_change_pending: s.conf_change_pending,
+        }))
+    }
+
+    async fn upsert_peers(
+        &self,
+        req: Request<UpsertPeersRequest>,
+    ) -> Result<Response<UpsertPeersResponse>, Status> {
+        let peers = req.into_inner().peers;
+        // All or nothing: a bad entry changes no address.
+        for (id, addr) in &peers {
+            if *id == 0 {
+                return Err(Status::invalid_argument("peers: member id 0 is reserved"));
+            }
+            validate_peer_addr(addr)
+                .map_err(|e| Status::invalid_argument(format!("peers[{id}]: {e}")))?;
+        }
+        let mut changed = Vec::new();
+        let mut sorted: Vec<_> = peers.into_iter().filter(|(id, _)| *id != self.id).collect();
+        sorted.sort();
+        for (id, addr) in sorted {
+            let did = self
+                .transport
+                .upsert_peer(id, &addr)
+                .map_err(|e| Status::invalid_argument(format!("peers[{id}]: {e}")))?;
+            if did {
+                changed.push(id);
+            }
+        }
+        Ok(Response::new(UpsertPeersResponse { changed }))
+    }
+
+    async fn remove_peer(
+        &self,
+        req: Request<PeerIdRequest>,
+    ) -> Result<Response<AdminResponse>, Status> {
+        let id = req.into_inner().id;
+        self.transport.remove_peer(id);
+        Ok(Response::new(AdminResponse {
+            index: 0,
+            message: format!("peer {id} removed from the peer table"),
+        }))
+    }
+
+    async fn add_learner(
+        &self,
+        req: Request<MemberRequest>,
+    ) -> Result<Response<AdminResponse>, Status> {
+        self.change(MembershipChange::AddLearner(req.into_inner().id))
+            .await
+    }
+
+    async fn promote_learner(
+        &self,
+        req: Request<MemberRequest>,
+    ) -> Result<Response<AdminResponse>, Status> {
+        self.change(MembershipChange::Promote(req.into_inner().id))
+            .await
+    }
+
+    async fn remove_member(
+        &self,
+        req: Request<MemberRequest>,
+    ) -> Result<Response<AdminResponse>, Status> {
+        self.change(MembershipChange::Remove(req.into_inner().id))
+            .await
+    }
+
+    async fn transfer_leader(
+        &self,
+        req: Request<MemberRequest>,
+    ) -> Result<Response<AdminResponse>, Status> {
+        let to = req.into_inner().id;
+        bounded(
+            self.timeout,
+            "leadership transfer",
+            self.node.transfer_leader(to),
+        )
+        .await?;
+        Ok(Response::new(AdminResponse {
+            index: 0,
+            message: format!("member {to} is the leader"),
+        }))
+    }
+
+    async fn snapshot(
+        &self,
+        _: Request<SnapshotRequest>,
+    ) -> Result<Response<AdminResponse>, Status> {
+        let index = bounded(self.timeout, "snapshot", self.node.snapshot()).await?;
+        Ok(Response::new(AdminResponse {
+            index,
+            message: format!("snapshot at index {index}"),
+        }))
+    }
+}

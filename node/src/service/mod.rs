@@ -1,0 +1,49 @@
+//! The client-facing gRPC services: key-value on the client port, administration
+//! on the admin port. Both are thin: they validate input and ask the raft loop.
+
+pub mod admin;
+pub mod kv;
+
+use std::future::Future;
+use std::time::Duration;
+
+use tonic::Status;
+
+use crate::consensus::NodeError;
+
+/// Metadata key naming the leader's member id on UNAVAILABLE and FAILED_PRECONDITION.
+pub const LEADER_ID_HEADER: &str = "x-raftlane-leader-id";
+
+pub fn to_status(e: NodeError) -> Status {
+    let mut s = match &e {
+        NodeError::NoLeader | NodeError::Dropped(_) | NodeError::Shutdown => {
+            Status::unavailable(e.to_string())
+        }
+        NodeError::NotLeader { .. } | NodeError::ChangeInProgress | NodeError::InvalidChange(_) => {
+            Status::failed_precondition(e.to_string())
+        }
+        NodeError::TransferFailed(_) => Status::aborted(e.to_string()),
+        NodeError::Storage(_) => Status::internal(e.to_string()),
+    };
+    if let NodeError::NotLeader { leader_id } = e {
+        if let Ok(v) = leader_id.to_string().parse() {
+            s.metadata_mut().insert(LEADER_ID_HEADER, v);
+        }
+    }
+    s
+}
+
+/// Runs a request against the raft loop with a deadline.
+pub async fn bounded<T>(
+    timeout: Duration,
+    what: &str,
+    fut: impl Future<Output = Result<T, NodeError>>,
+) -> Result<T, Status> {
+    match tokio::time::timeout(timeout, fut).await {
+        Ok(r) => r.map_err(to_status),
+        Err(_) => Err(Status::deadline_exceeded(format!(
+            "{what} not completed within {} ms; it may still take effect, retrying is safe",
+            timeout.as_millis()
+        ))),
+    }
+}

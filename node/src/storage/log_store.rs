@@ -1,0 +1,328 @@
+//! raft-rs `Storage` on raft-engine: entries, hard state and the metadata of the
+//! latest snapshot, with every write that raft depends on fsynced.
+
+use std::path::Path;
+use std::sync::Arc;
+
+use raft::prelude::{Entry, HardState, Snapshot, SnapshotMetadata};
+use raft::{GetEntriesContext, RaftState, Storage, StorageError};
+use raft_engine::{Command, Config as EngineConfig, Engine, LogBatch, MessageExt};
+
+/// The single raft group this member stores.
+const GROUP: u64 = 1;
+const KEY_HARD_STATE: &[u8] = b"hard_state";
+const KEY_SNAPSHOT_META: &[u8] = b"snapshot_meta";
+
+/// Tells raft-engine how to index raft-rs entries.
+#[derive(Clone)]
+struct EntryExt;
+
+impl MessageExt for EntryExt {
+    type Entry = Entry;
+    fn index(e: &Entry) -> u64 {
+        e.index
+    }
+}
+
+/// Raft log, hard state and snapshot metadata of one member.
+///
+/// The log may keep some entries at or below the snapshot index (the compaction
+/// margin), so followers that lag a little get entries rather than a snapshot.
+pub struct LogStore {
+    engine: Arc<Engine>,
+    hard_state: HardState,
+    snapshot_meta: SnapshotMetadata,
+}
+
+fn engine_err(e: raft_engine::Error) -> raft::Error {
+    raft::Error::Store(StorageError::Other(Box::new(e)))
+}
+
+impl LogStore {
+    /// Opens (or creates) the log under `dir`, replaying what was written before.
+    pub fn open(dir: &Path) -> raft::Result<Self> {
+        let cfg = EngineConfig {
+            dir: dir.to_string_lossy().into_owned(),
+            ..EngineConfig::default()
+        };
+        let engine = Arc::new(Engine::open(cfg).map_err(engine_err)?);
+        let hard_state = engine
+            .get_message::<HardState>(GROUP, KEY_HARD_STATE)
+            .map_err(engine_err)?
+            .unwrap_or_default();
+        let snapshot_meta = engine
+            .get_message::<SnapshotMetadata>(GROUP, KEY_SNAPSHOT_META)
+            .map_err(engine_err)?
+            .unwrap_or_default();
+        Ok(LogStore {
+            engine,
+            hard_state,
+            snapshot_meta,
+        })
+    }
+
+    /// True when nothing was ever written: no term, no snapshot, no entries.
+    pub fn is_fresh(&self) -> bool {
+        self.hard_state == HardState::default()
+            && self.snapshot_meta == SnapshotMetadata::default()
+            && self.engine.last_index(GROUP).is_none()
+    }
+
+    /// Records the initial voters of a new cluster as the configuration at index 0.
+    pub fn bootstrap(&mut self, voters: &[u64]) -> raft::Result<()> {
+        let mut meta = SnapshotMetadata::default();
+        meta.mut_conf_state().voters = voters.to_vec();
+        let mut batch = LogBatch::default();
+        batch
+            .put_message(GROUP, KEY_SNAPSHOT_META.to_vec(), &meta)
+            .map_err(engine_err)?;
+        self.engine.write(&mut batch, true).map_err(engine_err)?;
+        self.snapshot_meta = meta;
+        Ok(())
+    }
+
+    /// Appends entries (overwriting any conflicting suffix) and the new hard state in
+    /// one batch; `sync` makes it durable before the call returns.
+    pub fn append(
+        &mut self,
+        entries: &[Entry],
+        hard_state: Option<&HardState>,
+        sync: bool,
+    ) -> raft::Result<()> {
+        if entries.is_empty() && hard_state.is_none() {
+            return Ok(());
+        }
+        let mut batch = LogBatch::default();
+        batch
+            .add_entries::<EntryExt>(GROUP, entries)
+            .map_err(engine_err)?;
+        if let Some(hs) = hard_state {
+            batch
+                .put_message(GROUP, KEY_HARD_STATE.to_vec(), hs)
+                .map_err(engine_err)?;
+        }
+        self.engine.write(&mut batch, sync).map_err(engine_err)?;
+        if let Some(hs) = hard_state {
+            self.hard_state = hs.clone();
+        }
+        Ok(())
+    }
+
+    /// Records a newer commit index. Not synced: a lost commit index is learned
+    /// again from the leader.
+    pub fn set_commit(&mut self, commit: u64) -> raft::Result<()> {
+        if commit <= self.hard_state.commit {
+            return Ok(());
+        }
+        let mut hs = self.hard_state.clone();
+        hs.commit = commit;
+        self.append(&[], Some(&hs), false)
+    }
+
+    /// Replaces the whole log with a snapshot received from the leader.
+    pub fn apply_snapshot(&mut self, meta: &SnapshotMetadata) -> raft::Result<()> {
+        let mut hs = self.hard_state.clone();
+        hs.commit = hs.commit.max(meta.index);
+        hs.term = hs.term.max(meta.term);
+        let mut batch = LogBatch::default();
+        batch.add_command(GROUP, Command::Clean);
+        batch
+            .put_message(GROUP, KEY_HARD_STATE.to_vec(), &hs)
+            .map_err(engine_err)?;
+        batch
+            .put_message(GROUP, KEY_SNAPSHOT_META.to_vec(), meta)
+            .map_err(engine_err)?;
+        self.engine.write(&mut batch, true).map_err(engine_err)?;
+        self.hard_state = hs;
+        self.snapshot_meta = meta.clone();
+        Ok(())
+    }
+
+    /// Records a local snapshot and drops the entries it covers, except the last
+    /// `keep` of them.
+    pub fn compact(&mut self, meta: &SnapshotMetadata, keep: u64) -> raft::Result<()> {
+        let mut batch = LogBatch::default();
+        batch
+            .put_message(GROUP, KEY_SNAPSHOT_META.to_vec(), meta)
+            .map_err(engine_err)?;
+        let index = meta.index.saturating_sub(keep) + 1;
+        batch.add_command(GROUP, Command::Compact { index });
+        self.engine.write(&mut batch, true).map_err(engine_err)?;
+        self.snapshot_meta = meta.clone();
+        // Reclaims log files whose entries are all compacted; failure only costs disk.
+        if let Err(e) = self.engine.purge_expired_files() {
+            tracing::warn!(error = %e, "raft log purge failed");
+        }
+        Ok(())
+    }
+
+    pub fn hard_state(&self) -> &HardState {
+        &self.hard_state
+    }
+
+    pub fn snapshot_meta(&self) -> &SnapshotMetadata {
+        &self.snapshot_meta
+    }
+
+    fn first(&self) -> u64 {
+        match self.engine.first_index(GROUP) {
+            Some(first) if first <= self.snapshot_meta.index + 1 => first,
+            _ => self.snapshot_meta.index + 1,
+        }
+    }
+
+    fn last(&self) -> u64 {
+        match self.engine.last_index(GROUP) {
+            Some(last) if last > self.snapshot_meta.index => last,
+            _ => self.snapshot_meta.index,
+        }
+    }
+}
+
+impl Storage for LogStore {
+    fn initial_state(&self) -> raft::Result<RaftState> {
+        Ok(RaftState {
+            hard_state: self.hard_state.clone(),
+            conf_state: self.snapshot_meta.get_conf_state().clone(),
+        })
+    }
+
+    fn entries(
+        &self,
+        low: u64,
+        high: u64,
+        max_size: impl Into<Option<u64>>,
+        _context: GetEntriesContext,
+    ) -> raft::Result<Vec<Entry>> {
+        if low < self.first() {
+            return Err(raft::Error::Store(StorageError::Compacted));
+        }
+        if high > self.last() + 1 {
+            return Err(raft::Error::Store(StorageError::Unavailable));
+        }
+        let mut out = Vec::with_capacity((high - low) as usize);
+        let max = max_size.into().map(|m| m as usize);
+        self.engine
+            .fetch_entries_to::<EntryExt>(GROUP, low, high, max, &mut out)
+            .map_err(engine_err)?;
+        Ok(out)
+    }
+
+    fn term(&self, idx: u64) -> raft::Result<u64> {
+        if idx == self.snapshot_meta.index {
+            return Ok(self.snapshot_meta.term);
+        }
+        if idx < self.first() {
+            return Err(raft::Error::Store(StorageError::Compacted));
+        }
+        if idx > self.last() {
+            return Err(raft::Error::Store(StorageError::Unavailable));
+        }
+        match self
+            .engine
+            .get_entry::<EntryExt>(GROUP, idx)
+            .map_err(engine_err)?
+        {
+            Some(e) => Ok(e.term),
+            None => Err(raft::Error::Store(StorageError::Unavailable)),
+        }
+    }
+
+    fn first_index(&self) -> raft::Result<u64> {
+        Ok(self.first())
+    }
+
+    fn last_index(&self) -> raft::Result<u64> {
+        Ok(self.last())
+    }
+
+    /// The data is left empty: the payload is the snapshot file named by the
+    /// metadata, which the transport streams from disk.
+    fn snapshot(&self, _request_index: u64, _to: u64) -> raft::Result<Snapshot> {
+        if self.snapshot_meta.index == 0 {
+            return Err(raft::Error::Store(
+                StorageError::SnapshotTemporarilyUnavailable,
+            ));
+        }
+        let mut snap = Snapshot::default();
+        snap.set_metadata(self.snapshot_meta.clone());
+        Ok(snap)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn entry(index: u64, term: u64) -> Entry {
+        let mut e = Entry::default();
+        e.index = index;
+        e.term = term;
+        e.data = format!("e{index}").into_bytes().into();
+        e
+    }
+
+    #[test]
+    fn survives_reopen_and_overwrites_conflicting_suffix() {
+        let dir = tempfile::tempdir().unwrap();
+        {
+            let mut s = LogStore::open(dir.path()).unwrap();
+            assert!(s.is_fresh());
+            s.bootstrap(&[1, 2, 3]).unwrap();
+            let entries: Vec<_> = (1..=5).map(|i| entry(i, 1)).collect();
+            let mut hs = HardState::default();
+            hs.term = 1;
+            hs.commit = 3;
+            s.append(&entries, Some(&hs), true).unwrap();
+            // A new leader overwrites 4..5 with term-2 entries.
+            s.append(&[entry(4, 2)], None, true).unwrap();
+        }
+        let s = LogStore::open(dir.path()).unwrap();
+        assert!(!s.is_fresh());
+        assert_eq!(s.initial_state().unwrap().conf_state.voters, vec![1, 2, 3]);
+        assert_eq!(s.hard_state().commit, 3);
+        assert_eq!(s.last_index().unwrap(), 4);
+        assert_eq!(s.term(4).unwrap(), 2);
+        let got = s
+            .entries(1, 5, None, GetEntriesContext::empty(false))
+            .unwrap();
+        assert_eq!(got.len(), 4);
+    }
+
+    #[test]
+    fn compaction_and_snapshot_install_move_first_index() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut s = LogStore::open(dir.path()).unwrap();
+        s.bootstrap(&[1]).unwrap();
+        let entries: Vec<_> = (1..=10).map(|i| entry(i, 1)).collect();
+        s.append(&entries, None, true).unwrap();
+        let mut meta = SnapshotMetadata::default();
+        meta.index = 6;
+        meta.term = 1;
+        meta.mut_conf_state().voters = vec![1];
+        s.compact(&meta, 2).unwrap();
+        // Two entries at or below the snapshot index stay as the margin.
+        assert_eq!(s.first_index().unwrap(), 5);
+        assert_eq!(s.term(6).unwrap(), 1);
+        assert!(matches!(
+            s.entries(3, 8, None, GetEntriesContext::empty(false)),
+            Err(raft::Error::Store(StorageError::Compacted))
+        ));
+        assert_eq!(
+            s.entries(5, 11, None, GetEntriesContext::empty(false))
+                .unwrap()
+                .len(),
+            6
+        );
+
+        meta.index = 50;
+        meta.term = 3;
+        s.apply_snapshot(&meta).unwrap();
+        drop(s);
+        let s = LogStore::open(dir.path()).unwrap();
+        assert_eq!(s.first_index().unwrap(), 51);
+        assert_eq!(s.last_index().unwrap(), 50);
+        assert_eq!(s.hard_state().commit, 50);
+        assert_eq!(s.snapshot(0, 2).unwrap().get_metadata().index, 50);
+    }
+}

@@ -1,0 +1,247 @@
+//! Snapshot files: `snap-<term>-<index>.snap`, written to a temporary name, fsynced
+//! and renamed, so a crash leaves either the whole file or none. Each file ends with
+//! the CRC32C of everything before it and is verified before it is loaded.
+
+use std::fs::{self, File};
+use std::io::{self, BufReader, BufWriter, Read, Seek, SeekFrom, Write};
+use std::path::{Path, PathBuf};
+
+const MAGIC: &[u8; 8] = b"RLSNAP01";
+const HEADER_LEN: u64 = 8 + 8 + 8;
+const TRAILER_LEN: u64 = 4;
+/// Snapshot files kept besides the newest, for sends that are still reading them.
+const KEEP_OLDER: usize = 1;
+
+/// The folder of a member's snapshot files.
+#[derive(Clone, Debug)]
+pub struct SnapshotStore {
+    dir: PathBuf,
+}
+
+impl SnapshotStore {
+    /// Opens the folder, creating it, and removes files a crash left half-written.
+    pub fn open(dir: &Path) -> io::Result<Self> {
+        fs::create_dir_all(dir)?;
+        for entry in fs::read_dir(dir)? {
+            let path = entry?.path();
+            if path.extension().is_some_and(|e| e == "tmp") {
+                fs::remove_file(&path)?;
+            }
+        }
+        Ok(SnapshotStore {
+            dir: dir.to_path_buf(),
+        })
+    }
+
+    /// Where the snapshot taken at (`term`, `index`) lives.
+    pub fn path(&self, term: u64, index: u64) -> PathBuf {
+        self.dir.join(format!("snap-{term:020}-{index:020}.snap"))
+    }
+
+    /// Starts a new snapshot file; the body is written through the returned writer.
+    pub fn create(&self, term: u64, index: u64) -> io::Result<SnapshotWriter> {
+        let final_path = self.path(term, index);
+        let tmp_path = final_path.with_extension("tmp");
+        let mut w = SnapshotWriter {
+            out: BufWriter::with_capacity(1 << 20, File::create(&tmp_path)?),
+            crc: 0,
+            tmp_path,
+            final_path,
+            dir: self.dir.clone(),
+        };
+        w.write_all(MAGIC)?;
+        w.write_all(&term.to_le_bytes())?;
+        w.write_all(&index.to_le_bytes())?;
+        Ok(w)
+    }
+
+    /// A file being received from a peer: raw bytes as they come off the wire.
+    pub fn create_incoming(&self, term: u64, index: u64) -> io::Result<(File, PathBuf)> {
+        let tmp = self.path(term, index).with_extension("incoming.tmp");
+        Ok((File::create(&tmp)?, tmp))
+    }
+
+    /// Makes a fully received and verified incoming file the snapshot at (`term`, `index`).
+    pub fn install_incoming(
+        &self,
+        file: File,
+        tmp: &Path,
+        term: u64,
+        index: u64,
+    ) -> io::Result<()> {
+        file.sync_all()?;
+        drop(file);
+        // The transport checksum covered the bytes; the file's own trailer must also hold.
+        let final_path = self.path(term, index);
+        fs::rename(tmp, &final_path)?;
+        if let Err(e) = self.open_body(term, index) {
+            let _ = fs::remove_file(&final_path);
+            return Err(e);
+        }
+        sync_dir(&self.dir)
+    }
+
+    /// Verifies the whole file and returns a reader over its body.
+    pub fn open_body(&self, term: u64, index: u64) -> io::Result<impl Read> {
+        let path = self.path(term, index);
+        let mut file = File::open(&path)?;
+        let len = file.metadata()?.len();
+        if len < HEADER_LEN + TRAILER_LEN {
+            return Err(corrupt(&path, "shorter than header and trailer"));
+        }
+        let mut crc = 0u32;
+        let mut reader = BufReader::with_capacity(1 << 20, (&mut file).take(len - TRAILER_LEN));
+        let mut header = [0u8; HEADER_LEN as usize];
+        reader.read_exact(&mut header)?;
+        crc = crc32c::crc32c_append(crc, &header);
+        if &header[..8] != MAGIC
+            || header[8..16] != term.to_le_bytes()
+            || header[16..24] != index.to_le_bytes()
+        {
+            return Err(corrupt(&path, "header does not match its name"));
+        }
+        let mut buf = vec![0u8; 1 << 20];
+        loop {
+            let n = reader.read(&mut buf)?;
+            if n == 0 {
+                break;
+            }
+            crc = crc32c::crc32c_append(crc, &buf[..n]);
+        }
+        drop(reader);
+        let mut trailer = [0u8; 4];
+        file.read_exact(&mut trailer)?;
+        if u32::from_le_bytes(trailer) != crc {
+            return Err(corrupt(&path, "checksum mismatch"));
+        }
+        file.seek(SeekFrom::Start(HEADER_LEN))?;
+        Ok(BufReader::with_capacity(
+            1 << 20,
+            file.take(len - HEADER_LEN - TRAILER_LEN),
+        ))
+    }
+
+    /// Deletes snapshot files older than the newest `1 + KEEP_OLDER`.
+    pub fn prune(&self) -> io::Result<()> {
+        let mut names: Vec<PathBuf> = fs::read_dir(&self.dir)?
+            .filter_map(|e| e.ok().map(|e| e.path()))
+            .filter(|p| p.extension().is_some_and(|e| e == "snap"))
+            .collect();
+        // Zero-padded names sort by term, then index.
+        names.sort();
+        let excess = names.len().saturating_sub(1 + KEEP_OLDER);
+        for old in &names[..excess] {
+            fs::remove_file(old)?;
+        }
+        Ok(())
+    }
+}
+
+/// Writes a snapshot body, keeping the running checksum; `finish` makes it durable.
+pub struct SnapshotWriter {
+    out: BufWriter<File>,
+    crc: u32,
+    tmp_path: PathBuf,
+    final_path: PathBuf,
+    dir: PathBuf,
+}
+
+impl Write for SnapshotWriter {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        let n = self.out.write(buf)?;
+        self.crc = crc32c::crc32c_append(self.crc, &buf[..n]);
+        Ok(n)
+    }
+    fn flush(&mut self) -> io::Result<()> {
+        self.out.flush()
+    }
+}
+
+impl SnapshotWriter {
+    /// Appends the checksum, fsyncs, and moves the file to its final name.
+    pub fn finish(mut self) -> io::Result<PathBuf> {
+        let crc = self.crc;
+        self.out.write_all(&crc.to_le_bytes())?;
+        let file = self.out.into_inner().map_err(|e| e.into_error())?;
+        file.sync_all()?;
+        fs::rename(&self.tmp_path, &self.final_path)?;
+        sync_dir(&self.dir)?;
+        Ok(self.final_path)
+    }
+}
+
+fn sync_dir(dir: &Path) -> io::Result<()> {
+    File::open(dir)?.sync_all()
+}
+
+fn corrupt(path: &Path, why: &str) -> io::Error {
+    io::Error::new(
+        io::ErrorKind::InvalidData,
+        format!("snapshot file {}: {why}", path.display()),
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn write(store: &SnapshotStore, term: u64, index: u64, body: &[u8]) -> PathBuf {
+        let mut w = store.create(term, index).unwrap();
+        w.write_all(body).unwrap();
+        w.finish().unwrap()
+    }
+
+    #[test]
+    fn round_trip_and_corruption_detected() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = SnapshotStore::open(dir.path()).unwrap();
+        let path = write(&store, 2, 40, b"hello snapshot");
+        let mut body = Vec::new();
+        store
+            .open_body(2, 40)
+            .unwrap()
+            .read_to_end(&mut body)
+            .unwrap();
+        assert_eq!(body, b"hello snapshot");
+
+        let mut bytes = fs::read(&path).unwrap();
+        bytes[HEADER_LEN as usize + 1] ^= 0xff;
+        fs::write(&path, bytes).unwrap();
+        let err = store.open_body(2, 40).err().unwrap();
+        assert!(err.to_string().contains("checksum"), "{err}");
+    }
+
+    #[test]
+    fn prune_keeps_newest_two_and_open_cleans_tmp() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = SnapshotStore::open(dir.path()).unwrap();
+        for i in 1..=4 {
+            write(&store, 1, i * 10, b"x");
+        }
+        fs::write(dir.path().join("snap-x.tmp"), b"partial").unwrap();
+        store.prune().unwrap();
+        let store = SnapshotStore::open(dir.path()).unwrap();
+        let mut left: Vec<_> = fs::read_dir(dir.path())
+            .unwrap()
+            .map(|e| e.unwrap().file_name().into_string().unwrap())
+            .collect();
+        left.sort();
+        assert_eq!(
+            left,
+            vec![
+                store
+                    .path(1, 30)
+                    .file_name()
+                    .unwrap()
+                    .to_string_lossy()
+                    .to_string(),
+                store
+                    .path(1, 40)
+                    .file_name()
+                    .unwrap()
+                    .to_string_lossy()
+                    .to_string(),
+            ]
+        );
+    }
+}

@@ -1,0 +1,59 @@
+//! Peer addresses are `host:port` (an IP or a DNS name). A bad one is an error
+//! naming it, never a silent fallback to some default address.
+
+use thiserror::Error;
+
+#[derive(Debug, Error, PartialEq, Eq)]
+#[error("invalid peer address {addr:?}: {why}")]
+pub struct AddrError {
+    pub addr: String,
+    pub why: &'static str,
+}
+
+pub fn validate_peer_addr(addr: &str) -> Result<(), AddrError> {
+    let err = |why| AddrError {
+        addr: addr.to_string(),
+        why,
+    };
+    if addr.contains("://") {
+        return Err(err("expected host:port without a scheme"));
+    }
+    let (host, port) = addr
+        .rsplit_once(':')
+        .ok_or_else(|| err("expected host:port"))?;
+    let host = host.trim_start_matches('[').trim_end_matches(']');
+    if host.is_empty() {
+        return Err(err("empty host"));
+    }
+    if host.chars().any(|c| c.is_whitespace() || c == '/') {
+        return Err(err("host contains whitespace or '/'"));
+    }
+    match port.parse::<u16>() {
+        Ok(0) | Err(_) => Err(err("port must be a number from 1 to 65535")),
+        Ok(_) => Ok(()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn accepts_ips_and_names_refuses_the_rest() {
+        for ok in ["127.0.0.1:7000", "raft-0.raft-peers.ns.svc:7000", "[::1]:9"] {
+            assert_eq!(validate_peer_addr(ok), Ok(()), "{ok}");
+        }
+        for bad in [
+            "",
+            "127.0.0.1",
+            ":7000",
+            "http://a:1",
+            "a:0",
+            "a:99999",
+            "a b:1",
+            "a:x",
+        ] {
+            assert!(validate_peer_addr(bad).is_err(), "{bad}");
+        }
+    }
+}

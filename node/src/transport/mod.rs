@@ -1,0 +1,35 @@
+//! Peer transport: the seam between the raft loop and the network. The raft loop
+//! hands messages to a [`Transport`] without ever blocking; what cannot be
+//! delivered is dropped, counted, and reported back so raft retries.
+
+mod address;
+pub mod channels;
+pub mod grpc;
+mod guard;
+pub mod inbox;
+pub mod memory;
+pub mod receiver;
+pub mod report;
+pub mod routing;
+pub mod snapshot;
+
+pub use address::{validate_peer_addr, AddrError};
+pub use guard::{check_raft_message, GuardError};
+
+use raft::prelude::Message;
+use raftlane_proto::admin::PeerStatus;
+
+/// What the raft loop needs from the network.
+pub trait Transport: Send + Sync + 'static {
+    /// Queues messages for their peers; never blocks the caller.
+    fn send(&self, msgs: Vec<Message>);
+    /// Sets where peer `id` listens; returns whether the address changed.
+    /// A changed address rebuilds everything kept for the old one.
+    fn upsert_peer(&self, id: u64, addr: &str) -> Result<bool, AddrError>;
+    /// Sets the address of a peer only if none is known (learned from its traffic).
+    fn learn_peer(&self, id: u64, addr: &str);
+    /// Forgets a peer: its queued messages are dropped (and counted).
+    fn remove_peer(&self, id: u64);
+    /// Per-peer state for `Status`.
+    fn peers(&self) -> Vec<PeerStatus>;
+}
