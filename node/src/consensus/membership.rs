@@ -49,10 +49,11 @@ mod tests {
     use MembershipChange::*;
 
     fn cs(voters: &[u64], learners: &[u64]) -> ConfState {
-        let mut c = ConfState::default();
-        c.voters = voters.to_vec();
-        c.learners = learners.to_vec();
-        c
+        ConfState {
+            voters: voters.to_vec(),
+            learners: learners.to_vec(),
+            ..Default::default()
+        }
     }
 
     #[test]

@@ -71,6 +71,8 @@ fn storage_err(e: impl std::fmt::Display) -> NodeError {
     NodeError::Storage(e.to_string())
 }
 
+type ReadReply = oneshot::Sender<Result<QueryResult, NodeError>>;
+
 struct PendingWrite {
     reply: oneshot::Sender<Result<WriteOutcome, NodeError>>,
     started: Instant,
@@ -93,9 +95,9 @@ pub struct RaftLoop {
     next_req: u64,
     writes: HashMap<u64, PendingWrite>,
     changes: HashMap<u64, oneshot::Sender<Result<u64, NodeError>>>,
-    reads: HashMap<u64, (Query, oneshot::Sender<Result<QueryResult, NodeError>>)>,
+    reads: HashMap<u64, (Query, ReadReply)>,
     /// Reads whose ReadIndex is known, waiting for apply to reach it.
-    ready_reads: Vec<(u64, Query, oneshot::Sender<Result<QueryResult, NodeError>>)>,
+    ready_reads: Vec<(u64, Query, ReadReply)>,
     transfer: Option<Transfer>,
     ticks: u64,
 }
@@ -216,7 +218,7 @@ impl RaftLoop {
             }
         }
         // Requests whose caller gave up (timed out) are forgotten.
-        if self.ticks % 10 == 0 {
+        if self.ticks.is_multiple_of(10) {
             self.writes.retain(|_, w| !w.reply.is_closed());
             self.changes.retain(|_, r| !r.is_closed());
             self.reads.retain(|_, (_, r)| !r.is_closed());
@@ -351,6 +353,11 @@ impl RaftLoop {
             }
         };
         let store = self.node.store();
+        let sorted = |ids: &[u64]| {
+            let mut v = ids.to_vec();
+            v.sort_unstable();
+            v
+        };
         NodeStatus {
             id,
             role,
@@ -358,8 +365,8 @@ impl RaftLoop {
             leader_id: r.leader_id,
             commit_index: r.raft_log.committed,
             applied_index: r.raft_log.applied,
-            voters: cs.voters.clone(),
-            learners: cs.learners.clone(),
+            voters: sorted(&cs.voters),
+            learners: sorted(&cs.learners),
             snapshot_index: store.snapshot_meta().index,
             first_log_index: store.first_index().unwrap_or_default(),
             last_log_index: r.raft_log.last_index(),
@@ -535,10 +542,12 @@ impl RaftLoop {
         let mut w = self.snapshots.create(term, index)?;
         self.sm.dump(&mut w)?;
         w.finish()?;
-        let mut meta = SnapshotMetadata::default();
-        meta.index = index;
-        meta.term = term;
-        meta.set_conf_state(self.conf_state.clone());
+        let meta = SnapshotMetadata {
+            index,
+            term,
+            conf_state: Some(self.conf_state.clone()).into(),
+            ..Default::default()
+        };
         let keep = (self.cfg.snapshot_entries / 2).min(5000);
         self.node.mut_store().compact(&meta, keep)?;
         self.snapshots.prune()?;

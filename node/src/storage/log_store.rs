@@ -255,11 +255,12 @@ mod tests {
     use super::*;
 
     fn entry(index: u64, term: u64) -> Entry {
-        let mut e = Entry::default();
-        e.index = index;
-        e.term = term;
-        e.data = format!("e{index}").into_bytes().into();
-        e
+        Entry {
+            index,
+            term,
+            data: format!("e{index}").into_bytes().into(),
+            ..Default::default()
+        }
     }
 
     #[test]
@@ -270,9 +271,11 @@ mod tests {
             assert!(s.is_fresh());
             s.bootstrap(&[1, 2, 3]).unwrap();
             let entries: Vec<_> = (1..=5).map(|i| entry(i, 1)).collect();
-            let mut hs = HardState::default();
-            hs.term = 1;
-            hs.commit = 3;
+            let hs = HardState {
+                term: 1,
+                commit: 3,
+                ..Default::default()
+            };
             s.append(&entries, Some(&hs), true).unwrap();
             // A new leader overwrites 4..5 with term-2 entries.
             s.append(&[entry(4, 2)], None, true).unwrap();
@@ -296,9 +299,11 @@ mod tests {
         s.bootstrap(&[1]).unwrap();
         let entries: Vec<_> = (1..=10).map(|i| entry(i, 1)).collect();
         s.append(&entries, None, true).unwrap();
-        let mut meta = SnapshotMetadata::default();
-        meta.index = 6;
-        meta.term = 1;
+        let mut meta = SnapshotMetadata {
+            index: 6,
+            term: 1,
+            ..Default::default()
+        };
         meta.mut_conf_state().voters = vec![1];
         s.compact(&meta, 2).unwrap();
         // Two entries at or below the snapshot index stay as the margin.

@@ -107,10 +107,12 @@ mod tests {
         m.set_msg_type(MessageType::MsgAppend);
         m.to = 2;
         m.from = 1;
-        let mut e = Entry::default();
-        e.index = 7;
         // Entry data is opaque: group-looking bytes inside it are fine.
-        e.data = vec![0x0b, 0x0b, 0x0b].into();
+        let e = Entry {
+            index: 7,
+            data: vec![0x0b, 0x0b, 0x0b].into(),
+            ..Default::default()
+        };
         m.mut_entries().push(e);
         m.mut_snapshot().mut_metadata().mut_conf_state().voters = vec![1, 2, 3];
         m.write_to_bytes().unwrap()
@@ -125,7 +127,7 @@ mod tests {
     #[test]
     fn refuses_groups_at_any_parsed_depth() {
         // Unknown field 20, start-group, repeated: the crafted nesting of the advisory.
-        let top = vec![0xa3, 0x01].repeat(10_000);
+        let top = [0xa3, 0x01].repeat(10_000);
         assert!(matches!(
             check_raft_message(&top),
             Err(GuardError::Group(0))

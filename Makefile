@@ -1,0 +1,42 @@
+# raftlane build, test and run targets. `make test` is what CI runs.
+SHELL := /bin/bash
+CARGO ?= cargo
+STATE ?= .raftlane
+
+.PHONY: all build release test lint fmt unit bench cluster cluster-down crds chart e2e-kind run clean
+
+all: build
+
+build:
+	$(CARGO) build --workspace --all-targets
+
+release:
+	$(CARGO) build --workspace --release
+
+fmt:
+	$(CARGO) fmt --all
+
+lint:
+	$(CARGO) fmt --all -- --check
+	$(CARGO) clippy --workspace --all-targets -- -D warnings
+
+# Unit and integration tests: real processes, sockets and fsync on loopback.
+unit:
+	@if $(CARGO) nextest --version >/dev/null 2>&1; then \
+		$(CARGO) nextest run --workspace --no-fail-fast; \
+	else \
+		$(CARGO) test --workspace --no-fail-fast; \
+	fi
+
+test: lint unit
+
+# A 3-member cluster of local processes under $(STATE)/cluster (PID files, logs).
+cluster: release
+	scripts/cluster.sh up
+
+cluster-down:
+	scripts/cluster.sh down
+
+clean:
+	$(CARGO) clean
+	rm -rf $(STATE)

@@ -1,0 +1,159 @@
+//! The command-line contract: flag errors name the flag; raftctl's exit codes,
+//! JSON status and bench output.
+
+mod common;
+
+use std::process::Command;
+
+use common::{write_keys, Cluster, ELECTION};
+
+fn raft_node(args: &[&str]) -> (i32, String) {
+    let out = Command::new(env!("CARGO_BIN_EXE_raft-node"))
+        .args(args)
+        .output()
+        .unwrap();
+    (
+        out.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+fn raftctl(args: &[&str]) -> (i32, String, String) {
+    let out = Command::new(env!("CARGO_BIN_EXE_raftctl"))
+        .args(args)
+        .output()
+        .unwrap();
+    (
+        out.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+#[test]
+fn malformed_flags_are_refused_naming_the_flag() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path().to_str().unwrap();
+    let base = [
+        "--cluster-id",
+        "c",
+        "--data-dir",
+        d,
+        "--peer-addr",
+        "127.0.0.1:0",
+        "--client-addr",
+        "127.0.0.1:0",
+        "--admin-addr",
+        "127.0.0.1:0",
+        "--metrics-addr",
+        "127.0.0.1:0",
+    ];
+    let cases: &[(&[&str], &str)] = &[
+        (&["--id", "0"], "--id"),
+        (&["--id", "x"], "--id"),
+        (&["--id", "1", "--peers", "2=nowhere"], "--peers"),
+        (&["--id", "1", "--peers", "two=127.0.0.1:1"], "--peers"),
+        (
+            &["--id", "1", "--initial-voters", "1,a"],
+            "--initial-voters",
+        ),
+        (
+            &["--id", "1", "--heartbeat-ticks", "20"],
+            "--heartbeat-ticks",
+        ),
+        (&["--id", "1", "--peer-addr", "localhost"], "--peer-addr"),
+    ];
+    for (extra, flag) in cases {
+        let mut args: Vec<&str> = base.to_vec();
+        // Later flags win, so the bad value replaces the base one.
+        args.extend_from_slice(extra);
+        let (code, err) = raft_node(&args);
+        assert_ne!(code, 0, "{extra:?} accepted");
+        assert!(
+            err.contains(flag),
+            "{extra:?}: stderr does not name {flag}: {err}"
+        );
+    }
+    let (code, err) = raft_node(&["--cluster-id", "c"]);
+    assert_ne!(code, 0);
+    assert!(err.contains("--id"), "{err}");
+
+    // A port already taken is named with its flag.
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = taken.local_addr().unwrap().to_string();
+    let mut args: Vec<&str> = base.to_vec();
+    args.extend_from_slice(&["--id", "1", "--client-addr", &port]);
+    let (code, err) = raft_node(&args);
+    assert_ne!(code, 0);
+    assert!(err.contains("--client-addr"), "{err}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn raftctl_data_admin_and_bench_commands() {
+    let c = Cluster::start(3, &[]);
+    let leader = c.wait_leader(ELECTION * 20).await;
+    let eps = c.endpoints(&[1, 2, 3]).join(",");
+    let admin = c.members[&leader].admin.clone();
+
+    let (code, out, _) = raftctl(&["--endpoints", &eps, "put", "greeting", "hello"]);
+    assert_eq!(code, 0, "{out}");
+    let (code, out, _) = raftctl(&["--endpoints", &eps, "get", "greeting"]);
+    assert_eq!((code, out.trim()), (0, "hello"));
+    let (code, _, err) = raftctl(&["--endpoints", &eps, "get", "missing"]);
+    assert_eq!(code, 1);
+    assert!(err.contains("not found"), "{err}");
+    write_keys(&c.kv(&[1]), "scan/", 0..5).await;
+    let (code, out, _) = raftctl(&["--endpoints", &eps, "scan", "scan/"]);
+    assert_eq!((code, out.lines().count()), (0, 5), "{out}");
+    let (code, out, _) = raftctl(&["--endpoints", &eps, "del", "greeting"]);
+    assert_eq!((code, out.trim()), (0, "deleted"));
+
+    let (code, out, _) = raftctl(&["--admin", &admin, "status", "--json"]);
+    assert_eq!(code, 0);
+    let v: serde_json::Value = serde_json::from_str(&out).expect("one JSON object");
+    for key in [
+        "id",
+        "role",
+        "term",
+        "leader_id",
+        "commit_index",
+        "applied_index",
+        "voters",
+        "learners",
+        "peers",
+    ] {
+        assert!(v.get(key).is_some(), "status --json lacks {key}: {out}");
+    }
+    assert_eq!(v["role"], "leader");
+    assert_eq!(v["voters"], serde_json::json!([1, 2, 3]));
+    assert!(v["peers"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .all(|p| p["id"].is_u64() && p["address"].is_string()));
+
+    let (code, out, _) = raftctl(&["--admin", &admin, "members"]);
+    assert_eq!((code, out.lines().count()), (0, 3), "{out}");
+    let (code, _, err) = raftctl(&["--admin", &admin, "promote", "9"]);
+    assert_ne!(code, 0);
+    assert!(err.contains("not a learner"), "{err}");
+    let (code, _, err) = raftctl(&["--admin", &admin, "upsert-peers", "2=bad"]);
+    assert_ne!(code, 0);
+    assert!(err.contains("invalid peer address"), "{err}");
+
+    let (code, out, err) = raftctl(&[
+        "--endpoints",
+        &eps,
+        "bench",
+        "--ops",
+        "500",
+        "--concurrency",
+        "8",
+        "--value-size",
+        "64",
+    ]);
+    assert_eq!(code, 0, "{err}");
+    for field in ["ops/s=", "p50=", "p99=", "errors=0"] {
+        assert!(out.contains(field), "bench output lacks {field}: {out}");
+    }
+}

@@ -1,0 +1,176 @@
+//! A three-member cluster of real processes on loopback: replication, leader
+//! failure, restarts on the same data dir and on a new address.
+
+mod common;
+
+use std::time::{Duration, Instant};
+
+use common::{assert_keys, write_keys, Cluster, ELECTION};
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn replicates_and_survives_leader_kill() {
+    let mut c = Cluster::start(3, &[]);
+    let leader = c.wait_leader(ELECTION * 20).await;
+
+    // 1000 puts spread over every endpoint.
+    let kv = c.kv(&[1, 2, 3]);
+    let keys = write_keys(&kv, "k", 0..1000).await;
+    for id in 1..=3 {
+        assert_keys(&c.kv(&[id]), &keys).await;
+    }
+
+    // kill -9 the leader: the others elect a new one within a few election timeouts.
+    let killed_at = Instant::now();
+    c.kill9(leader);
+    let new_leader = c.wait_leader(ELECTION * 10).await;
+    let took = killed_at.elapsed();
+    assert_ne!(new_leader, leader);
+    eprintln!("new leader {new_leader} after {took:?}");
+    let survivors: Vec<u64> = c.running_ids();
+    assert_keys(&c.kv(&survivors), &keys).await;
+    let more = write_keys(&c.kv(&survivors), "after-kill-", 0..100).await;
+
+    // The killed member restarts on its data dir and catches up.
+    c.spawn(leader, &[]);
+    let target = c.status(new_leader).await.unwrap().commit_index;
+    c.wait_status(leader, ELECTION * 20, "caught up", |s| {
+        s.applied_index >= target
+    })
+    .await;
+    assert_keys(&c.kv(&[leader]), &keys).await;
+    assert_keys(&c.kv(&[leader]), &more).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn member_rejoins_on_a_new_address_without_restarting_others() {
+    let mut c = Cluster::start(3, &[]);
+    let leader = c.wait_leader(ELECTION * 20).await;
+    let moved = if leader == 3 { 2 } else { 3 };
+    let others: Vec<u64> = (1..=3).filter(|i| *i != moved).collect();
+    let pids: Vec<u32> = others.iter().map(|i| c.pid(*i)).collect();
+    let keys = write_keys(&c.kv(&[1, 2, 3]), "before-", 0..200).await;
+
+    c.kill9(moved);
+    c.readdress(moved);
+    c.spawn(moved, &[]);
+    let new_addr = c.members[&moved].peer.clone();
+    for id in &others {
+        let changed = c.upsert(*id, &[(moved, new_addr.clone())]).await;
+        assert_eq!(changed, vec![moved], "member {id} saw the new address");
+        // Same address again: nothing changes.
+        assert!(c.upsert(*id, &[(moved, new_addr.clone())]).await.is_empty());
+    }
+
+    let after = write_keys(&c.kv(&others), "after-", 0..200).await;
+    let target = c.status(leader).await.unwrap().commit_index;
+    c.wait_status(moved, ELECTION * 20, "caught up", |s| {
+        s.applied_index >= target
+    })
+    .await;
+    assert_keys(&c.kv(&[moved]), &keys).await;
+    assert_keys(&c.kv(&[moved]), &after).await;
+    for (id, pid) in others.iter().zip(pids) {
+        assert_eq!(c.pid(*id), pid, "member {id} was not restarted");
+        let s = c.status(*id).await.unwrap();
+        let p = s.peers.iter().find(|p| p.id == moved).unwrap();
+        assert_eq!(p.address, new_addr);
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn acknowledged_writes_survive_killing_every_member() {
+    let mut c = Cluster::start(3, &[]);
+    c.wait_leader(ELECTION * 20).await;
+    let kv = c.kv(&[1, 2, 3]);
+    let keys = write_keys(&kv, "durable-", 0..500).await;
+    for id in 1..=3 {
+        c.kill9(id);
+    }
+    for id in 1..=3 {
+        c.spawn(id, &[]);
+    }
+    c.wait_leader(ELECTION * 20).await;
+    assert_keys(&c.kv(&[1, 2, 3]), &keys).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn learner_catches_up_by_snapshot_then_is_promoted_and_removed() {
+    let mut c = Cluster::start(3, &["--snapshot-entries", "100"]);
+    let leader = c.wait_leader(ELECTION * 20).await;
+    let keys = write_keys(&c.kv(&[1, 2, 3]), "pre-", 0..600).await;
+    // The leader compacted: the first entries are gone, so a newcomer needs a snapshot.
+    c.wait_status(leader, ELECTION * 10, "compacted", |s| {
+        s.first_log_index > 1
+    })
+    .await;
+
+    // Writes keep going in the background through the whole membership dance.
+    let endpoints = c.endpoints(&[1, 2, 3]);
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let writer = {
+        let stop = stop.clone();
+        tokio::spawn(async move {
+            let kv = raft_node::client::KvClient::new(&endpoints, Duration::from_secs(15)).unwrap();
+            let mut acked = Vec::new();
+            let mut i = 0u64;
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) && i < 100_000 {
+                let k = format!("during-{i:06}");
+                kv.put(k.as_bytes(), format!("value-{i}").as_bytes())
+                    .await
+                    .expect("write during membership change");
+                acked.push(k);
+                i += 1;
+            }
+            acked
+        })
+    };
+
+    c.add_member(4);
+    c.spawn(4, &[]); // join mode: no --initial-voters
+    let addr4 = c.members[&4].peer.clone();
+    for id in 1..=3 {
+        c.upsert(id, &[(4, addr4.clone())]).await;
+    }
+    let mut admin = c.admin(leader).await;
+    admin
+        .add_learner(raftlane_proto::admin::MemberRequest { id: 4 })
+        .await
+        .expect("add learner");
+    let target = c.status(leader).await.unwrap().commit_index;
+    let s4 = c
+        .wait_status(4, ELECTION * 40, "learner caught up", |s| {
+            s.applied_index >= target && s.role == "learner"
+        })
+        .await;
+    assert!(
+        s4.snapshot_index > 0,
+        "member 4 installed a snapshot: {s4:?}"
+    );
+    assert!(c.metric(4, "raftlane_snapshot_received_bytes_total").await > 0.0);
+    assert!(c.metric(leader, "raftlane_snapshot_sent_bytes_total").await > 0.0);
+
+    admin
+        .promote_learner(raftlane_proto::admin::MemberRequest { id: 4 })
+        .await
+        .expect("promote");
+    c.wait_status(leader, ELECTION * 10, "4 votes", |s| {
+        s.voters.contains(&4) && !s.conf_change_pending
+    })
+    .await;
+    assert_keys(&c.kv(&[4]), &keys).await;
+
+    admin
+        .remove_member(raftlane_proto::admin::MemberRequest { id: 4 })
+        .await
+        .expect("remove");
+    c.wait_status(leader, ELECTION * 10, "4 removed", |s| {
+        s.voters == vec![1, 2, 3] && s.learners.is_empty()
+    })
+    .await;
+    c.kill9(4);
+
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    let during = writer.await.unwrap();
+    assert!(!during.is_empty());
+    assert_keys(&c.kv(&[1, 2, 3]), &during).await;
+}

@@ -1,0 +1,372 @@
+//! Test harness: real `raft-node` processes on distinct loopback addresses, each
+//! with its own data dir and log file, killed with SIGKILL when the test ends.
+
+#![allow(dead_code)]
+
+use std::collections::BTreeMap;
+use std::net::TcpListener;
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use raft_node::client::KvClient;
+use raftlane_proto::admin::node_admin_client::NodeAdminClient;
+use raftlane_proto::admin::{StatusRequest, StatusResponse, UpsertPeersRequest};
+use tonic::transport::{Channel, Endpoint};
+
+pub const TICK_MS: u64 = 50;
+pub const ELECTION_TICKS: u64 = 10;
+/// One election timeout.
+pub const ELECTION: Duration = Duration::from_millis(TICK_MS * ELECTION_TICKS);
+
+pub struct Member {
+    pub id: u64,
+    pub dir: PathBuf,
+    pub ip: String,
+    pub peer: String,
+    pub client: String,
+    pub admin: String,
+    pub metrics: String,
+    pub child: Option<Child>,
+    pub restarts: u32,
+}
+
+pub struct Cluster {
+    pub tmp: tempfile::TempDir,
+    pub cluster_id: String,
+    pub members: BTreeMap<u64, Member>,
+    /// Flags added to every member's command line.
+    pub extra: Vec<String>,
+    net: (u8, u8),
+}
+
+fn free_port(ip: &str) -> u16 {
+    TcpListener::bind((ip, 0))
+        .expect("bind a free port")
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// A loopback /16 of this test's own, so tests running at once never collide.
+fn pick_net() -> (u8, u8) {
+    let seed = std::process::id() as u64
+        ^ Instant::now().elapsed().as_nanos() as u64
+        ^ std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_nanos() as u64;
+    (1 + (seed % 250) as u8, 1 + ((seed / 250) % 250) as u8)
+}
+
+impl Cluster {
+    /// Starts `n` voters that bootstrap together.
+    pub fn start(n: u64, extra: &[&str]) -> Cluster {
+        let mut c = Cluster {
+            tmp: tempfile::tempdir().unwrap(),
+            cluster_id: format!("test-{}", std::process::id()),
+            members: BTreeMap::new(),
+            extra: extra.iter().map(|s| s.to_string()).collect(),
+            net: pick_net(),
+        };
+        for id in 1..=n {
+            c.add_member(id);
+        }
+        let voters: Vec<String> = (1..=n).map(|i| i.to_string()).collect();
+        for id in 1..=n {
+            c.spawn(id, &["--initial-voters", &voters.join(",")]);
+        }
+        c
+    }
+
+    /// Allocates addresses and a data dir for member `id` (not started).
+    pub fn add_member(&mut self, id: u64) {
+        let ip = self.ip_for(id, 0);
+        let m = self.member_at(id, ip);
+        self.members.insert(id, m);
+    }
+
+    fn ip_for(&self, id: u64, generation: u32) -> String {
+        format!(
+            "127.{}.{}.{}",
+            self.net.0,
+            self.net.1.wrapping_add(generation as u8 * 17),
+            id
+        )
+    }
+
+    fn member_at(&self, id: u64, ip: String) -> Member {
+        Member {
+            id,
+            dir: self.tmp.path().join(format!("member-{id}")),
+            peer: format!("{ip}:{}", free_port(&ip)),
+            client: format!("{ip}:{}", free_port(&ip)),
+            admin: format!("{ip}:{}", free_port(&ip)),
+            metrics: format!("{ip}:{}", free_port(&ip)),
+            ip,
+            child: None,
+            restarts: 0,
+        }
+    }
+
+    pub fn peers_flag(&self) -> String {
+        self.members
+            .values()
+            .map(|m| format!("{}={}", m.id, m.peer))
+            .collect::<Vec<_>>()
+            .join(",")
+    }
+
+    pub fn log_path(&self, id: u64) -> PathBuf {
+        self.tmp.path().join(format!("member-{id}.log"))
+    }
+
+    /// Starts member `id` with its current addresses and data dir.
+    pub fn spawn(&mut self, id: u64, args: &[&str]) {
+        let peers = self.peers_flag();
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(self.log_path(id))
+            .unwrap();
+        let m = self.members.get_mut(&id).expect("known member");
+        let child = Command::new(env!("CARGO_BIN_EXE_raft-node"))
+            .args(["--id", &id.to_string(), "--cluster-id", &self.cluster_id])
+            .arg("--data-dir")
+            .arg(&m.dir)
+            .args(["--peer-addr", &m.peer, "--client-addr", &m.client])
+            .args(["--admin-addr", &m.admin, "--metrics-addr", &m.metrics])
+            .args(["--peers", &peers])
+            .args([
+                "--tick-ms",
+                &TICK_MS.to_string(),
+                "--election-ticks",
+                &ELECTION_TICKS.to_string(),
+            ])
+            .args(&self.extra)
+            .args(args)
+            .env("RAFTLANE_LOG", "info")
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .expect("spawn raft-node");
+        m.child = Some(child);
+    }
+
+    pub fn pid(&self, id: u64) -> u32 {
+        self.members[&id].child.as_ref().expect("running").id()
+    }
+
+    /// SIGKILL: no chance to flush anything that was not already durable.
+    pub fn kill9(&mut self, id: u64) {
+        if let Some(mut c) = self.members.get_mut(&id).unwrap().child.take() {
+            c.kill().unwrap();
+            c.wait().unwrap();
+        }
+    }
+
+    /// Moves a stopped member to a fresh IP and ports, as a rescheduled pod.
+    pub fn readdress(&mut self, id: u64) {
+        let restarts = self.members[&id].restarts + 1;
+        let ip = self.ip_for(id, restarts);
+        let mut m = self.member_at(id, ip);
+        m.restarts = restarts;
+        self.members.insert(id, m);
+    }
+
+    pub fn endpoints(&self, ids: &[u64]) -> Vec<String> {
+        ids.iter().map(|i| self.members[i].client.clone()).collect()
+    }
+
+    pub fn all_ids(&self) -> Vec<u64> {
+        self.members.keys().copied().collect()
+    }
+
+    pub fn running_ids(&self) -> Vec<u64> {
+        self.members
+            .values()
+            .filter(|m| m.child.is_some())
+            .map(|m| m.id)
+            .collect()
+    }
+
+    /// A client over the given members (retrying across them).
+    pub fn kv(&self, ids: &[u64]) -> KvClient {
+        KvClient::new(&self.endpoints(ids), Duration::from_secs(15)).unwrap()
+    }
+
+    pub async fn admin(&self, id: u64) -> NodeAdminClient<Channel> {
+        let ch = Endpoint::from_shared(format!("http://{}", self.members[&id].admin))
+            .unwrap()
+            .timeout(Duration::from_secs(5))
+            .connect_lazy();
+        NodeAdminClient::new(ch)
+    }
+
+    pub async fn status(&self, id: u64) -> Option<StatusResponse> {
+        let mut a = self.admin(id).await;
+        a.status(StatusRequest {})
+            .await
+            .ok()
+            .map(|r| r.into_inner())
+    }
+
+    /// Waits until the running members agree on one leader; returns it.
+    pub async fn wait_leader(&self, within: Duration) -> u64 {
+        let deadline = Instant::now() + within;
+        loop {
+            let mut leaders = Vec::new();
+            for id in self.running_ids() {
+                if let Some(s) = self.status(id).await {
+                    leaders.push((s.leader_id, s.role == "leader" && s.id == s.leader_id));
+                }
+            }
+            let first = leaders.first().map(|l| l.0).unwrap_or(0);
+            if first != 0
+                && leaders.len() == self.running_ids().len()
+                && leaders.iter().all(|l| l.0 == first)
+                && leaders.iter().any(|l| l.1)
+            {
+                return first;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "no agreed leader within {within:?}: {leaders:?}\n{}",
+                self.logs_tail()
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    /// Waits until `cond` holds for member `id`'s status.
+    pub async fn wait_status(
+        &self,
+        id: u64,
+        within: Duration,
+        what: &str,
+        cond: impl Fn(&StatusResponse) -> bool,
+    ) -> StatusResponse {
+        let deadline = Instant::now() + within;
+        loop {
+            if let Some(s) = self.status(id).await {
+                if cond(&s) {
+                    return s;
+                }
+                assert!(
+                    Instant::now() < deadline,
+                    "member {id}: {what} not reached within {within:?}; last status {s:?}\n{}",
+                    self.logs_tail()
+                );
+            } else {
+                assert!(
+                    Instant::now() < deadline,
+                    "member {id}: no status within {within:?}\n{}",
+                    self.logs_tail()
+                );
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    pub async fn upsert(&self, on: u64, peers: &[(u64, String)]) -> Vec<u64> {
+        let mut a = self.admin(on).await;
+        a.upsert_peers(UpsertPeersRequest {
+            peers: peers.iter().cloned().collect(),
+        })
+        .await
+        .expect("upsert peers")
+        .into_inner()
+        .changed
+    }
+
+    pub async fn metric(&self, id: u64, name: &str) -> f64 {
+        let url = format!("http://{}/metrics", self.members[&id].metrics);
+        let body = http_get(&url).await;
+        body.lines()
+            .filter(|l| l.starts_with(name))
+            .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+            .sum()
+    }
+
+    pub fn logs_tail(&self) -> String {
+        let mut out = String::new();
+        for id in self.members.keys() {
+            let text = std::fs::read_to_string(self.log_path(*id)).unwrap_or_default();
+            let lines: Vec<_> = text.lines().rev().take(15).collect();
+            out += &format!("--- member {id} log tail ---\n");
+            for l in lines.into_iter().rev() {
+                out += l;
+                out.push('\n');
+            }
+        }
+        out
+    }
+}
+
+impl Drop for Cluster {
+    fn drop(&mut self) {
+        if std::thread::panicking() {
+            eprintln!("{}", self.logs_tail());
+        }
+        for m in self.members.values_mut() {
+            if let Some(mut c) = m.child.take() {
+                let _ = c.kill();
+                let _ = c.wait();
+            }
+        }
+    }
+}
+
+/// A minimal HTTP/1.0 GET over a TCP socket, for /metrics and the probes.
+pub async fn http_get(url: &str) -> String {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let rest = url.strip_prefix("http://").unwrap();
+    let (host, path) = rest.split_once('/').unwrap();
+    let mut s = tokio::net::TcpStream::connect(host).await.unwrap();
+    s.write_all(format!("GET /{path} HTTP/1.0\r\nHost: {host}\r\n\r\n").as_bytes())
+        .await
+        .unwrap();
+    let mut buf = String::new();
+    s.read_to_string(&mut buf).await.unwrap();
+    buf.split_once("\r\n\r\n")
+        .map(|(_, b)| b.to_string())
+        .unwrap_or_default()
+}
+
+/// Writes keys `prefix<i>` = `value-<i>` through `kv`, 16 at a time; every one
+/// must be acknowledged. Returns the keys.
+pub async fn write_keys(kv: &KvClient, prefix: &str, range: std::ops::Range<u64>) -> Vec<String> {
+    use futures::StreamExt;
+    futures::stream::iter(range)
+        .map(|i| async move {
+            let k = format!("{prefix}{i:06}");
+            kv.put(k.as_bytes(), format!("value-{i}").as_bytes())
+                .await
+                .unwrap_or_else(|e| panic!("put {k}: {e}"));
+            k
+        })
+        .buffer_unordered(16)
+        .collect()
+        .await
+}
+
+/// Asserts every key reads back through `kv` with its value.
+pub async fn assert_keys(kv: &KvClient, keys: &[String]) {
+    for k in keys {
+        let i: u64 = k
+            .rsplit(|c: char| !c.is_ascii_digit())
+            .next()
+            .unwrap()
+            .parse()
+            .unwrap();
+        let v = kv
+            .get(k.as_bytes())
+            .await
+            .unwrap_or_else(|e| panic!("get {k}: {e}"));
+        assert_eq!(
+            v.as_deref(),
+            Some(format!("value-{i}").as_bytes()),
+            "key {k}"
+        );
+    }
+}
