@@ -7,7 +7,14 @@ use std::time::Duration;
 
 use clap::Parser;
 
+use crate::transport::grpc::LaneMode;
 use crate::transport::validate_peer_addr;
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum TransportMode {
+    Stream,
+    Unary,
+}
 
 /// A replicated key-value member of a raftlane cluster.
 #[derive(Parser, Debug, Clone)]
@@ -64,6 +71,13 @@ pub struct NodeConfig {
     #[arg(long, env = "RAFTLANE_MAX_INFLIGHT", default_value_t = 256,
           value_parser = clap::value_parser!(u64).range(1..=65_536))]
     pub max_inflight: u64,
+    /// Lanes per peer: 4 isolated lanes, or 1 multiplexed lane (for comparison).
+    #[arg(long, env = "RAFTLANE_LANES", value_enum, default_value = "4")]
+    pub lanes: LaneMode,
+    /// Peer transport: long-lived streams (falling back to unary per peer), or
+    /// unary calls only (for comparison).
+    #[arg(long, env = "RAFTLANE_TRANSPORT", value_enum, default_value = "stream")]
+    pub transport: TransportMode,
     /// Deadline of a client request, milliseconds.
     #[arg(long, env = "RAFTLANE_REQUEST_TIMEOUT_MS", default_value_t = 5_000)]
     pub request_timeout_ms: u64,
@@ -195,6 +209,8 @@ mod tests {
             (&["--heartbeat-ticks", "10"][..], "--heartbeat-ticks"),
             (&["--snapshot-entries", "0"][..], "--snapshot-entries"),
             (&["--admin-addr", "127.0.0.1:2"][..], "--client-addr"),
+            (&["--lanes", "3"][..], "--lanes"),
+            (&["--transport", "udp"][..], "--transport"),
         ] {
             let err = parse(extra).unwrap_err();
             assert!(err.contains(flag), "{extra:?}: {err}");

@@ -51,6 +51,12 @@ pub struct Metrics {
     pub dropped: Family<Dropped, Counter>,
     /// Failed sends by gRPC status code.
     pub send_errors: Family<SendError, Counter>,
+    /// `SendStream` calls opened.
+    pub stream_opens: Family<PeerLane, Counter>,
+    /// Times a peer answered UNIMPLEMENTED to `SendStream` and unary `Send` took over.
+    pub unary_fallbacks: Family<PeerLane, Counter>,
+    /// Time a message waited in its lane before it was handed to the network.
+    pub send_wait_seconds: Histogram,
     /// Reports posted to the raft loop (unreachable, snapshot_finish, snapshot_failure).
     pub reports: Family<Kind, Counter>,
     /// Inbound raft messages accepted for the raft loop.
@@ -87,6 +93,9 @@ impl Metrics {
             sent: Family::default(),
             dropped: Family::default(),
             send_errors: Family::default(),
+            stream_opens: Family::default(),
+            unary_fallbacks: Family::default(),
+            send_wait_seconds: Histogram::new(exponential_buckets(0.00005, 2.0, 20)),
             reports: Family::default(),
             received: Counter::default(),
             rejected: Family::default(),
@@ -115,6 +124,21 @@ impl Metrics {
             "transport_send_errors",
             "Failed peer sends by gRPC code",
             m.send_errors.clone(),
+        );
+        r.register(
+            "transport_stream_opens",
+            "SendStream calls opened",
+            m.stream_opens.clone(),
+        );
+        r.register(
+            "transport_unary_fallbacks",
+            "Peers found without SendStream, served by unary Send",
+            m.unary_fallbacks.clone(),
+        );
+        r.register(
+            "transport_send_wait_seconds",
+            "Time a message waited in its lane",
+            m.send_wait_seconds.clone(),
         );
         r.register(
             "transport_reports",

@@ -15,7 +15,7 @@ use tokio_stream::wrappers::TcpListenerStream;
 use tokio_util::sync::CancellationToken;
 use tonic::transport::Server;
 
-use crate::config::NodeConfig;
+use crate::config::{NodeConfig, TransportMode};
 use crate::consensus::{LoopConfig, NodeHandle, RaftLoop};
 use crate::metrics::{self, Metrics};
 use crate::service::{admin::AdminService, kv::KvService};
@@ -29,6 +29,8 @@ use crate::transport::Transport;
 
 const REQUEST_QUEUE: usize = 4096;
 const REPORT_QUEUE: usize = 1024;
+const STREAM_WINDOW: u32 = 1 << 20;
+const CONNECTION_WINDOW: u32 = 64 << 20;
 
 async fn bind(flag: &str, addr: SocketAddr) -> anyhow::Result<TcpListener> {
     TcpListener::bind(addr)
@@ -80,7 +82,9 @@ pub async fn run(cfg: NodeConfig) -> anyhow::Result<()> {
             id: cfg.id,
             advertise_addr: cfg.advertise(),
             send_timeout: NodeConfig::ms(cfg.send_timeout_ms),
-            queue_capacity: cfg.max_inflight as usize * 2,
+            max_inflight: cfg.max_inflight as usize,
+            lanes: cfg.lanes,
+            unary_only: cfg.transport == TransportMode::Unary,
             channel: ChannelSettings {
                 connect_timeout: NodeConfig::ms(cfg.connect_timeout_ms),
                 ..ChannelSettings::default()
@@ -126,26 +130,20 @@ pub async fn run(cfg: NodeConfig) -> anyhow::Result<()> {
     let ready = Arc::new(AtomicBool::new(false));
     let timeout = NodeConfig::ms(cfg.request_timeout_ms);
 
-    let peer_srv = Server::builder()
+    let peer_srv = peer_server()
         .add_service(
             RaftTransportServer::new(ReceiverService(receiver))
                 .max_decoding_message_size(MAX_MESSAGE_BYTES)
                 .max_encoding_message_size(MAX_MESSAGE_BYTES),
         )
-        .serve_with_incoming_shutdown(
-            TcpListenerStream::new(peer_l),
-            shutdown.clone().cancelled_owned(),
-        );
+        .serve_with_incoming_shutdown(incoming(peer_l), shutdown.clone().cancelled_owned());
     let client_srv = Server::builder()
         .add_service(KvServer::new(KvService {
             node: handle.clone(),
             timeout,
             metrics: metrics.clone(),
         }))
-        .serve_with_incoming_shutdown(
-            TcpListenerStream::new(client_l),
-            shutdown.clone().cancelled_owned(),
-        );
+        .serve_with_incoming_shutdown(incoming(client_l), shutdown.clone().cancelled_owned());
     let admin_srv = Server::builder()
         .add_service(NodeAdminServer::new(AdminService {
             node: handle.clone(),
@@ -154,10 +152,7 @@ pub async fn run(cfg: NodeConfig) -> anyhow::Result<()> {
             id: cfg.id,
             timeout,
         }))
-        .serve_with_incoming_shutdown(
-            TcpListenerStream::new(admin_l),
-            shutdown.clone().cancelled_owned(),
-        );
+        .serve_with_incoming_shutdown(incoming(admin_l), shutdown.clone().cancelled_owned());
 
     let loop_task = tokio::spawn(raft_loop.run(
         inbox_rx,
@@ -191,6 +186,30 @@ pub async fn run(cfg: NodeConfig) -> anyhow::Result<()> {
     result
 }
 
+/// Accepted connections with Nagle's algorithm off: small gRPC frames (a
+/// heartbeat, a window update) must not wait for the peer's delayed ACK (~40 ms).
+pub fn incoming(
+    listener: TcpListener,
+) -> impl futures::Stream<Item = std::io::Result<tokio::net::TcpStream>> {
+    use futures::StreamExt;
+    TcpListenerStream::new(listener).map(|conn| {
+        let conn = conn?;
+        conn.set_nodelay(true)?;
+        Ok(conn)
+    })
+}
+
+/// HTTP/2 windows of the peer port. A lane that stops being read can hold at
+/// most its stream window; the connection window is far larger than all lanes
+/// of a peer together, so a stalled lane never starves the others.
+pub fn peer_server() -> Server {
+    Server::builder()
+        .initial_stream_window_size(STREAM_WINDOW)
+        .initial_connection_window_size(CONNECTION_WINDOW)
+        .http2_keepalive_interval(Some(std::time::Duration::from_secs(10)))
+        .http2_keepalive_timeout(Some(std::time::Duration::from_secs(3)))
+}
+
 async fn shutdown_signal() {
     let term = async {
         match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
@@ -203,5 +222,23 @@ async fn shutdown_signal() {
     tokio::select! {
         _ = tokio::signal::ctrl_c() => {}
         _ = term => {}
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use futures::StreamExt;
+
+    /// Nagle on a server socket stalls request chains by ~40 ms per hop (a
+    /// linearizable read went from 1 ms to 44 ms at p90): every accepted
+    /// connection must have it off.
+    #[tokio::test]
+    async fn accepted_connections_have_nagle_off() {
+        let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = l.local_addr().unwrap();
+        let mut incoming = Box::pin(super::incoming(l));
+        let _client = tokio::net::TcpStream::connect(addr).await.unwrap();
+        let conn = incoming.next().await.unwrap().unwrap();
+        assert!(conn.nodelay().unwrap());
     }
 }

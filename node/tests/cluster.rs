@@ -1,5 +1,6 @@
 //! A three-member cluster of real processes on loopback: replication, leader
-//! failure, restarts on the same data dir and on a new address.
+//! failure, restarts on the same data dir and on a new address. Every scenario
+//! runs with four lanes per peer and with one multiplexed lane.
 
 mod common;
 
@@ -7,9 +8,8 @@ use std::time::{Duration, Instant};
 
 use common::{assert_keys, write_keys, Cluster, ELECTION};
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn replicates_and_survives_leader_kill() {
-    let mut c = Cluster::start(3, &[]);
+async fn replicates_and_survives_leader_kill(lanes: &[&str]) {
+    let mut c = Cluster::start(3, lanes);
     let leader = c.wait_leader(ELECTION * 20).await;
 
     // 1000 puts spread over every endpoint.
@@ -39,11 +39,28 @@ async fn replicates_and_survives_leader_kill() {
     .await;
     assert_keys(&c.kv(&[leader]), &keys).await;
     assert_keys(&c.kv(&[leader]), &more).await;
+
+    // The current leader streams to every follower: no fallback, its lanes open.
+    let s = c.status(new_leader).await.unwrap();
+    for p in &s.peers {
+        assert!(!p.no_stream, "peer {} fell back to unary", p.id);
+        let open: Vec<&str> = p
+            .lanes
+            .iter()
+            .filter(|l| l.stream_open)
+            .map(|l| l.name.as_str())
+            .collect();
+        assert!(
+            open.contains(&"heartbeat") || open.contains(&"all"),
+            "leader's stream to {} not open: {:?}",
+            p.id,
+            p.lanes
+        );
+    }
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn member_rejoins_on_a_new_address_without_restarting_others() {
-    let mut c = Cluster::start(3, &[]);
+async fn member_rejoins_on_a_new_address_without_restarting_others(lanes: &[&str]) {
+    let mut c = Cluster::start(3, lanes);
     let leader = c.wait_leader(ELECTION * 20).await;
     let moved = if leader == 3 { 2 } else { 3 };
     let others: Vec<u64> = (1..=3).filter(|i| *i != moved).collect();
@@ -77,9 +94,8 @@ async fn member_rejoins_on_a_new_address_without_restarting_others() {
     }
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn acknowledged_writes_survive_killing_every_member() {
-    let mut c = Cluster::start(3, &[]);
+async fn acknowledged_writes_survive_killing_every_member(lanes: &[&str]) {
+    let mut c = Cluster::start(3, lanes);
     c.wait_leader(ELECTION * 20).await;
     let kv = c.kv(&[1, 2, 3]);
     let keys = write_keys(&kv, "durable-", 0..500).await;
@@ -93,9 +109,8 @@ async fn acknowledged_writes_survive_killing_every_member() {
     assert_keys(&c.kv(&[1, 2, 3]), &keys).await;
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn learner_catches_up_by_snapshot_then_is_promoted_and_removed() {
-    let mut c = Cluster::start(3, &["--snapshot-entries", "100"]);
+async fn learner_catches_up_by_snapshot_then_is_promoted_and_removed(lanes: &[&str]) {
+    let mut c = Cluster::start(3, &[lanes, &["--snapshot-entries", "100"]].concat());
     let leader = c.wait_leader(ELECTION * 20).await;
     let keys = write_keys(&c.kv(&[1, 2, 3]), "pre-", 0..600).await;
     // The leader compacted: the first entries are gone, so a newcomer needs a snapshot.
@@ -174,3 +189,28 @@ async fn learner_catches_up_by_snapshot_then_is_promoted_and_removed() {
     assert!(!during.is_empty());
     assert_keys(&c.kv(&[1, 2, 3]), &during).await;
 }
+
+/// Runs each scenario as two tests: `lanes4::name` and `lanes1::name`.
+macro_rules! in_both_lane_modes {
+    ($($name:ident),* $(,)?) => {
+        mod lanes4 {
+            $(#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn $name() {
+                super::$name(&["--lanes", "4"]).await
+            })*
+        }
+        mod lanes1 {
+            $(#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn $name() {
+                super::$name(&["--lanes", "1"]).await
+            })*
+        }
+    };
+}
+
+in_both_lane_modes!(
+    replicates_and_survives_leader_kill,
+    member_rejoins_on_a_new_address_without_restarting_others,
+    acknowledged_writes_survive_killing_every_member,
+    learner_catches_up_by_snapshot_then_is_promoted_and_removed,
+);

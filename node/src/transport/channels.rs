@@ -60,6 +60,8 @@ impl ChannelPool {
             .http2_keep_alive_interval(self.settings.keepalive_interval)
             .keep_alive_timeout(self.settings.keepalive_timeout)
             .keep_alive_while_idle(true)
+            .initial_stream_window_size(Some(1 << 20))
+            .initial_connection_window_size(Some(64 << 20))
             .tcp_nodelay(true);
         let ch = endpoint.connect_lazy();
         map.insert(addr.to_string(), (ch.clone(), 1));
@@ -77,7 +79,7 @@ impl ChannelPool {
         }
     }
 
-    /// Addresses with a live channel, and how many ids use each.
+    /// How many ids use the channel to `addr` (0: none open).
     pub fn users(&self, addr: &str) -> usize {
         let map = self.by_addr.lock().expect("channel pool poisoned");
         map.get(addr).map_or(0, |(_, n)| *n)

@@ -7,11 +7,14 @@ pub mod channels;
 pub mod grpc;
 mod guard;
 pub mod inbox;
+mod lanes;
 pub mod memory;
+mod peer;
 pub mod receiver;
 pub mod report;
 pub mod routing;
 pub mod snapshot;
+mod stream;
 
 pub use address::{validate_peer_addr, AddrError};
 pub use guard::{check_raft_message, GuardError};

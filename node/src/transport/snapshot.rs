@@ -4,8 +4,10 @@
 //! chunks whatever the snapshot size.
 
 use std::path::PathBuf;
+use std::time::Duration;
 
 use futures::Stream;
+use raftlane_proto::transport::raft_transport_client::RaftTransportClient;
 use raftlane_proto::transport::{snapshot_chunk::Kind, SnapshotChunk, SnapshotHeader};
 use thiserror::Error;
 use tokio::io::AsyncReadExt;
@@ -13,6 +15,8 @@ use tonic::{Code, Status};
 
 /// Payload bytes per chunk.
 pub const CHUNK_SIZE: usize = 1 << 20;
+/// Snapshot sends may take this long at least, longer for big ones (at 1 MiB/s).
+const MIN_SNAPSHOT_TIMEOUT: Duration = Duration::from_secs(600);
 
 #[derive(Debug, Error, PartialEq, Eq)]
 pub enum FrameError {
@@ -194,6 +198,31 @@ pub fn chunks(
             st,
         ))
     })
+}
+
+/// Streams the snapshot file at `path` and waits for the receiver's ack, which
+/// it sends only once raft has the snapshot. Returns the payload size.
+pub async fn send_file(
+    client: &mut RaftTransportClient<tonic::transport::Channel>,
+    mut header: SnapshotHeader,
+    path: PathBuf,
+) -> Result<u64, String> {
+    let (total_size, crc32c) = measure(&path)
+        .await
+        .map_err(|e| format!("snapshot file {}: {e}", path.display()))?;
+    header.total_size = total_size;
+    header.crc32c = crc32c;
+    let limit = MIN_SNAPSHOT_TIMEOUT.max(Duration::from_secs(total_size >> 20));
+    match tokio::time::timeout(
+        limit,
+        client.send_snapshot(chunks(header, path, CHUNK_SIZE)),
+    )
+    .await
+    {
+        Ok(Ok(_)) => Ok(total_size),
+        Ok(Err(s)) => Err(format!("{:?}: {}", s.code(), s.message())),
+        Err(_) => Err(format!("not acknowledged within {limit:?}")),
+    }
 }
 
 #[cfg(test)]
