@@ -30,6 +30,12 @@ unit:
 
 test: lint unit
 
+# Benchmark programs (release build): each prints figures measured side by side.
+# RAFTLANE_BENCH_SECS shortens the 60 s RTT-tolerance runs.
+bench:
+	$(CARGO) bench -p raft-node --bench transport
+	$(CARGO) bench -p raft-node --bench cluster
+
 # A 3-member cluster of local processes under $(STATE)/cluster (PID files, logs).
 cluster: release
 	scripts/cluster.sh up

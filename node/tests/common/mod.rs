@@ -37,6 +37,8 @@ pub struct Cluster {
     pub members: BTreeMap<u64, Member>,
     /// Flags added to every member's command line.
     pub extra: Vec<String>,
+    /// Where members reach a peer, when not at its own address (a proxy).
+    pub reach: BTreeMap<u64, String>,
     net: (u8, u8),
 }
 
@@ -62,21 +64,40 @@ fn pick_net() -> (u8, u8) {
 impl Cluster {
     /// Starts `n` voters that bootstrap together.
     pub fn start(n: u64, extra: &[&str]) -> Cluster {
+        let mut c = Cluster::prepare(n, extra);
+        c.start_voters();
+        c
+    }
+
+    /// Allocates `n` members without starting them.
+    pub fn prepare(n: u64, extra: &[&str]) -> Cluster {
         let mut c = Cluster {
             tmp: tempfile::tempdir().unwrap(),
             cluster_id: format!("test-{}", std::process::id()),
             members: BTreeMap::new(),
             extra: extra.iter().map(|s| s.to_string()).collect(),
+            reach: BTreeMap::new(),
             net: pick_net(),
         };
         for id in 1..=n {
             c.add_member(id);
         }
-        let voters: Vec<String> = (1..=n).map(|i| i.to_string()).collect();
-        for id in 1..=n {
-            c.spawn(id, &["--initial-voters", &voters.join(",")]);
-        }
         c
+    }
+
+    /// Starts every prepared member as an initial voter.
+    pub fn start_voters(&mut self) {
+        let ids = self.all_ids();
+        let voters: Vec<String> = ids.iter().map(|i| i.to_string()).collect();
+        for id in ids {
+            let advertise = self.reach.get(&id).cloned();
+            let mut args = vec!["--initial-voters".to_string(), voters.join(",")];
+            if let Some(a) = advertise {
+                args.extend(["--advertise-addr".to_string(), a]);
+            }
+            let args: Vec<&str> = args.iter().map(String::as_str).collect();
+            self.spawn(id, &args);
+        }
     }
 
     /// Allocates addresses and a data dir for member `id` (not started).
@@ -112,7 +133,7 @@ impl Cluster {
     pub fn peers_flag(&self) -> String {
         self.members
             .values()
-            .map(|m| format!("{}={}", m.id, m.peer))
+            .map(|m| format!("{}={}", m.id, self.reach.get(&m.id).unwrap_or(&m.peer)))
             .collect::<Vec<_>>()
             .join(",")
     }
@@ -129,6 +150,18 @@ impl Cluster {
             .append(true)
             .open(self.log_path(id))
             .unwrap();
+        // Fast raft timing for tests, unless the cluster sets its own.
+        let fast = [
+            "--tick-ms".to_string(),
+            TICK_MS.to_string(),
+            "--election-ticks".to_string(),
+            ELECTION_TICKS.to_string(),
+        ];
+        let timing: &[String] = if self.extra.iter().any(|a| a == "--tick-ms") {
+            &[]
+        } else {
+            &fast
+        };
         let m = self.members.get_mut(&id).expect("known member");
         let child = Command::new(env!("CARGO_BIN_EXE_raft-node"))
             .args(["--id", &id.to_string(), "--cluster-id", &self.cluster_id])
@@ -137,12 +170,7 @@ impl Cluster {
             .args(["--peer-addr", &m.peer, "--client-addr", &m.client])
             .args(["--admin-addr", &m.admin, "--metrics-addr", &m.metrics])
             .args(["--peers", &peers])
-            .args([
-                "--tick-ms",
-                &TICK_MS.to_string(),
-                "--election-ticks",
-                &ELECTION_TICKS.to_string(),
-            ])
+            .args(timing)
             .args(&self.extra)
             .args(args)
             .env("RAFTLANE_LOG", "info")
@@ -279,11 +307,17 @@ impl Cluster {
         .changed
     }
 
+    /// Sum of every series of metric `name` on member `id`.
     pub async fn metric(&self, id: u64, name: &str) -> f64 {
+        self.metric_with(id, name, "").await
+    }
+
+    /// Sum of the series of metric `name` whose labels contain `label`.
+    pub async fn metric_with(&self, id: u64, name: &str, label: &str) -> f64 {
         let url = format!("http://{}/metrics", self.members[&id].metrics);
         let body = http_get(&url).await;
         body.lines()
-            .filter(|l| l.starts_with(name))
+            .filter(|l| l.starts_with(name) && l.contains(label))
             .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
             .sum()
     }
