@@ -78,6 +78,10 @@ pub struct NodeConfig {
     /// unary calls only (for comparison).
     #[arg(long, env = "RAFTLANE_TRANSPORT", value_enum, default_value = "stream")]
     pub transport: TransportMode,
+    /// Most raft messages packed into one envelope when a lane has a backlog.
+    #[arg(long, env = "RAFTLANE_MAX_BATCH_MESSAGES", default_value_t = 256,
+          value_parser = clap::value_parser!(u64).range(1..=65_536))]
+    pub max_batch_messages: u64,
     /// Deadline of a client request, milliseconds.
     #[arg(long, env = "RAFTLANE_REQUEST_TIMEOUT_MS", default_value_t = 5_000)]
     pub request_timeout_ms: u64,

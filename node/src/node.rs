@@ -85,6 +85,7 @@ pub async fn run(cfg: NodeConfig) -> anyhow::Result<()> {
             max_inflight: cfg.max_inflight as usize,
             lanes: cfg.lanes,
             unary_only: cfg.transport == TransportMode::Unary,
+            max_batch: cfg.max_batch_messages as usize,
             channel: ChannelSettings {
                 connect_timeout: NodeConfig::ms(cfg.connect_timeout_ms),
                 ..ChannelSettings::default()
@@ -130,19 +131,23 @@ pub async fn run(cfg: NodeConfig) -> anyhow::Result<()> {
     let ready = Arc::new(AtomicBool::new(false));
     let timeout = NodeConfig::ms(cfg.request_timeout_ms);
 
+    let kv = Arc::new(KvService::new(
+        handle.clone(),
+        transport.clone(),
+        timeout,
+        metrics.clone(),
+    ));
     let peer_srv = peer_server()
         .add_service(
             RaftTransportServer::new(ReceiverService(receiver))
                 .max_decoding_message_size(MAX_MESSAGE_BYTES)
                 .max_encoding_message_size(MAX_MESSAGE_BYTES),
         )
+        // Followers forward client writes here.
+        .add_service(KvServer::from_arc(kv.clone()))
         .serve_with_incoming_shutdown(incoming(peer_l), shutdown.clone().cancelled_owned());
     let client_srv = Server::builder()
-        .add_service(KvServer::new(KvService {
-            node: handle.clone(),
-            timeout,
-            metrics: metrics.clone(),
-        }))
+        .add_service(KvServer::from_arc(kv.clone()))
         .serve_with_incoming_shutdown(incoming(client_l), shutdown.clone().cancelled_owned());
     let admin_srv = Server::builder()
         .add_service(NodeAdminServer::new(AdminService {

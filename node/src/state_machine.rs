@@ -20,7 +20,7 @@ pub enum Applied {
     Noop,
 }
 
-#[derive(Default, Debug)]
+#[derive(Default, Debug, Clone)]
 pub struct KvStateMachine {
     data: BTreeMap<Vec<u8>, Vec<u8>>,
 }

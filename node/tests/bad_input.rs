@@ -93,6 +93,43 @@ async fn refuses_bad_envelopes_and_keeps_serving() {
         .expect_err("payload first");
     assert_eq!(err.code(), Code::InvalidArgument, "{err:?}");
 
+    // A snapshot that ends before its last chunk is refused and leaves no file.
+    let mut snap = Message::default();
+    snap.set_msg_type(MessageType::MsgSnapshot);
+    snap.from = 7;
+    snap.to = 1;
+    snap.mut_snapshot().mut_metadata().index = 5;
+    snap.mut_snapshot().mut_metadata().term = 1;
+    let header = raftlane_proto::transport::SnapshotHeader {
+        cluster_id: good.clone(),
+        from: 7,
+        to: 1,
+        message: snap.write_to_bytes().unwrap(),
+        total_size: 10,
+        ..Default::default()
+    };
+    let chunks = vec![
+        SnapshotChunk {
+            kind: Some(snapshot_chunk::Kind::Header(header)),
+            last: false,
+        },
+        SnapshotChunk {
+            kind: Some(snapshot_chunk::Kind::Payload(vec![0; 4])),
+            last: false,
+        },
+    ];
+    let err = peer
+        .send_snapshot(futures::stream::iter(chunks))
+        .await
+        .expect_err("premature end");
+    assert_eq!(err.code(), Code::InvalidArgument, "{err:?}");
+    let snap_dir = c.members[&1].dir.join("snapshots");
+    let left: Vec<_> = std::fs::read_dir(&snap_dir)
+        .unwrap()
+        .map(|e| e.unwrap().file_name())
+        .collect();
+    assert!(left.is_empty(), "partial snapshot files left: {left:?}");
+
     let rejected = c.metric(1, "raftlane_transport_rejected_total").await;
     assert!(
         rejected >= (cases.len() * 2 + 1) as f64,

@@ -255,6 +255,7 @@ fn sender(lanes: LaneMode, send_timeout: Duration) -> Sender {
             max_inflight: 256,
             lanes,
             unary_only: false,
+            max_batch: 256,
             channel: ChannelSettings::default(),
         },
         tx,
@@ -732,4 +733,32 @@ async fn single_lane_mode_serves_heartbeats_first_over_one_stream() {
     let st = &s.t.peers()[0];
     assert_eq!(st.lanes.len(), 1);
     assert_eq!(st.lanes[0].sent, 200);
+}
+
+/// raft-rs keeps a peer paused until every snapshot sent to it is reported: one
+/// cut short by an address change must come back as a failure.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn snapshot_cut_short_by_an_address_change_is_reported_as_failed() {
+    let gate = Arc::new(Semaphore::new(0));
+    let old = TestServer::start(Behavior {
+        snapshot_gate: Some(gate),
+        ..Default::default()
+    });
+    let new = TestServer::start(Behavior::default());
+    let mut s = sender(LaneMode::Four, Duration::from_secs(5));
+    s.t.upsert_peer(2, &old.addr.to_string()).unwrap();
+    s.t.send(vec![snapshot_msg(&s.snapshots, 2, 10, 4096)]);
+    wait_for("snapshot at the old address", || {
+        old.rec.snapshot_bytes.load(Ordering::SeqCst) >= 4096
+    })
+    .await;
+    s.t.upsert_peer(2, &new.addr.to_string()).unwrap();
+    let r = next_report(&mut s.reports, |r| matches!(r, Report::Snapshot { .. })).await;
+    assert_eq!(
+        r,
+        Report::Snapshot {
+            to: 2,
+            finished: false
+        }
+    );
 }

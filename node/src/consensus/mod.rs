@@ -53,18 +53,24 @@ pub struct LoopConfig {
     pub election_range: Option<(usize, usize)>,
 }
 
-/// Entry contexts carry (proposing member, request id), so the member that
-/// proposed, even through forwarding to the leader, can answer when it applies.
-fn context(member: u64, req: u64) -> Vec<u8> {
-    let mut c = member.to_le_bytes().to_vec();
-    c.extend_from_slice(&req.to_le_bytes());
-    c
+/// Entry and ReadIndex contexts carry (member, incarnation, request id), so the
+/// member that proposed can answer when it applies. The incarnation is random per
+/// process start: request ids restart at 1, and an entry proposed before a restart
+/// must never answer a request made after it.
+fn context(member: u64, incarnation: u64, req: u64) -> Vec<u8> {
+    [member, incarnation, req]
+        .iter()
+        .flat_map(|v| v.to_le_bytes())
+        .collect()
 }
 
-fn parse_context(c: &[u8]) -> Option<(u64, u64)> {
-    let member = u64::from_le_bytes(c.get(..8)?.try_into().ok()?);
-    let req = u64::from_le_bytes(c.get(8..16)?.try_into().ok()?);
-    Some((member, req))
+fn parse_context(c: &[u8]) -> Option<(u64, u64, u64)> {
+    let word = |i: usize| {
+        Some(u64::from_le_bytes(
+            c.get(i * 8..i * 8 + 8)?.try_into().ok()?,
+        ))
+    };
+    Some((word(0)?, word(1)?, word(2)?))
 }
 
 fn storage_err(e: impl std::fmt::Display) -> NodeError {
@@ -92,6 +98,7 @@ pub struct RaftLoop {
     transport: Arc<dyn Transport>,
     metrics: Metrics,
     conf_state: ConfState,
+    incarnation: u64,
     next_req: u64,
     writes: HashMap<u64, PendingWrite>,
     changes: HashMap<u64, oneshot::Sender<Result<u64, NodeError>>>,
@@ -100,6 +107,15 @@ pub struct RaftLoop {
     ready_reads: Vec<(u64, Query, ReadReply)>,
     transfer: Option<Transfer>,
     ticks: u64,
+    /// A snapshot being written by a blocking task, and who waits for it.
+    dump: Option<Dump>,
+    dump_done: mpsc::Sender<anyhow::Result<SnapshotMetadata>>,
+    dump_results: Option<mpsc::Receiver<anyhow::Result<SnapshotMetadata>>>,
+}
+
+/// A snapshot in the making: the state at `meta.index` is being written to disk.
+struct Dump {
+    waiters: Vec<oneshot::Sender<Result<u64, NodeError>>>,
 }
 
 impl RaftLoop {
@@ -139,6 +155,7 @@ impl RaftLoop {
         let logger = slog::Logger::root(tracing_slog::TracingSlogDrain, slog::o!());
         let conf_state = store.initial_state()?.conf_state;
         let node = RawNode::new(&rc, store, &logger)?;
+        let (dump_done, dump_results) = mpsc::channel(1);
         Ok(RaftLoop {
             cfg,
             node,
@@ -147,6 +164,7 @@ impl RaftLoop {
             transport,
             metrics,
             conf_state,
+            incarnation: rand::random(),
             next_req: 0,
             writes: HashMap::new(),
             changes: HashMap::new(),
@@ -154,6 +172,9 @@ impl RaftLoop {
             ready_reads: Vec::new(),
             transfer: None,
             ticks: 0,
+            dump: None,
+            dump_done,
+            dump_results: Some(dump_results),
         })
     }
 
@@ -169,6 +190,7 @@ impl RaftLoop {
     ) -> anyhow::Result<()> {
         let mut ticker = tokio::time::interval(self.cfg.tick);
         ticker.set_missed_tick_behavior(MissedTickBehavior::Delay);
+        let mut dump_results = self.dump_results.take().expect("run once");
         ready.store(true, Ordering::Release);
         loop {
             tokio::select! {
@@ -181,6 +203,7 @@ impl RaftLoop {
                     }
                 }
                 _ = ticker.tick() => self.on_tick(),
+                Some(done) = dump_results.recv() => self.on_dump_done(done)?,
                 Some(r) = reports.recv() => self.on_report(r),
                 Some(m) = inbox.bulk.recv() => {
                     self.step(m);
@@ -236,7 +259,10 @@ impl RaftLoop {
 
     fn new_context(&mut self) -> (u64, Vec<u8>) {
         self.next_req += 1;
-        (self.next_req, context(self.cfg.id, self.next_req))
+        (
+            self.next_req,
+            context(self.cfg.id, self.incarnation, self.next_req),
+        )
     }
 
     fn leader_id(&self) -> u64 {
@@ -254,8 +280,11 @@ impl RaftLoop {
     fn on_request(&mut self, req: Request) {
         match req {
             Request::Write(cmd, reply) => {
-                if self.leader_id() == 0 {
-                    let _ = reply.send(Err(NodeError::NoLeader));
+                // Only the leader proposes (so raft never forwards a proposal
+                // through the small "other" lane); followers' Kv services
+                // forward client writes to the leader's.
+                if let Err(e) = self.require_leader() {
+                    let _ = reply.send(Err(e));
                     return;
                 }
                 let (id, ctx) = self.new_context();
@@ -313,9 +342,7 @@ impl RaftLoop {
                     });
                 }
             }
-            Request::Snapshot(reply) => {
-                let _ = reply.send(self.take_snapshot().map_err(storage_err));
-            }
+            Request::Snapshot(reply) => self.start_snapshot(Some(reply)),
             Request::Status(reply) => {
                 let _ = reply.send(self.status());
             }
@@ -392,8 +419,8 @@ impl RaftLoop {
             self.install_snapshot(rd.snapshot().clone())?;
         }
         for rs in rd.take_read_states() {
-            if let Some((member, req)) = parse_context(&rs.request_ctx) {
-                if member == self.cfg.id {
+            if let Some((member, inc, req)) = parse_context(&rs.request_ctx) {
+                if (member, inc) == (self.cfg.id, self.incarnation) {
                     if let Some((q, reply)) = self.reads.remove(&req) {
                         self.ready_reads.push((rs.index, q, reply));
                     }
@@ -419,8 +446,8 @@ impl RaftLoop {
         self.node.advance_apply();
         self.serve_reads();
         let since = self.node.raft.raft_log.applied - self.node.store().snapshot_meta().index;
-        if since >= self.cfg.snapshot_entries {
-            self.take_snapshot()?;
+        if since >= self.cfg.snapshot_entries && self.dump.is_none() {
+            self.start_snapshot(None);
         }
         self.update_gauges();
         Ok(())
@@ -432,7 +459,7 @@ impl RaftLoop {
         self.sm = KvStateMachine::load(&mut body)?;
         self.node.mut_store().apply_snapshot(meta)?;
         self.conf_state = meta.get_conf_state().clone();
-        self.snapshots.prune()?;
+        self.snapshots.prune((meta.term, meta.index))?;
         tracing::info!(
             index = meta.index,
             term = meta.term,
@@ -445,8 +472,8 @@ impl RaftLoop {
     fn apply(&mut self, entries: Vec<Entry>) -> anyhow::Result<()> {
         for e in entries {
             let ours = parse_context(&e.context)
-                .filter(|(m, _)| *m == self.cfg.id)
-                .map(|(_, r)| r);
+                .filter(|(m, inc, _)| (*m, *inc) == (self.cfg.id, self.incarnation))
+                .map(|(_, _, r)| r);
             match e.get_entry_type() {
                 EntryType::EntryNormal => self.apply_command(&e, ours),
                 EntryType::EntryConfChangeV2 => {
@@ -531,34 +558,77 @@ impl RaftLoop {
         }
     }
 
-    /// Dumps the state machine at the applied index and compacts the log, keeping
-    /// a margin of entries so slightly lagging followers need no snapshot.
-    fn take_snapshot(&mut self) -> anyhow::Result<u64> {
+    /// Starts writing the state at the applied index to a snapshot file on a
+    /// blocking task, so ticks and messages keep flowing meanwhile; the log is
+    /// compacted when it is done. `reply` (an admin request) learns the index.
+    fn start_snapshot(&mut self, reply: Option<oneshot::Sender<Result<u64, NodeError>>>) {
+        if let Some(d) = &mut self.dump {
+            d.waiters.extend(reply);
+            return;
+        }
         let index = self.node.raft.raft_log.applied;
         if index == 0 || index == self.node.store().snapshot_meta().index {
-            return Ok(index);
+            if let Some(r) = reply {
+                let _ = r.send(Ok(index));
+            }
+            return;
         }
-        let term = self.node.raft.raft_log.term(index)?;
-        let mut w = self.snapshots.create(term, index)?;
-        self.sm.dump(&mut w)?;
-        w.finish()?;
+        let term = match self.node.raft.raft_log.term(index) {
+            Ok(t) => t,
+            Err(e) => {
+                if let Some(r) = reply {
+                    let _ = r.send(Err(storage_err(e)));
+                }
+                return;
+            }
+        };
         let meta = SnapshotMetadata {
             index,
             term,
             conf_state: Some(self.conf_state.clone()).into(),
             ..Default::default()
         };
-        let keep = (self.cfg.snapshot_entries / 2).min(5000);
-        self.node.mut_store().compact(&meta, keep)?;
-        self.snapshots.prune()?;
-        self.metrics.snapshots_taken.inc();
-        tracing::info!(
-            index,
-            term,
-            keys = self.sm.len(),
-            "snapshot taken, log compacted"
-        );
-        Ok(index)
+        let state = self.sm.clone();
+        let (snapshots, done) = (self.snapshots.clone(), self.dump_done.clone());
+        tokio::task::spawn_blocking(move || {
+            let written = (|| {
+                let mut w = snapshots.create(term, index)?;
+                state.dump(&mut w)?;
+                w.finish()?;
+                Ok(meta)
+            })();
+            let _ = done.blocking_send(written);
+        });
+        self.dump = Some(Dump {
+            waiters: reply.into_iter().collect(),
+        });
+    }
+
+    /// Records a written snapshot and compacts the log, keeping a margin of
+    /// entries so slightly lagging followers need no snapshot.
+    fn on_dump_done(&mut self, done: anyhow::Result<SnapshotMetadata>) -> anyhow::Result<()> {
+        let waiters = self.dump.take().map(|d| d.waiters).unwrap_or_default();
+        let result = done.and_then(|meta| {
+            // A snapshot installed from the leader meanwhile may be newer.
+            if meta.index > self.node.store().snapshot_meta().index {
+                let keep = (self.cfg.snapshot_entries / 2).min(5000);
+                self.node.mut_store().compact(&meta, keep)?;
+                self.metrics.snapshots_taken.inc();
+                tracing::info!(
+                    index = meta.index,
+                    term = meta.term,
+                    "snapshot taken, log compacted"
+                );
+            }
+            let current = self.node.store().snapshot_meta();
+            self.snapshots.prune((current.term, current.index))?;
+            Ok(meta.index)
+        });
+        for w in waiters {
+            let _ = w.send(result.as_ref().copied().map_err(storage_err));
+        }
+        // Losing the ability to write snapshots or compact is a storage failure.
+        result.map(|_| ())
     }
 
     fn update_gauges(&self) {
@@ -567,5 +637,19 @@ impl RaftLoop {
         self.metrics.commit_index.set(r.raft_log.committed as i64);
         self.metrics.applied_index.set(r.raft_log.applied as i64);
         self.metrics.leader_id.set(r.leader_id as i64);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn contexts_of_another_incarnation_do_not_match() {
+        let c = context(3, 77, 1);
+        assert_eq!(parse_context(&c), Some((3, 77, 1)));
+        assert_ne!(parse_context(&context(3, 78, 1)), parse_context(&c));
+        assert_eq!(parse_context(&c[..16]), None);
+        assert_eq!(parse_context(b""), None);
     }
 }

@@ -41,9 +41,13 @@ pub async fn bounded<T>(
 ) -> Result<T, Status> {
     match tokio::time::timeout(timeout, fut).await {
         Ok(r) => r.map_err(to_status),
-        Err(_) => Err(Status::deadline_exceeded(format!(
-            "{what} not completed within {} ms; it may still take effect, retrying is safe",
-            timeout.as_millis()
-        ))),
+        Err(_) => Err(deadline(what, timeout)),
     }
+}
+
+pub fn deadline(what: &str, timeout: Duration) -> Status {
+    Status::deadline_exceeded(format!(
+        "{what} not completed within {} ms; it may still take effect, retrying is safe",
+        timeout.as_millis()
+    ))
 }

@@ -1,6 +1,7 @@
 //! Snapshot files: `snap-<term>-<index>.snap`, written to a temporary name, fsynced
 //! and renamed, so a crash leaves either the whole file or none. Each file ends with
-//! the CRC32C of everything before it and is verified before it is loaded.
+//! the CRC32C of everything before it and is verified before it is loaded or
+//! installed.
 
 use std::fs::{self, File};
 use std::io::{self, BufReader, BufWriter, Read, Seek, SeekFrom, Write};
@@ -9,7 +10,7 @@ use std::path::{Path, PathBuf};
 const MAGIC: &[u8; 8] = b"RLSNAP01";
 const HEADER_LEN: u64 = 8 + 8 + 8;
 const TRAILER_LEN: u64 = 4;
-/// Snapshot files kept besides the newest, for sends that are still reading them.
+/// Snapshot files kept besides the current one, for sends still reading them.
 const KEEP_OLDER: usize = 1;
 
 /// The folder of a member's snapshot files.
@@ -61,7 +62,8 @@ impl SnapshotStore {
         Ok((File::create(&tmp)?, tmp))
     }
 
-    /// Makes a fully received and verified incoming file the snapshot at (`term`, `index`).
+    /// Makes a fully received incoming file the snapshot at (`term`, `index`) once
+    /// its own header and trailer check out; a bad copy never replaces anything.
     pub fn install_incoming(
         &self,
         file: File,
@@ -71,70 +73,72 @@ impl SnapshotStore {
     ) -> io::Result<()> {
         file.sync_all()?;
         drop(file);
-        // The transport checksum covered the bytes; the file's own trailer must also hold.
-        let final_path = self.path(term, index);
-        fs::rename(tmp, &final_path)?;
-        if let Err(e) = self.open_body(term, index) {
-            let _ = fs::remove_file(&final_path);
-            return Err(e);
-        }
+        verified_body(tmp, term, index)?;
+        fs::rename(tmp, self.path(term, index))?;
         sync_dir(&self.dir)
     }
 
     /// Verifies the whole file and returns a reader over its body.
     pub fn open_body(&self, term: u64, index: u64) -> io::Result<impl Read> {
-        let path = self.path(term, index);
-        let mut file = File::open(&path)?;
-        let len = file.metadata()?.len();
-        if len < HEADER_LEN + TRAILER_LEN {
-            return Err(corrupt(&path, "shorter than header and trailer"));
-        }
-        let mut crc = 0u32;
-        let mut reader = BufReader::with_capacity(1 << 20, (&mut file).take(len - TRAILER_LEN));
-        let mut header = [0u8; HEADER_LEN as usize];
-        reader.read_exact(&mut header)?;
-        crc = crc32c::crc32c_append(crc, &header);
-        if &header[..8] != MAGIC
-            || header[8..16] != term.to_le_bytes()
-            || header[16..24] != index.to_le_bytes()
-        {
-            return Err(corrupt(&path, "header does not match its name"));
-        }
-        let mut buf = vec![0u8; 1 << 20];
-        loop {
-            let n = reader.read(&mut buf)?;
-            if n == 0 {
-                break;
-            }
-            crc = crc32c::crc32c_append(crc, &buf[..n]);
-        }
-        drop(reader);
-        let mut trailer = [0u8; 4];
-        file.read_exact(&mut trailer)?;
-        if u32::from_le_bytes(trailer) != crc {
-            return Err(corrupt(&path, "checksum mismatch"));
-        }
-        file.seek(SeekFrom::Start(HEADER_LEN))?;
-        Ok(BufReader::with_capacity(
-            1 << 20,
-            file.take(len - HEADER_LEN - TRAILER_LEN),
-        ))
+        verified_body(&self.path(term, index), term, index)
     }
 
-    /// Deletes snapshot files older than the newest `1 + KEEP_OLDER`.
-    pub fn prune(&self) -> io::Result<()> {
-        let mut names: Vec<PathBuf> = fs::read_dir(&self.dir)?
+    /// Deletes snapshot files except `current` (the one the snapshot metadata
+    /// names) and the newest other one.
+    pub fn prune(&self, current: (u64, u64)) -> io::Result<()> {
+        let keep = self.path(current.0, current.1);
+        let mut others: Vec<PathBuf> = fs::read_dir(&self.dir)?
             .filter_map(|e| e.ok().map(|e| e.path()))
-            .filter(|p| p.extension().is_some_and(|e| e == "snap"))
+            .filter(|p| p.extension().is_some_and(|e| e == "snap") && *p != keep)
             .collect();
         // Zero-padded names sort by term, then index.
-        names.sort();
-        let excess = names.len().saturating_sub(1 + KEEP_OLDER);
-        for old in &names[..excess] {
+        others.sort();
+        let excess = others.len().saturating_sub(KEEP_OLDER);
+        for old in &others[..excess] {
             fs::remove_file(old)?;
         }
         Ok(())
     }
+}
+
+/// Checks a file's header against (`term`, `index`) and its trailer against its
+/// content, then returns a reader over its body.
+fn verified_body(path: &Path, term: u64, index: u64) -> io::Result<impl Read> {
+    let mut file = File::open(path)?;
+    let len = file.metadata()?.len();
+    if len < HEADER_LEN + TRAILER_LEN {
+        return Err(corrupt(path, "shorter than header and trailer"));
+    }
+    let mut crc = 0u32;
+    let mut reader = BufReader::with_capacity(1 << 20, (&mut file).take(len - TRAILER_LEN));
+    let mut header = [0u8; HEADER_LEN as usize];
+    reader.read_exact(&mut header)?;
+    crc = crc32c::crc32c_append(crc, &header);
+    if &header[..8] != MAGIC
+        || header[8..16] != term.to_le_bytes()
+        || header[16..24] != index.to_le_bytes()
+    {
+        return Err(corrupt(path, "header does not match its term and index"));
+    }
+    let mut buf = vec![0u8; 1 << 20];
+    loop {
+        let n = reader.read(&mut buf)?;
+        if n == 0 {
+            break;
+        }
+        crc = crc32c::crc32c_append(crc, &buf[..n]);
+    }
+    drop(reader);
+    let mut trailer = [0u8; 4];
+    file.read_exact(&mut trailer)?;
+    if u32::from_le_bytes(trailer) != crc {
+        return Err(corrupt(path, "checksum mismatch"));
+    }
+    file.seek(SeekFrom::Start(HEADER_LEN))?;
+    Ok(BufReader::with_capacity(
+        1 << 20,
+        file.take(len - HEADER_LEN - TRAILER_LEN),
+    ))
 }
 
 /// Writes a snapshot body, keeping the running checksum; `finish` makes it durable.
@@ -212,14 +216,32 @@ mod tests {
     }
 
     #[test]
-    fn prune_keeps_newest_two_and_open_cleans_tmp() {
+    fn a_bad_incoming_copy_never_replaces_a_good_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = SnapshotStore::open(dir.path()).unwrap();
+        write(&store, 1, 10, b"good body");
+        let (mut f, tmp) = store.create_incoming(1, 10).unwrap();
+        f.write_all(b"RLSNAP01 but truncated").unwrap();
+        assert!(store.install_incoming(f, &tmp, 1, 10).is_err());
+        let mut body = Vec::new();
+        store
+            .open_body(1, 10)
+            .unwrap()
+            .read_to_end(&mut body)
+            .unwrap();
+        assert_eq!(body, b"good body");
+    }
+
+    #[test]
+    fn prune_keeps_the_current_and_the_newest_other_and_open_cleans_tmp() {
         let dir = tempfile::tempdir().unwrap();
         let store = SnapshotStore::open(dir.path()).unwrap();
         for i in 1..=4 {
             write(&store, 1, i * 10, b"x");
         }
         fs::write(dir.path().join("snap-x.tmp"), b"partial").unwrap();
-        store.prune().unwrap();
+        // The metadata names index 20; 30 and 40 arrived but were never applied.
+        store.prune((1, 20)).unwrap();
         let store = SnapshotStore::open(dir.path()).unwrap();
         let mut left: Vec<_> = fs::read_dir(dir.path())
             .unwrap()
@@ -230,7 +252,7 @@ mod tests {
             left,
             vec![
                 store
-                    .path(1, 30)
+                    .path(1, 20)
                     .file_name()
                     .unwrap()
                     .to_string_lossy()

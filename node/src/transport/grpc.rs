@@ -48,6 +48,8 @@ pub struct GrpcConfig {
     pub lanes: LaneMode,
     /// Never stream; every envelope is a unary `Send` (for comparison).
     pub unary_only: bool,
+    /// Most raft messages packed into one envelope when a lane has a backlog.
+    pub max_batch: usize,
     pub channel: ChannelSettings,
 }
 
@@ -136,6 +138,29 @@ impl GrpcTransport {
     }
 }
 
+impl GrpcTransport {
+    fn upsert_locked(
+        &self,
+        peers: &mut BTreeMap<u64, Peer>,
+        id: u64,
+        addr: &str,
+    ) -> Result<bool, AddrError> {
+        validate_peer_addr(addr)?;
+        let sh = &self.shared;
+        if peers.get(&id).is_some_and(|p| p.addr == addr) {
+            return Ok(false);
+        }
+        let channel = sh.pool.acquire(addr)?;
+        if let Some(old) = peers.remove(&id) {
+            old.close();
+            sh.pool.release(&old.addr);
+            tracing::info!(peer = id, old = %old.addr, new = %addr, "peer address changed: streams rebuilt");
+        }
+        peers.insert(id, Peer::spawn(sh, id, addr, channel));
+        Ok(true)
+    }
+}
+
 impl Transport for GrpcTransport {
     fn send(&self, msgs: Vec<Message>) {
         let sh = &self.shared;
@@ -156,34 +181,19 @@ impl Transport for GrpcTransport {
     }
 
     fn upsert_peer(&self, id: u64, addr: &str) -> Result<bool, AddrError> {
-        validate_peer_addr(addr)?;
-        let sh = &self.shared;
-        let mut peers = sh.peers.lock().expect("peer table poisoned");
-        if peers.get(&id).is_some_and(|p| p.addr == addr) {
-            return Ok(false);
-        }
-        let channel = sh.pool.acquire(addr)?;
-        if let Some(old) = peers.remove(&id) {
-            old.close();
-            sh.pool.release(&old.addr);
-            tracing::info!(peer = id, old = %old.addr, new = %addr, "peer address changed: streams rebuilt");
-        }
-        peers.insert(id, Peer::spawn(sh, id, addr, channel));
-        Ok(true)
+        let mut peers = self.shared.peers.lock().expect("peer table poisoned");
+        self.upsert_locked(&mut peers, id, addr)
     }
 
     fn learn_peer(&self, id: u64, addr: &str) {
         if id == self.shared.cfg.id {
             return;
         }
-        let known = self
-            .shared
-            .peers
-            .lock()
-            .expect("peer table poisoned")
-            .contains_key(&id);
-        if !known {
-            if let Err(e) = self.upsert_peer(id, addr) {
+        // Checked and inserted under one lock, so a learned address never
+        // replaces one that was just set by UpsertPeers.
+        let mut peers = self.shared.peers.lock().expect("peer table poisoned");
+        if !peers.contains_key(&id) {
+            if let Err(e) = self.upsert_locked(&mut peers, id, addr) {
                 tracing::warn!(peer = id, error = %e, "ignoring address learned from peer traffic");
             }
         }
@@ -195,6 +205,11 @@ impl Transport for GrpcTransport {
             old.close();
             sh.pool.release(&old.addr);
         }
+    }
+
+    fn peer_addr(&self, id: u64) -> Option<String> {
+        let peers = self.shared.peers.lock().expect("peer table poisoned");
+        peers.get(&id).map(|p| p.addr.clone())
     }
 
     fn peers(&self) -> Vec<PeerStatus> {

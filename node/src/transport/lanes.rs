@@ -23,10 +23,9 @@ use super::snapshot::send_file;
 use super::stream::{is_unimplemented, NoStream, OpenStream, StreamSendError};
 use crate::metrics::{Dropped, PeerLane, SendError};
 
-/// A backlog is packed into one envelope up to this many bytes...
+/// A backlog is packed into one envelope up to this many bytes, or up to the
+/// configured number of messages.
 const BATCH_BYTES: usize = 4 << 20;
-/// ...or this many messages.
-const BATCH_MESSAGES: usize = 256;
 
 /// A message waiting in a lane, stamped for the send-wait histogram.
 pub struct Queued {
@@ -81,17 +80,17 @@ impl Inputs {
         }
     }
 
-    /// Closes the queues and counts what was still in them.
-    fn close(&mut self) -> u64 {
+    /// Closes the queues and returns what was still in them.
+    fn close(&mut self) -> Vec<Queued> {
         let rxs: Vec<&mut mpsc::Receiver<Queued>> = match self {
             Inputs::One(rx) => vec![rx],
             Inputs::Prioritized { high, low } => vec![high, low],
         };
-        let mut left = 0;
+        let mut left = Vec::new();
         for rx in rxs {
             rx.close();
-            while rx.try_recv().is_ok() {
-                left += 1;
+            while let Ok(q) = rx.try_recv() {
+                left.push(q);
             }
         }
         left
@@ -159,7 +158,7 @@ impl Lane {
             }
             let mut batch = vec![first];
             let mut bytes = 0;
-            while bytes < BATCH_BYTES && batch.len() < BATCH_MESSAGES {
+            while bytes < BATCH_BYTES && batch.len() < self.shared.cfg.max_batch {
                 match inputs.try_recv() {
                     Some(q) if is_snapshot(&q) => {
                         held = Some(q);
@@ -178,8 +177,21 @@ impl Lane {
             s.close();
         }
         self.stats.stream_open.store(false, Ordering::Relaxed);
-        let left = inputs.close() + u64::from(held.is_some());
-        self.count_dropped(left, "peer_closed");
+        let left: Vec<Queued> = inputs.close().into_iter().chain(held).collect();
+        self.count_dropped(left.len() as u64, "peer_closed");
+        for q in left.iter().filter(|q| is_snapshot(q)) {
+            self.snapshot_abandoned(&q.msg);
+        }
+    }
+
+    /// raft-rs needs a report for every snapshot it sent, or it keeps the peer
+    /// paused in Snapshot state: a snapshot given up on (peer replaced or removed)
+    /// is reported as a failure, though not as the peer being unreachable.
+    fn snapshot_abandoned(&self, m: &Message) {
+        self.shared.report(Report::Snapshot {
+            to: m.to,
+            finished: false,
+        });
     }
 
     fn envelope(&self, batch: Vec<Queued>) -> (RaftEnvelope, u64) {
@@ -333,10 +345,13 @@ impl Lane {
     }
 
     /// Streams a snapshot from disk; `Finish` is reported only on the receiver's
-    /// ack, and a cancelled send (peer removed) is not reported at all.
+    /// ack, anything else as a failure.
     async fn send_snapshot(&self, m: Message) {
         let slot = tokio::select! {
-            _ = self.cancel.cancelled() => return,
+            _ = self.cancel.cancelled() => {
+                self.count_dropped(1, "peer_closed");
+                return self.snapshot_abandoned(&m);
+            }
             s = self.shared.snapshot_slots.clone().acquire_owned() => s,
         };
         let meta = m.get_snapshot().get_metadata();
@@ -353,7 +368,10 @@ impl Lane {
         let path = self.shared.snapshots.path(term, index);
         let mut client = self.client.clone();
         let result = tokio::select! {
-            _ = self.cancel.cancelled() => return,
+            _ = self.cancel.cancelled() => {
+                self.count_dropped(1, "peer_closed");
+                return self.snapshot_abandoned(&m);
+            }
             r = send_file(&mut client, header, path) => r,
         };
         drop(slot);

@@ -174,4 +174,8 @@ impl Transport for MemoryTransport {
     fn peers(&self) -> Vec<PeerStatus> {
         Vec::new()
     }
+
+    fn peer_addr(&self, _id: u64) -> Option<String> {
+        None
+    }
 }

@@ -35,4 +35,6 @@ pub trait Transport: Send + Sync + 'static {
     fn remove_peer(&self, id: u64);
     /// Per-peer state for `Status`.
     fn peers(&self) -> Vec<PeerStatus>;
+    /// Where peer `id` listens now, if known.
+    fn peer_addr(&self, id: u64) -> Option<String>;
 }

@@ -181,6 +181,7 @@ impl Receiver {
             .map_err(|_| Status::unavailable("shutting down"))?;
         let mut asm = Assembler::default();
         let mut target: Option<(Message, tokio::fs::File, std::path::PathBuf)> = None;
+        let mut partial = PartialFile(None);
         while let Some(chunk) = stream.message().await? {
             match asm
                 .accept(chunk)
@@ -200,6 +201,7 @@ impl Receiver {
                         .snapshots
                         .create_incoming(meta.term, meta.index)
                         .map_err(|e| Status::internal(format!("snapshot spool: {e}")))?;
+                    partial.0 = Some(tmp.clone());
                     target = Some((m, tokio::fs::File::from_std(file), tmp));
                 }
                 Frame::Payload(p) => {
@@ -231,6 +233,7 @@ impl Receiver {
                     Status::data_loss(format!("snapshot install: {e}")),
                 )
             })?;
+        partial.0 = None;
         if !self.inbox.deliver_snapshot(m).await {
             return Err(Status::resource_exhausted(
                 "raft inbox stayed full; snapshot not delivered",
@@ -241,6 +244,18 @@ impl Receiver {
             accepted: 1,
             dropped: 0,
         })
+    }
+}
+
+/// A partly received snapshot file, removed unless it was installed: a failed
+/// or abandoned transfer must not leave its bytes on disk.
+struct PartialFile(Option<std::path::PathBuf>);
+
+impl Drop for PartialFile {
+    fn drop(&mut self) {
+        if let Some(p) = self.0.take() {
+            let _ = std::fs::remove_file(p);
+        }
     }
 }
 
