@@ -1,0 +1,3 @@
+//! raft-operator: reconciles `RaftCluster` resources into raft-node members.
+
+pub mod plan;

@@ -1,0 +1,297 @@
+//! The reconcile planner: a pure function from the desired size and what was
+//! observed (members the runtime runs, and what each member's raft reports) to the
+//! next actions. Every step is derived from observed state alone, so a plan made
+//! after an operator crash resumes the operation that was in flight.
+//!
+//! Safety rules it never breaks:
+//! - one membership change at a time, applied before the next is proposed;
+//! - scale up: create member → push addresses → add as learner → promote once
+//!   caught up; scale down: highest id first, leadership moved away first,
+//!   removed from raft membership before its process or pod is deleted;
+//! - a membership change needs a leader, and a quorum of healthy voters after it;
+//! - without a quorum, only missing members are restored;
+//! - desired size comes only from the spec: a missing member is recreated with its
+//!   id (and data), never read as a scale-in;
+//! - a member whose address changed has it pushed to every other member, in place.
+
+use std::collections::{BTreeMap, BTreeSet};
+
+/// What the runtime knows about one member (a process, or a pod).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct RuntimeMember {
+    pub id: u64,
+    /// Where its peer port listens now; None until it has one.
+    pub peer_addr: Option<String>,
+}
+
+/// What one member reported about itself and the cluster (admin `Status`).
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct MemberReport {
+    pub id: u64,
+    pub term: u64,
+    pub leader_id: u64,
+    pub is_leader: bool,
+    pub commit_index: u64,
+    pub applied_index: u64,
+    pub voters: BTreeSet<u64>,
+    pub learners: BTreeSet<u64>,
+    pub conf_change_pending: bool,
+    /// Its peer table: where it sends to each other member.
+    pub peers: BTreeMap<u64, String>,
+}
+
+/// Everything a plan is made from.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Observed {
+    /// Members that exist in the runtime, by id.
+    pub running: BTreeMap<u64, RuntimeMember>,
+    /// Members that answered `Status`, by id.
+    pub reports: BTreeMap<u64, MemberReport>,
+    /// The voters the cluster was bootstrapped with, once it was (kept in status).
+    pub bootstrapped: Option<BTreeSet<u64>>,
+}
+
+/// One step toward the desired state.
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord)]
+pub enum Action {
+    /// Start member `id`; `initial_voters` is set only for the bootstrap set.
+    Create {
+        id: u64,
+        initial_voters: Option<BTreeSet<u64>>,
+    },
+    /// Set `peers` in member `on`'s peer table (UpsertPeers).
+    PushAddresses {
+        on: u64,
+        peers: BTreeMap<u64, String>,
+    },
+    AddLearner {
+        via: u64,
+        id: u64,
+    },
+    Promote {
+        via: u64,
+        id: u64,
+    },
+    TransferLeader {
+        via: u64,
+        to: u64,
+    },
+    RemoveMember {
+        via: u64,
+        id: u64,
+    },
+    /// Stop and delete member `id`'s process or pod (it left the membership).
+    Delete {
+        id: u64,
+    },
+}
+
+impl Action {
+    /// True for actions that change raft membership.
+    pub fn changes_membership(&self) -> bool {
+        matches!(
+            self,
+            Action::AddLearner { .. } | Action::Promote { .. } | Action::RemoveMember { .. }
+        )
+    }
+}
+
+/// The next actions, and why nothing more is done now.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Plan {
+    pub actions: Vec<Action>,
+    /// Set when a needed step is held back (shown in status and events).
+    pub waiting: Option<String>,
+}
+
+/// A learner is promoted once it has applied this share of the leader's commit
+/// index (and is at most `CATCH_UP_SLACK` entries behind).
+const CATCH_UP_SLACK: u64 = 100;
+
+fn quorum(voters: usize) -> usize {
+    voters / 2 + 1
+}
+
+/// The plan for a cluster of `replicas` members (ids `1..=replicas`).
+pub fn plan(replicas: u64, obs: &Observed) -> Plan {
+    let mut p = Plan::default();
+    let desired: BTreeSet<u64> = (1..=replicas).collect();
+
+    let leader = obs.reports.values().find(|r| r.is_leader);
+    // Membership as the leader sees it; without one, as the freshest member does.
+    let view = leader.or_else(|| {
+        obs.reports
+            .values()
+            .max_by_key(|r| (r.term, r.commit_index))
+    });
+    let bootstrap = match (&obs.bootstrapped, view) {
+        (Some(b), _) => b.clone(),
+        // Bootstrap record lost, but the cluster answers: its voters stand in.
+        (None, Some(v)) => v.voters.clone(),
+        // A new cluster: every member starts with the same initial voters.
+        (None, None) if obs.running.is_empty() => {
+            for id in &desired {
+                p.actions.push(Action::Create {
+                    id: *id,
+                    initial_voters: Some(desired.clone()),
+                });
+            }
+            return p;
+        }
+        (None, None) => {
+            p.waiting = Some("members exist but none answers and no bootstrap is recorded".into());
+            return p;
+        }
+    };
+    let (voters, learners) = match view {
+        Some(v) => (v.voters.clone(), v.learners.clone()),
+        None => (bootstrap.clone(), BTreeSet::new()),
+    };
+    let members: BTreeSet<u64> = voters.union(&learners).copied().collect();
+
+    // Restore wanted members that are missing, with their id (and data);
+    // bootstrap voters get their initial voters again (ignored when their data
+    // dir holds state). Members on their way out are removed, not restored.
+    for id in members.intersection(&desired) {
+        if !obs.running.contains_key(id) {
+            let initial_voters = bootstrap.contains(id).then(|| bootstrap.clone());
+            p.actions.push(Action::Create {
+                id: *id,
+                initial_voters,
+            });
+        }
+    }
+
+    push_addresses(obs, &mut p);
+
+    // Members that left the membership are deleted (only once a member answers,
+    // so an unknown membership never deletes anything).
+    if view.is_some() {
+        for id in obs.running.keys() {
+            if !members.contains(id) && !desired.contains(id) {
+                p.actions.push(Action::Delete { id: *id });
+            }
+        }
+    }
+
+    let Some(leader) = leader else {
+        p.waiting = Some("no leader: only restoring members and addresses".into());
+        return p;
+    };
+    if leader.conf_change_pending {
+        p.waiting = Some("a membership change is being applied".into());
+        return p;
+    }
+    let healthy = |id: &u64| {
+        obs.running.contains_key(id)
+            && obs
+                .reports
+                .get(id)
+                .is_some_and(|r| r.leader_id == leader.id && r.term == leader.term)
+    };
+    let healthy_voters = |vs: &BTreeSet<u64>| vs.iter().filter(|v| healthy(v)).count();
+    let caught_up = |id: &u64| {
+        obs.reports.get(id).is_some_and(|r| {
+            r.applied_index + CATCH_UP_SLACK >= leader.commit_index && r.leader_id == leader.id
+        })
+    };
+
+    // 1. Finish a scale-up in flight: promote a caught-up learner that is wanted.
+    if let Some(id) = learners.iter().find(|id| desired.contains(id)) {
+        if caught_up(id) {
+            let mut after = voters.clone();
+            after.insert(*id);
+            if healthy_voters(&after) >= quorum(after.len()) {
+                p.actions.push(Action::Promote {
+                    via: leader.id,
+                    id: *id,
+                });
+            } else {
+                p.waiting = Some(format!("promoting {id} would leave no healthy quorum"));
+            }
+        } else {
+            p.waiting = Some(format!("learner {id} is catching up"));
+        }
+        return p;
+    }
+
+    // 2. Scale down, highest id first: learners, then voters.
+    if let Some(&id) = members.iter().rev().find(|id| !desired.contains(id)) {
+        if id == leader.id {
+            match voters
+                .iter()
+                .rev()
+                .find(|v| **v != id && desired.contains(v) && healthy(v))
+            {
+                Some(to) => p.actions.push(Action::TransferLeader {
+                    via: leader.id,
+                    to: *to,
+                }),
+                None => p.waiting = Some(format!("no healthy voter to take leadership from {id}")),
+            }
+            return p;
+        }
+        let mut after = voters.clone();
+        after.remove(&id);
+        if after.is_empty() || healthy_voters(&after) < quorum(after.len()) {
+            p.waiting = Some(format!("removing {id} would leave no healthy quorum"));
+        } else {
+            p.actions.push(Action::RemoveMember { via: leader.id, id });
+        }
+        return p;
+    }
+
+    // 3. Scale up, one member at a time, lowest new id first.
+    if let Some(&id) = desired.iter().find(|id| !members.contains(id)) {
+        match obs.running.get(&id) {
+            None => p.actions.push(Action::Create {
+                id,
+                initial_voters: None,
+            }),
+            Some(m) if m.peer_addr.is_none() => {
+                p.waiting = Some(format!("member {id} has no address yet"))
+            }
+            Some(_) if leader_knows(leader, obs, id) => {
+                if healthy_voters(&voters) >= quorum(voters.len()) {
+                    p.actions.push(Action::AddLearner { via: leader.id, id });
+                } else {
+                    p.waiting = Some(format!("adding {id} needs a healthy quorum first"));
+                }
+            }
+            Some(_) => p.waiting = Some(format!("waiting for the leader to learn {id}'s address")),
+        }
+    }
+    p
+}
+
+/// True when the leader's peer table has `id` at its current address.
+fn leader_knows(leader: &MemberReport, obs: &Observed, id: u64) -> bool {
+    let current = obs.running.get(&id).and_then(|m| m.peer_addr.as_ref());
+    current.is_some() && leader.peers.get(&id) == current
+}
+
+/// Every member that answers learns the current address of each other member
+/// it lacks or has wrong. (A member being created gets all of them as flags.)
+fn push_addresses(obs: &Observed, p: &mut Plan) {
+    let current: BTreeMap<u64, String> = obs
+        .running
+        .values()
+        .filter_map(|m| Some((m.id, m.peer_addr.clone()?)))
+        .collect();
+    for (on, report) in &obs.reports {
+        if !obs.running.contains_key(on) {
+            continue;
+        }
+        let stale: BTreeMap<u64, String> = current
+            .iter()
+            .filter(|(id, addr)| *id != on && report.peers.get(id) != Some(addr))
+            .map(|(id, addr)| (*id, addr.clone()))
+            .collect();
+        if !stale.is_empty() {
+            p.actions.push(Action::PushAddresses {
+                on: *on,
+                peers: stale,
+            });
+        }
+    }
+}

@@ -1,0 +1,456 @@
+//! The planner, situation by situation, and a property test over random cluster
+//! states asserting that no plan breaks the safety rules.
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use proptest::prelude::*;
+use raft_operator::plan::{plan, Action, MemberReport, Observed, RuntimeMember};
+
+fn addr(id: u64, generation: u64) -> String {
+    format!("127.0.{generation}.{id}:7000")
+}
+
+fn set(ids: &[u64]) -> BTreeSet<u64> {
+    ids.iter().copied().collect()
+}
+
+/// A healthy cluster: every member runs, answers, follows `leader`, is caught
+/// up, and knows every address.
+fn cluster(voters: &[u64], learners: &[u64], leader: u64) -> Observed {
+    let all: Vec<u64> = voters.iter().chain(learners).copied().collect();
+    let mut obs = Observed {
+        bootstrapped: Some(set(&[1, 2, 3])),
+        ..Default::default()
+    };
+    for &id in &all {
+        obs.running.insert(
+            id,
+            RuntimeMember {
+                id,
+                peer_addr: Some(addr(id, 0)),
+            },
+        );
+        obs.reports.insert(
+            id,
+            MemberReport {
+                id,
+                term: 2,
+                leader_id: leader,
+                is_leader: id == leader,
+                commit_index: 1000,
+                applied_index: 1000,
+                voters: set(voters),
+                learners: set(learners),
+                conf_change_pending: false,
+                peers: all
+                    .iter()
+                    .filter(|p| **p != id)
+                    .map(|p| (*p, addr(*p, 0)))
+                    .collect(),
+            },
+        );
+    }
+    obs
+}
+
+fn membership(p: &raft_operator::plan::Plan) -> Vec<&Action> {
+    p.actions
+        .iter()
+        .filter(|a| a.changes_membership() || matches!(a, Action::TransferLeader { .. }))
+        .collect()
+}
+
+#[test]
+fn new_cluster_creates_every_member_with_the_same_initial_voters() {
+    let p = plan(3, &Observed::default());
+    let want: Vec<Action> = (1..=3)
+        .map(|id| Action::Create {
+            id,
+            initial_voters: Some(set(&[1, 2, 3])),
+        })
+        .collect();
+    assert_eq!(p.actions, want);
+}
+
+#[test]
+fn steady_cluster_needs_nothing() {
+    let p = plan(3, &cluster(&[1, 2, 3], &[], 1));
+    assert_eq!(p.actions, vec![]);
+    assert_eq!(p.waiting, None);
+}
+
+#[test]
+fn scale_up_is_create_then_addresses_then_learner_then_promote() {
+    // Step 1: member 4 does not exist yet.
+    let obs = cluster(&[1, 2, 3], &[], 1);
+    assert_eq!(
+        plan(5, &obs).actions,
+        vec![Action::Create {
+            id: 4,
+            initial_voters: None
+        }]
+    );
+
+    // Step 2: it runs; nobody knows its address yet.
+    let mut obs = obs;
+    obs.running.insert(
+        4,
+        RuntimeMember {
+            id: 4,
+            peer_addr: Some(addr(4, 0)),
+        },
+    );
+    let p = plan(5, &obs);
+    for on in 1..=3 {
+        let peers = BTreeMap::from([(4, addr(4, 0))]);
+        assert!(
+            p.actions.contains(&Action::PushAddresses { on, peers }),
+            "{p:?}"
+        );
+    }
+    assert!(
+        membership(&p).is_empty(),
+        "no learner before the leader knows where it is"
+    );
+
+    // Step 3: addresses pushed: add as learner, one at a time.
+    for r in obs.reports.values_mut() {
+        r.peers.insert(4, addr(4, 0));
+    }
+    assert_eq!(
+        plan(5, &obs).actions,
+        vec![Action::AddLearner { via: 1, id: 4 }]
+    );
+
+    // Step 4: a learner far behind waits; caught up, it is promoted.
+    let mut obs = cluster(&[1, 2, 3], &[4], 1);
+    obs.reports.get_mut(&4).unwrap().applied_index = 10;
+    let p = plan(5, &obs);
+    assert!(membership(&p).is_empty());
+    assert!(p.waiting.unwrap().contains("catching up"));
+    obs.reports.get_mut(&4).unwrap().applied_index = 990;
+    assert_eq!(
+        plan(5, &obs).actions,
+        vec![Action::Promote { via: 1, id: 4 }]
+    );
+
+    // Step 5: the next member only once 4 votes.
+    let obs = cluster(&[1, 2, 3, 4], &[], 1);
+    assert_eq!(
+        plan(5, &obs).actions,
+        vec![Action::Create {
+            id: 5,
+            initial_voters: None
+        }]
+    );
+}
+
+#[test]
+fn an_operation_in_flight_is_resumed_not_repeated() {
+    // The operator died after "added as learner": the restart promotes it and
+    // adds no second member.
+    let obs = cluster(&[1, 2, 3], &[4], 1);
+    assert_eq!(
+        plan(5, &obs).actions,
+        vec![Action::Promote { via: 1, id: 4 }]
+    );
+    // A change still being applied blocks the next one.
+    let mut obs = cluster(&[1, 2, 3, 4], &[], 1);
+    obs.reports.get_mut(&1).unwrap().conf_change_pending = true;
+    let p = plan(5, &obs);
+    assert!(membership(&p).is_empty());
+    assert!(!p.actions.iter().any(|a| matches!(a, Action::Create { .. })));
+}
+
+#[test]
+fn scale_down_moves_leadership_then_removes_then_deletes_highest_first() {
+    let obs = cluster(&[1, 2, 3, 4, 5], &[], 5);
+    assert_eq!(
+        plan(3, &obs).actions,
+        vec![Action::TransferLeader { via: 5, to: 3 }]
+    );
+
+    let obs = cluster(&[1, 2, 3, 4, 5], &[], 1);
+    assert_eq!(
+        plan(3, &obs).actions,
+        vec![Action::RemoveMember { via: 1, id: 5 }]
+    );
+
+    // 5 left the membership: its process goes, and 4 is next.
+    let mut obs = cluster(&[1, 2, 3, 4], &[], 1);
+    obs.running.insert(
+        5,
+        RuntimeMember {
+            id: 5,
+            peer_addr: Some(addr(5, 0)),
+        },
+    );
+    let p = plan(3, &obs);
+    assert!(p.actions.contains(&Action::Delete { id: 5 }));
+    assert!(p.actions.contains(&Action::RemoveMember { via: 1, id: 4 }));
+}
+
+#[test]
+fn an_unhealthy_member_may_be_removed_while_quorum_holds() {
+    // Scale 5 -> 4 while 5 is down: the others keep a healthy quorum.
+    let mut obs = cluster(&[1, 2, 3, 4, 5], &[], 1);
+    obs.running.remove(&5);
+    obs.reports.remove(&5);
+    let p = plan(4, &obs);
+    assert_eq!(
+        membership(&p),
+        vec![&Action::RemoveMember { via: 1, id: 5 }]
+    );
+    assert!(
+        !p.actions.contains(&Action::Create {
+            id: 5,
+            initial_voters: None
+        }),
+        "never restored on its way out"
+    );
+
+    // But not when it would leave no healthy quorum.
+    let mut obs = cluster(&[1, 2, 3, 4], &[], 1);
+    for id in [2, 3] {
+        obs.running.remove(&id);
+        obs.reports.remove(&id);
+    }
+    let p = plan(3, &obs);
+    assert!(membership(&p).is_empty());
+    assert!(p.waiting.unwrap().contains("quorum"));
+}
+
+#[test]
+fn a_missing_member_is_recreated_with_its_id_never_read_as_scale_in() {
+    let mut obs = cluster(&[1, 2, 3], &[], 1);
+    obs.running.remove(&2);
+    obs.reports.remove(&2);
+    let p = plan(3, &obs);
+    assert_eq!(
+        p.actions,
+        vec![Action::Create {
+            id: 2,
+            initial_voters: Some(set(&[1, 2, 3]))
+        }]
+    );
+}
+
+#[test]
+fn a_new_address_is_pushed_to_every_other_member_in_one_pass() {
+    let mut obs = cluster(&[1, 2, 3], &[], 1);
+    obs.running.insert(
+        2,
+        RuntimeMember {
+            id: 2,
+            peer_addr: Some(addr(2, 1)),
+        },
+    );
+    let p = plan(3, &obs);
+    let peers = BTreeMap::from([(2, addr(2, 1))]);
+    assert_eq!(
+        p.actions,
+        vec![
+            Action::PushAddresses {
+                on: 1,
+                peers: peers.clone()
+            },
+            Action::PushAddresses { on: 3, peers },
+        ]
+    );
+}
+
+#[test]
+fn without_a_leader_only_members_and_addresses_are_restored() {
+    let mut obs = cluster(&[1, 2, 3], &[], 1);
+    for id in [1, 3] {
+        obs.running.remove(&id);
+        obs.reports.remove(&id);
+    }
+    let r = obs.reports.get_mut(&2).unwrap();
+    r.leader_id = 0;
+    let p = plan(5, &obs);
+    assert!(
+        p.actions
+            .iter()
+            .all(|a| matches!(a, Action::Create { .. } | Action::PushAddresses { .. })),
+        "{p:?}"
+    );
+    assert!(p.actions.contains(&Action::Create {
+        id: 1,
+        initial_voters: Some(set(&[1, 2, 3]))
+    }));
+    assert!(p.waiting.unwrap().contains("no leader"));
+}
+
+/// A random cluster state over ids 1..=7 with a desired size of 1..=7, biased
+/// toward the states operators meet (most members up and answering, a live
+/// leader, usually no change pending) so every kind of step is exercised.
+fn any_state() -> impl Strategy<Value = (u64, Observed)> {
+    let member = (
+        prop_oneof![1 => Just(0u8), 5 => Just(1u8), 1 => Just(2u8), 2 => Just(3u8)],
+        prop::bool::weighted(0.85),
+        prop::bool::weighted(0.9),
+        prop_oneof![4 => Just(0u64), 1 => Just(1u64)],
+        prop::bool::weighted(0.8),
+        prop_oneof![3 => Just(1000u64), 1 => 0u64..1000],
+    );
+    (
+        1u64..=7,
+        proptest::collection::vec(member, 7),
+        0usize..8,
+        prop::bool::weighted(0.15),
+    )
+        .prop_map(|(replicas, per, leader_pick, pending)| {
+            // role: 0 absent, 1 voter, 2 learner, 3 left over (running, not a member)
+            let voters: BTreeSet<u64> = (1..=7).filter(|id| per[*id as usize - 1].0 == 1).collect();
+            let learners: BTreeSet<u64> =
+                (1..=7).filter(|id| per[*id as usize - 1].0 == 2).collect();
+            let live: Vec<u64> = voters
+                .iter()
+                .copied()
+                .filter(|id| per[*id as usize - 1].1 && per[*id as usize - 1].2)
+                .collect();
+            // Mostly a live voter leads; sometimes nobody does.
+            let leader = live.get(leader_pick).copied().unwrap_or(0);
+            let mut obs = Observed {
+                bootstrapped: Some(set(&[1, 2, 3])),
+                ..Default::default()
+            };
+            for id in 1..=7u64 {
+                let (role, running, answers, generation, knows_all, applied) = per[id as usize - 1];
+                if role == 0 || !running {
+                    continue;
+                }
+                obs.running.insert(
+                    id,
+                    RuntimeMember {
+                        id,
+                        peer_addr: Some(addr(id, generation)),
+                    },
+                );
+                if answers {
+                    let peers = (1..=7u64)
+                        .filter(|p| *p != id && (knows_all || p % 2 == 0))
+                        .map(|p| (p, addr(p, 0)))
+                        .collect();
+                    obs.reports.insert(
+                        id,
+                        MemberReport {
+                            id,
+                            term: 3,
+                            leader_id: leader,
+                            is_leader: id == leader,
+                            commit_index: 1000,
+                            applied_index: applied,
+                            voters: voters.clone(),
+                            learners: learners.clone(),
+                            conf_change_pending: pending,
+                            peers,
+                        },
+                    );
+                }
+            }
+            (replicas, obs)
+        })
+}
+
+/// The generator reaches every kind of step often enough to be tested.
+#[test]
+fn random_states_exercise_every_kind_of_step() {
+    use proptest::strategy::ValueTree;
+    use proptest::test_runner::TestRunner;
+    let mut runner = TestRunner::deterministic();
+    let mut kinds: BTreeMap<String, usize> = BTreeMap::new();
+    for _ in 0..2000 {
+        let (replicas, obs) = any_state().new_tree(&mut runner).unwrap().current();
+        for a in plan(replicas, &obs).actions {
+            let kind = format!("{a:?}")
+                .split([' ', '{'])
+                .next()
+                .unwrap()
+                .to_string();
+            *kinds.entry(kind).or_default() += 1;
+        }
+    }
+    for kind in [
+        "Create",
+        "PushAddresses",
+        "AddLearner",
+        "Promote",
+        "TransferLeader",
+        "RemoveMember",
+        "Delete",
+    ] {
+        assert!(
+            kinds.get(kind).copied().unwrap_or(0) >= 20,
+            "{kind} rarely generated: {kinds:?}"
+        );
+    }
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 2000, ..ProptestConfig::default() })]
+
+    #[test]
+    fn no_plan_breaks_the_safety_rules((replicas, obs) in any_state()) {
+        let p = plan(replicas, &obs);
+        let desired: BTreeSet<u64> = (1..=replicas).collect();
+        let leader = obs.reports.values().find(|r| r.is_leader);
+        let changes: Vec<&Action> = p.actions.iter().filter(|a| a.changes_membership()).collect();
+
+        // One membership change at a time, only through a leader with none pending.
+        prop_assert!(changes.len() <= 1, "{:?}", p.actions);
+        if !changes.is_empty() {
+            let l = leader.expect("membership change without a leader");
+            prop_assert!(!l.conf_change_pending);
+        }
+        let healthy = |id: &u64| {
+            let l = leader.unwrap();
+            obs.running.contains_key(id)
+                && obs.reports.get(id).is_some_and(|r| r.leader_id == l.id && r.term == l.term)
+        };
+        for a in &p.actions {
+            match a {
+                Action::Create { id, .. } => prop_assert!(desired.contains(id), "created {id} beyond the spec"),
+                Action::AddLearner { via, id } => {
+                    let l = leader.unwrap();
+                    prop_assert_eq!(*via, l.id);
+                    prop_assert!(desired.contains(id) && !l.voters.contains(id) && !l.learners.contains(id));
+                    let current = obs.running.get(id).and_then(|m| m.peer_addr.as_ref());
+                    prop_assert!(current.is_some() && l.peers.get(id) == current, "learner the leader cannot reach");
+                }
+                Action::Promote { id, .. } => {
+                    let l = leader.unwrap();
+                    prop_assert!(l.learners.contains(id) && desired.contains(id));
+                    prop_assert!(obs.reports[id].applied_index + 100 >= l.commit_index, "promoted before caught up");
+                }
+                Action::RemoveMember { id, .. } => {
+                    let l = leader.unwrap();
+                    prop_assert!(!desired.contains(id), "removed a wanted member");
+                    prop_assert!(*id != l.id, "removed the leader without moving leadership");
+                    let mut after = l.voters.clone();
+                    after.remove(id);
+                    let healthy_after = after.iter().filter(|v| healthy(v)).count();
+                    prop_assert!(healthy_after > after.len() / 2, "removal leaves no healthy quorum");
+                    // Highest first.
+                    let members: BTreeSet<u64> = l.voters.union(&l.learners).copied().collect();
+                    prop_assert!(members.iter().all(|m| m <= id || desired.contains(m)));
+                }
+                Action::TransferLeader { via, to } => {
+                    prop_assert!(!desired.contains(via) && desired.contains(to) && healthy(to));
+                }
+                Action::Delete { id } => {
+                    let view = leader.or_else(|| obs.reports.values().max_by_key(|r| (r.term, r.commit_index))).unwrap();
+                    prop_assert!(!desired.contains(id) && !view.voters.contains(id) && !view.learners.contains(id),
+                        "deleted member {} still in the membership", id);
+                }
+                Action::PushAddresses { on, peers } => {
+                    prop_assert!(!peers.contains_key(on));
+                    for (id, a) in peers {
+                        prop_assert_eq!(obs.running[id].peer_addr.as_ref(), Some(a));
+                    }
+                }
+            }
+        }
+    }
+}
