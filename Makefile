@@ -36,6 +36,10 @@ bench:
 	$(CARGO) bench -p raft-node --bench transport
 	$(CARGO) bench -p raft-node --bench cluster
 
+# Regenerate the CRD manifest from the Rust types (a test fails when it is stale).
+crds:
+	$(CARGO) run -q -p raft-operator -- crdgen --out crds/raftcluster.yaml
+
 # A 3-member cluster of local processes under $(STATE)/cluster (PID files, logs).
 cluster: release
 	scripts/cluster.sh up

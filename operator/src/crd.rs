@@ -1,0 +1,295 @@
+//! The `RaftCluster` custom resource (`raftlane.io/v1alpha1`): what a user asks
+//! for (spec) and what the operator observed (status). The schema, CEL rules,
+//! scale subresource and printer columns are generated from these types by
+//! `raft-operator crdgen` into `crds/raftcluster.yaml`.
+
+use std::collections::BTreeMap;
+
+use k8s_openapi::api::core::v1::{Affinity, ResourceRequirements, Toleration};
+use kube::{CustomResource, KubeSchema};
+use schemars::JsonSchema;
+use serde::{Deserialize, Serialize};
+
+/// A Raft cluster of `raft-node` members.
+// Each `printcolumn(...)` repeats the keys `name` and `type_`, which clippy's
+// duplicated_attributes lint mistakes for duplicates.
+#[allow(clippy::duplicated_attributes)]
+#[derive(CustomResource, KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
+#[kube(
+    group = "raftlane.io",
+    version = "v1alpha1",
+    kind = "RaftCluster",
+    namespaced,
+    shortname = "raft",
+    status = "RaftClusterStatus",
+    cel,
+    scale(
+        spec_replicas_path = ".spec.replicas",
+        status_replicas_path = ".status.replicas",
+        label_selector_path = ".status.selector"
+    ),
+    printcolumn(name = "Replicas", type_ = "integer", json_path = ".spec.replicas"),
+    printcolumn(name = "Ready", type_ = "integer", json_path = ".status.readyReplicas"),
+    printcolumn(name = "Leader", type_ = "string", json_path = ".status.leader"),
+    printcolumn(
+        name = "Available",
+        type_ = "string",
+        json_path = ".status.conditions[?(@.type==\"Available\")].status"
+    ),
+    printcolumn(
+        name = "Age",
+        type_ = "date",
+        json_path = ".metadata.creationTimestamp"
+    )
+)]
+#[serde(rename_all = "camelCase")]
+pub struct RaftClusterSpec {
+    /// Members of the cluster (ids 1..=replicas). Scale by changing it.
+    #[x_kube(validation = Rule::new("self >= 1").message("replicas must be at least 1"))]
+    pub replicas: u32,
+    /// Container image of raft-node (Kubernetes runtime only).
+    #[serde(default = "default_image")]
+    pub image: String,
+    /// Resources of each member's container (Kubernetes runtime only).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub resources: Option<ResourceRequirements>,
+    #[serde(default)]
+    pub storage: StorageSpec,
+    #[serde(default)]
+    pub raft: RaftSettings,
+    /// Pod placement overrides (Kubernetes runtime only).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub placement: Option<Placement>,
+}
+
+pub fn default_image() -> String {
+    "ghcr.io/raftlane/raft-node:latest".into()
+}
+
+/// Each member's volume.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct StorageSpec {
+    /// Volume size (a Kubernetes quantity); it may grow, never shrink.
+    #[serde(default = "default_storage_size")]
+    #[x_kube(validation = Rule::new("quantity(self).compareTo(quantity(oldSelf)) >= 0")
+        .message("storage size cannot shrink"))]
+    pub size: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub storage_class_name: Option<String>,
+    #[serde(default)]
+    pub retention_policy: RetentionPolicy,
+}
+
+fn default_storage_size() -> String {
+    "1Gi".into()
+}
+
+impl Default for StorageSpec {
+    fn default() -> Self {
+        StorageSpec {
+            size: default_storage_size(),
+            storage_class_name: None,
+            retention_policy: RetentionPolicy::default(),
+        }
+    }
+}
+
+/// What happens to a member's volume when it is scaled away or the cluster is
+/// deleted. A retained volume is never reused by another member identity.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq, Default)]
+#[serde(rename_all = "camelCase")]
+pub struct RetentionPolicy {
+    #[serde(default)]
+    pub when_scaled: Retention,
+    #[serde(default)]
+    pub when_deleted: Retention,
+}
+
+#[derive(JsonSchema, Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub enum Retention {
+    #[default]
+    Retain,
+    Delete,
+}
+
+/// Raft timing and transport settings passed to every member.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
+#[serde(rename_all = "camelCase")]
+#[x_kube(validation = Rule::new("self.heartbeatTicks < self.electionTicks")
+    .message("heartbeatTicks must be below electionTicks"))]
+pub struct RaftSettings {
+    /// Tick length, milliseconds.
+    #[serde(default = "default_tick_ms")]
+    #[x_kube(validation = Rule::new("self >= 1 && self <= 10000").message("tickMs must be 1 to 10000"))]
+    pub tick_ms: u32,
+    #[serde(default = "default_election_ticks")]
+    pub election_ticks: u32,
+    #[serde(default = "default_heartbeat_ticks")]
+    #[x_kube(validation = Rule::new("self >= 1").message("heartbeatTicks must be at least 1"))]
+    pub heartbeat_ticks: u32,
+    /// Applied entries between snapshots.
+    #[serde(default = "default_snapshot_entries")]
+    #[x_kube(validation = Rule::new("self >= 1").message("snapshotEntries must be at least 1"))]
+    pub snapshot_entries: u64,
+    /// Lanes per peer: 4 (isolated) or 1 (multiplexed, for comparison).
+    #[serde(default = "default_lanes")]
+    #[x_kube(validation = Rule::new("self == 1 || self == 4").message("lanes must be 1 or 4"))]
+    pub lanes: u32,
+}
+
+fn default_tick_ms() -> u32 {
+    100
+}
+fn default_election_ticks() -> u32 {
+    10
+}
+fn default_heartbeat_ticks() -> u32 {
+    2
+}
+fn default_snapshot_entries() -> u64 {
+    10_000
+}
+fn default_lanes() -> u32 {
+    4
+}
+
+impl Default for RaftSettings {
+    fn default() -> Self {
+        RaftSettings {
+            tick_ms: default_tick_ms(),
+            election_ticks: default_election_ticks(),
+            heartbeat_ticks: default_heartbeat_ticks(),
+            snapshot_entries: default_snapshot_entries(),
+            lanes: default_lanes(),
+        }
+    }
+}
+
+/// Where member pods may run.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq, Default)]
+#[serde(rename_all = "camelCase")]
+pub struct Placement {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub node_selector: Option<BTreeMap<String, String>>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tolerations: Option<Vec<Toleration>>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub affinity: Option<Affinity>,
+}
+
+/// What the operator observed, written by it alone.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq, Default)]
+#[serde(rename_all = "camelCase")]
+pub struct RaftClusterStatus {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub observed_generation: Option<i64>,
+    /// Members that exist.
+    #[serde(default)]
+    pub replicas: u32,
+    /// Members that are healthy (following the current leader).
+    #[serde(default)]
+    pub ready_replicas: u32,
+    /// Label selector of the member pods, for the scale subresource.
+    #[serde(default)]
+    pub selector: String,
+    /// Name of the leading member.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub leader: Option<String>,
+    #[serde(default)]
+    pub term: u64,
+    #[serde(default)]
+    #[schemars(extend("x-kubernetes-list-type" = "map", "x-kubernetes-list-map-keys" = ["id"]))]
+    pub members: Vec<MemberStatus>,
+    /// Available, Progressing, Degraded.
+    #[serde(default)]
+    #[schemars(extend("x-kubernetes-list-type" = "map", "x-kubernetes-list-map-keys" = ["type"]))]
+    pub conditions: Vec<Condition>,
+    /// The membership change in flight, if any.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub operation: Option<String>,
+    /// The voters the cluster was created with; members of this set are
+    /// recreated with the same initial voters.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub bootstrap_voters: Option<Vec<u64>>,
+}
+
+/// One member as last observed.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct MemberStatus {
+    pub id: u64,
+    pub name: String,
+    /// Where its peer port listens now.
+    pub address: String,
+    pub role: MemberRole,
+    pub healthy: bool,
+    pub applied_index: u64,
+}
+
+#[derive(JsonSchema, Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum MemberRole {
+    Voter,
+    Learner,
+}
+
+/// A condition whose transition time changes only when its status does.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct Condition {
+    #[serde(rename = "type")]
+    pub type_: String,
+    /// "True", "False" or "Unknown".
+    pub status: String,
+    /// RFC 3339.
+    pub last_transition_time: String,
+    pub reason: String,
+    pub message: String,
+}
+
+/// The CRD manifest, as `crdgen` writes it to `crds/raftcluster.yaml`.
+pub fn crd_yaml() -> String {
+    use kube::CustomResourceExt;
+    let body = serde_yaml::to_string(&RaftCluster::crd()).expect("the CRD serializes");
+    format!("# Generated by `raft-operator crdgen`; do not edit.\n{body}")
+}
+
+/// Reads a RaftCluster manifest and checks it against the CRD's rules, so a bad
+/// file is refused with the field and value named, as the API server would.
+pub fn parse_cluster(yaml: &str) -> Result<RaftCluster, String> {
+    let value: serde_json::Value =
+        serde_yaml::from_str(yaml).map_err(|e| format!("not YAML: {e}"))?;
+    let cluster: RaftCluster = serde_path(&value)?;
+    RaftCluster::validate_cel(&cluster).map_err(|e| e.to_string())?;
+    Ok(cluster)
+}
+
+/// Deserializes, naming the path of a field whose value has the wrong shape.
+fn serde_path(value: &serde_json::Value) -> Result<RaftCluster, String> {
+    serde_path_to_error::deserialize(value).map_err(|e| format!("{}: {}", e.path(), e.inner()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use kube::CustomResourceExt;
+
+    #[test]
+    fn defaults_fill_an_minimal_spec() {
+        let spec: RaftClusterSpec =
+            serde_json::from_value(serde_json::json!({"replicas": 3})).unwrap();
+        assert_eq!(spec.raft, RaftSettings::default());
+        assert_eq!(spec.storage.size, "1Gi");
+        let crd = serde_json::to_string(&RaftCluster::crd()).unwrap();
+        for want in [
+            "x-kubernetes-validations",
+            "scale",
+            "Available",
+            "x-kubernetes-list-map-keys",
+            "raft",
+        ] {
+            assert!(crd.contains(want), "CRD lacks {want}");
+        }
+    }
+}

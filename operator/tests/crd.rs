@@ -1,0 +1,90 @@
+//! The CRD manifest is generated from the Rust types and must be current; the
+//! examples must pass its schema and rules, and each bad spec must be refused
+//! with its field named.
+
+use raft_operator::crd::{crd_yaml, parse_cluster, RaftCluster};
+
+fn repo(path: &str) -> std::path::PathBuf {
+    std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("..")
+        .join(path)
+}
+
+#[test]
+fn checked_in_crd_is_current() {
+    let committed =
+        std::fs::read_to_string(repo("crds/raftcluster.yaml")).expect("crds/raftcluster.yaml");
+    assert!(
+        committed == crd_yaml(),
+        "crds/raftcluster.yaml is stale: run `cargo run -p raft-operator -- crdgen --out crds/raftcluster.yaml`"
+    );
+}
+
+#[test]
+fn examples_are_valid() {
+    let mut seen = 0;
+    for entry in std::fs::read_dir(repo("examples")).unwrap() {
+        let path = entry.unwrap().path();
+        if path.extension().is_some_and(|e| e == "yaml") {
+            let text = std::fs::read_to_string(&path).unwrap();
+            parse_cluster(&text).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+            seen += 1;
+        }
+    }
+    assert!(seen > 0);
+}
+
+fn manifest(spec: &str) -> String {
+    format!(
+        "apiVersion: raftlane.io/v1alpha1\nkind: RaftCluster\nmetadata:\n  name: t\nspec:\n{spec}"
+    )
+}
+
+#[test]
+fn bad_specs_are_refused_naming_their_field() {
+    let cases = [
+        ("  replicas: 0\n", "replicas must be at least 1"),
+        ("  replicas: three\n", "spec.replicas"),
+        ("  replicas: -1\n", "spec.replicas"),
+        ("  image: x\n", "replicas"),
+        (
+            "  replicas: 3\n  raft:\n    lanes: 3\n",
+            "lanes must be 1 or 4",
+        ),
+        (
+            "  replicas: 3\n  raft:\n    tickMs: 0\n",
+            "tickMs must be 1 to 10000",
+        ),
+        (
+            "  replicas: 3\n  raft:\n    heartbeatTicks: 10\n    electionTicks: 10\n",
+            "heartbeatTicks must be below electionTicks",
+        ),
+        (
+            "  replicas: 3\n  raft:\n    snapshotEntries: 0\n",
+            "snapshotEntries must be at least 1",
+        ),
+        (
+            "  replicas: 3\n  storage:\n    retentionPolicy:\n      whenScaled: Maybe\n",
+            "spec.storage.retentionPolicy.whenScaled",
+        ),
+    ];
+    for (spec, want) in cases {
+        let err = parse_cluster(&manifest(spec)).expect_err(spec);
+        assert!(
+            err.contains(want),
+            "spec {spec:?}: error {err:?} does not name {want:?}"
+        );
+    }
+}
+
+#[test]
+fn storage_size_may_grow_but_never_shrink() {
+    let old = parse_cluster(&manifest("  replicas: 3\n  storage:\n    size: 2Gi\n")).unwrap();
+    let grown = parse_cluster(&manifest("  replicas: 3\n  storage:\n    size: 4Gi\n")).unwrap();
+    let shrunk = parse_cluster(&manifest("  replicas: 3\n  storage:\n    size: 1Gi\n")).unwrap();
+    assert!(RaftCluster::validate_cel_update(&grown, &old).is_ok());
+    let err = RaftCluster::validate_cel_update(&shrunk, &old)
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("storage size cannot shrink"), "{err}");
+}
