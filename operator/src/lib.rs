@@ -1,4 +1,8 @@
 //! raft-operator: reconciles `RaftCluster` resources into raft-node members.
 
 pub mod crd;
+pub mod local;
 pub mod plan;
+pub mod reconcile;
+pub mod runtime;
+pub mod status;

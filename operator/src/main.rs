@@ -1,10 +1,13 @@
-//! raft-operator: `crdgen` writes the CRD; the reconcilers (`local`, `run`)
-//! are being built (see the project issues) and say so instead of pretending.
+//! raft-operator: `local` reconciles a cluster of local processes from a
+//! manifest (the embedded default); `crdgen` writes the CRD; `validate` checks
+//! manifests offline. The Kubernetes controller (`run`) is being built (see the
+//! project issues).
 
 use std::path::PathBuf;
 use std::process::ExitCode;
 
-use clap::{Parser, Subcommand};
+use clap::{Args, Parser, Subcommand};
+use raft_operator::local::{self, LocalOptions};
 
 #[derive(Parser)]
 #[command(
@@ -17,8 +20,23 @@ struct Cli {
     cmd: Cmd,
 }
 
+#[derive(Args, Clone)]
+struct LocalArgs {
+    /// The RaftCluster manifest (required); edits to it (replicas) are applied.
+    #[arg(short = 'f', long = "file", env = "RAFTLANE_MANIFEST")]
+    file: Option<PathBuf>,
+    /// Where members keep data, logs, status.yaml and endpoints.
+    #[arg(long, env = "RAFTLANE_STATE_DIR", default_value = ".raftlane")]
+    state_dir: PathBuf,
+    /// The raft-node binary (default: next to this one).
+    #[arg(long, env = "RAFTLANE_NODE_BIN")]
+    node_bin: Option<PathBuf>,
+}
+
 #[derive(Subcommand)]
 enum Cmd {
+    /// Run the cluster of a manifest as local processes until Ctrl-C.
+    Local(LocalCmd),
     /// Print the RaftCluster CRD as YAML, or write it to --out.
     Crdgen {
         #[arg(long)]
@@ -28,45 +46,91 @@ enum Cmd {
     Validate { files: Vec<PathBuf> },
 }
 
-fn main() -> ExitCode {
-    match Cli::parse().cmd {
-        Cmd::Crdgen { out } => {
-            let yaml = raft_operator::crd::crd_yaml();
-            match out {
-                Some(path) => {
-                    if let Err(e) = std::fs::write(&path, yaml) {
-                        eprintln!("error: --out {}: {e}", path.display());
-                        return ExitCode::FAILURE;
-                    }
-                }
-                None => print!("{yaml}"),
-            }
-            ExitCode::SUCCESS
+#[derive(Args)]
+#[command(args_conflicts_with_subcommands = true)]
+struct LocalCmd {
+    #[command(flatten)]
+    args: LocalArgs,
+    #[command(subcommand)]
+    action: Option<LocalAction>,
+}
+
+#[derive(Subcommand)]
+enum LocalAction {
+    /// Stop the members of a cluster left running.
+    Down(LocalArgs),
+}
+
+fn options(a: LocalArgs) -> anyhow::Result<LocalOptions> {
+    let node_bin = match a.node_bin {
+        Some(p) => p,
+        None => std::env::current_exe()?.with_file_name("raft-node"),
+    };
+    Ok(LocalOptions {
+        file: a
+            .file
+            .ok_or_else(|| anyhow::anyhow!("-f/--file <MANIFEST> is required"))?,
+        state_dir: a.state_dir,
+        node_bin,
+    })
+}
+
+fn crdgen(out: Option<PathBuf>) -> anyhow::Result<()> {
+    let yaml = raft_operator::crd::crd_yaml();
+    match out {
+        Some(path) => std::fs::write(&path, yaml)
+            .map_err(|e| anyhow::anyhow!("--out {}: {e}", path.display())),
+        None => {
+            print!("{yaml}");
+            Ok(())
         }
-        Cmd::Validate { files } => {
-            let mut ok = true;
-            for f in files {
-                let text = match std::fs::read_to_string(&f) {
-                    Ok(t) => t,
-                    Err(e) => {
-                        eprintln!("{}: {e}", f.display());
-                        ok = false;
-                        continue;
-                    }
-                };
-                match raft_operator::crd::parse_cluster(&text) {
-                    Ok(c) => println!("{}: ok ({} replicas)", f.display(), c.spec.replicas),
-                    Err(e) => {
-                        eprintln!("{}: {e}", f.display());
-                        ok = false;
-                    }
-                }
+    }
+}
+
+fn validate(files: Vec<PathBuf>) -> anyhow::Result<()> {
+    let mut bad = 0;
+    for f in &files {
+        let result = std::fs::read_to_string(f)
+            .map_err(|e| e.to_string())
+            .and_then(|t| raft_operator::crd::parse_cluster(&t));
+        match result {
+            Ok(c) => println!("{}: ok ({} replicas)", f.display(), c.spec.replicas),
+            Err(e) => {
+                eprintln!("{}: {e}", f.display());
+                bad += 1;
             }
-            if ok {
-                ExitCode::SUCCESS
-            } else {
-                ExitCode::FAILURE
-            }
+        }
+    }
+    anyhow::ensure!(bad == 0, "{bad} of {} manifests are invalid", files.len());
+    Ok(())
+}
+
+#[tokio::main]
+async fn main() -> ExitCode {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_env("RAFTLANE_LOG")
+                .unwrap_or_else(|_| "warn".into()),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    let result = match Cli::parse().cmd {
+        Cmd::Local(LocalCmd { args, action: None }) => match options(args) {
+            Ok(o) => local::run(o).await,
+            Err(e) => Err(e),
+        },
+        Cmd::Local(LocalCmd {
+            action: Some(LocalAction::Down(args)),
+            ..
+        }) => options(args).and_then(|o| local::down(&o)),
+        Cmd::Crdgen { out } => crdgen(out),
+        Cmd::Validate { files } => validate(files),
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            ExitCode::FAILURE
         }
     }
 }

@@ -1,0 +1,52 @@
+//! End-to-end scenarios, written once against [`Target`]: the local runtime
+//! implements it here (`local.rs`), a kind cluster implements it where kind
+//! exists. Every wait is bounded in time.
+
+pub mod local;
+pub mod scenarios;
+
+use std::time::{Duration, Instant};
+
+use raft_operator::crd::RaftClusterStatus;
+
+/// A running RaftCluster, however it is hosted.
+#[allow(async_fn_in_trait)]
+pub trait Target {
+    /// Sets `spec.replicas` as a user would (edit the file, `kubectl scale`).
+    async fn scale(&mut self, replicas: u32) -> anyhow::Result<()>;
+    /// The status the operator last wrote.
+    async fn status(&self) -> anyhow::Result<Option<RaftClusterStatus>>;
+    /// Client endpoints of the members.
+    async fn endpoints(&self) -> anyhow::Result<Vec<String>>;
+    /// Admin address of member `id`.
+    async fn admin(&self, id: u64) -> anyhow::Result<String>;
+    /// Kills member `id` abruptly (`kill -9`, pod deleted with no grace).
+    async fn kill_member(&mut self, id: u64) -> anyhow::Result<()>;
+    /// Identity of member `id`'s running instance (pid, pod uid): unchanged
+    /// means not restarted.
+    async fn incarnation(&self, id: u64) -> anyhow::Result<Option<String>>;
+    /// Stops the operator and starts it again; with `failpoint`, the new one
+    /// crashes at that point.
+    async fn restart_operator(&mut self, failpoint: Option<&str>) -> anyhow::Result<()>;
+    /// True once the operator has exited (a failpoint fired).
+    async fn operator_exited(&mut self) -> anyhow::Result<bool>;
+}
+
+/// Polls `check` every 200 ms until it returns Some, failing after `within`.
+pub async fn wait_for<T, F, Fut>(what: &str, within: Duration, mut check: F) -> anyhow::Result<T>
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = anyhow::Result<Option<T>>>,
+{
+    let deadline = Instant::now() + within;
+    loop {
+        if let Some(v) = check().await? {
+            return Ok(v);
+        }
+        anyhow::ensure!(
+            Instant::now() < deadline,
+            "{what}: not reached within {within:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}

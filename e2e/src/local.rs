@@ -1,0 +1,189 @@
+//! [`Target`] on the local runtime: `raft-operator local` runs as a child
+//! process over a manifest in a temporary folder; scaling edits that file.
+
+use std::fs;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+
+use anyhow::Context;
+use raft_operator::crd::RaftClusterStatus;
+
+use crate::Target;
+
+const NAME: &str = "e2e";
+
+pub struct LocalTarget {
+    dir: tempfile::TempDir,
+    bin_dir: PathBuf,
+    operator: Option<Child>,
+}
+
+fn manifest(replicas: u32) -> String {
+    format!(
+        "apiVersion: raftlane.io/v1alpha1\nkind: RaftCluster\nmetadata:\n  name: {NAME}\nspec:\n  \
+         replicas: {replicas}\n  raft:\n    tickMs: 50\n    electionTicks: 10\n    heartbeatTicks: 2\n"
+    )
+}
+
+/// Where cargo put this workspace's binaries (next to the test's `deps/`).
+fn bin_dir() -> anyhow::Result<PathBuf> {
+    let exe = std::env::current_exe()?;
+    let dir = exe
+        .parent()
+        .and_then(Path::parent)
+        .context("test binary outside a cargo target dir")?
+        .to_path_buf();
+    for bin in ["raft-operator", "raft-node"] {
+        anyhow::ensure!(
+            dir.join(bin).exists(),
+            "{} missing: build the workspace first (cargo build --workspace)",
+            dir.join(bin).display()
+        );
+    }
+    Ok(dir)
+}
+
+impl LocalTarget {
+    /// Writes a manifest of `replicas` members and starts the operator on it.
+    pub fn start(replicas: u32) -> anyhow::Result<LocalTarget> {
+        let dir = tempfile::tempdir()?;
+        fs::write(dir.path().join("cluster.yaml"), manifest(replicas))?;
+        let mut t = LocalTarget {
+            dir,
+            bin_dir: bin_dir()?,
+            operator: None,
+        };
+        t.spawn_operator(None)?;
+        Ok(t)
+    }
+
+    fn state(&self) -> PathBuf {
+        self.dir.path().join("state").join(NAME)
+    }
+
+    fn spawn_operator(&mut self, failpoint: Option<&str>) -> anyhow::Result<()> {
+        let log = fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(self.dir.path().join("operator.log"))?;
+        let mut cmd = Command::new(self.bin_dir.join("raft-operator"));
+        cmd.arg("local")
+            .arg("-f")
+            .arg(self.dir.path().join("cluster.yaml"))
+            .arg("--state-dir")
+            .arg(self.dir.path().join("state"))
+            .stdin(Stdio::null())
+            .stdout(log.try_clone()?)
+            .stderr(log);
+        if let Some(f) = failpoint {
+            cmd.env("RAFTLANE_FAILPOINT", f);
+        }
+        self.operator = Some(cmd.spawn().context("starting raft-operator")?);
+        Ok(())
+    }
+
+    fn record(&self, id: u64) -> anyhow::Result<Option<serde_yaml::Value>> {
+        match fs::read_to_string(self.state().join(format!("member-{id}.json"))) {
+            Ok(t) => Ok(Some(serde_yaml::from_str(&t)?)),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+            Err(e) => Err(e.into()),
+        }
+    }
+
+    /// The operator's output so far, for failure messages.
+    pub fn operator_log(&self) -> String {
+        fs::read_to_string(self.dir.path().join("operator.log")).unwrap_or_default()
+    }
+}
+
+impl Target for LocalTarget {
+    async fn scale(&mut self, replicas: u32) -> anyhow::Result<()> {
+        let path = self.dir.path().join("cluster.yaml");
+        let tmp = path.with_extension("tmp");
+        fs::write(&tmp, manifest(replicas))?;
+        fs::rename(&tmp, &path)?;
+        Ok(())
+    }
+
+    async fn status(&self) -> anyhow::Result<Option<RaftClusterStatus>> {
+        match fs::read_to_string(self.state().join("status.yaml")) {
+            Ok(t) => Ok(Some(serde_yaml::from_str(&t)?)),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+            Err(e) => Err(e.into()),
+        }
+    }
+
+    async fn endpoints(&self) -> anyhow::Result<Vec<String>> {
+        let text = fs::read_to_string(self.state().join("endpoints"))?;
+        Ok(text
+            .trim()
+            .split(',')
+            .filter(|s| !s.is_empty())
+            .map(String::from)
+            .collect())
+    }
+
+    async fn admin(&self, id: u64) -> anyhow::Result<String> {
+        let rec = self
+            .record(id)?
+            .with_context(|| format!("member {id} has no record"))?;
+        Ok(rec["admin"].as_str().context("admin address")?.to_string())
+    }
+
+    async fn kill_member(&mut self, id: u64) -> anyhow::Result<()> {
+        let pid = self
+            .incarnation(id)
+            .await?
+            .with_context(|| format!("member {id} is not running"))?;
+        let ok = Command::new("kill").args(["-9", &pid]).status()?.success();
+        anyhow::ensure!(ok, "kill -9 {pid} failed");
+        Ok(())
+    }
+
+    async fn incarnation(&self, id: u64) -> anyhow::Result<Option<String>> {
+        let Some(rec) = self.record(id)? else {
+            return Ok(None);
+        };
+        let pid = rec["pid"].as_u64().context("pid")?;
+        Ok(Path::new(&format!("/proc/{pid}"))
+            .exists()
+            .then(|| pid.to_string()))
+    }
+
+    async fn restart_operator(&mut self, failpoint: Option<&str>) -> anyhow::Result<()> {
+        if let Some(mut op) = self.operator.take() {
+            // SIGKILL the operator alone: its members keep running, as pods do.
+            let _ = op.kill();
+            let _ = op.wait();
+        }
+        self.spawn_operator(failpoint)
+    }
+
+    async fn operator_exited(&mut self) -> anyhow::Result<bool> {
+        Ok(match &mut self.operator {
+            Some(op) => op.try_wait()?.is_some(),
+            None => true,
+        })
+    }
+}
+
+impl Drop for LocalTarget {
+    fn drop(&mut self) {
+        if std::thread::panicking() {
+            eprintln!("--- operator log ---\n{}", self.operator_log());
+        }
+        if let Some(mut op) = self.operator.take() {
+            let _ = op.kill();
+            let _ = op.wait();
+        }
+        let _ = Command::new(self.bin_dir.join("raft-operator"))
+            .arg("local")
+            .arg("down")
+            .arg("-f")
+            .arg(self.dir.path().join("cluster.yaml"))
+            .arg("--state-dir")
+            .arg(self.dir.path().join("state"))
+            .stdout(Stdio::null())
+            .status();
+    }
+}

@@ -1,0 +1,267 @@
+//! The scenarios of the operator, runtime-agnostic: each drives a [`Target`]
+//! and checks what a user would check (status, data, member identities).
+
+use std::collections::BTreeMap;
+use std::time::{Duration, Instant};
+
+use raft_node::client::KvClient;
+use raft_operator::crd::{MemberRole, RaftClusterStatus};
+use raftlane_proto::admin::node_admin_client::NodeAdminClient;
+use raftlane_proto::admin::{StatusRequest, StatusResponse};
+
+use crate::{wait_for, Target};
+
+/// Generous bound for a whole membership operation on a loaded 2-core machine.
+const OPERATION: Duration = Duration::from_secs(90);
+
+fn available(s: &RaftClusterStatus) -> bool {
+    s.conditions
+        .iter()
+        .any(|c| c.type_ == "Available" && c.status == "True")
+}
+
+fn voters(s: &RaftClusterStatus) -> Vec<u64> {
+    s.members
+        .iter()
+        .filter(|m| m.role == MemberRole::Voter)
+        .map(|m| m.id)
+        .collect()
+}
+
+/// Waits for `n` healthy voters (ids 1..=n) and no learner, Available.
+pub async fn wait_settled<T: Target>(t: &T, n: u64) -> anyhow::Result<RaftClusterStatus> {
+    wait_for(&format!("{n} healthy voters"), OPERATION, || async {
+        Ok(t.status().await?.filter(|s| {
+            available(s)
+                && voters(s) == (1..=n).collect::<Vec<_>>()
+                && s.members.len() as u64 == n
+                && s.members.iter().all(|m| m.healthy)
+        }))
+    })
+    .await
+}
+
+async fn kv<T: Target>(t: &T, only: Option<&[u64]>) -> anyhow::Result<KvClient> {
+    let all = t.endpoints().await?;
+    let eps: Vec<String> = match only {
+        None => all,
+        Some(ids) => {
+            let s = t.status().await?.unwrap_or_default();
+            // Endpoints are listed in member id order.
+            let ids_running: Vec<u64> = s.members.iter().map(|m| m.id).collect();
+            ids.iter()
+                .filter_map(|id| {
+                    ids_running
+                        .iter()
+                        .position(|x| x == id)
+                        .and_then(|i| all.get(i).cloned())
+                })
+                .collect()
+        }
+    };
+    KvClient::new(&eps, Duration::from_secs(20))
+}
+
+/// Writes `count` keys `<prefix><i>`; every write must be acknowledged.
+pub async fn write_keys<T: Target>(t: &T, prefix: &str, count: u64) -> anyhow::Result<Vec<String>> {
+    let client = kv(t, None).await?;
+    let mut keys = Vec::new();
+    for i in 0..count {
+        let k = format!("{prefix}{i:06}");
+        client.put(k.as_bytes(), k.as_bytes()).await?;
+        keys.push(k);
+    }
+    Ok(keys)
+}
+
+/// Reads every key through the given members only.
+pub async fn check_keys<T: Target>(t: &T, ids: &[u64], keys: &[String]) -> anyhow::Result<()> {
+    let client = kv(t, Some(ids)).await?;
+    for k in keys {
+        let v = client.get(k.as_bytes()).await?;
+        anyhow::ensure!(
+            v.as_deref() == Some(k.as_bytes()),
+            "key {k} through members {ids:?}: {v:?}"
+        );
+    }
+    Ok(())
+}
+
+async fn node_status<T: Target>(t: &T, id: u64) -> anyhow::Result<StatusResponse> {
+    let mut a = NodeAdminClient::connect(format!("http://{}", t.admin(id).await?)).await?;
+    Ok(a.status(StatusRequest {}).await?.into_inner())
+}
+
+/// Scenario 1: create 3: Available with a leader; 1000 keys written.
+pub async fn create_three<T: Target>(t: &T) -> anyhow::Result<Vec<String>> {
+    let s = wait_settled(t, 3).await?;
+    anyhow::ensure!(s.leader.is_some(), "no leader in status");
+    write_keys(t, "create/", 1000).await
+}
+
+/// Scenario 2: scale 3 → 5: learners added one at a time, caught up, promoted; every key
+/// readable from the new members. Returns the time from edit to 5 voters.
+pub async fn scale_up_to_five<T: Target>(t: &mut T, keys: &[String]) -> anyhow::Result<Duration> {
+    let edited = Instant::now();
+    t.scale(5).await?;
+    // Never two learners at once.
+    let watch = wait_for("5 voters, one learner at a time", OPERATION, || async {
+        let s = t.status().await?.unwrap_or_default();
+        let learners = s
+            .members
+            .iter()
+            .filter(|m| m.role == MemberRole::Learner)
+            .count();
+        anyhow::ensure!(learners <= 1, "two learners at once: {:?}", s.members);
+        Ok(
+            (voters(&s) == vec![1, 2, 3, 4, 5] && s.members.iter().all(|m| m.healthy))
+                .then_some(()),
+        )
+    });
+    watch.await?;
+    let took = edited.elapsed();
+    check_keys(t, &[4, 5], keys).await?;
+    Ok(took)
+}
+
+/// Scenario 3: scale 5 → 3: highest ids removed, their processes stopped only after the
+/// removal; writes keep succeeding throughout and none acknowledged is lost.
+pub async fn scale_down_to_three<T: Target>(t: &mut T, keys: &[String]) -> anyhow::Result<()> {
+    let client = kv(t, Some(&[1, 2, 3])).await?;
+    t.scale(3).await?;
+    let mut acked = Vec::new();
+    let deadline = Instant::now() + OPERATION;
+    let mut i = 0;
+    loop {
+        let k = format!("during-scale-down/{i:06}");
+        client.put(k.as_bytes(), k.as_bytes()).await?;
+        acked.push(k);
+        i += 1;
+        let s = t.status().await?.unwrap_or_default();
+        // A removed member's process goes only after it left the membership, as
+        // raft itself (not the status file, written after each pass) says.
+        for id in [4, 5] {
+            if t.incarnation(id).await?.is_none() {
+                let live = node_status(t, 1).await?;
+                anyhow::ensure!(
+                    !live.voters.contains(&id) && !live.learners.contains(&id),
+                    "member {id} stopped while still in the membership"
+                );
+            }
+        }
+        let gone = t.incarnation(4).await?.is_none() && t.incarnation(5).await?.is_none();
+        if gone && voters(&s) == vec![1, 2, 3] {
+            break;
+        }
+        anyhow::ensure!(
+            Instant::now() < deadline,
+            "scale down not done: {:?}",
+            s.members
+        );
+    }
+    wait_settled(t, 3).await?;
+    check_keys(t, &[1, 2, 3], keys).await?;
+    check_keys(t, &[1, 2, 3], &acked).await
+}
+
+/// Scenarios 4 and 5: `kill -9` a member (a follower, or the leader): it comes back on a new
+/// address, every other member got that address in place (not restarted), the
+/// leader streams to it again, and it catches up. Returns the time from the kill
+/// to that point.
+pub async fn kill_member_comes_back<T: Target>(
+    t: &mut T,
+    leader: bool,
+    keys: &[String],
+) -> anyhow::Result<Duration> {
+    let s = wait_settled(t, 3).await?;
+    let lead: u64 = s
+        .leader
+        .as_deref()
+        .and_then(|n| n.rsplit('-').next()?.parse::<u64>().ok())
+        .map(|o| o + 1)
+        .unwrap_or(1);
+    let victim = if leader {
+        lead
+    } else {
+        (1..=3).find(|i| *i != lead).unwrap()
+    };
+    let old_addr = s
+        .members
+        .iter()
+        .find(|m| m.id == victim)
+        .unwrap()
+        .address
+        .clone();
+    let others: Vec<u64> = (1..=3).filter(|i| *i != victim).collect();
+    let mut before = BTreeMap::new();
+    for id in &others {
+        before.insert(*id, t.incarnation(*id).await?);
+    }
+    let killed = Instant::now();
+    t.kill_member(victim).await?;
+    let new_addr = wait_for("member back on a new address", OPERATION, || async {
+        let s = t.status().await?.unwrap_or_default();
+        Ok(s.members
+            .iter()
+            .find(|m| m.id == victim && m.address != old_addr && m.healthy)
+            .map(|m| m.address.clone()))
+    })
+    .await?;
+    // Every other member has the new address in place with streaming allowed; the
+    // leader (the only one raft makes send to it) streams to it again.
+    wait_for(
+        "peers updated, the leader streaming to the new address",
+        OPERATION,
+        || async {
+            for id in &others {
+                let st = node_status(t, *id).await?;
+                let Some(p) = st.peers.iter().find(|p| p.id == victim) else {
+                    return Ok(None);
+                };
+                let leads = st.role == "leader";
+                let streaming = p.lanes.iter().any(|l| l.stream_open);
+                if p.address != new_addr || p.no_stream || (leads && !streaming) {
+                    return Ok(None);
+                }
+            }
+            Ok(Some(()))
+        },
+    )
+    .await?;
+    let took = killed.elapsed();
+    for id in &others {
+        anyhow::ensure!(
+            t.incarnation(*id).await? == before[id],
+            "member {id} was restarted"
+        );
+    }
+    wait_settled(t, 3).await?;
+    check_keys(t, &[victim], keys).await?;
+    Ok(took)
+}
+
+/// Scenario 6: the operator dies between "learner added" and "promoted": the next
+/// operator finishes the operation, and no second member is added.
+pub async fn operator_crash_between_add_and_promote<T: Target>(t: &mut T) -> anyhow::Result<()> {
+    wait_settled(t, 3).await?;
+    t.restart_operator(Some("after-add-learner")).await?;
+    t.scale(4).await?;
+    let deadline = Instant::now() + OPERATION;
+    while !t.operator_exited().await? {
+        anyhow::ensure!(Instant::now() < deadline, "the failpoint never fired");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let s = t.status().await?.unwrap_or_default();
+    anyhow::ensure!(
+        !voters(&s).contains(&4),
+        "promoted before the crash: {:?}",
+        s.members
+    );
+    t.restart_operator(None).await?;
+    wait_settled(t, 4).await?;
+    anyhow::ensure!(
+        t.incarnation(5).await?.is_none(),
+        "a second member was added"
+    );
+    Ok(())
+}

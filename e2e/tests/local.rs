@@ -1,0 +1,36 @@
+//! The operator scenarios against the local runtime: real raft-operator and
+//! raft-node processes on loopback.
+
+use raftlane_e2e::local::LocalTarget;
+use raftlane_e2e::scenarios;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn create_scale_up_and_scale_down() {
+    let mut t = LocalTarget::start(3).unwrap();
+    let keys = scenarios::create_three(&t).await.unwrap();
+    let took = scenarios::scale_up_to_five(&mut t, &keys).await.unwrap();
+    eprintln!("measured: edit to 5 voting members (1000 keys): {took:?}");
+    scenarios::scale_down_to_three(&mut t, &keys).await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn killed_follower_and_leader_come_back_on_new_addresses() {
+    let mut t = LocalTarget::start(3).unwrap();
+    let keys = scenarios::create_three(&t).await.unwrap();
+    let took = scenarios::kill_member_comes_back(&mut t, false, &keys)
+        .await
+        .unwrap();
+    eprintln!("measured: follower killed to peers updated and the leader streaming to its new address: {took:?}");
+    let took = scenarios::kill_member_comes_back(&mut t, true, &keys)
+        .await
+        .unwrap();
+    eprintln!("measured: leader killed to peers updated and the leader streaming to its new address: {took:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn operator_killed_mid_operation_resumes_it() {
+    let mut t = LocalTarget::start(3).unwrap();
+    scenarios::operator_crash_between_add_and_promote(&mut t)
+        .await
+        .unwrap();
+}

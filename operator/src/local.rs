@@ -1,0 +1,220 @@
+//! `raft-operator local`: the reconciler on one machine, members as local
+//! processes (see `runtime/local.rs`). It re-reads the manifest when it changes
+//! (edit `replicas` to scale), prints each step, and writes the status (same
+//! schema as the CRD's) to `<state>/<name>/status.yaml` and the client endpoints
+//! to `<state>/<name>/endpoints`.
+
+use std::collections::BTreeSet;
+use std::path::{Path, PathBuf};
+use std::time::{Duration, SystemTime};
+
+use anyhow::Context;
+
+use crate::crd::{parse_cluster, RaftCluster, RaftClusterStatus};
+use crate::plan::{plan, Action};
+use crate::reconcile::{act, observe, AdminClients};
+use crate::runtime::local::LocalRuntime;
+use crate::status;
+
+/// Time between reconcile passes.
+const PASS_EVERY: Duration = Duration::from_millis(300);
+
+pub struct LocalOptions {
+    pub file: PathBuf,
+    pub state_dir: PathBuf,
+    pub node_bin: PathBuf,
+}
+
+fn load(file: &Path) -> anyhow::Result<(RaftCluster, SystemTime)> {
+    let text = std::fs::read_to_string(file).with_context(|| format!("-f {}", file.display()))?;
+    let mtime = std::fs::metadata(file)?.modified()?;
+    let c = parse_cluster(&text).map_err(|e| anyhow::anyhow!("{}: {e}", file.display()))?;
+    Ok((c, mtime))
+}
+
+fn cluster_dir(opts: &LocalOptions, c: &RaftCluster) -> anyhow::Result<PathBuf> {
+    let name = c
+        .metadata
+        .name
+        .clone()
+        .context("metadata.name is required")?;
+    Ok(opts.state_dir.join(name))
+}
+
+fn now_rfc3339() -> String {
+    jiff::Timestamp::now().to_string()
+}
+
+fn write_atomic(path: &Path, body: &[u8]) -> anyhow::Result<()> {
+    let tmp = path.with_extension("tmp");
+    std::fs::write(&tmp, body)?;
+    std::fs::rename(&tmp, path)?;
+    Ok(())
+}
+
+/// Reconciles until Ctrl-C or SIGTERM, then stops the members.
+pub async fn run(opts: LocalOptions) -> anyhow::Result<()> {
+    let (mut cluster, mut mtime) = load(&opts.file)?;
+    let name = cluster
+        .metadata
+        .name
+        .clone()
+        .context("metadata.name is required")?;
+    let dir = cluster_dir(&opts, &cluster)?;
+    let mut rt = LocalRuntime::new(
+        &dir,
+        &name,
+        opts.node_bin.clone(),
+        cluster.spec.raft.clone(),
+    )?;
+    let status_path = dir.join("status.yaml");
+    let mut current: RaftClusterStatus = std::fs::read_to_string(&status_path)
+        .ok()
+        .and_then(|t| serde_yaml::from_str(&t).ok())
+        .unwrap_or_default();
+    let mut admins = AdminClients::default();
+    let mut last_summary = String::new();
+    let mut last_wait = None;
+    println!(
+        "reconciling {name} ({} replicas) from {}; state in {}",
+        cluster.spec.replicas,
+        opts.file.display(),
+        dir.display()
+    );
+
+    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
+    loop {
+        tokio::select! {
+            _ = tokio::signal::ctrl_c() => break,
+            _ = term.recv() => break,
+            _ = tokio::time::sleep(PASS_EVERY) => {}
+        }
+        // Re-read the manifest when it changes; a bad edit keeps the last good spec.
+        if let Ok(m) = std::fs::metadata(&opts.file).and_then(|m| m.modified()) {
+            if m != mtime {
+                mtime = m;
+                match load(&opts.file) {
+                    Ok((c, _)) => {
+                        if c.spec.replicas != cluster.spec.replicas {
+                            println!("replicas {} -> {}", cluster.spec.replicas, c.spec.replicas);
+                        }
+                        cluster = c;
+                    }
+                    Err(e) => eprintln!("ignoring the edit, keeping the last good spec: {e:#}"),
+                }
+            }
+        }
+
+        let bootstrapped = current
+            .bootstrap_voters
+            .as_ref()
+            .map(|v| v.iter().copied().collect::<BTreeSet<u64>>());
+        let seen = observe(&mut rt, &mut admins, bootstrapped).await?;
+        let p = plan(u64::from(cluster.spec.replicas), &seen.observed);
+        // The bootstrap set is recorded before any member is started with it.
+        if current.bootstrap_voters.is_none() {
+            if let Some(Action::Create {
+                initial_voters: Some(v),
+                ..
+            }) = p.actions.first()
+            {
+                current.bootstrap_voters = Some(v.iter().copied().collect());
+                write_atomic(&status_path, serde_yaml::to_string(&current)?.as_bytes())?;
+            }
+        }
+        if p.waiting != last_wait {
+            if let Some(w) = &p.waiting {
+                println!("waiting: {w}");
+            }
+            last_wait = p.waiting.clone();
+        }
+        for a in &p.actions {
+            match act(&mut rt, &mut admins, &seen, a).await {
+                Ok(done) => println!("{done}"),
+                Err(e) => eprintln!("{a:?} failed (retried next pass): {e:#}"),
+            }
+            crash_point(a);
+        }
+
+        let next = status::compute(&name, &seen, &p, &current, &now_rfc3339());
+        if next != current {
+            write_atomic(&status_path, serde_yaml::to_string(&next)?.as_bytes())?;
+            let endpoints: Vec<&str> = seen
+                .members
+                .values()
+                .map(|m| m.client_addr.as_str())
+                .collect();
+            write_atomic(
+                &dir.join("endpoints"),
+                format!("{}\n", endpoints.join(",")).as_bytes(),
+            )?;
+            current = next;
+        }
+        let summary = summarize(&current);
+        if summary != last_summary {
+            println!("{summary}");
+            last_summary = summary;
+        }
+    }
+    let stopped = rt.stop_all()?;
+    println!("stopped members {stopped:?}");
+    Ok(())
+}
+
+/// Test hook: `RAFTLANE_FAILPOINT=after-add-learner` ends the operator right
+/// after a learner was added, before it is promoted, as a crash there would;
+/// members keep running. End-to-end tests use it to prove the next operator
+/// resumes the operation.
+fn crash_point(done: &Action) {
+    if matches!(done, Action::AddLearner { .. })
+        && std::env::var("RAFTLANE_FAILPOINT").is_ok_and(|f| f == "after-add-learner")
+    {
+        println!("failpoint after-add-learner: exiting");
+        std::process::exit(3);
+    }
+}
+
+fn summarize(s: &RaftClusterStatus) -> String {
+    let members: Vec<String> = s
+        .members
+        .iter()
+        .map(|m| {
+            let lead = if s.leader.as_deref() == Some(m.name.as_str()) {
+                "*"
+            } else {
+                ""
+            };
+            let role = match m.role {
+                crate::crd::MemberRole::Voter => "voter",
+                crate::crd::MemberRole::Learner => "learner",
+            };
+            let health = if m.healthy { "" } else { " (unhealthy)" };
+            format!("{}{lead} {role} {}{health}", m.id, m.address)
+        })
+        .collect();
+    let available = s
+        .conditions
+        .iter()
+        .any(|c| c.type_ == "Available" && c.status == "True");
+    format!(
+        "term {} | {} | {}",
+        s.term,
+        if available {
+            "available"
+        } else {
+            "NOT available"
+        },
+        members.join(", ")
+    )
+}
+
+/// `raft-operator local down`: stops a cluster left running.
+pub fn down(opts: &LocalOptions) -> anyhow::Result<()> {
+    let (cluster, _) = load(&opts.file)?;
+    let dir = cluster_dir(opts, &cluster)?;
+    let name = cluster.metadata.name.clone().unwrap_or_default();
+    let mut rt = LocalRuntime::new(&dir, &name, opts.node_bin.clone(), cluster.spec.raft)?;
+    let stopped = rt.stop_all()?;
+    println!("stopped members {stopped:?} of {name}");
+    Ok(())
+}

@@ -1,0 +1,119 @@
+//! The `RaftCluster` status, computed from one observation and its plan. Health
+//! is measured from the members themselves: Available means a leader and a
+//! quorum of voters following it, never merely "pods are running".
+
+use std::collections::BTreeSet;
+
+use crate::crd::{Condition, MemberRole, MemberStatus, RaftClusterStatus};
+use crate::plan::Plan;
+use crate::reconcile::Observation;
+
+/// Builds the status; conditions keep their transition time while unchanged.
+pub fn compute(
+    name: &str,
+    seen: &Observation,
+    plan: &Plan,
+    previous: &RaftClusterStatus,
+    now: &str,
+) -> RaftClusterStatus {
+    let obs = &seen.observed;
+    let leader = obs.reports.values().find(|r| r.is_leader);
+    let healthy = |id: u64| {
+        leader.is_some_and(|l| {
+            obs.reports
+                .get(&id)
+                .is_some_and(|r| r.leader_id == l.id && r.term == l.term)
+        })
+    };
+    let (voters, learners): (BTreeSet<u64>, BTreeSet<u64>) = match leader {
+        Some(l) => (l.voters.clone(), l.learners.clone()),
+        None => (BTreeSet::new(), BTreeSet::new()),
+    };
+    let members: Vec<MemberStatus> = seen
+        .members
+        .values()
+        .filter(|m| voters.contains(&m.id) || learners.contains(&m.id))
+        .map(|m| MemberStatus {
+            id: m.id,
+            name: format!("{name}-{}", m.id - 1),
+            address: m.peer_addr.clone(),
+            role: if learners.contains(&m.id) {
+                MemberRole::Learner
+            } else {
+                MemberRole::Voter
+            },
+            healthy: healthy(m.id),
+            applied_index: obs.reports.get(&m.id).map_or(0, |r| r.applied_index),
+        })
+        .collect();
+    let healthy_voters = voters.iter().filter(|v| healthy(**v)).count();
+    let available = leader.is_some() && healthy_voters > voters.len() / 2;
+    let progressing = !plan.actions.is_empty() || plan.waiting.is_some();
+    let degraded = members.iter().any(|m| !m.healthy) || seen.members.len() < members.len();
+    let cond = |type_: &str, on: bool, reason: &str, message: String| {
+        let status = if on { "True" } else { "False" }.to_string();
+        let since = previous
+            .conditions
+            .iter()
+            .find(|c| c.type_ == type_ && c.status == status)
+            .map_or_else(|| now.to_string(), |c| c.last_transition_time.clone());
+        Condition {
+            type_: type_.into(),
+            status,
+            last_transition_time: since,
+            reason: reason.into(),
+            message,
+        }
+    };
+    RaftClusterStatus {
+        observed_generation: previous.observed_generation,
+        replicas: seen.members.len() as u32,
+        ready_replicas: members.iter().filter(|m| m.healthy).count() as u32,
+        selector: format!("app.kubernetes.io/name=raft-node,app.kubernetes.io/instance={name}"),
+        leader: leader.map(|l| format!("{name}-{}", l.id - 1)),
+        term: obs.reports.values().map(|r| r.term).max().unwrap_or(0),
+        members,
+        conditions: vec![
+            cond(
+                "Available",
+                available,
+                if available {
+                    "QuorumHealthy"
+                } else {
+                    "NoQuorum"
+                },
+                format!(
+                    "{healthy_voters} of {} voters follow a leader",
+                    voters.len()
+                ),
+            ),
+            cond(
+                "Progressing",
+                progressing,
+                if progressing {
+                    "Reconciling"
+                } else {
+                    "Settled"
+                },
+                plan.waiting.clone().unwrap_or_default(),
+            ),
+            cond(
+                "Degraded",
+                degraded,
+                if degraded {
+                    "MemberUnhealthy"
+                } else {
+                    "AllHealthy"
+                },
+                String::new(),
+            ),
+        ],
+        operation: plan.waiting.clone().or_else(|| {
+            plan.actions
+                .iter()
+                .find(|a| a.changes_membership())
+                .map(|a| format!("{a:?}"))
+        }),
+        bootstrap_voters: previous.bootstrap_voters.clone(),
+    }
+}
