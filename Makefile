@@ -3,7 +3,7 @@ SHELL := /bin/bash
 CARGO ?= cargo
 STATE ?= .raftlane
 
-.PHONY: all build release test lint fmt unit bench cluster cluster-down crds chart e2e-kind run clean
+.PHONY: all build release test lint fmt unit bench crds run down clean
 
 all: build
 
@@ -40,12 +40,14 @@ bench:
 crds:
 	$(CARGO) run -q -p raft-operator -- crdgen --out crds/raftcluster.yaml
 
-# A 3-member cluster of local processes under $(STATE)/cluster (PID files, logs).
-cluster: release
-	scripts/cluster.sh up
+# The embedded default: the cluster of examples/raftcluster.yaml as local
+# processes, reconciled until Ctrl-C (edit `replicas` in the file to scale).
+run: release
+	target/release/raft-operator local -f examples/raftcluster.yaml --state-dir $(STATE)
 
-cluster-down:
-	scripts/cluster.sh down
+# Stops a cluster `make run` left running.
+down:
+	target/release/raft-operator local down -f examples/raftcluster.yaml --state-dir $(STATE)
 
 clean:
 	$(CARGO) clean
