@@ -257,8 +257,14 @@ pub async fn operator_crash_between_add_and_promote<T: Target>(t: &mut T) -> any
         "promoted before the crash: {:?}",
         s.members
     );
+    let learner = t.incarnation(4).await?;
+    anyhow::ensure!(learner.is_some(), "member 4 is not running after the crash");
     t.restart_operator(None).await?;
     wait_settled(t, 4).await?;
+    anyhow::ensure!(
+        t.incarnation(4).await? == learner,
+        "member 4 was started again, not resumed"
+    );
     anyhow::ensure!(
         t.incarnation(5).await?.is_none(),
         "a second member was added"

@@ -323,6 +323,19 @@ fn opens(m: &Metrics, lane: &'static str) -> u64 {
         .get()
 }
 
+/// Blocks the lane of message type `t` to peer 2 in a stream probe the receiver
+/// never answers (its first message, seq 0), then queues `burst` more (seq 1..).
+async fn block_lane_then_queue(s: &Sender, rec: &Recorded, t: MessageType, burst: u64) {
+    s.t.send(vec![msg(t, 2, 0)]);
+    wait_for("lane blocked in its probe", || {
+        rec.stream_calls.load(Ordering::SeqCst) == 1
+    })
+    .await;
+    for i in 1..=burst {
+        s.t.send(vec![msg(t, 2, i)]);
+    }
+}
+
 /// Sends in chunks of 8, each delivered before the next, so no lane (the
 /// "other" lane holds 16) overflows: these tests are about delivery, not drops.
 async fn send_paced(s: &Sender, rec: &Recorded, msgs: Vec<Message>) {
@@ -560,16 +573,8 @@ async fn full_lanes_drop_per_lane_and_snapshot_finish_waits_for_the_ack() {
     let mut s = sender(LaneMode::Four, Duration::from_secs(30));
     s.t.upsert_peer(2, &srv.addr.to_string()).unwrap();
 
-    // "other" holds 16. Its first message blocks the lane in the stream probe
-    // the receiver never answers; a burst then overflows that lane alone.
-    s.t.send(vec![msg(MessageType::MsgPropose, 2, 0)]);
-    wait_for("lane blocked in its probe", || {
-        srv.rec.stream_calls.load(Ordering::SeqCst) == 1
-    })
-    .await;
-    for i in 1..=100 {
-        s.t.send(vec![msg(MessageType::MsgPropose, 2, i)]);
-    }
+    // "other" holds 16: with the lane blocked, a burst overflows that lane alone.
+    block_lane_then_queue(&s, &srv.rec, MessageType::MsgPropose, 100).await;
     let st = s.t.peers()[0].clone();
     let lane = |n: &str| st.lanes.iter().find(|l| l.name == n).unwrap().clone();
     assert_eq!(
@@ -657,16 +662,8 @@ async fn removed_peer_stops_promptly_and_a_shared_address_keeps_its_connection()
     s.t.upsert_peer(3, &addr).unwrap();
     assert_eq!(s.t.channel_users(&addr), 2);
 
-    // Peer 2's replication lane blocks on a probe the receiver does not answer;
-    // the 200 appends after it wait in the lane's queue.
-    s.t.send(vec![msg(MessageType::MsgAppend, 2, 0)]);
-    wait_for("lane blocked in its probe", || {
-        srv.rec.stream_calls.load(Ordering::SeqCst) == 1
-    })
-    .await;
-    for i in 1..=200 {
-        s.t.send(vec![msg(MessageType::MsgAppend, 2, i)]);
-    }
+    // Peer 2's replication lane is blocked; the 200 appends wait in its queue.
+    block_lane_then_queue(&s, &srv.rec, MessageType::MsgAppend, 200).await;
     let queued = s.t.peers()[0]
         .lanes
         .iter()

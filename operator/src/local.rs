@@ -45,10 +45,17 @@ fn now_rfc3339() -> String {
     jiff::Timestamp::now().to_string()
 }
 
+/// Writes a file whole and durably: temporary file, fsync, rename, fsync dir.
 fn write_atomic(path: &Path, body: &[u8]) -> anyhow::Result<()> {
+    use std::io::Write;
     let tmp = path.with_extension("tmp");
-    std::fs::write(&tmp, body)?;
+    let mut f = std::fs::File::create(&tmp)?;
+    f.write_all(body)?;
+    f.sync_all()?;
     std::fs::rename(&tmp, path)?;
+    if let Some(dir) = path.parent() {
+        std::fs::File::open(dir)?.sync_all()?;
+    }
     Ok(())
 }
 
@@ -68,10 +75,14 @@ pub async fn run(opts: LocalOptions) -> anyhow::Result<()> {
         cluster.spec.raft.clone(),
     )?;
     let status_path = dir.join("status.yaml");
-    let mut current: RaftClusterStatus = std::fs::read_to_string(&status_path)
-        .ok()
-        .and_then(|t| serde_yaml::from_str(&t).ok())
-        .unwrap_or_default();
+    // A status that exists but cannot be read stops the operator: guessing
+    // could bootstrap a cluster that already holds data.
+    let mut current: RaftClusterStatus = match std::fs::read_to_string(&status_path) {
+        Ok(t) => serde_yaml::from_str(&t)
+            .with_context(|| format!("{}: unreadable", status_path.display()))?,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => RaftClusterStatus::default(),
+        Err(e) => return Err(e).with_context(|| format!("{}", status_path.display())),
+    };
     let mut admins = AdminClients::default();
     let mut last_summary = String::new();
     let mut last_wait = None;
@@ -109,7 +120,19 @@ pub async fn run(opts: LocalOptions) -> anyhow::Result<()> {
             .bootstrap_voters
             .as_ref()
             .map(|v| v.iter().copied().collect::<BTreeSet<u64>>());
-        let seen = observe(&mut rt, &mut admins, bootstrapped).await?;
+        let seen = match observe(&mut rt, &mut admins, &name, bootstrapped).await {
+            Ok(seen) => seen,
+            Err(e) => {
+                eprintln!("observing members failed (retried next pass): {e:#}");
+                continue;
+            }
+        };
+        // Formed: from now on no member is ever started with initial voters.
+        if current.bootstrap_voters.is_some() && seen.observed.reports.values().any(|r| r.is_leader)
+        {
+            current.bootstrap_voters = None;
+            write_atomic(&status_path, serde_yaml::to_string(&current)?.as_bytes())?;
+        }
         let p = plan(u64::from(cluster.spec.replicas), &seen.observed);
         // The bootstrap set is recorded before any member is started with it.
         if current.bootstrap_voters.is_none() {
@@ -130,10 +153,12 @@ pub async fn run(opts: LocalOptions) -> anyhow::Result<()> {
         }
         for a in &p.actions {
             match act(&mut rt, &mut admins, &seen, a).await {
-                Ok(done) => println!("{done}"),
+                Ok(done) => {
+                    println!("{done}");
+                    crash_point(a);
+                }
                 Err(e) => eprintln!("{a:?} failed (retried next pass): {e:#}"),
             }
-            crash_point(a);
         }
 
         let next = status::compute(&name, &seen, &p, &current, &now_rfc3339());

@@ -12,6 +12,9 @@
 //! - without a quorum, only missing members are restored;
 //! - desired size comes only from the spec: a missing member is recreated with its
 //!   id (and data), never read as a scale-in;
+//! - initial voters are given only while a new cluster forms, and only to members
+//!   without data: a formed cluster is never bootstrapped again (that could split
+//!   it in two);
 //! - a member whose address changed has it pushed to every other member, in place.
 
 use std::collections::{BTreeMap, BTreeSet};
@@ -47,7 +50,10 @@ pub struct Observed {
     pub running: BTreeMap<u64, RuntimeMember>,
     /// Members that answered `Status`, by id.
     pub reports: BTreeMap<u64, MemberReport>,
-    /// The voters the cluster was bootstrapped with, once it was (kept in status).
+    /// Members whose data (dir, volume) holds state, running or not.
+    pub with_data: BTreeSet<u64>,
+    /// Set while a new cluster forms: the voters its members were started with.
+    /// Cleared (in status) once a leader was seen; never inferred.
     pub bootstrapped: Option<BTreeSet<u64>>,
 }
 
@@ -124,12 +130,17 @@ pub fn plan(replicas: u64, obs: &Observed) -> Plan {
             .values()
             .max_by_key(|r| (r.term, r.commit_index))
     });
-    let bootstrap = match (&obs.bootstrapped, view) {
-        (Some(b), _) => b.clone(),
-        // Bootstrap record lost, but the cluster answers: its voters stand in.
-        (None, Some(v)) => v.voters.clone(),
-        // A new cluster: every member starts with the same initial voters.
-        (None, None) if obs.running.is_empty() => {
+    // Initial voters for member `id`: only while the cluster forms, only without data.
+    let initial = |id: u64| {
+        obs.bootstrapped
+            .as_ref()
+            .filter(|b| b.contains(&id) && !obs.with_data.contains(&id))
+            .cloned()
+    };
+
+    let Some(view) = view else {
+        // A new cluster: nothing runs, nothing holds data, nothing is forming.
+        if obs.running.is_empty() && obs.with_data.is_empty() && obs.bootstrapped.is_none() {
             for id in &desired {
                 p.actions.push(Action::Create {
                     id: *id,
@@ -138,41 +149,38 @@ pub fn plan(replicas: u64, obs: &Observed) -> Plan {
             }
             return p;
         }
-        (None, None) => {
-            p.waiting = Some("members exist but none answers and no bootstrap is recorded".into());
-            return p;
+        // Nobody answers: start what holds data (and what is still forming), then wait.
+        let restart: BTreeSet<u64> = obs
+            .with_data
+            .iter()
+            .chain(obs.bootstrapped.iter().flatten())
+            .copied()
+            .filter(|id| !obs.running.contains_key(id))
+            .collect();
+        for id in restart {
+            p.actions.push(Action::Create {
+                id,
+                initial_voters: initial(id),
+            });
         }
+        p.waiting = Some("no member answers yet".into());
+        return p;
     };
-    let (voters, learners) = match view {
-        Some(v) => (v.voters.clone(), v.learners.clone()),
-        None => (bootstrap.clone(), BTreeSet::new()),
-    };
+    let (voters, learners) = (view.voters.clone(), view.learners.clone());
     let members: BTreeSet<u64> = voters.union(&learners).copied().collect();
 
-    // Restore wanted members that are missing, with their id (and data);
-    // bootstrap voters get their initial voters again (ignored when their data
-    // dir holds state). Members on their way out are removed, not restored.
+    // Restore wanted members that are missing, with their id and data. Members
+    // on their way out are removed, not restored.
     for id in members.intersection(&desired) {
         if !obs.running.contains_key(id) {
-            let initial_voters = bootstrap.contains(id).then(|| bootstrap.clone());
             p.actions.push(Action::Create {
                 id: *id,
-                initial_voters,
+                initial_voters: initial(*id),
             });
         }
     }
 
     push_addresses(obs, &mut p);
-
-    // Members that left the membership are deleted (only once a member answers,
-    // so an unknown membership never deletes anything).
-    if view.is_some() {
-        for id in obs.running.keys() {
-            if !members.contains(id) && !desired.contains(id) {
-                p.actions.push(Action::Delete { id: *id });
-            }
-        }
-    }
 
     let Some(leader) = leader else {
         p.waiting = Some("no leader: only restoring members and addresses".into());
@@ -181,6 +189,13 @@ pub fn plan(replicas: u64, obs: &Observed) -> Plan {
     if leader.conf_change_pending {
         p.waiting = Some("a membership change is being applied".into());
         return p;
+    }
+    // Members that left the membership (as the leader has applied it, with no
+    // change in flight) are deleted.
+    for id in obs.running.keys() {
+        if !members.contains(id) && !desired.contains(id) {
+            p.actions.push(Action::Delete { id: *id });
+        }
     }
     let healthy = |id: &u64| {
         obs.running.contains_key(id)

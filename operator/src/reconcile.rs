@@ -47,11 +47,13 @@ pub struct Observation {
 pub async fn observe<R: Runtime>(
     rt: &mut R,
     admins: &mut AdminClients,
+    cluster_id: &str,
     bootstrapped: Option<BTreeSet<u64>>,
 ) -> anyhow::Result<Observation> {
     let members: BTreeMap<u64, Member> = rt.list().await?.into_iter().map(|m| (m.id, m)).collect();
     let mut observed = Observed {
         bootstrapped,
+        with_data: rt.with_data()?,
         ..Default::default()
     };
     for m in members.values() {
@@ -66,6 +68,11 @@ pub async fn observe<R: Runtime>(
         if let Ok(Ok(s)) = tokio::time::timeout(ADMIN_TIMEOUT, admin.status(StatusRequest {})).await
         {
             let s = s.into_inner();
+            // An address now answered by another cluster's member, or another
+            // member of this one, says nothing about this member.
+            if s.cluster_id != cluster_id || s.id != m.id {
+                continue;
+            }
             observed.reports.insert(
                 m.id,
                 MemberReport {

@@ -49,7 +49,8 @@ pub fn compute(
     let healthy_voters = voters.iter().filter(|v| healthy(**v)).count();
     let available = leader.is_some() && healthy_voters > voters.len() / 2;
     let progressing = !plan.actions.is_empty() || plan.waiting.is_some();
-    let degraded = members.iter().any(|m| !m.healthy) || seen.members.len() < members.len();
+    let missing = leader.is_none() || voters.iter().any(|v| !seen.members.contains_key(v));
+    let degraded = missing || members.iter().any(|m| !m.healthy);
     let cond = |type_: &str, on: bool, reason: &str, message: String| {
         let status = if on { "True" } else { "False" }.to_string();
         let since = previous

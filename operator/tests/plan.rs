@@ -18,8 +18,9 @@ fn set(ids: &[u64]) -> BTreeSet<u64> {
 /// up, and knows every address.
 fn cluster(voters: &[u64], learners: &[u64], leader: u64) -> Observed {
     let all: Vec<u64> = voters.iter().chain(learners).copied().collect();
+    // A formed cluster: no bootstrap record, every member holds data.
     let mut obs = Observed {
-        bootstrapped: Some(set(&[1, 2, 3])),
+        with_data: all.iter().copied().collect(),
         ..Default::default()
     };
     for &id in &all {
@@ -230,6 +231,65 @@ fn a_missing_member_is_recreated_with_its_id_never_read_as_scale_in() {
         p.actions,
         vec![Action::Create {
             id: 2,
+            initial_voters: None
+        }]
+    );
+}
+
+#[test]
+fn a_formed_cluster_is_never_bootstrapped_again() {
+    // Scaled 3 -> 1 (2 and 3 retired their data), everything stopped, then
+    // asked for 3 again: only member 1 restarts; re-bootstrapping 2 and 3 with
+    // initial voters would let them elect a second leader beside 1.
+    let obs = Observed {
+        with_data: set(&[1]),
+        ..Default::default()
+    };
+    let p = plan(3, &obs);
+    assert_eq!(
+        p.actions,
+        vec![Action::Create {
+            id: 1,
+            initial_voters: None
+        }]
+    );
+    // A whole stopped cluster restarts from its data, without initial voters.
+    let obs = Observed {
+        with_data: set(&[1, 2, 3]),
+        ..Default::default()
+    };
+    let p = plan(3, &obs);
+    assert!(p.actions.iter().all(|a| matches!(
+        a,
+        Action::Create {
+            initial_voters: None,
+            ..
+        }
+    )));
+    assert_eq!(p.actions.len(), 3);
+}
+
+#[test]
+fn a_forming_cluster_restarts_a_missing_member_with_the_same_initial_voters() {
+    let mut obs = Observed {
+        bootstrapped: Some(set(&[1, 2, 3])),
+        with_data: set(&[1, 2]),
+        ..Default::default()
+    };
+    for id in [1, 2] {
+        obs.running.insert(
+            id,
+            RuntimeMember {
+                id,
+                peer_addr: Some(addr(id, 0)),
+            },
+        );
+    }
+    let p = plan(3, &obs);
+    assert_eq!(
+        p.actions,
+        vec![Action::Create {
+            id: 3,
             initial_voters: Some(set(&[1, 2, 3]))
         }]
     );
@@ -277,7 +337,7 @@ fn without_a_leader_only_members_and_addresses_are_restored() {
     );
     assert!(p.actions.contains(&Action::Create {
         id: 1,
-        initial_voters: Some(set(&[1, 2, 3]))
+        initial_voters: None
     }));
     assert!(p.waiting.unwrap().contains("no leader"));
 }
@@ -287,7 +347,7 @@ fn without_a_leader_only_members_and_addresses_are_restored() {
 /// leader, usually no change pending) so every kind of step is exercised.
 fn any_state() -> impl Strategy<Value = (u64, Observed)> {
     let member = (
-        prop_oneof![1 => Just(0u8), 5 => Just(1u8), 1 => Just(2u8), 2 => Just(3u8)],
+        prop_oneof![1 => Just(0u8), 5 => Just(1u8), 1 => Just(2u8), 3 => Just(3u8)],
         prop::bool::weighted(0.85),
         prop::bool::weighted(0.9),
         prop_oneof![4 => Just(0u64), 1 => Just(1u64)],
@@ -299,59 +359,68 @@ fn any_state() -> impl Strategy<Value = (u64, Observed)> {
         proptest::collection::vec(member, 7),
         0usize..8,
         prop::bool::weighted(0.15),
+        prop::bool::weighted(0.2),
+        0u16..256,
     )
-        .prop_map(|(replicas, per, leader_pick, pending)| {
-            // role: 0 absent, 1 voter, 2 learner, 3 left over (running, not a member)
-            let voters: BTreeSet<u64> = (1..=7).filter(|id| per[*id as usize - 1].0 == 1).collect();
-            let learners: BTreeSet<u64> =
-                (1..=7).filter(|id| per[*id as usize - 1].0 == 2).collect();
-            let live: Vec<u64> = voters
-                .iter()
-                .copied()
-                .filter(|id| per[*id as usize - 1].1 && per[*id as usize - 1].2)
-                .collect();
-            // Mostly a live voter leads; sometimes nobody does.
-            let leader = live.get(leader_pick).copied().unwrap_or(0);
-            let mut obs = Observed {
-                bootstrapped: Some(set(&[1, 2, 3])),
-                ..Default::default()
-            };
-            for id in 1..=7u64 {
-                let (role, running, answers, generation, knows_all, applied) = per[id as usize - 1];
-                if role == 0 || !running {
-                    continue;
-                }
-                obs.running.insert(
-                    id,
-                    RuntimeMember {
+        .prop_map(
+            |(replicas, per, leader_pick, pending, forming, data_mask)| {
+                // role: 0 absent, 1 voter, 2 learner, 3 left over (running, not a member)
+                let voters: BTreeSet<u64> =
+                    (1..=7).filter(|id| per[*id as usize - 1].0 == 1).collect();
+                let learners: BTreeSet<u64> =
+                    (1..=7).filter(|id| per[*id as usize - 1].0 == 2).collect();
+                let live: Vec<u64> = voters
+                    .iter()
+                    .copied()
+                    .filter(|id| per[*id as usize - 1].1 && per[*id as usize - 1].2)
+                    .collect();
+                // Mostly a live voter leads; sometimes nobody does.
+                let leader = live.get(leader_pick).copied().unwrap_or(0);
+                let mut obs = Observed {
+                    bootstrapped: forming.then(|| set(&[1, 2, 3])),
+                    with_data: (1..=7).filter(|id| data_mask & (1 << id) != 0).collect(),
+                    ..Default::default()
+                };
+                for id in 1..=7u64 {
+                    let (role, running, answers, generation, knows_all, applied) =
+                        per[id as usize - 1];
+                    if role == 0 || !running {
+                        continue;
+                    }
+                    obs.running.insert(
                         id,
-                        peer_addr: Some(addr(id, generation)),
-                    },
-                );
-                if answers {
-                    let peers = (1..=7u64)
-                        .filter(|p| *p != id && (knows_all || p % 2 == 0))
-                        .map(|p| (p, addr(p, 0)))
-                        .collect();
-                    obs.reports.insert(
-                        id,
-                        MemberReport {
+                        RuntimeMember {
                             id,
-                            term: 3,
-                            leader_id: leader,
-                            is_leader: id == leader,
-                            commit_index: 1000,
-                            applied_index: applied,
-                            voters: voters.clone(),
-                            learners: learners.clone(),
-                            conf_change_pending: pending,
-                            peers,
+                            peer_addr: Some(addr(id, generation)),
                         },
                     );
+                    // A member that runs has data.
+                    obs.with_data.insert(id);
+                    if answers {
+                        let peers = (1..=7u64)
+                            .filter(|p| *p != id && (knows_all || p % 2 == 0))
+                            .map(|p| (p, addr(p, 0)))
+                            .collect();
+                        obs.reports.insert(
+                            id,
+                            MemberReport {
+                                id,
+                                term: 3,
+                                leader_id: leader,
+                                is_leader: id == leader,
+                                commit_index: 1000,
+                                applied_index: applied,
+                                voters: voters.clone(),
+                                learners: learners.clone(),
+                                conf_change_pending: pending,
+                                peers,
+                            },
+                        );
+                    }
                 }
-            }
-            (replicas, obs)
-        })
+                (replicas, obs)
+            },
+        )
 }
 
 /// The generator reaches every kind of step often enough to be tested.
@@ -411,7 +480,14 @@ proptest! {
         };
         for a in &p.actions {
             match a {
-                Action::Create { id, .. } => prop_assert!(desired.contains(id), "created {id} beyond the spec"),
+                Action::Create { id, initial_voters } => {
+                    prop_assert!(desired.contains(id), "created {id} beyond the spec");
+                    if let Some(v) = initial_voters {
+                        let new_cluster = obs.running.is_empty() && obs.with_data.is_empty() && obs.bootstrapped.is_none();
+                        let forming = obs.bootstrapped.as_ref() == Some(v) && v.contains(id) && !obs.with_data.contains(id);
+                        prop_assert!(new_cluster || forming, "initial voters for {id} in a formed cluster");
+                    }
+                }
                 Action::AddLearner { via, id } => {
                     let l = leader.unwrap();
                     prop_assert_eq!(*via, l.id);
@@ -440,7 +516,9 @@ proptest! {
                     prop_assert!(!desired.contains(via) && desired.contains(to) && healthy(to));
                 }
                 Action::Delete { id } => {
-                    let view = leader.or_else(|| obs.reports.values().max_by_key(|r| (r.term, r.commit_index))).unwrap();
+                    let l = leader.expect("delete without a leader");
+                    prop_assert!(!l.conf_change_pending, "delete while a change is in flight");
+                    let view = l;
                     prop_assert!(!desired.contains(id) && !view.voters.contains(id) && !view.learners.contains(id),
                         "deleted member {} still in the membership", id);
                 }

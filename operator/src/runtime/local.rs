@@ -140,6 +140,25 @@ impl LocalRuntime {
     }
 }
 
+/// Asks a member to stop and waits for it, killing it if it takes too long, so
+/// its data is never moved while it still writes.
+async fn stop(pid: u32) {
+    if !alive(pid) {
+        return;
+    }
+    terminate(pid);
+    for _ in 0..100 {
+        if !alive(pid) {
+            return;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    // SAFETY: kill(2) with a pid read from our own record; no memory is shared.
+    unsafe {
+        libc::kill(pid as i32, libc::SIGKILL);
+    }
+}
+
 fn terminate(pid: u32) {
     // SAFETY: kill(2) with a pid read from our own record; no memory is shared.
     unsafe {
@@ -248,19 +267,13 @@ impl Runtime for LocalRuntime {
 
     async fn delete(&mut self, id: u64) -> anyhow::Result<()> {
         if let Some(rec) = self.records()?.get(&id) {
-            if alive(rec.pid) {
-                terminate(rec.pid);
-            }
+            stop(rec.pid).await;
         }
         if let Some(mut c) = self.children.remove(&id) {
-            let _ = c.wait();
+            let _ = c.try_wait();
         }
-        fs::remove_file(self.record_path(id)).or_else(|e| match e.kind() {
-            std::io::ErrorKind::NotFound => Ok(()),
-            _ => Err(e),
-        })?;
-        // The member left the membership: its data is retired under another name,
-        // never reused by a later member with the same id.
+        // Data first, record last: a crash in between leaves a record whose
+        // process is gone, and the next pass finishes the delete.
         let data = self.dir.join(format!("member-{id}"));
         if data.exists() {
             let stamp = std::time::SystemTime::now()
@@ -269,6 +282,26 @@ impl Runtime for LocalRuntime {
                 .unwrap_or_default();
             fs::rename(&data, self.dir.join(format!("member-{id}.retired-{stamp}")))?;
         }
+        fs::remove_file(self.record_path(id)).or_else(|e| match e.kind() {
+            std::io::ErrorKind::NotFound => Ok(()),
+            _ => Err(e),
+        })?;
         Ok(())
+    }
+
+    fn with_data(&self) -> anyhow::Result<BTreeSet<u64>> {
+        let mut out = BTreeSet::new();
+        for entry in fs::read_dir(&self.dir)? {
+            let name = entry?.file_name().to_string_lossy().to_string();
+            if let Some(id) = name
+                .strip_prefix("member-")
+                .and_then(|n| n.parse::<u64>().ok())
+            {
+                if self.dir.join(&name).join("raft").exists() {
+                    out.insert(id);
+                }
+            }
+        }
+        Ok(out)
     }
 }

@@ -26,6 +26,8 @@ pub trait Runtime {
         initial_voters: Option<&BTreeSet<u64>>,
         peers: &BTreeMap<u64, String>,
     ) -> anyhow::Result<Member>;
-    /// Stops member `id` (it has left the membership).
+    /// Stops member `id` (it has left the membership) and retires its data.
     async fn delete(&mut self, id: u64) -> anyhow::Result<()>;
+    /// Members whose data holds state, running or not.
+    fn with_data(&self) -> anyhow::Result<BTreeSet<u64>>;
 }
