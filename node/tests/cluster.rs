@@ -190,6 +190,37 @@ async fn learner_catches_up_by_snapshot_then_is_promoted_and_removed(lanes: &[&s
     assert_keys(&c.kv(&[1, 2, 3]), &during).await;
 }
 
+/// A learner added after writes stopped: the newest snapshot predates it (its
+/// configuration lacks the learner, which would refuse it), so a fresh one is taken.
+async fn learner_added_after_writes_stop_gets_a_fresh_snapshot(lanes: &[&str]) {
+    let mut c = Cluster::start(3, &[lanes, &["--snapshot-entries", "100"]].concat());
+    let leader = c.wait_leader(ELECTION * 20).await;
+    let keys = write_keys(&c.kv(&[1, 2, 3]), "k", 0..300).await;
+    c.wait_status(leader, ELECTION * 10, "compacted", |s| {
+        s.first_log_index > 1
+    })
+    .await;
+    c.add_member(4);
+    c.spawn(4, &[]);
+    let addr4 = c.members[&4].peer.clone();
+    for id in 1..=3 {
+        c.upsert(id, &[(4, addr4.clone())]).await;
+    }
+    let mut admin = c.admin(leader).await;
+    admin
+        .add_learner(raftlane_proto::admin::MemberRequest { id: 4 })
+        .await
+        .expect("add learner");
+    let target = c.status(leader).await.unwrap().commit_index;
+    let s4 = c
+        .wait_status(4, ELECTION * 40, "learner caught up", |s| {
+            s.applied_index >= target
+        })
+        .await;
+    assert!(s4.snapshot_index > 0, "caught up by a snapshot: {s4:?}");
+    assert_keys(&c.kv(&[4]), &keys).await;
+}
+
 /// Runs each scenario as two tests: `lanes4::name` and `lanes1::name`.
 macro_rules! in_both_lane_modes {
     ($($name:ident),* $(,)?) => {
@@ -213,4 +244,5 @@ in_both_lane_modes!(
     member_rejoins_on_a_new_address_without_restarting_others,
     acknowledged_writes_survive_killing_every_member,
     learner_catches_up_by_snapshot_then_is_promoted_and_removed,
+    learner_added_after_writes_stop_gets_a_fresh_snapshot,
 );

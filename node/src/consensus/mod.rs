@@ -408,6 +408,11 @@ impl RaftLoop {
                 let _ = t.reply.send(Ok(()));
             }
         }
+        // raft asked for a snapshot the stored one cannot serve (a follower added
+        // after it was taken): write a fresh one; raft asks again and sends it.
+        if self.node.store().take_snapshot_request() && self.dump.is_none() {
+            self.start_snapshot(None);
+        }
         if !self.node.has_ready() {
             return Ok(());
         }

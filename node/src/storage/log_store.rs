@@ -2,6 +2,7 @@
 //! latest snapshot, with every write that raft depends on fsynced.
 
 use std::path::Path;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
 use raft::prelude::{Entry, HardState, Snapshot, SnapshotMetadata};
@@ -32,6 +33,8 @@ pub struct LogStore {
     engine: Arc<Engine>,
     hard_state: HardState,
     snapshot_meta: SnapshotMetadata,
+    /// Set when raft asked for a snapshot the stored one cannot serve.
+    snapshot_wanted: AtomicBool,
 }
 
 fn engine_err(e: raft_engine::Error) -> raft::Error {
@@ -58,6 +61,7 @@ impl LogStore {
             engine,
             hard_state,
             snapshot_meta,
+            snapshot_wanted: AtomicBool::new(false),
         })
     }
 
@@ -156,6 +160,11 @@ impl LogStore {
         Ok(())
     }
 
+    /// True (once) when raft needed a newer snapshot than the stored one.
+    pub fn take_snapshot_request(&self) -> bool {
+        self.snapshot_wanted.swap(false, Ordering::Relaxed)
+    }
+
     pub fn hard_state(&self) -> &HardState {
         &self.hard_state
     }
@@ -237,15 +246,29 @@ impl Storage for LogStore {
     }
 
     /// The data is left empty: the payload is the snapshot file named by the
-    /// metadata, which the transport streams from disk.
-    fn snapshot(&self, _request_index: u64, _to: u64) -> raft::Result<Snapshot> {
-        if self.snapshot_meta.index == 0 {
+    /// metadata, which the transport streams from disk. A stored snapshot older
+    /// than asked for, or whose configuration lacks `to` (a learner added since),
+    /// would be refused by `to`: a fresh one is requested instead, and raft asks
+    /// again.
+    fn snapshot(&self, request_index: u64, to: u64) -> raft::Result<Snapshot> {
+        let meta = &self.snapshot_meta;
+        let cs = meta.get_conf_state();
+        let includes_to = [
+            &cs.voters,
+            &cs.learners,
+            &cs.voters_outgoing,
+            &cs.learners_next,
+        ]
+        .iter()
+        .any(|ids| ids.contains(&to));
+        if meta.index == 0 || meta.index < request_index || !includes_to {
+            self.snapshot_wanted.store(true, Ordering::Relaxed);
             return Err(raft::Error::Store(
                 StorageError::SnapshotTemporarilyUnavailable,
             ));
         }
         let mut snap = Snapshot::default();
-        snap.set_metadata(self.snapshot_meta.clone());
+        snap.set_metadata(meta.clone());
         Ok(snap)
     }
 }
@@ -328,6 +351,18 @@ mod tests {
         assert_eq!(s.first_index().unwrap(), 51);
         assert_eq!(s.last_index().unwrap(), 50);
         assert_eq!(s.hard_state().commit, 50);
-        assert_eq!(s.snapshot(0, 2).unwrap().get_metadata().index, 50);
+        assert_eq!(s.snapshot(0, 1).unwrap().get_metadata().index, 50);
+        assert!(!s.take_snapshot_request());
+        // Member 2 is not in that snapshot's configuration (added later): refused,
+        // and a fresh snapshot is requested; so is one newer than the stored one.
+        assert!(matches!(
+            s.snapshot(0, 2),
+            Err(raft::Error::Store(
+                StorageError::SnapshotTemporarilyUnavailable
+            ))
+        ));
+        assert!(s.take_snapshot_request());
+        assert!(s.snapshot(51, 1).is_err());
+        assert!(s.take_snapshot_request());
     }
 }
