@@ -7,6 +7,7 @@ mod common;
 use std::time::{Duration, Instant};
 
 use common::{assert_keys, write_keys, Cluster, ELECTION};
+use raftlane_proto::admin::StatusResponse;
 
 async fn replicates_and_survives_leader_kill(lanes: &[&str]) {
     let mut c = Cluster::start(3, lanes);
@@ -109,6 +110,27 @@ async fn acknowledged_writes_survive_killing_every_member(lanes: &[&str]) {
     assert_keys(&c.kv(&[1, 2, 3]), &keys).await;
 }
 
+/// Starts member `id` in join mode, gives every member its address, adds it as
+/// a learner through `leader`, and waits until it applied the leader's commit.
+async fn add_learner_and_wait(c: &mut Cluster, leader: u64, id: u64) -> StatusResponse {
+    c.add_member(id);
+    c.spawn(id, &[]); // join mode: no --initial-voters
+    let addr = c.members[&id].peer.clone();
+    for other in c.all_ids().into_iter().filter(|o| *o != id) {
+        c.upsert(other, &[(id, addr.clone())]).await;
+    }
+    let mut admin = c.admin(leader).await;
+    admin
+        .add_learner(raftlane_proto::admin::MemberRequest { id })
+        .await
+        .expect("add learner");
+    let target = c.status(leader).await.unwrap().commit_index;
+    c.wait_status(id, ELECTION * 40, "learner caught up", |s| {
+        s.applied_index >= target
+    })
+    .await
+}
+
 async fn learner_catches_up_by_snapshot_then_is_promoted_and_removed(lanes: &[&str]) {
     let mut c = Cluster::start(3, &[lanes, &["--snapshot-entries", "100"]].concat());
     let leader = c.wait_leader(ELECTION * 20).await;
@@ -140,23 +162,9 @@ async fn learner_catches_up_by_snapshot_then_is_promoted_and_removed(lanes: &[&s
         })
     };
 
-    c.add_member(4);
-    c.spawn(4, &[]); // join mode: no --initial-voters
-    let addr4 = c.members[&4].peer.clone();
-    for id in 1..=3 {
-        c.upsert(id, &[(4, addr4.clone())]).await;
-    }
+    let s4 = add_learner_and_wait(&mut c, leader, 4).await;
+    assert_eq!(s4.role, "learner");
     let mut admin = c.admin(leader).await;
-    admin
-        .add_learner(raftlane_proto::admin::MemberRequest { id: 4 })
-        .await
-        .expect("add learner");
-    let target = c.status(leader).await.unwrap().commit_index;
-    let s4 = c
-        .wait_status(4, ELECTION * 40, "learner caught up", |s| {
-            s.applied_index >= target && s.role == "learner"
-        })
-        .await;
     assert!(
         s4.snapshot_index > 0,
         "member 4 installed a snapshot: {s4:?}"
@@ -200,23 +208,7 @@ async fn learner_added_after_writes_stop_gets_a_fresh_snapshot(lanes: &[&str]) {
         s.first_log_index > 1
     })
     .await;
-    c.add_member(4);
-    c.spawn(4, &[]);
-    let addr4 = c.members[&4].peer.clone();
-    for id in 1..=3 {
-        c.upsert(id, &[(4, addr4.clone())]).await;
-    }
-    let mut admin = c.admin(leader).await;
-    admin
-        .add_learner(raftlane_proto::admin::MemberRequest { id: 4 })
-        .await
-        .expect("add learner");
-    let target = c.status(leader).await.unwrap().commit_index;
-    let s4 = c
-        .wait_status(4, ELECTION * 40, "learner caught up", |s| {
-            s.applied_index >= target
-        })
-        .await;
+    let s4 = add_learner_and_wait(&mut c, leader, 4).await;
     assert!(s4.snapshot_index > 0, "caught up by a snapshot: {s4:?}");
     assert_keys(&c.kv(&[4]), &keys).await;
 }
