@@ -101,7 +101,11 @@ pub fn compute(
             cond(
                 "Degraded",
                 degraded,
-                if degraded {
+                if leader.is_none() {
+                    "NoLeader"
+                } else if missing {
+                    "MemberMissing"
+                } else if degraded {
                     "MemberUnhealthy"
                 } else {
                     "AllHealthy"
@@ -116,5 +120,77 @@ pub fn compute(
                 .map(|a| format!("{a:?}"))
         }),
         bootstrap_voters: previous.bootstrap_voters.clone(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::BTreeMap;
+
+    use super::*;
+    use crate::plan::{MemberReport, Observed, Plan};
+    use crate::reconcile::Observation;
+    use crate::runtime::Member;
+
+    fn seen(leader: u64, up: &[u64]) -> Observation {
+        let mut observed = Observed::default();
+        let mut members = BTreeMap::new();
+        for &id in up {
+            members.insert(
+                id,
+                Member {
+                    id,
+                    peer_addr: format!("127.0.0.{id}:7000"),
+                    client_addr: format!("127.0.0.{id}:7001"),
+                    admin_addr: format!("127.0.0.{id}:7002"),
+                },
+            );
+            observed.reports.insert(
+                id,
+                MemberReport {
+                    id,
+                    term: 2,
+                    leader_id: leader,
+                    is_leader: id == leader,
+                    voters: [1, 2, 3].into(),
+                    ..Default::default()
+                },
+            );
+        }
+        Observation { observed, members }
+    }
+
+    fn cond<'a>(s: &'a RaftClusterStatus, t: &str) -> &'a Condition {
+        s.conditions.iter().find(|c| c.type_ == t).unwrap()
+    }
+
+    #[test]
+    fn available_needs_a_quorum_and_times_move_only_on_change() {
+        let plan = Plan::default();
+        let s1 = compute(
+            "demo",
+            &seen(1, &[1, 2, 3]),
+            &plan,
+            &RaftClusterStatus::default(),
+            "t1",
+        );
+        assert_eq!(cond(&s1, "Available").status, "True");
+        assert_eq!(cond(&s1, "Degraded").status, "False");
+        assert_eq!(s1.leader.as_deref(), Some("demo-0"));
+
+        // Same state later: transition times keep their first value.
+        let s2 = compute("demo", &seen(1, &[1, 2, 3]), &plan, &s1, "t2");
+        assert_eq!(cond(&s2, "Available").last_transition_time, "t1");
+
+        // Two of three gone: no quorum of healthy voters, Degraded, new times.
+        let s3 = compute("demo", &seen(1, &[1]), &plan, &s2, "t3");
+        assert_eq!(cond(&s3, "Available").status, "False");
+        assert_eq!(cond(&s3, "Available").last_transition_time, "t3");
+        assert_eq!(cond(&s3, "Degraded").status, "True");
+
+        // No leader at all: Degraded, reason NoLeader.
+        let s4 = compute("demo", &seen(0, &[1, 2, 3]), &plan, &s3, "t4");
+        assert_eq!(cond(&s4, "Degraded").reason, "NoLeader");
+        assert_eq!(cond(&s4, "Available").status, "False");
     }
 }
