@@ -149,7 +149,9 @@ pub fn plan(replicas: u64, obs: &Observed) -> Plan {
             }
             return p;
         }
-        // Nobody answers: start what holds data (and what is still forming), then wait.
+        // Nobody answers: start what holds data (and what is still forming), then
+        // wait. This may go beyond the spec: until a member answers the membership
+        // is unknown, and a quorum may need every member that holds data.
         let restart: BTreeSet<u64> = obs
             .with_data
             .iter()
