@@ -105,7 +105,7 @@ fn transport(
     max_batch: usize,
     snapshots: &SnapshotStore,
 ) -> GrpcTransport {
-    let (tx, rx) = ReportSender::channel(1 << 16);
+    let (tx, rx) = ReportSender::channel(1 << 16, Default::default());
     // Reports are not under test here; keep the channel from filling.
     tokio::spawn(async move {
         let mut rx = rx;

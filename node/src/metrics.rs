@@ -59,6 +59,8 @@ pub struct Metrics {
     pub send_wait_seconds: Histogram,
     /// Reports posted to the raft loop (unreachable, snapshot_finish, snapshot_failure).
     pub reports: Family<Kind, Counter>,
+    /// Reports lost because the raft loop's report channel was full.
+    pub reports_lost: Counter,
     /// Inbound raft messages accepted for the raft loop.
     pub received: Counter,
     /// Inbound envelopes or messages refused, by reason.
@@ -97,6 +99,7 @@ impl Metrics {
             unary_fallbacks: Family::default(),
             send_wait_seconds: Histogram::new(exponential_buckets(0.00005, 2.0, 20)),
             reports: Family::default(),
+            reports_lost: Counter::default(),
             received: Counter::default(),
             rejected: Family::default(),
             inbox_dropped: Counter::default(),
@@ -144,6 +147,11 @@ impl Metrics {
             "transport_reports",
             "Reports posted to the raft loop",
             m.reports.clone(),
+        );
+        r.register(
+            "transport_reports_lost",
+            "Reports lost on a full report channel (raft retries a heartbeat later)",
+            m.reports_lost.clone(),
         );
         r.register(
             "transport_received_messages",

@@ -75,7 +75,8 @@ pub async fn run(cfg: NodeConfig) -> anyhow::Result<()> {
     let (store, snapshots) = open_storage(&cfg)?;
 
     let metrics = Metrics::new();
-    let (reports_tx, reports_rx) = ReportSender::channel(REPORT_QUEUE);
+    let (reports_tx, reports_rx) =
+        ReportSender::channel(REPORT_QUEUE, metrics.reports_lost.clone());
     let transport: Arc<dyn Transport> = Arc::new(GrpcTransport::new(
         GrpcConfig {
             cluster_id: cfg.cluster_id.clone(),

@@ -52,7 +52,7 @@ impl Sim {
             let mut store = LogStore::open(&dir.path().join("raft")).unwrap();
             store.bootstrap(&[1, 2, 3]).unwrap();
             let snapshots = SnapshotStore::open(&dir.path().join("snapshots")).unwrap();
-            let (reports_tx, reports_rx) = ReportSender::channel(64);
+            let (reports_tx, reports_rx) = ReportSender::channel(64, Default::default());
             let transport = Arc::new(net.transport(id, reports_tx, snapshots.clone()));
             let (inbox, inbox_rx) = Inbox::new();
             let metrics = Metrics::new();

@@ -244,7 +244,7 @@ struct Sender {
 fn sender(lanes: LaneMode, send_timeout: Duration) -> Sender {
     let dir = tempfile::tempdir().unwrap();
     let snapshots = SnapshotStore::open(dir.path()).unwrap();
-    let (tx, reports) = ReportSender::channel(4096);
+    let (tx, reports) = ReportSender::channel(4096, Default::default());
     let metrics = Metrics::new();
     let t = GrpcTransport::new(
         GrpcConfig {

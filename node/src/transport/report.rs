@@ -2,9 +2,7 @@
 //! snapshot send finished or failed. Posting never blocks; a lost report only delays
 //! raft's retry by a heartbeat, and is counted.
 
-use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::Arc;
-
+use prometheus_client::metrics::counter::Counter;
 use raft::SnapshotStatus;
 use tokio::sync::mpsc;
 
@@ -28,30 +26,21 @@ impl Report {
 #[derive(Clone)]
 pub struct ReportSender {
     tx: mpsc::Sender<Report>,
-    lost: Arc<AtomicU64>,
+    /// Reports dropped because the raft loop's report channel was full.
+    lost: Counter,
 }
 
 impl ReportSender {
-    pub fn channel(capacity: usize) -> (ReportSender, mpsc::Receiver<Report>) {
+    /// A channel of `capacity` reports; losses are counted in `lost`.
+    pub fn channel(capacity: usize, lost: Counter) -> (ReportSender, mpsc::Receiver<Report>) {
         let (tx, rx) = mpsc::channel(capacity);
-        (
-            ReportSender {
-                tx,
-                lost: Arc::new(AtomicU64::new(0)),
-            },
-            rx,
-        )
+        (ReportSender { tx, lost }, rx)
     }
 
     pub fn post(&self, report: Report) {
         if self.tx.try_send(report).is_err() {
-            self.lost.fetch_add(1, Ordering::Relaxed);
+            self.lost.inc();
         }
-    }
-
-    /// Reports dropped because the raft loop's report channel was full.
-    pub fn lost(&self) -> u64 {
-        self.lost.load(Ordering::Relaxed)
     }
 }
 
@@ -61,10 +50,11 @@ mod tests {
 
     #[test]
     fn post_never_blocks_and_counts_losses() {
-        let (tx, mut rx) = ReportSender::channel(1);
+        let lost = Counter::default();
+        let (tx, mut rx) = ReportSender::channel(1, lost.clone());
         tx.post(Report::Unreachable(2));
         tx.post(Report::Unreachable(3));
-        assert_eq!(tx.lost(), 1);
+        assert_eq!(lost.get(), 1);
         assert_eq!(rx.try_recv().unwrap(), Report::Unreachable(2));
     }
 }

@@ -129,15 +129,6 @@ impl LocalRuntime {
         self.children.clear();
         Ok(stopped)
     }
-
-    /// The process id of member `id`, if it runs.
-    pub fn pid(&self, id: u64) -> Option<u32> {
-        self.records()
-            .ok()?
-            .get(&id)
-            .map(|r| r.pid)
-            .filter(|p| alive(*p))
-    }
 }
 
 /// Asks a member to stop and waits for it, killing it if it takes too long, so
