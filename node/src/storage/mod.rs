@@ -5,4 +5,4 @@ mod log_store;
 mod snapshot_store;
 
 pub use log_store::LogStore;
-pub use snapshot_store::{SnapshotStore, SnapshotWriter};
+pub use snapshot_store::{SnapshotStore, SnapshotWriter, VerifiedBody};

@@ -4,7 +4,7 @@
 //! installed.
 
 use std::fs::{self, File};
-use std::io::{self, BufReader, BufWriter, Read, Seek, SeekFrom, Write};
+use std::io::{self, BufReader, BufWriter, Read, Write};
 use std::path::{Path, PathBuf};
 
 const MAGIC: &[u8; 8] = b"RLSNAP01";
@@ -73,13 +73,14 @@ impl SnapshotStore {
     ) -> io::Result<()> {
         file.sync_all()?;
         drop(file);
-        verified_body(tmp, term, index)?;
+        io::copy(&mut verified_body(tmp, term, index)?, &mut io::sink())?;
         fs::rename(tmp, self.path(term, index))?;
         sync_dir(&self.dir)
     }
 
-    /// Verifies the whole file and returns a reader over its body.
-    pub fn open_body(&self, term: u64, index: u64) -> io::Result<impl Read> {
+    /// A reader over the body of the snapshot at (`term`, `index`); reading it to
+    /// the end verifies the checksum (a mismatch is an error there).
+    pub fn open_body(&self, term: u64, index: u64) -> io::Result<VerifiedBody> {
         verified_body(&self.path(term, index), term, index)
     }
 
@@ -101,44 +102,54 @@ impl SnapshotStore {
     }
 }
 
-/// Checks a file's header against (`term`, `index`) and its trailer against its
-/// content, then returns a reader over its body.
-fn verified_body(path: &Path, term: u64, index: u64) -> io::Result<impl Read> {
-    let mut file = File::open(path)?;
+/// Checks a file's header against (`term`, `index`) and returns a reader over
+/// its body that checks the trailer checksum as it is read: reaching the end of
+/// a corrupt body is an error, so loading and verifying is one pass.
+fn verified_body(path: &Path, term: u64, index: u64) -> io::Result<VerifiedBody> {
+    let file = File::open(path)?;
     let len = file.metadata()?.len();
     if len < HEADER_LEN + TRAILER_LEN {
         return Err(corrupt(path, "shorter than header and trailer"));
     }
-    let mut crc = 0u32;
-    let mut reader = BufReader::with_capacity(1 << 20, (&mut file).take(len - TRAILER_LEN));
+    let mut reader = BufReader::with_capacity(1 << 20, file);
     let mut header = [0u8; HEADER_LEN as usize];
     reader.read_exact(&mut header)?;
-    crc = crc32c::crc32c_append(crc, &header);
     if &header[..8] != MAGIC
         || header[8..16] != term.to_le_bytes()
         || header[16..24] != index.to_le_bytes()
     {
         return Err(corrupt(path, "header does not match its term and index"));
     }
-    let mut buf = vec![0u8; 1 << 20];
-    loop {
-        let n = reader.read(&mut buf)?;
-        if n == 0 {
-            break;
+    Ok(VerifiedBody {
+        body: reader.take(len - HEADER_LEN - TRAILER_LEN),
+        crc: crc32c::crc32c(&header),
+        checked: false,
+        path: path.to_path_buf(),
+    })
+}
+
+/// A snapshot body whose checksum is compared with the trailer at its end.
+pub struct VerifiedBody {
+    body: io::Take<BufReader<File>>,
+    crc: u32,
+    checked: bool,
+    path: PathBuf,
+}
+
+impl Read for VerifiedBody {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        let n = self.body.read(buf)?;
+        self.crc = crc32c::crc32c_append(self.crc, &buf[..n]);
+        if n == 0 && !buf.is_empty() && !self.checked {
+            let mut trailer = [0u8; TRAILER_LEN as usize];
+            self.body.get_mut().read_exact(&mut trailer)?;
+            if u32::from_le_bytes(trailer) != self.crc {
+                return Err(corrupt(&self.path, "checksum mismatch"));
+            }
+            self.checked = true;
         }
-        crc = crc32c::crc32c_append(crc, &buf[..n]);
+        Ok(n)
     }
-    drop(reader);
-    let mut trailer = [0u8; 4];
-    file.read_exact(&mut trailer)?;
-    if u32::from_le_bytes(trailer) != crc {
-        return Err(corrupt(path, "checksum mismatch"));
-    }
-    file.seek(SeekFrom::Start(HEADER_LEN))?;
-    Ok(BufReader::with_capacity(
-        1 << 20,
-        file.take(len - HEADER_LEN - TRAILER_LEN),
-    ))
 }
 
 /// Writes a snapshot body, keeping the running checksum; `finish` makes it durable.
@@ -211,7 +222,12 @@ mod tests {
         let mut bytes = fs::read(&path).unwrap();
         bytes[HEADER_LEN as usize + 1] ^= 0xff;
         fs::write(&path, bytes).unwrap();
-        let err = store.open_body(2, 40).err().unwrap();
+        // Found while reading: loading and verifying are one pass.
+        let err = store
+            .open_body(2, 40)
+            .unwrap()
+            .read_to_end(&mut Vec::new())
+            .unwrap_err();
         assert!(err.to_string().contains("checksum"), "{err}");
     }
 
