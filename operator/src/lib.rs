@@ -1,6 +1,7 @@
 //! raft-operator: reconciles `RaftCluster` resources into raft-node members.
 
 pub mod crd;
+pub mod k8s;
 pub mod local;
 pub mod plan;
 pub mod reconcile;

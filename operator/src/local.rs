@@ -167,7 +167,7 @@ pub async fn run(opts: LocalOptions) -> anyhow::Result<()> {
             let endpoints: Vec<&str> = seen
                 .members
                 .values()
-                .map(|m| m.client_addr.as_str())
+                .filter_map(|m| Some(m.addrs.as_ref()?.client.as_str()))
                 .collect();
             write_atomic(
                 &dir.join("endpoints"),

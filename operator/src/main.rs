@@ -1,7 +1,7 @@
-//! raft-operator: `local` reconciles a cluster of local processes from a
+//! raft-operator: `run` is the Kubernetes controller (in-cluster or from a
+//! kubeconfig); `local` reconciles a cluster of local processes from a
 //! manifest (the embedded default); `crdgen` writes the CRD; `validate` checks
-//! manifests offline. The Kubernetes controller (`run`) is being built (see the
-//! project issues).
+//! manifests offline.
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -33,8 +33,42 @@ struct LocalArgs {
     node_bin: Option<PathBuf>,
 }
 
+#[derive(Args)]
+struct RunArgs {
+    /// Namespace whose RaftClusters are reconciled (default: the operator's own).
+    #[arg(
+        long,
+        env = "RAFTLANE_WATCH_NAMESPACE",
+        conflicts_with = "all_namespaces"
+    )]
+    namespace: Option<String>,
+    /// Reconcile RaftClusters in every namespace (needs the cluster-wide RBAC).
+    #[arg(long, env = "RAFTLANE_ALL_NAMESPACES")]
+    all_namespaces: bool,
+    /// Listen address of /metrics, /healthz and /readyz.
+    #[arg(long, env = "RAFTLANE_METRICS_ADDR", default_value = "0.0.0.0:8080")]
+    metrics_addr: std::net::SocketAddr,
+    /// Take a Lease before reconciling, so several replicas are safe.
+    #[arg(long, env = "RAFTLANE_LEADER_ELECTION", default_value_t = true, action = clap::ArgAction::Set)]
+    leader_election: bool,
+    #[arg(long, env = "RAFTLANE_LEASE_NAME", default_value = "raft-operator")]
+    lease_name: String,
+    /// This replica's identity in the Lease and in events.
+    #[arg(long, env = "POD_NAME")]
+    identity: Option<String>,
+    /// The operator's own namespace (Lease, default watch namespace).
+    #[arg(
+        long = "pod-namespace",
+        env = "POD_NAMESPACE",
+        default_value = "default"
+    )]
+    pod_namespace: String,
+}
+
 #[derive(Subcommand)]
 enum Cmd {
+    /// Run the controller on Kubernetes until SIGTERM.
+    Run(RunArgs),
     /// Run the cluster of a manifest as local processes until Ctrl-C.
     Local(LocalCmd),
     /// Print the RaftCluster CRD as YAML, or write it to --out.
@@ -73,6 +107,26 @@ fn options(a: LocalArgs) -> anyhow::Result<LocalOptions> {
         state_dir: a.state_dir,
         node_bin,
     })
+}
+
+fn run_options(a: RunArgs) -> raft_operator::k8s::RunOptions {
+    let identity = a.identity.unwrap_or_else(|| {
+        std::fs::read_to_string("/proc/sys/kernel/hostname")
+            .map(|h| h.trim().to_string())
+            .unwrap_or_else(|_| format!("raft-operator-{}", std::process::id()))
+    });
+    raft_operator::k8s::RunOptions {
+        namespace: if a.all_namespaces {
+            None
+        } else {
+            Some(a.namespace.unwrap_or_else(|| a.pod_namespace.clone()))
+        },
+        metrics_addr: a.metrics_addr,
+        leader_election: a.leader_election,
+        lease_name: a.lease_name,
+        lease_namespace: a.pod_namespace,
+        identity,
+    }
 }
 
 fn crdgen(out: Option<PathBuf>) -> anyhow::Result<()> {
@@ -115,6 +169,7 @@ async fn main() -> ExitCode {
         .with_writer(std::io::stderr)
         .init();
     let result = match Cli::parse().cmd {
+        Cmd::Run(args) => raft_operator::k8s::run(run_options(args)).await,
         Cmd::Local(LocalCmd { args, action: None }) => match options(args) {
             Ok(o) => local::run(o).await,
             Err(e) => Err(e),

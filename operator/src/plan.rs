@@ -108,6 +108,16 @@ pub struct Plan {
     pub actions: Vec<Action>,
     /// Set when a needed step is held back (shown in status and events).
     pub waiting: Option<String>,
+    /// The wait is a safety guard refusing a step (no leader, no healthy
+    /// quorum), not progress that will finish by itself.
+    pub blocked: bool,
+}
+
+impl Plan {
+    fn block(&mut self, why: String) {
+        self.waiting = Some(why);
+        self.blocked = true;
+    }
 }
 
 /// A learner is promoted once it has applied this share of the leader's commit
@@ -185,7 +195,7 @@ pub fn plan(replicas: u64, obs: &Observed) -> Plan {
     push_addresses(obs, &mut p);
 
     let Some(leader) = leader else {
-        p.waiting = Some("no leader: only restoring members and addresses".into());
+        p.block("no leader: only restoring members and addresses".into());
         return p;
     };
     if leader.conf_change_pending {
@@ -224,7 +234,7 @@ pub fn plan(replicas: u64, obs: &Observed) -> Plan {
                     id: *id,
                 });
             } else {
-                p.waiting = Some(format!("promoting {id} would leave no healthy quorum"));
+                p.block(format!("promoting {id} would leave no healthy quorum"));
             }
         } else {
             p.waiting = Some(format!("learner {id} is catching up"));
@@ -244,14 +254,14 @@ pub fn plan(replicas: u64, obs: &Observed) -> Plan {
                     via: leader.id,
                     to: *to,
                 }),
-                None => p.waiting = Some(format!("no healthy voter to take leadership from {id}")),
+                None => p.block(format!("no healthy voter to take leadership from {id}")),
             }
             return p;
         }
         let mut after = voters.clone();
         after.remove(&id);
         if after.is_empty() || healthy_voters(&after) < quorum(after.len()) {
-            p.waiting = Some(format!("removing {id} would leave no healthy quorum"));
+            p.block(format!("removing {id} would leave no healthy quorum"));
         } else {
             p.actions.push(Action::RemoveMember { via: leader.id, id });
         }
@@ -272,7 +282,7 @@ pub fn plan(replicas: u64, obs: &Observed) -> Plan {
                 if healthy_voters(&voters) >= quorum(voters.len()) {
                     p.actions.push(Action::AddLearner { via: leader.id, id });
                 } else {
-                    p.waiting = Some(format!("adding {id} needs a healthy quorum first"));
+                    p.block(format!("adding {id} needs a healthy quorum first"));
                 }
             }
             Some(_) => p.waiting = Some(format!("waiting for the leader to learn {id}'s address")),

@@ -61,10 +61,11 @@ pub async fn observe<R: Runtime>(
             m.id,
             RuntimeMember {
                 id: m.id,
-                peer_addr: Some(m.peer_addr.clone()),
+                peer_addr: m.peer_addr().map(str::to_string),
             },
         );
-        let mut admin = admins.get(&m.admin_addr)?;
+        let Some(addrs) = &m.addrs else { continue };
+        let mut admin = admins.get(&addrs.admin)?;
         if let Ok(Ok(s)) = tokio::time::timeout(ADMIN_TIMEOUT, admin.status(StatusRequest {})).await
         {
             let s = s.into_inner();
@@ -103,21 +104,21 @@ pub async fn act<R: Runtime>(
     let admin_of = |id: u64| -> anyhow::Result<String> {
         seen.members
             .get(&id)
-            .map(|m| m.admin_addr.clone())
-            .ok_or_else(|| anyhow::anyhow!("member {id} is not running"))
+            .and_then(|m| Some(m.addrs.as_ref()?.admin.clone()))
+            .ok_or_else(|| anyhow::anyhow!("member {id} is not reachable"))
     };
     Ok(match action {
         Action::Create { id, initial_voters } => {
             let peers: BTreeMap<u64, String> = seen
                 .members
                 .values()
-                .map(|m| (m.id, m.peer_addr.clone()))
+                .filter_map(|m| Some((m.id, m.peer_addr()?.to_string())))
                 .collect();
             let m = rt.create(*id, initial_voters.as_ref(), &peers).await?;
-            format!(
-                "started member {id} (peer {}, client {})",
-                m.peer_addr, m.client_addr
-            )
+            match &m.addrs {
+                Some(a) => format!("started member {id} (peer {}, client {})", a.peer, a.client),
+                None => format!("created member {id}"),
+            }
         }
         Action::PushAddresses { on, peers } => {
             let mut a = admins.get(&admin_of(*on)?)?;

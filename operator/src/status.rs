@@ -36,7 +36,7 @@ pub fn compute(
         .map(|m| MemberStatus {
             id: m.id,
             name: format!("{name}-{}", m.id - 1),
-            address: m.peer_addr.clone(),
+            address: m.peer_addr().unwrap_or_default().to_string(),
             role: if learners.contains(&m.id) {
                 MemberRole::Learner
             } else {
@@ -138,12 +138,12 @@ mod tests {
         for &id in up {
             members.insert(
                 id,
-                Member {
+                Member::at(
                     id,
-                    peer_addr: format!("127.0.0.{id}:7000"),
-                    client_addr: format!("127.0.0.{id}:7001"),
-                    admin_addr: format!("127.0.0.{id}:7002"),
-                },
+                    format!("127.0.0.{id}:7000"),
+                    format!("127.0.0.{id}:7001"),
+                    format!("127.0.0.{id}:7002"),
+                ),
             );
             observed.reports.insert(
                 id,

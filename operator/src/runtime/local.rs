@@ -164,12 +164,7 @@ impl Runtime for LocalRuntime {
             .records()?
             .into_iter()
             .filter(|(_, r)| alive(r.pid))
-            .map(|(id, r)| Member {
-                id,
-                peer_addr: r.peer,
-                client_addr: r.client,
-                admin_addr: r.admin,
-            })
+            .map(|(id, r)| Member::at(id, r.peer, r.client, r.admin))
             .collect())
     }
 
@@ -248,12 +243,7 @@ impl Runtime for LocalRuntime {
         fs::write(&tmp, serde_json::to_vec_pretty(&rec)?)?;
         fs::rename(&tmp, self.record_path(id))?;
         self.children.insert(id, child);
-        Ok(Member {
-            id,
-            peer_addr: rec.peer,
-            client_addr: rec.client,
-            admin_addr: rec.admin,
-        })
+        Ok(Member::at(id, rec.peer, rec.client, rec.admin))
     }
 
     async fn delete(&mut self, id: u64) -> anyhow::Result<()> {

@@ -5,19 +5,44 @@ pub mod local;
 
 use std::collections::{BTreeMap, BTreeSet};
 
-/// A member the runtime runs now, and where it listens.
+/// A member the runtime has now, and where it listens once it has an address.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Member {
     pub id: u64,
-    pub peer_addr: String,
-    pub client_addr: String,
-    pub admin_addr: String,
+    /// None while it exists without an address (a pod being scheduled or
+    /// terminating): it is neither missing nor reachable.
+    pub addrs: Option<Addrs>,
+}
+
+/// Where one member listens.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Addrs {
+    pub peer: String,
+    pub client: String,
+    pub admin: String,
+}
+
+impl Member {
+    pub fn at(id: u64, peer: String, client: String, admin: String) -> Member {
+        Member {
+            id,
+            addrs: Some(Addrs {
+                peer,
+                client,
+                admin,
+            }),
+        }
+    }
+
+    pub fn peer_addr(&self) -> Option<&str> {
+        self.addrs.as_ref().map(|a| a.peer.as_str())
+    }
 }
 
 /// How members are started and stopped.
 #[allow(async_fn_in_trait)]
 pub trait Runtime {
-    /// Members running now (a member that exited is not listed).
+    /// Members that exist now (a member that exited is not listed).
     async fn list(&mut self) -> anyhow::Result<Vec<Member>>;
     /// Starts member `id` with its data; `peers` are the others' current addresses.
     async fn create(
@@ -28,6 +53,6 @@ pub trait Runtime {
     ) -> anyhow::Result<Member>;
     /// Stops member `id` (it has left the membership) and retires its data.
     async fn delete(&mut self, id: u64) -> anyhow::Result<()>;
-    /// Members whose data holds state, running or not.
+    /// Members whose data holds state, running or not (as of the last `list`).
     fn with_data(&self) -> anyhow::Result<BTreeSet<u64>>;
 }

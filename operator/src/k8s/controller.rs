@@ -1,0 +1,393 @@
+//! The RaftCluster controller: one reconcile pass per trigger (a change to the
+//! cluster or to a Pod, PVC or Service it owns, or a requeue), running the same
+//! observe → plan → act core as the local runtime. A pass never waits: a step
+//! that must wait is planned again after a short requeue.
+
+use std::collections::{BTreeSet, HashMap};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use k8s_openapi::api::core::v1::{ObjectReference, PersistentVolumeClaim, Service};
+use k8s_openapi::api::policy::v1::PodDisruptionBudget;
+use kube::api::{Patch, PatchParams, PostParams};
+use kube::core::DeserializeGuard;
+use kube::runtime::controller::Action;
+use kube::runtime::events::{Event, EventType, Recorder, Reporter};
+use kube::runtime::finalizer::{finalizer, Event as Finalized};
+use kube::{Api, Client, Resource, ResourceExt};
+use serde_json::json;
+
+use crate::crd::{RaftCluster, RaftClusterStatus, Retention};
+use crate::k8s::metrics::{ClusterLabel, FailureLabel, Metrics};
+use crate::k8s::resources::{client_service, disruption_budget, peer_service, RETIRED_LABEL};
+use crate::k8s::runtime::{cluster_volumes, delete_gone, retire, KubeRuntime};
+use crate::plan::{plan, Action as Step};
+use crate::reconcile::{act, observe, AdminClients};
+use crate::status;
+
+/// Finalizer that retires or deletes volumes per `whenDeleted` before the
+/// RaftCluster goes (owner references cannot honour a retention policy).
+pub const FINALIZER: &str = "raftlane.io/volumes";
+/// Field manager of the status, applied server-side.
+pub const STATUS_MANAGER: &str = "raft-operator-status";
+/// Requeue while an operation is in flight or waiting.
+const BUSY_REQUEUE: Duration = Duration::from_secs(2);
+/// Requeue of a settled cluster: members are health-checked this often even
+/// when nothing in Kubernetes changes.
+const IDLE_REQUEUE: Duration = Duration::from_secs(60);
+/// Longest backoff after repeated failures.
+const MAX_BACKOFF: Duration = Duration::from_secs(300);
+
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error("Kubernetes API: {0}")]
+    Kube(#[from] kube::Error),
+    #[error("{0:#}")]
+    Member(anyhow::Error),
+    #[error("finalizer: {0}")]
+    Finalizer(Box<kube::runtime::finalizer::Error<Error>>),
+}
+
+impl Error {
+    /// The `reason` label of the failure metric.
+    pub fn reason(&self) -> &'static str {
+        match self {
+            Error::Kube(_) => "kubernetes_api",
+            Error::Member(_) => "member",
+            Error::Finalizer(e) => match e.as_ref() {
+                kube::runtime::finalizer::Error::ApplyFailed(e)
+                | kube::runtime::finalizer::Error::CleanupFailed(e) => e.reason(),
+                _ => "finalizer",
+            },
+        }
+    }
+}
+
+/// What every reconcile pass shares.
+pub struct Context {
+    pub client: Client,
+    reporter: Reporter,
+    pub metrics: Metrics,
+    /// Admin clients per cluster UID, kept between passes.
+    admins: tokio::sync::Mutex<HashMap<String, AdminClients>>,
+    /// Consecutive failures per cluster UID, for the backoff.
+    failures: std::sync::Mutex<HashMap<String, u32>>,
+}
+
+impl Context {
+    pub fn new(client: Client, reporter: Reporter, metrics: Metrics) -> Context {
+        Context {
+            client,
+            reporter,
+            metrics,
+            admins: Default::default(),
+            failures: Default::default(),
+        }
+    }
+
+    async fn event(&self, rc: &RaftCluster, type_: EventType, reason: &str, note: String) {
+        self.publish(&rc.object_ref(&()), type_, reason, note).await;
+    }
+
+    /// Writes one event. Each goes through a fresh [`Recorder`]: a shared one
+    /// folds events of the same reason into a series that keeps the first
+    /// note, and here every note matters (which member, which address).
+    /// Events are written on transitions only, never once per pass.
+    async fn publish(
+        &self,
+        regarding: &ObjectReference,
+        type_: EventType,
+        reason: &str,
+        note: String,
+    ) {
+        let ev = Event {
+            type_,
+            reason: reason.into(),
+            note: Some(note),
+            action: "Reconcile".into(),
+            secondary: None,
+        };
+        let recorder = Recorder::new(self.client.clone(), self.reporter.clone());
+        // An event that cannot be written is logged, never a reason to fail.
+        if let Err(e) = recorder.publish(&ev, regarding).await {
+            tracing::warn!(error = %e, reason, "writing an event failed");
+        }
+    }
+}
+
+/// The event reason of a carried-out step.
+fn reason(step: &Step) -> &'static str {
+    match step {
+        Step::Create { .. } => "MemberCreated",
+        Step::PushAddresses { .. } => "AddressesPushed",
+        Step::AddLearner { .. } => "LearnerAdded",
+        Step::Promote { .. } => "LearnerPromoted",
+        Step::TransferLeader { .. } => "LeaderTransferred",
+        Step::RemoveMember { .. } => "MemberRemoved",
+        Step::Delete { .. } => "MemberDeleted",
+    }
+}
+
+/// One pass for one RaftCluster. A cluster whose stored form cannot be read
+/// is reported in an event and left alone; it never stops the watch.
+pub async fn reconcile(
+    obj: Arc<DeserializeGuard<RaftCluster>>,
+    ctx: Arc<Context>,
+) -> Result<Action, Error> {
+    let started = Instant::now();
+    let result = match &obj.0 {
+        Ok(rc) => {
+            let api: Api<RaftCluster> =
+                Api::namespaced(ctx.client.clone(), &rc.namespace().unwrap_or_default());
+            finalizer(&api, FINALIZER, Arc::new(rc.clone()), |ev| async {
+                match ev {
+                    Finalized::Apply(rc) => apply(&rc, &ctx).await,
+                    Finalized::Cleanup(rc) => cleanup(&rc, &ctx).await,
+                }
+            })
+            .await
+            .map_err(|e| Error::Finalizer(Box::new(e)))
+        }
+        Err(invalid) => {
+            tracing::warn!(
+                name = invalid.metadata.name.as_deref().unwrap_or("?"),
+                error = %invalid.error,
+                "skipping a RaftCluster that cannot be read"
+            );
+            let note = invalid.error.clone();
+            ctx.publish(
+                &obj.object_ref(&()),
+                EventType::Warning,
+                "InvalidSpec",
+                note,
+            )
+            .await;
+            Ok(Action::await_change())
+        }
+    };
+    ctx.metrics.observe_pass(started.elapsed());
+    if result.is_ok() {
+        if let Some(uid) = obj.uid() {
+            ctx.failures.lock().expect("failures lock").remove(&uid);
+        }
+    }
+    result
+}
+
+/// Requeues a failed pass with exponential backoff per cluster (1 s, 2 s, 4 s…
+/// up to five minutes), counted by reason.
+pub fn error_policy(
+    obj: Arc<DeserializeGuard<RaftCluster>>,
+    err: &Error,
+    ctx: Arc<Context>,
+) -> Action {
+    ctx.metrics
+        .failures
+        .get_or_create(&FailureLabel {
+            reason: err.reason(),
+        })
+        .inc();
+    let n = {
+        let mut failures = ctx.failures.lock().expect("failures lock");
+        let n = failures.entry(obj.uid().unwrap_or_default()).or_insert(0);
+        *n += 1;
+        *n
+    };
+    tracing::warn!(name = %obj.name_any(), failures = n, error = %err, "reconcile failed");
+    Action::requeue(backoff(n))
+}
+
+fn backoff(failures: u32) -> Duration {
+    Duration::from_secs(1)
+        .saturating_mul(1 << failures.saturating_sub(1).min(16))
+        .min(MAX_BACKOFF)
+}
+
+/// Creates each cluster-wide object that is missing; existing ones are left
+/// as they are (a read, never a write, when nothing is missing).
+async fn ensure_cluster_objects(rc: &RaftCluster, client: &Client) -> kube::Result<()> {
+    let ns = rc.namespace().unwrap_or_default();
+    let services: Api<Service> = Api::namespaced(client.clone(), &ns);
+    for svc in [peer_service(rc), client_service(rc)] {
+        if services.get_opt(&svc.name_any()).await?.is_none() {
+            services.create(&PostParams::default(), &svc).await?;
+        }
+    }
+    let budgets: Api<PodDisruptionBudget> = Api::namespaced(client.clone(), &ns);
+    if budgets.get_opt(&rc.name_any()).await?.is_none() {
+        budgets
+            .create(&PostParams::default(), &disruption_budget(rc))
+            .await?;
+    }
+    Ok(())
+}
+
+/// Writes the status with server-side apply under its own field manager.
+async fn apply_status(
+    rc: &RaftCluster,
+    client: &Client,
+    status: &RaftClusterStatus,
+) -> kube::Result<()> {
+    let api: Api<RaftCluster> =
+        Api::namespaced(client.clone(), &rc.namespace().unwrap_or_default());
+    let body = json!({
+        "apiVersion": RaftCluster::api_version(&()),
+        "kind": RaftCluster::kind(&()),
+        "status": status,
+    });
+    api.patch_status(
+        &rc.name_any(),
+        &PatchParams::apply(STATUS_MANAGER).force(),
+        &Patch::Apply(&body),
+    )
+    .await?;
+    Ok(())
+}
+
+async fn apply(rc: &RaftCluster, ctx: &Context) -> Result<Action, Error> {
+    let name = rc.name_any();
+    let uid = rc.uid().unwrap_or_default();
+    let previous = rc.status.clone().unwrap_or_default();
+    if previous.observed_generation.is_some()
+        && previous.observed_generation != rc.metadata.generation
+        && previous.replicas != rc.spec.replicas
+    {
+        let note = format!("{} → {} members", previous.replicas, rc.spec.replicas);
+        ctx.event(rc, EventType::Normal, "Scaling", note).await;
+    }
+    ensure_cluster_objects(rc, &ctx.client).await?;
+
+    let mut rt = KubeRuntime::new(ctx.client.clone(), rc);
+    let mut admins = ctx.admins.lock().await.remove(&uid).unwrap_or_default();
+    let result = pass(rc, ctx, &mut rt, &mut admins, &previous).await;
+    ctx.admins.lock().await.insert(uid, admins);
+    let (members, busy) = result?;
+
+    let label = ClusterLabel {
+        namespace: rc.namespace().unwrap_or_default(),
+        name,
+    };
+    let count = |role| members.iter().filter(|m| m.role == role).count() as i64;
+    ctx.metrics
+        .members
+        .get_or_create(&label)
+        .set(members.len() as i64);
+    ctx.metrics
+        .voters
+        .get_or_create(&label)
+        .set(count(crate::crd::MemberRole::Voter));
+    ctx.metrics
+        .learners
+        .get_or_create(&label)
+        .set(count(crate::crd::MemberRole::Learner));
+    Ok(Action::requeue(if busy {
+        BUSY_REQUEUE
+    } else {
+        IDLE_REQUEUE
+    }))
+}
+
+/// Observe, plan, act, write the status: returns the members in the status
+/// and whether work remains.
+async fn pass(
+    rc: &RaftCluster,
+    ctx: &Context,
+    rt: &mut KubeRuntime,
+    admins: &mut AdminClients,
+    previous: &RaftClusterStatus,
+) -> Result<(Vec<crate::crd::MemberStatus>, bool), Error> {
+    let uid = rc.uid().unwrap_or_default();
+    let mut current = previous.clone();
+    let bootstrapped = current
+        .bootstrap_voters
+        .as_ref()
+        .map(|v| v.iter().copied().collect::<BTreeSet<u64>>());
+    let seen = observe(rt, admins, &uid, bootstrapped)
+        .await
+        .map_err(Error::Member)?;
+    if seen.observed.reports.values().any(|r| r.is_leader) {
+        current.bootstrap_voters = None;
+    }
+    let p = plan(u64::from(rc.spec.replicas), &seen.observed);
+    // The voters a new cluster forms with are recorded before its first
+    // member starts, so a pass after a crash gives the rest the same set.
+    if let Some(Step::Create {
+        initial_voters: Some(v),
+        ..
+    }) = p.actions.first()
+    {
+        if current.bootstrap_voters.is_none() {
+            current.bootstrap_voters = Some(v.iter().copied().collect());
+            apply_status(rc, &ctx.client, &current).await?;
+        }
+    }
+    if p.waiting.is_some() && p.waiting != previous.operation {
+        let note = p.waiting.clone().unwrap_or_default();
+        match p.blocked {
+            true => ctx.event(rc, EventType::Warning, "Blocked", note).await,
+            false => ctx.event(rc, EventType::Normal, "Waiting", note).await,
+        }
+    }
+    for step in &p.actions {
+        match act(rt, admins, &seen, step).await {
+            Ok(done) => ctx.event(rc, EventType::Normal, reason(step), done).await,
+            Err(e) => {
+                let note = format!("{step:?}: {e:#}");
+                ctx.event(rc, EventType::Warning, "StepFailed", note).await;
+                return Err(Error::Member(e));
+            }
+        }
+    }
+    let mut next = status::compute(
+        &rc.name_any(),
+        &seen,
+        &p,
+        &current,
+        &jiff::Timestamp::now().to_string(),
+    );
+    next.observed_generation = rc.metadata.generation;
+    if next != *previous {
+        apply_status(rc, &ctx.client, &next).await?;
+    }
+    let busy = !p.actions.is_empty() || p.waiting.is_some();
+    Ok((next.members, busy))
+}
+
+/// Before the RaftCluster goes: every volume of this cluster, retired ones
+/// included, is deleted or retired per `whenDeleted`. Pods and Services go
+/// with their owner.
+async fn cleanup(rc: &RaftCluster, ctx: &Context) -> Result<Action, Error> {
+    let claims: Api<PersistentVolumeClaim> =
+        Api::namespaced(ctx.client.clone(), &rc.namespace().unwrap_or_default());
+    let policy = rc.spec.storage.retention_policy.when_deleted;
+    let mut names = Vec::new();
+    for claim in cluster_volumes(&claims, rc).await? {
+        let name = claim.name_any();
+        match policy {
+            Retention::Delete => delete_gone(&claims, &name).await?,
+            Retention::Retain if claim.labels().contains_key(RETIRED_LABEL) => continue,
+            Retention::Retain => retire(&claims, &name).await?,
+        }
+        names.push(name);
+    }
+    if !names.is_empty() {
+        let (reason, verb) = match policy {
+            Retention::Delete => ("VolumesDeleted", "deleted"),
+            Retention::Retain => ("VolumesRetained", "retained (never reused)"),
+        };
+        let note = format!("{verb}: {}", names.join(", "));
+        ctx.event(rc, EventType::Normal, reason, note).await;
+    }
+    Ok(Action::await_change())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn backoff_doubles_up_to_five_minutes() {
+        let secs: Vec<u64> = [1, 2, 3, 9, 10, 40].map(|n| backoff(n).as_secs()).to_vec();
+        assert_eq!(secs, [1, 2, 4, 256, 300, 300]);
+    }
+}

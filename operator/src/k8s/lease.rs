@@ -1,0 +1,138 @@
+//! Leader election on a `coordination.k8s.io` Lease, so two operator replicas
+//! never reconcile at once. Every write carries the Lease's resourceVersion:
+//! of two replicas racing for an expired Lease, the API server lets one win.
+
+use std::time::Duration;
+
+use k8s_openapi::api::coordination::v1::{Lease, LeaseSpec};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::MicroTime;
+use kube::api::{ObjectMeta, PostParams};
+use kube::Api;
+
+/// One replica's claim on the Lease.
+pub struct LeaseLock {
+    api: Api<Lease>,
+    name: String,
+    identity: String,
+    duration: Duration,
+}
+
+fn now() -> MicroTime {
+    MicroTime(jiff::Timestamp::now())
+}
+
+fn expired(spec: &LeaseSpec, at: jiff::Timestamp) -> bool {
+    let Some(renewed) = spec.renew_time.as_ref().or(spec.acquire_time.as_ref()) else {
+        return true;
+    };
+    let secs = i64::from(spec.lease_duration_seconds.unwrap_or(0));
+    renewed.0 + jiff::SignedDuration::from_secs(secs) < at
+}
+
+impl LeaseLock {
+    pub fn new(api: Api<Lease>, name: &str, identity: &str, duration: Duration) -> LeaseLock {
+        LeaseLock {
+            api,
+            name: name.into(),
+            identity: identity.into(),
+            duration,
+        }
+    }
+
+    /// How often the holder renews: well inside the lease duration.
+    pub fn renew_every(&self) -> Duration {
+        self.duration / 3
+    }
+
+    fn spec(&self, transitions: i32, acquired: Option<MicroTime>) -> LeaseSpec {
+        LeaseSpec {
+            holder_identity: Some(self.identity.clone()),
+            lease_duration_seconds: Some(self.duration.as_secs() as i32),
+            acquire_time: Some(acquired.unwrap_or_else(now)),
+            renew_time: Some(now()),
+            lease_transitions: Some(transitions),
+            ..Default::default()
+        }
+    }
+
+    /// Takes or renews the Lease once; true while this replica holds it.
+    pub async fn try_acquire(&self) -> kube::Result<bool> {
+        let current = match self.api.get_opt(&self.name).await? {
+            Some(l) => l,
+            None => {
+                let lease = Lease {
+                    metadata: ObjectMeta {
+                        name: Some(self.name.clone()),
+                        ..Default::default()
+                    },
+                    spec: Some(self.spec(0, None)),
+                };
+                return match self.api.create(&PostParams::default(), &lease).await {
+                    Ok(_) => Ok(true),
+                    Err(kube::Error::Api(s)) if s.code == 409 => Ok(false),
+                    Err(e) => Err(e),
+                };
+            }
+        };
+        let spec = current.spec.clone().unwrap_or_default();
+        let mine = spec.holder_identity.as_deref() == Some(self.identity.as_str());
+        // Released (no holder) or expired: free to take.
+        let free = spec.holder_identity.is_none() || expired(&spec, jiff::Timestamp::now());
+        if !mine && !free {
+            return Ok(false);
+        }
+        let transitions = spec.lease_transitions.unwrap_or(0) + i32::from(!mine);
+        let acquired = if mine { spec.acquire_time } else { None };
+        let lease = Lease {
+            metadata: current.metadata.clone(),
+            spec: Some(self.spec(transitions, acquired)),
+        };
+        match self
+            .api
+            .replace(&self.name, &PostParams::default(), &lease)
+            .await
+        {
+            Ok(_) => Ok(true),
+            // Another replica wrote first.
+            Err(kube::Error::Api(s)) if s.code == 409 => Ok(false),
+            Err(e) => Err(e),
+        }
+    }
+
+    /// Gives the Lease up on shutdown so a standby takes over at once.
+    pub async fn release(&self) -> kube::Result<()> {
+        let Some(mut current) = self.api.get_opt(&self.name).await? else {
+            return Ok(());
+        };
+        let Some(spec) = current.spec.as_mut() else {
+            return Ok(());
+        };
+        if spec.holder_identity.as_deref() != Some(self.identity.as_str()) {
+            return Ok(());
+        }
+        spec.holder_identity = None;
+        spec.lease_duration_seconds = Some(1);
+        self.api
+            .replace(&self.name, &PostParams::default(), &current)
+            .await?;
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_lease_expires_after_its_duration_from_the_last_renewal() {
+        let t0: jiff::Timestamp = "2026-01-01T00:00:00Z".parse().unwrap();
+        let spec = LeaseSpec {
+            renew_time: Some(MicroTime(t0)),
+            lease_duration_seconds: Some(15),
+            ..Default::default()
+        };
+        assert!(!expired(&spec, t0 + jiff::SignedDuration::from_secs(14)));
+        assert!(expired(&spec, t0 + jiff::SignedDuration::from_secs(16)));
+        assert!(expired(&LeaseSpec::default(), t0));
+    }
+}

@@ -1,0 +1,202 @@
+//! raft-operator on Kubernetes (`raft-operator run`): waits for the CRD to be
+//! established, takes the leader-election Lease, then runs the controller
+//! until SIGTERM (or until the Lease is lost, when it exits so a restart
+//! campaigns again).
+
+pub mod controller;
+pub mod lease;
+pub mod metrics;
+pub mod resources;
+pub mod runtime;
+
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context as _;
+use futures::StreamExt;
+use k8s_openapi::api::coordination::v1::Lease;
+use k8s_openapi::api::core::v1::{PersistentVolumeClaim, Pod, Service};
+use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
+use kube::core::DeserializeGuard;
+use kube::runtime::events::Reporter;
+use kube::runtime::{watcher, Controller};
+use kube::{Api, Client};
+use tokio::sync::watch;
+
+use crate::crd::RaftCluster;
+use controller::{error_policy, reconcile, Context};
+use lease::LeaseLock;
+use metrics::Metrics;
+
+/// Lease duration: a crashed leader is replaced within this long.
+const LEASE_DURATION: Duration = Duration::from_secs(15);
+const CRD_NAME: &str = "raftclusters.raftlane.io";
+
+/// Settings of `raft-operator run`.
+pub struct RunOptions {
+    /// Namespace to watch; None watches all namespaces.
+    pub namespace: Option<String>,
+    pub metrics_addr: SocketAddr,
+    pub leader_election: bool,
+    pub lease_name: String,
+    /// Where the Lease lives (the operator's own namespace).
+    pub lease_namespace: String,
+    /// This replica's name in the Lease and in events (the pod name).
+    pub identity: String,
+}
+
+/// Resolves on SIGTERM or Ctrl-C.
+async fn terminated() {
+    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+        .expect("installing a SIGTERM handler");
+    tokio::select! {
+        _ = term.recv() => {}
+        _ = tokio::signal::ctrl_c() => {}
+    }
+}
+
+/// Waits until the API server serves RaftClusters, reporting while it waits.
+async fn wait_for_crd(client: &Client) -> anyhow::Result<()> {
+    let crds: Api<CustomResourceDefinition> = Api::all(client.clone());
+    loop {
+        let established = kube::runtime::wait::await_condition(
+            crds.clone(),
+            CRD_NAME,
+            kube::runtime::wait::conditions::is_crd_established(),
+        );
+        match tokio::time::timeout(Duration::from_secs(10), established).await {
+            Ok(Ok(_)) => return Ok(()),
+            Ok(Err(e)) => return Err(e).context("watching the RaftCluster CRD"),
+            Err(_) => tracing::warn!(
+                "waiting for CRD {CRD_NAME} to be established (kubectl apply -f crds/raftcluster.yaml)"
+            ),
+        }
+    }
+}
+
+/// Campaigns until this replica holds the Lease, then renews it in the
+/// background; `lost` turns true if a renewal fails for a whole duration.
+async fn lead(lock: LeaseLock, lost: watch::Sender<bool>) -> anyhow::Result<Arc<LeaseLock>> {
+    loop {
+        match lock.try_acquire().await {
+            Ok(true) => break,
+            Ok(false) => tracing::info!("another replica leads; standing by"),
+            Err(e) => tracing::warn!(error = %e, "leader election"),
+        }
+        tokio::time::sleep(lock.renew_every()).await;
+    }
+    let lock = Arc::new(lock);
+    let renewer = lock.clone();
+    tokio::spawn(async move {
+        let mut last_ok = tokio::time::Instant::now();
+        loop {
+            tokio::time::sleep(renewer.renew_every()).await;
+            match renewer.try_acquire().await {
+                Ok(true) => last_ok = tokio::time::Instant::now(),
+                Ok(false) => break,
+                Err(e) if last_ok.elapsed() < LEASE_DURATION => {
+                    tracing::warn!(error = %e, "renewing the lease failed; retrying")
+                }
+                Err(_) => break,
+            }
+        }
+        let _ = lost.send(true);
+    });
+    Ok(lock)
+}
+
+pub async fn run(opts: RunOptions) -> anyhow::Result<()> {
+    let client = Client::try_default()
+        .await
+        .context("no Kubernetes configuration (in-cluster or kubeconfig)")?;
+    let metrics = Metrics::default();
+    let ready = Arc::new(AtomicBool::new(false));
+    let listener = tokio::net::TcpListener::bind(opts.metrics_addr)
+        .await
+        .with_context(|| format!("--metrics-addr {}", opts.metrics_addr))?;
+    tokio::spawn(metrics::serve(listener, metrics.clone(), ready.clone()));
+
+    tokio::select! {
+        r = wait_for_crd(&client) => r?,
+        _ = terminated() => return Ok(()),
+    }
+    ready.store(true, Ordering::Release);
+
+    let (lost_tx, mut lost) = watch::channel(false);
+    let lock = if opts.leader_election {
+        let leases: Api<Lease> = Api::namespaced(client.clone(), &opts.lease_namespace);
+        let lock = LeaseLock::new(leases, &opts.lease_name, &opts.identity, LEASE_DURATION);
+        tokio::select! {
+            l = lead(lock, lost_tx) => Some(l?),
+            _ = terminated() => return Ok(()),
+        }
+    } else {
+        None
+    };
+    metrics.leader.set(1);
+    tracing::info!(
+        namespace = opts.namespace.as_deref().unwrap_or("(all)"),
+        "controller starting"
+    );
+
+    let api = |client: &Client| -> (
+        Api<DeserializeGuard<RaftCluster>>,
+        Api<Pod>,
+        Api<PersistentVolumeClaim>,
+        Api<Service>,
+    ) {
+        match &opts.namespace {
+            Some(ns) => (
+                Api::namespaced(client.clone(), ns),
+                Api::namespaced(client.clone(), ns),
+                Api::namespaced(client.clone(), ns),
+                Api::namespaced(client.clone(), ns),
+            ),
+            None => (
+                Api::all(client.clone()),
+                Api::all(client.clone()),
+                Api::all(client.clone()),
+                Api::all(client.clone()),
+            ),
+        }
+    };
+    let (clusters, pods, claims, services) = api(&client);
+    let owned = watcher::Config::default().labels("app.kubernetes.io/managed-by=raft-operator");
+    let reporter = Reporter {
+        controller: "raft-operator".into(),
+        instance: Some(opts.identity.clone()),
+    };
+    let ctx = Arc::new(Context::new(client.clone(), reporter, metrics.clone()));
+    let mut lost_rx = lost.clone();
+    let stop = async move {
+        tokio::select! {
+            _ = terminated() => {}
+            _ = lost_rx.wait_for(|l| *l) => {}
+        }
+    };
+    Controller::new(clusters, watcher::Config::default())
+        .owns(pods, owned.clone())
+        .owns(claims, owned.clone())
+        .owns(services, owned)
+        .graceful_shutdown_on(stop)
+        .run(reconcile, error_policy, ctx)
+        .for_each(|r| async move {
+            if let Err(e) = r {
+                tracing::debug!(error = %e, "controller");
+            }
+        })
+        .await;
+    metrics.leader.set(0);
+    if *lost.borrow_and_update() {
+        anyhow::bail!("lost the leader-election lease; exiting so a restart campaigns again");
+    }
+    if let Some(lock) = lock {
+        if let Err(e) = lock.release().await {
+            tracing::warn!(error = %e, "releasing the lease");
+        }
+    }
+    tracing::info!("stopped");
+    Ok(())
+}

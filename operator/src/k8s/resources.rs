@@ -1,0 +1,281 @@
+//! The Kubernetes objects of one RaftCluster, built from its spec alone: per
+//! member a bare Pod and a PVC, and per cluster a headless peer Service, a
+//! client Service and a PodDisruptionBudget. Names and labels live here so
+//! the runtime, the controller and the tests agree on them.
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use k8s_openapi::api::core::v1::{PersistentVolumeClaim, Pod, Service};
+use k8s_openapi::api::policy::v1::PodDisruptionBudget;
+use kube::{Resource, ResourceExt};
+use serde_json::json;
+
+use crate::crd::{RaftCluster, Retention};
+
+pub const PEER_PORT: u16 = 7000;
+pub const CLIENT_PORT: u16 = 7001;
+pub const ADMIN_PORT: u16 = 7002;
+pub const METRICS_PORT: u16 = 7003;
+
+/// Label carrying a member's raft id on its Pod and PVC.
+pub const MEMBER_ID_LABEL: &str = "raftlane.io/member-id";
+/// Label tying a PVC to one cluster incarnation (the RaftCluster's UID), so a
+/// cluster re-created under the same name never adopts old volumes.
+pub const CLUSTER_UID_LABEL: &str = "raftlane.io/cluster-uid";
+/// Set on a PVC whose member left: it is kept (retention) but never reused.
+pub const RETIRED_LABEL: &str = "raftlane.io/retired";
+/// Where member data lives in the container.
+const DATA_DIR: &str = "/data";
+/// The non-root user of the raft-node image.
+const RUN_AS: i64 = 65532;
+
+/// Pod (and hostname) of member `id`: `<cluster>-<ordinal>`, ordinal = id - 1.
+pub fn pod_name(cluster: &str, id: u64) -> String {
+    format!("{cluster}-{}", id - 1)
+}
+
+/// The headless Service that gives each member a stable DNS name.
+pub fn peer_service_name(cluster: &str) -> String {
+    format!("{cluster}-peers")
+}
+
+/// Labels shared by every member object of `cluster` (the status selector).
+pub fn selector_labels(cluster: &str) -> BTreeMap<String, String> {
+    BTreeMap::from([
+        ("app.kubernetes.io/name".into(), "raft-node".into()),
+        ("app.kubernetes.io/instance".into(), cluster.into()),
+    ])
+}
+
+/// `selector_labels` as a label selector string for list calls.
+pub fn selector(cluster: &str) -> String {
+    selector_labels(cluster)
+        .iter()
+        .map(|(k, v)| format!("{k}={v}"))
+        .collect::<Vec<_>>()
+        .join(",")
+}
+
+fn labels(cluster: &str) -> BTreeMap<String, String> {
+    let mut l = selector_labels(cluster);
+    l.insert(
+        "app.kubernetes.io/managed-by".into(),
+        "raft-operator".into(),
+    );
+    l.insert("app.kubernetes.io/component".into(), "member".into());
+    l
+}
+
+fn member_labels(rc: &RaftCluster, id: u64) -> BTreeMap<String, String> {
+    let mut l = labels(&rc.name_any());
+    l.insert(MEMBER_ID_LABEL.into(), id.to_string());
+    l
+}
+
+fn owner(rc: &RaftCluster) -> serde_json::Value {
+    json!([rc
+        .controller_owner_ref(&())
+        .expect("a stored RaftCluster has a UID")])
+}
+
+/// The stable DNS name of member `id`'s peer port.
+pub fn peer_dns(rc: &RaftCluster, id: u64) -> String {
+    let name = rc.name_any();
+    format!(
+        "{}.{}.{}.svc:{PEER_PORT}",
+        pod_name(&name, id),
+        peer_service_name(&name),
+        rc.namespace().unwrap_or_default()
+    )
+}
+
+/// Headless Service for peer traffic; it publishes members before they are
+/// ready, because a member is ready only once it can reach its peers.
+pub fn peer_service(rc: &RaftCluster) -> Service {
+    let name = rc.name_any();
+    serde_json::from_value(json!({
+        "apiVersion": "v1",
+        "kind": "Service",
+        "metadata": {
+            "name": peer_service_name(&name),
+            "labels": labels(&name),
+            "ownerReferences": owner(rc),
+        },
+        "spec": {
+            "clusterIP": "None",
+            "publishNotReadyAddresses": true,
+            "selector": selector_labels(&name),
+            "ports": [
+                {"name": "peer", "port": PEER_PORT, "targetPort": "peer"},
+                {"name": "admin", "port": ADMIN_PORT, "targetPort": "admin"},
+            ],
+        },
+    }))
+    .expect("a valid Service")
+}
+
+/// The Service clients use: the key-value API of every ready member.
+pub fn client_service(rc: &RaftCluster) -> Service {
+    let name = rc.name_any();
+    serde_json::from_value(json!({
+        "apiVersion": "v1",
+        "kind": "Service",
+        "metadata": {
+            "name": name,
+            "labels": labels(&name),
+            "ownerReferences": owner(rc),
+        },
+        "spec": {
+            "selector": selector_labels(&name),
+            "ports": [{"name": "client", "port": CLIENT_PORT, "targetPort": "client"}],
+        },
+    }))
+    .expect("a valid Service")
+}
+
+/// At most one member down by a voluntary disruption (drain, eviction).
+pub fn disruption_budget(rc: &RaftCluster) -> PodDisruptionBudget {
+    let name = rc.name_any();
+    serde_json::from_value(json!({
+        "apiVersion": "policy/v1",
+        "kind": "PodDisruptionBudget",
+        "metadata": {
+            "name": name,
+            "labels": labels(&name),
+            "ownerReferences": owner(rc),
+        },
+        "spec": {
+            "maxUnavailable": 1,
+            "selector": {"matchLabels": selector_labels(&name)},
+        },
+    }))
+    .expect("a valid PodDisruptionBudget")
+}
+
+/// A fresh volume for member `id` (a generated name: never an old volume's).
+/// Owned by the cluster only when its data goes with the cluster.
+pub fn volume_claim(rc: &RaftCluster, id: u64) -> PersistentVolumeClaim {
+    let name = rc.name_any();
+    let mut labels = member_labels(rc, id);
+    labels.insert(CLUSTER_UID_LABEL.into(), rc.uid().unwrap_or_default());
+    let storage = &rc.spec.storage;
+    let mut claim = json!({
+        "apiVersion": "v1",
+        "kind": "PersistentVolumeClaim",
+        "metadata": {
+            "generateName": format!("data-{}-", pod_name(&name, id)),
+            "labels": labels,
+        },
+        "spec": {
+            "accessModes": ["ReadWriteOnce"],
+            "resources": {"requests": {"storage": storage.size}},
+        },
+    });
+    if storage.retention_policy.when_deleted == Retention::Delete {
+        claim["metadata"]["ownerReferences"] = owner(rc);
+    }
+    if let Some(class) = &storage.storage_class_name {
+        claim["spec"]["storageClassName"] = json!(class);
+    }
+    serde_json::from_value(claim).expect("a valid PersistentVolumeClaim")
+}
+
+/// Member `id`'s Pod on volume `claim`. Peers are given by stable DNS name;
+/// the operator pushes pod IPs once members run. `initial_voters` is set only
+/// for the members that form a new cluster.
+pub fn member_pod(
+    rc: &RaftCluster,
+    id: u64,
+    claim: &str,
+    initial_voters: Option<&BTreeSet<u64>>,
+) -> Pod {
+    let name = rc.name_any();
+    let spec = &rc.spec;
+    let raft = &spec.raft;
+    let others = (1..=u64::from(spec.replicas).max(id)).filter(|p| *p != id);
+    let peers: Vec<String> = others.map(|p| format!("{p}={}", peer_dns(rc, p))).collect();
+    let mut env = vec![
+        json!({"name": "POD_IP", "valueFrom": {"fieldRef": {"fieldPath": "status.podIP"}}}),
+        json!({"name": "RAFTLANE_ID", "value": id.to_string()}),
+        json!({"name": "RAFTLANE_CLUSTER_ID", "value": rc.uid().unwrap_or_default()}),
+        json!({"name": "RAFTLANE_DATA_DIR", "value": DATA_DIR}),
+        json!({"name": "RAFTLANE_PEER_ADDR", "value": format!("0.0.0.0:{PEER_PORT}")}),
+        json!({"name": "RAFTLANE_ADVERTISE_ADDR", "value": format!("$(POD_IP):{PEER_PORT}")}),
+        json!({"name": "RAFTLANE_CLIENT_ADDR", "value": format!("0.0.0.0:{CLIENT_PORT}")}),
+        json!({"name": "RAFTLANE_ADMIN_ADDR", "value": format!("0.0.0.0:{ADMIN_PORT}")}),
+        json!({"name": "RAFTLANE_METRICS_ADDR", "value": format!("0.0.0.0:{METRICS_PORT}")}),
+        json!({"name": "RAFTLANE_PEERS", "value": peers.join(",")}),
+        json!({"name": "RAFTLANE_TICK_MS", "value": raft.tick_ms.to_string()}),
+        json!({"name": "RAFTLANE_ELECTION_TICKS", "value": raft.election_ticks.to_string()}),
+        json!({"name": "RAFTLANE_HEARTBEAT_TICKS", "value": raft.heartbeat_ticks.to_string()}),
+        json!({"name": "RAFTLANE_SNAPSHOT_ENTRIES", "value": raft.snapshot_entries.to_string()}),
+        json!({"name": "RAFTLANE_LANES", "value": raft.lanes.to_string()}),
+    ];
+    if let Some(v) = initial_voters {
+        let v: Vec<String> = v.iter().map(u64::to_string).collect();
+        env.push(json!({"name": "RAFTLANE_INITIAL_VOTERS", "value": v.join(",")}));
+    }
+    let probe = |path: &str, period: u32, failures: u32| {
+        json!({
+            "httpGet": {"path": path, "port": "metrics"},
+            "periodSeconds": period,
+            "failureThreshold": failures,
+        })
+    };
+    let mut pod = json!({
+        "apiVersion": "v1",
+        "kind": "Pod",
+        "metadata": {
+            "name": pod_name(&name, id),
+            "labels": member_labels(rc, id),
+            "ownerReferences": owner(rc),
+        },
+        "spec": {
+            "hostname": pod_name(&name, id),
+            "subdomain": peer_service_name(&name),
+            "restartPolicy": "Always",
+            "terminationGracePeriodSeconds": 30,
+            "enableServiceLinks": false,
+            "securityContext": {
+                "runAsNonRoot": true,
+                "runAsUser": RUN_AS,
+                "runAsGroup": RUN_AS,
+                "fsGroup": RUN_AS,
+                "seccompProfile": {"type": "RuntimeDefault"},
+            },
+            "containers": [{
+                "name": "raft-node",
+                "image": spec.image,
+                "env": env,
+                "ports": [
+                    {"name": "peer", "containerPort": PEER_PORT},
+                    {"name": "client", "containerPort": CLIENT_PORT},
+                    {"name": "admin", "containerPort": ADMIN_PORT},
+                    {"name": "metrics", "containerPort": METRICS_PORT},
+                ],
+                // Neither probe needs a quorum: a forming cluster's members
+                // must all be running before any of them can elect a leader.
+                "startupProbe": probe("/healthz", 2, 30),
+                "livenessProbe": probe("/healthz", 10, 3),
+                "readinessProbe": probe("/readyz", 5, 2),
+                "securityContext": {
+                    "allowPrivilegeEscalation": false,
+                    "readOnlyRootFilesystem": true,
+                    "runAsNonRoot": true,
+                    "capabilities": {"drop": ["ALL"]},
+                },
+                "volumeMounts": [{"name": "data", "mountPath": DATA_DIR}],
+            }],
+            "volumes": [{"name": "data", "persistentVolumeClaim": {"claimName": claim}}],
+        },
+    });
+    if let Some(r) = &spec.resources {
+        pod["spec"]["containers"][0]["resources"] = json!(r);
+    }
+    if let Some(p) = &spec.placement {
+        pod["spec"]["nodeSelector"] = json!(p.node_selector);
+        pod["spec"]["tolerations"] = json!(p.tolerations);
+        pod["spec"]["affinity"] = json!(p.affinity);
+    }
+    serde_json::from_value(pod).expect("a valid Pod")
+}

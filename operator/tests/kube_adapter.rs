@@ -1,0 +1,583 @@
+//! The Kubernetes adapter, pass by pass: every request a reconcile sends to the
+//! API server is recorded by a `tower-test` fake and asserted in order (method,
+//! path, body). Members are real raft-node processes on loopback "pod IPs",
+//! so membership steps and pushed addresses are carried out for real.
+
+mod support;
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use kube::core::DeserializeGuard;
+use kube::runtime::controller::Action;
+use kube::runtime::events::Reporter;
+use raft_operator::crd::RaftCluster;
+use raft_operator::k8s::controller::{reconcile, Context, FINALIZER, STATUS_MANAGER};
+use raft_operator::k8s::metrics::Metrics;
+use raft_operator::k8s::resources::{
+    client_service, disruption_budget, member_pod, peer_service, volume_claim, PEER_PORT,
+};
+use serde_json::{json, Value};
+use support::fake_api::{
+    budgets_path, claims_path, clusters_path, events_path, pods_path, services_path, Call, FakeApi,
+    NS,
+};
+use support::members::Members;
+
+const UID: &str = "0d6c2a1e-raft-demo";
+
+fn cluster(replicas: u32, storage: Value) -> Value {
+    json!({
+        "apiVersion": "raftlane.io/v1alpha1",
+        "kind": "RaftCluster",
+        "metadata": {
+            "name": "demo", "namespace": NS, "uid": UID, "generation": 1,
+            "finalizers": [FINALIZER],
+        },
+        "spec": {"replicas": replicas, "storage": storage, "image": "raftlane/raft-node:test"},
+    })
+}
+
+fn typed(v: &Value) -> RaftCluster {
+    serde_json::from_value(v.clone()).unwrap()
+}
+
+fn context(client: kube::Client) -> Arc<Context> {
+    let reporter = Reporter {
+        controller: "raft-operator".into(),
+        instance: None,
+    };
+    Arc::new(Context::new(client, reporter, Metrics::default()))
+}
+
+/// One reconcile pass on the stored RaftCluster; returns its requests.
+async fn pass(api: &FakeApi, ctx: &Arc<Context>) -> (Action, Vec<Call>) {
+    let stored = api.get(&clusters_path(), "demo").expect("the RaftCluster");
+    let guard: DeserializeGuard<RaftCluster> = serde_json::from_value(stored).unwrap();
+    let action = reconcile(Arc::new(guard), ctx.clone())
+        .await
+        .expect("the pass succeeds");
+    (action, api.take_calls())
+}
+
+fn lines(calls: &[Call]) -> Vec<String> {
+    calls.iter().map(Call::line).collect()
+}
+
+fn get(collection: String, name: &str) -> String {
+    format!("GET {collection}/{name}")
+}
+
+/// The reads every pass makes: cluster objects, then pods and volumes.
+fn reads() -> Vec<String> {
+    vec![
+        get(services_path(), "demo-peers"),
+        get(services_path(), "demo"),
+        get(budgets_path(), "demo"),
+        format!("GET {}", pods_path()),
+        format!("GET {}", claims_path()),
+    ]
+}
+
+fn event_reasons(calls: &[Call]) -> Vec<String> {
+    calls
+        .iter()
+        .filter(|c| c.path.starts_with(&events_path()) && c.is_write())
+        .map(|c| c.body["reason"].as_str().unwrap_or_default().to_string())
+        .collect()
+}
+
+fn env<'a>(pod: &'a Value, name: &str) -> Option<&'a str> {
+    pod["spec"]["containers"][0]["env"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|e| e["name"] == name)
+        .and_then(|e| e["value"].as_str())
+}
+
+/// A running pod of member `id` at `ip`, as the kubelet reports it.
+fn running_pod(rc: &RaftCluster, id: u64, claim: &str, ip: &str) -> Value {
+    let mut pod = serde_json::to_value(member_pod(rc, id, claim, None)).unwrap();
+    pod["metadata"]["namespace"] = json!(NS);
+    pod["metadata"]["uid"] = json!(format!("pod-{id}-{ip}"));
+    pod["status"] = json!({"phase": "Running", "podIP": ip});
+    pod
+}
+
+/// Stores a volume of member `id` as created by an earlier pass.
+fn stored_claim(api: &FakeApi, rc: &RaftCluster, id: u64) -> String {
+    let mut claim = serde_json::to_value(volume_claim(rc, id)).unwrap();
+    let name = format!("data-demo-{}-seed", id - 1);
+    claim["metadata"]["name"] = json!(name);
+    api.put(&claims_path(), claim);
+    name
+}
+
+/// A formed cluster of `n` real members whose pods, volumes and Services
+/// exist, reconciled until a pass writes nothing.
+async fn running_cluster(n: u64) -> (FakeApi, Arc<Context>, Members) {
+    let (api, client) = FakeApi::start();
+    let ctx = context(client);
+    let rc_json = cluster(n as u32, json!({}));
+    let rc = typed(&rc_json);
+    api.put(&clusters_path(), rc_json);
+    for svc in [peer_service(&rc), client_service(&rc)] {
+        api.put(&services_path(), serde_json::to_value(svc).unwrap());
+    }
+    api.put(
+        &budgets_path(),
+        serde_json::to_value(disruption_budget(&rc)).unwrap(),
+    );
+    let mut members = Members::new(UID);
+    let voters: Vec<u64> = (1..=n).collect();
+    let peers: Vec<(u64, String)> = voters
+        .iter()
+        .map(|id| (*id, members.peer(&members.ip(*id, 0))))
+        .collect();
+    for id in 1..=n {
+        let ip = members.ip(id, 0);
+        members.start(id, &ip, &voters, &peers);
+        let claim = stored_claim(&api, &rc, id);
+        api.put(&pods_path(), running_pod(&rc, id, &claim, &ip));
+    }
+    members.wait_leader(&members.ip(1, 0)).await;
+    settle(&api, &ctx).await;
+    (api, ctx, members)
+}
+
+/// Runs passes until one writes nothing (bounded in count and time).
+async fn settle(api: &FakeApi, ctx: &Arc<Context>) {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    for _ in 0..60 {
+        let (_, calls) = pass(api, ctx).await;
+        if !calls.iter().any(Call::is_write) {
+            return;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "not settled: {:?}",
+            lines(&calls)
+        );
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+    panic!("the cluster did not settle within 60 passes");
+}
+
+/// Sets `spec.replicas` as `kubectl scale` would (a new generation).
+fn scale(api: &FakeApi, replicas: u32) {
+    api.update(&clusters_path(), "demo", |rc| {
+        rc["spec"]["replicas"] = json!(replicas);
+        rc["metadata"]["generation"] = json!(2);
+    });
+}
+
+/// Runs passes until `done` holds, returning every request (bounded).
+async fn passes_until(
+    api: &FakeApi,
+    ctx: &Arc<Context>,
+    mut done: impl FnMut(&FakeApi, &[Call]) -> bool,
+) -> Vec<Vec<Call>> {
+    let mut all = Vec::new();
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while Instant::now() < deadline && all.len() < 200 {
+        let (_, calls) = pass(api, ctx).await;
+        let finished = done(api, &calls);
+        all.push(calls);
+        if finished {
+            return all;
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    panic!("not done after {} passes", all.len());
+}
+
+#[tokio::test]
+async fn create_cluster_writes_services_budget_volumes_pods_then_status() {
+    let (api, client) = FakeApi::start();
+    let ctx = context(client);
+    let mut rc = cluster(3, json!({"size": "2Gi", "storageClassName": "fast"}));
+    rc["metadata"]["finalizers"] = json!([]);
+    api.put(&clusters_path(), rc);
+
+    // First pass: only the finalizer is added.
+    let (action, calls) = pass(&api, &ctx).await;
+    assert_eq!(action, Action::await_change());
+    assert_eq!(lines(&calls), [format!("PATCH {}/demo", clusters_path())]);
+    assert!(calls[0].body.to_string().contains(FINALIZER));
+
+    let (action, calls) = pass(&api, &ctx).await;
+    assert_eq!(action, Action::requeue(Duration::from_secs(2)));
+    let mut want = vec![
+        get(services_path(), "demo-peers"),
+        format!("POST {}", services_path()),
+        get(services_path(), "demo"),
+        format!("POST {}", services_path()),
+        get(budgets_path(), "demo"),
+        format!("POST {}", budgets_path()),
+        format!("GET {}", pods_path()),
+        format!("GET {}", claims_path()),
+        format!("PATCH {}/demo/status", clusters_path()),
+    ];
+    for _ in 1..=3 {
+        want.push(format!("POST {}", claims_path()));
+        want.push(format!("POST {}", pods_path()));
+        want.push(format!("POST {}", events_path()));
+    }
+    want.push(format!("PATCH {}/demo/status", clusters_path()));
+    assert_eq!(lines(&calls), want);
+
+    let peers = &calls[1].body;
+    assert_eq!(peers["metadata"]["name"], "demo-peers");
+    assert_eq!(peers["spec"]["clusterIP"], "None");
+    assert_eq!(peers["spec"]["publishNotReadyAddresses"], true);
+    assert_eq!(peers["metadata"]["ownerReferences"][0]["uid"], UID);
+    assert_eq!(calls[3].body["spec"]["ports"][0]["port"], 7001);
+    assert_eq!(calls[5].body["spec"]["maxUnavailable"], 1);
+    assert!(calls[6].query.contains("labelSelector="));
+
+    // The bootstrap voters are written before the first member is created.
+    let bootstrap = &calls[8];
+    assert!(bootstrap
+        .query
+        .contains(&format!("fieldManager={STATUS_MANAGER}")));
+    assert!(bootstrap.query.contains("force=true"));
+    assert_eq!(
+        bootstrap.body["status"]["bootstrapVoters"],
+        json!([1, 2, 3])
+    );
+
+    for (i, id) in (1..=3u64).enumerate() {
+        let claim = &calls[9 + 3 * i];
+        assert_eq!(
+            claim.body["metadata"]["generateName"],
+            format!("data-demo-{}-", id - 1)
+        );
+        assert_eq!(
+            claim.body["spec"]["resources"]["requests"]["storage"],
+            "2Gi"
+        );
+        assert_eq!(claim.body["spec"]["storageClassName"], "fast");
+        assert_eq!(
+            claim.body["metadata"]["labels"]["raftlane.io/cluster-uid"],
+            UID
+        );
+        // Retained on deletion (the default): not owned, so not collected.
+        assert!(claim.body["metadata"]["ownerReferences"].is_null());
+        let claim_name = api.list(&claims_path())[i]["metadata"]["name"].clone();
+
+        let pod = &calls[10 + 3 * i].body;
+        assert_eq!(pod["metadata"]["name"], format!("demo-{}", id - 1));
+        assert_eq!(pod["spec"]["hostname"], format!("demo-{}", id - 1));
+        assert_eq!(pod["spec"]["subdomain"], "demo-peers");
+        assert_eq!(
+            pod["spec"]["volumes"][0]["persistentVolumeClaim"]["claimName"],
+            claim_name
+        );
+        assert_eq!(env(pod, "RAFTLANE_ID"), Some(id.to_string().as_str()));
+        assert_eq!(env(pod, "RAFTLANE_CLUSTER_ID"), Some(UID));
+        assert_eq!(env(pod, "RAFTLANE_INITIAL_VOTERS"), Some("1,2,3"));
+        let others: Vec<String> = (1..=3u64)
+            .filter(|p| *p != id)
+            .map(|p| format!("{p}=demo-{}.demo-peers.{NS}.svc:{PEER_PORT}", p - 1))
+            .collect();
+        assert_eq!(env(pod, "RAFTLANE_PEERS"), Some(others.join(",").as_str()));
+        let c = &pod["spec"]["containers"][0];
+        assert_eq!(c["image"], "raftlane/raft-node:test");
+        assert_eq!(c["readinessProbe"]["httpGet"]["path"], "/readyz");
+        assert_eq!(c["livenessProbe"]["httpGet"]["path"], "/healthz");
+        assert_eq!(c["securityContext"]["readOnlyRootFilesystem"], true);
+        assert_eq!(c["securityContext"]["allowPrivilegeEscalation"], false);
+        assert_eq!(pod["spec"]["securityContext"]["runAsNonRoot"], true);
+        assert_eq!(calls[11 + 3 * i].body["reason"], "MemberCreated");
+    }
+    let status = &calls[18].body["status"];
+    assert_eq!(status["observedGeneration"], 1);
+    assert_eq!(status["bootstrapVoters"], json!([1, 2, 3]));
+    let progressing = status["conditions"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|c| c["type"] == "Progressing")
+        .unwrap();
+    assert_eq!(progressing["status"], "True");
+}
+
+#[tokio::test]
+async fn scale_up_one_step_creates_then_adds_a_learner_then_promotes() {
+    let (api, ctx, mut members) = running_cluster(3).await;
+    scale(&api, 4);
+
+    // Pass 1: the new member's volume and pod; no membership change yet.
+    let (_, calls) = pass(&api, &ctx).await;
+    let mut want = vec![format!("POST {}", events_path())];
+    want.extend(reads());
+    want.extend([
+        format!("POST {}", claims_path()),
+        format!("POST {}", pods_path()),
+        format!("POST {}", events_path()),
+        format!("PATCH {}/demo/status", clusters_path()),
+    ]);
+    assert_eq!(lines(&calls), want);
+    assert_eq!(calls[0].body["reason"], "Scaling");
+    assert_eq!(calls[0].body["note"], "3 → 4 members");
+    let pod = &calls[7].body;
+    assert_eq!(pod["metadata"]["name"], "demo-3");
+    assert_eq!(
+        env(pod, "RAFTLANE_INITIAL_VOTERS"),
+        None,
+        "a joining member never bootstraps"
+    );
+    assert_eq!(calls[8].body["reason"], "MemberCreated");
+
+    // The kubelet starts it: a new member, empty, at its pod IP.
+    let ip = members.ip(4, 0);
+    members.start(4, &ip, &[], &[]);
+    api.update(&pods_path(), "demo-3", |p| {
+        p["status"] = json!({"phase": "Running", "podIP": ip});
+    });
+
+    // Then: addresses pushed, learner added, learner promoted: each pass reads
+    // the same way and writes only events and status (no pod is touched).
+    let passes = passes_until(&api, &ctx, |_, calls| {
+        event_reasons(calls).contains(&"LearnerPromoted".to_string())
+    })
+    .await;
+    let mut steps = Vec::new();
+    for calls in &passes {
+        assert_eq!(lines(&calls[..5]), reads());
+        for c in calls[5..].iter() {
+            assert!(
+                c.path.starts_with(&events_path()) || c.path.ends_with("/demo/status"),
+                "unexpected write {}",
+                c.line()
+            );
+        }
+        steps.extend(
+            event_reasons(calls)
+                .into_iter()
+                .filter(|r| r != "Waiting" && r != "Blocked"),
+        );
+    }
+    assert_eq!(
+        steps,
+        [
+            "AddressesPushed",
+            "AddressesPushed",
+            "AddressesPushed",
+            "AddressesPushed",
+            "LearnerAdded",
+            "LearnerPromoted"
+        ]
+    );
+    let real = members.status(&members.ip(1, 0)).await.unwrap();
+    assert_eq!(real.voters, [1, 2, 3, 4]);
+}
+
+#[tokio::test]
+async fn scale_down_one_step_leaves_the_membership_before_the_pod_goes() {
+    let (api, ctx, members) = running_cluster(4).await;
+    scale(&api, 3);
+    let passes = passes_until(&api, &ctx, |api, _| {
+        api.get(&pods_path(), "demo-3").is_none()
+    })
+    .await;
+    let all: Vec<&Call> = passes.iter().flatten().collect();
+    let at = |pred: &dyn Fn(&Call) -> bool| all.iter().position(|c| pred(c));
+    let removed = at(&|c| c.body["reason"] == "MemberRemoved").expect("a MemberRemoved event");
+    let retired = at(&|c| c.method == "PATCH" && c.path.starts_with(&claims_path()))
+        .expect("the volume retired (whenScaled: Retain)");
+    let deleted = at(&|c| c.method == "DELETE").expect("a DELETE");
+    assert!(
+        removed < retired && retired < deleted,
+        "order: removed {removed}, retired {retired}, deleted {deleted}"
+    );
+    assert_eq!(
+        all[deleted].line(),
+        format!("DELETE {}/demo-3", pods_path())
+    );
+    assert_eq!(
+        all[retired].path,
+        format!("{}/data-demo-3-seed", claims_path())
+    );
+    assert_eq!(
+        all[retired].body["metadata"]["labels"]["raftlane.io/retired"],
+        "true"
+    );
+    let deletes: Vec<String> = all
+        .iter()
+        .filter(|c| c.method == "DELETE")
+        .map(|c| c.line())
+        .collect();
+    assert_eq!(deletes.len(), 1, "one pod deleted: {deletes:?}");
+    let real = members.status(&members.ip(1, 0)).await.unwrap();
+    assert_eq!(real.voters, [1, 2, 3]);
+    assert!(real.learners.is_empty());
+    // Scaling up again gives member 4 a fresh volume, never the retired one.
+    api.update(&clusters_path(), "demo", |rc| {
+        rc["spec"]["replicas"] = json!(4)
+    });
+    let (_, calls) = pass(&api, &ctx).await;
+    let posted: Vec<&Call> = calls
+        .iter()
+        .filter(|c| c.method == "POST" && c.path != events_path())
+        .collect();
+    assert_eq!(posted.len(), 2, "a volume and a pod: {:?}", lines(&calls));
+    assert_eq!(posted[0].path, claims_path());
+    let claim = &posted[1].body["spec"]["volumes"][0]["persistentVolumeClaim"]["claimName"];
+    assert_ne!(claim, "data-demo-3-seed");
+    assert!(claim.as_str().unwrap().starts_with("data-demo-3-"));
+}
+
+#[tokio::test]
+async fn pod_ip_change_pushes_the_address_in_place_and_touches_no_pod() {
+    let (api, ctx, mut members) = running_cluster(3).await;
+    // Member 2's pod is replaced: same volume, new pod IP. Its peers still
+    // send to the old address.
+    let new_ip = members.ip(2, 1);
+    let peers: Vec<(u64, String)> = [1, 3]
+        .map(|id| (id, members.peer(&members.ip(id, 0))))
+        .to_vec();
+    members.start(2, &new_ip, &[], &peers);
+    api.update(&pods_path(), "demo-1", |p| {
+        p["metadata"]["uid"] = json!("pod-2-replaced");
+        p["status"] = json!({"phase": "Running", "podIP": new_ip});
+    });
+
+    let (_, calls) = pass(&api, &ctx).await;
+    assert_eq!(lines(&calls[..5]), reads());
+    let writes: Vec<&Call> = calls[5..].iter().collect();
+    assert!(
+        writes
+            .iter()
+            .all(|c| c.path.starts_with(&events_path()) || c.path.ends_with("/demo/status")),
+        "only events and status are written: {:?}",
+        writes.iter().map(|c| c.line()).collect::<Vec<_>>()
+    );
+    let pushed: Vec<&str> = writes
+        .iter()
+        .filter(|c| c.body["reason"] == "AddressesPushed")
+        .map(|c| c.body["note"].as_str().unwrap())
+        .collect();
+    let new_peer = members.peer(&new_ip);
+    assert_eq!(
+        pushed,
+        [
+            format!("member 1 now reaches 2={new_peer}"),
+            format!("member 3 now reaches 2={new_peer}")
+        ]
+    );
+    for id in [1, 3] {
+        let s = members.status(&members.ip(id, 0)).await.unwrap();
+        let to_two = s.peers.iter().find(|p| p.id == 2).unwrap();
+        assert_eq!(to_two.address, new_peer, "member {id}'s peer table");
+    }
+    // The replaced member follows the leader again at its new address.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let s = members.status(&new_ip).await;
+        if s.is_some_and(|s| s.leader_id != 0 && s.commit_index > 0) {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "member 2 does not follow at {new_ip}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+#[tokio::test]
+async fn idle_cluster_only_reads() {
+    let (api, ctx, _members) = running_cluster(3).await;
+    for _ in 0..3 {
+        let (action, calls) = pass(&api, &ctx).await;
+        assert_eq!(lines(&calls), reads());
+        assert_eq!(action, Action::requeue(Duration::from_secs(60)));
+    }
+}
+
+/// A cluster being deleted with two volumes (one live, one retired by an
+/// earlier scale-down) and a volume of another cluster incarnation.
+async fn deleting(when_deleted: &str) -> Vec<Call> {
+    let (api, client) = FakeApi::start();
+    let ctx = context(client);
+    let mut rc_json = cluster(1, json!({"retentionPolicy": {"whenDeleted": when_deleted}}));
+    rc_json["metadata"]["deletionTimestamp"] = json!("2026-11-23T00:00:00Z");
+    let rc = typed(&rc_json);
+    api.put(&clusters_path(), rc_json);
+    stored_claim(&api, &rc, 1);
+    let retired = stored_claim(&api, &rc, 2);
+    api.update(&claims_path(), &retired, |c| {
+        c["metadata"]["labels"]["raftlane.io/retired"] = json!("true");
+    });
+    let mut other = serde_json::to_value(volume_claim(&rc, 1)).unwrap();
+    other["metadata"]["name"] = json!("data-demo-0-old");
+    other["metadata"]["labels"]["raftlane.io/cluster-uid"] = json!("an-older-demo");
+    api.put(&claims_path(), other);
+
+    let (action, calls) = pass(&api, &ctx).await;
+    assert_eq!(action, Action::await_change());
+    assert!(
+        api.get(&claims_path(), "data-demo-0-old").is_some(),
+        "another incarnation's volume is left alone"
+    );
+    let last = calls.last().unwrap();
+    assert_eq!(last.line(), format!("PATCH {}/demo", clusters_path()));
+    assert_eq!(
+        last.body[1]["op"], "remove",
+        "the finalizer is removed last"
+    );
+    calls
+}
+
+#[tokio::test]
+async fn finalizer_deletes_every_volume_when_deleted_is_delete() {
+    let calls = deleting("Delete").await;
+    assert_eq!(
+        lines(&calls),
+        [
+            format!("GET {}", claims_path()),
+            format!("DELETE {}/data-demo-0-seed", claims_path()),
+            format!("DELETE {}/data-demo-1-seed", claims_path()),
+            format!("POST {}", events_path()),
+            format!("PATCH {}/demo", clusters_path()),
+        ]
+    );
+    assert_eq!(calls[3].body["reason"], "VolumesDeleted");
+}
+
+#[tokio::test]
+async fn finalizer_retires_live_volumes_when_deleted_is_retain() {
+    let calls = deleting("Retain").await;
+    assert_eq!(
+        lines(&calls),
+        [
+            format!("GET {}", claims_path()),
+            format!("PATCH {}/data-demo-0-seed", claims_path()),
+            format!("POST {}", events_path()),
+            format!("PATCH {}/demo", clusters_path()),
+        ]
+    );
+    let retire = &calls[1].body["metadata"];
+    assert_eq!(retire["labels"]["raftlane.io/retired"], "true");
+    assert!(
+        retire["ownerReferences"].is_null()
+            && retire.as_object().unwrap().contains_key("ownerReferences")
+    );
+    assert_eq!(calls[2].body["reason"], "VolumesRetained");
+}
+
+#[tokio::test]
+async fn an_unreadable_cluster_gets_an_event_and_no_other_request() {
+    let (api, client) = FakeApi::start();
+    let ctx = context(client);
+    let mut rc = cluster(3, json!({}));
+    rc["spec"]["replicas"] = json!("three");
+    api.put(&clusters_path(), rc);
+    let (action, calls) = pass(&api, &ctx).await;
+    assert_eq!(action, Action::await_change());
+    assert_eq!(lines(&calls), [format!("POST {}", events_path())]);
+    assert_eq!(calls[0].body["reason"], "InvalidSpec");
+    assert!(calls[0].body["note"].as_str().unwrap().contains("three"));
+}
