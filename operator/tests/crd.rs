@@ -88,3 +88,14 @@ fn storage_size_may_grow_but_never_shrink() {
         .to_string();
     assert!(err.contains("storage size cannot shrink"), "{err}");
 }
+
+#[test]
+fn chart_crd_is_the_generated_one() {
+    let generated = std::fs::read(repo("crds/raftcluster.yaml")).expect("crds/raftcluster.yaml");
+    let chart = std::fs::read(repo("charts/raft-operator/crds/raftcluster.yaml"))
+        .expect("charts/raft-operator/crds/raftcluster.yaml");
+    assert!(
+        generated == chart,
+        "charts/raft-operator/crds/raftcluster.yaml differs from crds/raftcluster.yaml: run `make crds`"
+    );
+}
