@@ -3,7 +3,7 @@ SHELL := /bin/bash
 CARGO ?= cargo
 STATE ?= .raftlane
 
-.PHONY: all build release test lint fmt unit bench crds run down clean
+.PHONY: all build release test lint fmt unit bench crds manifests images e2e-kind run down clean
 
 all: build
 
@@ -28,7 +28,7 @@ unit:
 		$(CARGO) test --workspace --no-fail-fast; \
 	fi
 
-test: lint unit
+test: lint unit manifests
 
 # Benchmark programs (release build): each prints figures measured side by side.
 # RAFTLANE_BENCH_SECS shortens the 60 s RTT-tolerance runs.
@@ -36,9 +36,29 @@ bench:
 	$(CARGO) bench -p raft-node --bench transport
 	$(CARGO) bench -p raft-node --bench cluster
 
-# Regenerate the CRD manifest from the Rust types (a test fails when it is stale).
+# Regenerate the CRD manifest from the Rust types, and its copy in the Helm chart
+# (tests fail when either is stale).
 crds:
 	$(CARGO) run -q -p raft-operator -- crdgen --out crds/raftcluster.yaml
+	cp crds/raftcluster.yaml charts/raft-operator/crds/raftcluster.yaml
+
+# Offline checks of the chart, the CRD and the examples (helm lint, helm
+# template + kubernetes-validate, CRD schema); tools pinned in scripts/tools.sh,
+# installed once into .tools/.
+manifests:
+	bash scripts/check-manifests.sh
+
+# Container images of raft-node and raft-operator (release builds in Docker),
+# tagged as the kind suite loads them.
+images:
+	DOCKER_BUILDKIT=1 docker build -f images/raft-node.Dockerfile -t raftlane/raft-node:e2e .
+	DOCKER_BUILDKIT=1 docker build -f images/raft-operator.Dockerfile -t raftlane/raft-operator:e2e .
+
+# The operator scenarios on a kind cluster: builds both images, creates the
+# cluster, installs the chart (see e2e/README.md for RAFTLANE_KIND_* settings).
+# Prints one skip line and passes where kind, docker, kubectl or helm is missing.
+e2e-kind:
+	RAFTLANE_E2E_KIND=1 $(CARGO) test -p raftlane-e2e --test kind -- --nocapture
 
 # The embedded default: the cluster of examples/raftcluster.yaml as local
 # processes, reconciled until Ctrl-C (edit `replicas` in the file to scale).

@@ -1,7 +1,8 @@
 //! End-to-end scenarios, written once against [`Target`]: the local runtime
-//! implements it here (`local.rs`), a kind cluster implements it where kind
-//! exists. Every wait is bounded in time.
+//! implements it (`local.rs`), and so does a kind cluster driven through kubectl
+//! (`kind.rs`) where kind and Docker exist. Every wait is bounded in time.
 
+pub mod kind;
 pub mod local;
 pub mod scenarios;
 

@@ -28,6 +28,16 @@ async fn killed_follower_and_leader_come_back_on_new_addresses() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn all_members_killed_at_once_recover() {
+    let mut t = LocalTarget::start(3).unwrap();
+    let keys = scenarios::create_three(&t).await.unwrap();
+    let took = scenarios::all_members_killed_recover(&mut t, &keys)
+        .await
+        .unwrap();
+    eprintln!("measured: every member killed to all back and agreeing on a leader: {took:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn operator_killed_mid_operation_resumes_it() {
     let mut t = LocalTarget::start(3).unwrap();
     scenarios::operator_crash_between_add_and_promote(&mut t)

@@ -1,0 +1,243 @@
+//! [`Target`] on a kind cluster, driven the way a user would: every call shells
+//! out to kubectl (with a deadline), and members are reached through
+//! `kubectl port-forward` since pod IPs are not routable from the host.
+//! [`KindEnv`] sets up and tears down the cluster around it.
+
+mod cmd;
+mod env;
+mod forward;
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex, PoisonError};
+
+use anyhow::Context;
+use raft_operator::crd::RaftClusterStatus;
+use serde_json::Value;
+
+use crate::Target;
+use cmd::{blocking, Kubectl};
+pub use env::KindEnv;
+use forward::{free_port, Forwards};
+
+/// Where the operator runs and watches, and the RaftClusters live.
+pub const NAMESPACE: &str = "raftlane-e2e";
+const CLIENT_PORT: u16 = 7001;
+const ADMIN_PORT: u16 = 7002;
+
+/// How [`Target::scale`] sets `spec.replicas`; the suite uses both.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ScaleBy {
+    /// `kubectl scale`, through the scale subresource.
+    Subresource,
+    /// `kubectl patch` of `spec.replicas`, as an edit of the spec.
+    Patch,
+}
+
+/// Member `id`'s pod: `<cluster>-<ordinal>` with ordinal = id - 1.
+fn pod_name(cluster: &str, id: u64) -> String {
+    format!("{cluster}-{}", id - 1)
+}
+
+/// What the scenarios need of a member pod.
+struct Pod {
+    uid: String,
+    /// Phase Running and not being deleted: port-forward can reach it.
+    running: bool,
+    restarts: u64,
+}
+
+impl Pod {
+    fn from_json(v: &Value) -> Pod {
+        let restarts = v["status"]["containerStatuses"].as_array().map_or(0, |cs| {
+            cs.iter().filter_map(|c| c["restartCount"].as_u64()).sum()
+        });
+        Pod {
+            uid: v["metadata"]["uid"]
+                .as_str()
+                .unwrap_or_default()
+                .to_string(),
+            running: v["status"]["phase"] == "Running"
+                && v["metadata"]["deletionTimestamp"].is_null(),
+            restarts,
+        }
+    }
+}
+
+/// One RaftCluster of the kind suite, created by [`KindEnv::create_cluster`].
+pub struct KindTarget {
+    kube: Kubectl,
+    name: String,
+    /// The operator's Deployment, as `deployment.apps/<name>`.
+    operator: String,
+    // Dropped before `_logs`: kills the kubectl children writing there.
+    forwards: Arc<Mutex<Forwards>>,
+    _logs: tempfile::TempDir,
+    /// The way the next [`Target::scale`] edits the resource.
+    pub scale_by: ScaleBy,
+}
+
+impl KindTarget {
+    fn new(kube: Kubectl, name: &str, operator: String) -> anyhow::Result<KindTarget> {
+        let logs = tempfile::tempdir()?;
+        Ok(KindTarget {
+            forwards: Arc::new(Mutex::new(Forwards::new(kube.clone(), logs.path()))),
+            kube,
+            name: name.to_string(),
+            operator,
+            _logs: logs,
+            scale_by: ScaleBy::Subresource,
+        })
+    }
+
+    /// Member pods by name.
+    async fn pods(&self) -> anyhow::Result<HashMap<String, Pod>> {
+        let selector = format!("app.kubernetes.io/instance={}", self.name);
+        let list = self
+            .kube
+            .get_json(&["pods", "--selector", &selector])
+            .await?
+            .unwrap_or_default();
+        let items = list["items"].as_array().cloned().unwrap_or_default();
+        Ok(items
+            .iter()
+            .map(|p| {
+                let name = p["metadata"]["name"].as_str().unwrap_or_default();
+                (name.to_string(), Pod::from_json(p))
+            })
+            .collect())
+    }
+
+    async fn pod(&self, id: u64) -> anyhow::Result<Option<Pod>> {
+        let pod = self
+            .kube
+            .get_json(&["pod", &pod_name(&self.name, id)])
+            .await?;
+        Ok(pod.as_ref().map(Pod::from_json))
+    }
+
+    /// A loopback address forwarded to `remote` on `pod`.
+    async fn forward(&self, pod: String, uid: String, remote: u16) -> anyhow::Result<String> {
+        let forwards = Arc::clone(&self.forwards);
+        let port = blocking(move || {
+            let mut f = forwards.lock().unwrap_or_else(PoisonError::into_inner);
+            f.port(&pod, &uid, remote)
+        })
+        .await?;
+        Ok(format!("127.0.0.1:{port}"))
+    }
+}
+
+impl Target for KindTarget {
+    async fn scale(&mut self, replicas: u32) -> anyhow::Result<()> {
+        let resource = format!("raftcluster/{}", self.name);
+        match self.scale_by {
+            ScaleBy::Subresource => {
+                let n = format!("--replicas={replicas}");
+                self.kube.call(&["scale", &resource, &n]).await?
+            }
+            ScaleBy::Patch => {
+                let patch = format!(r#"{{"spec":{{"replicas":{replicas}}}}}"#);
+                let args = ["patch", &resource, "--type=merge", "--patch", &patch];
+                self.kube.call(&args).await?
+            }
+        };
+        Ok(())
+    }
+
+    async fn status(&self) -> anyhow::Result<Option<RaftClusterStatus>> {
+        let rc = self
+            .kube
+            .get_json(&["raftcluster", &self.name])
+            .await?
+            .with_context(|| format!("RaftCluster {} not found", self.name))?;
+        match &rc["status"] {
+            Value::Null => Ok(None),
+            s => Ok(Some(serde_json::from_value(s.clone())?)),
+        }
+    }
+
+    /// In the order of the status' members; a member whose pod is not running
+    /// gets a loopback port nothing listens on, which the client passes over as
+    /// it would a down member.
+    async fn endpoints(&self) -> anyhow::Result<Vec<String>> {
+        let members = self.status().await?.unwrap_or_default().members;
+        let pods = self.pods().await?;
+        let mut endpoints = Vec::new();
+        for m in &members {
+            let name = pod_name(&self.name, m.id);
+            let addr = match pods.get(&name) {
+                Some(p) if p.running => self.forward(name, p.uid.clone(), CLIENT_PORT).await?,
+                _ => format!("127.0.0.1:{}", free_port()?),
+            };
+            endpoints.push(addr);
+        }
+        Ok(endpoints)
+    }
+
+    async fn admin(&self, id: u64) -> anyhow::Result<String> {
+        let pod = self
+            .pod(id)
+            .await?
+            .filter(|p| p.running)
+            .with_context(|| format!("member {id}: no running pod"))?;
+        self.forward(pod_name(&self.name, id), pod.uid, ADMIN_PORT)
+            .await
+    }
+
+    async fn kill_member(&mut self, id: u64) -> anyhow::Result<()> {
+        let pod = pod_name(&self.name, id);
+        let args = [
+            "delete",
+            "pod",
+            &pod,
+            "--grace-period=0",
+            "--force",
+            "--wait=false",
+        ];
+        self.kube.call(&args).await?;
+        Ok(())
+    }
+
+    /// The pod's UID and its containers' restart count: a new pod or a restarted
+    /// container both change it.
+    async fn incarnation(&self, id: u64) -> anyhow::Result<Option<String>> {
+        Ok(self
+            .pod(id)
+            .await?
+            .map(|p| format!("{}/{}", p.uid, p.restarts)))
+    }
+
+    async fn restart_operator(&mut self, failpoint: Option<&str>) -> anyhow::Result<()> {
+        anyhow::ensure!(
+            failpoint.is_none(),
+            "failpoints are not supported on kind: the chart sets the operator's environment"
+        );
+        let (kube, deployment) = (self.kube.clone(), self.operator.clone());
+        blocking(move || kube.rollout_restart(&deployment)).await
+    }
+
+    async fn operator_exited(&mut self) -> anyhow::Result<bool> {
+        anyhow::bail!("not observable on kind: the Deployment restarts the operator")
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn pod_fields_from_kubectl_json() {
+        let v = serde_json::json!({
+            "metadata": {"name": "e2e-0", "uid": "u1"},
+            "status": {"phase": "Running", "containerStatuses": [{"restartCount": 2}]}
+        });
+        let p = Pod::from_json(&v);
+        assert_eq!((p.uid.as_str(), p.running, p.restarts), ("u1", true, 2));
+        let deleting = serde_json::json!({
+            "metadata": {"uid": "u1", "deletionTimestamp": "2026-01-01T00:00:00Z"},
+            "status": {"phase": "Running"}
+        });
+        assert!(!Pod::from_json(&deleting).running);
+        assert_eq!(pod_name("e2e", 1), "e2e-0");
+    }
+}

@@ -1,0 +1,292 @@
+//! The kind suite's environment: both images built and loaded into a kind
+//! cluster, the CRD applied and the operator installed by its Helm chart; at the
+//! end the kind cluster is deleted unless it was reused or is to be kept.
+//!
+//! `RAFTLANE_E2E_KIND=1` enables it (`make e2e-kind`); `RAFTLANE_KIND_CLUSTER`
+//! names a kind cluster to reuse (created when absent); `RAFTLANE_KIND_KEEP=1`
+//! keeps a cluster this run created.
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::Duration;
+
+use super::cmd::{blocking, output, run_shown, Kubectl};
+use super::{KindTarget, NAMESPACE};
+use crate::wait_for;
+
+const DEFAULT_CLUSTER: &str = "raftlane-e2e";
+const TOOLS: [&str; 4] = ["kind", "docker", "kubectl", "helm"];
+const NODE_IMAGE: &str = "raftlane/raft-node:e2e";
+const OPERATOR_IMAGE: &str = "raftlane/raft-operator:e2e";
+/// The chart's release; its Deployment carries `app.kubernetes.io/instance=<it>`.
+const RELEASE: &str = "raft-operator";
+/// A release build of the workspace in Docker, from a cold cache.
+const IMAGE_BUILD: Duration = Duration::from_secs(60 * 60);
+const CLUSTER_CHANGE: Duration = Duration::from_secs(6 * 60);
+const PODS_GONE: Duration = Duration::from_secs(120);
+
+/// A kind cluster with the operator running in [`NAMESPACE`].
+pub struct KindEnv {
+    cluster: String,
+    /// Created by this run (not reused): deleted at the end unless kept.
+    created: bool,
+    keep: bool,
+    kube: Kubectl,
+    manifests: tempfile::TempDir,
+}
+
+fn flag(var: &str) -> bool {
+    std::env::var(var).is_ok_and(|v| v == "1")
+}
+
+fn on_path(tool: &str) -> bool {
+    std::env::var_os("PATH")
+        .is_some_and(|p| std::env::split_paths(&p).any(|d| d.join(tool).is_file()))
+}
+
+/// Why the suite cannot run here, if it cannot.
+fn skip_reason() -> Option<String> {
+    if !flag("RAFTLANE_E2E_KIND") {
+        return Some("set RAFTLANE_E2E_KIND=1, as `make e2e-kind` does".into());
+    }
+    let missing: Vec<&str> = TOOLS.into_iter().filter(|t| !on_path(t)).collect();
+    if !missing.is_empty() {
+        return Some(format!("not on PATH: {}", missing.join(", ")));
+    }
+    let mut info = Command::new("docker");
+    info.args(["info", "--format", "{{.ServerVersion}}"]);
+    output(&mut info, Duration::from_secs(20))
+        .err()
+        .map(|_| "no Docker engine answers `docker info`".into())
+}
+
+fn repo_root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("..")
+}
+
+fn build_images(root: &Path) -> anyhow::Result<()> {
+    for (image, dockerfile) in [
+        (NODE_IMAGE, "images/raft-node.Dockerfile"),
+        (OPERATOR_IMAGE, "images/raft-operator.Dockerfile"),
+    ] {
+        let mut build = Command::new("docker");
+        build
+            .env("DOCKER_BUILDKIT", "1")
+            .arg("build")
+            .arg("--file")
+            .arg(root.join(dockerfile))
+            .args(["--tag", image])
+            .arg(root);
+        run_shown(&mut build, IMAGE_BUILD)?;
+    }
+    Ok(())
+}
+
+fn kind_cluster_exists(name: &str) -> anyhow::Result<bool> {
+    let list = output(
+        Command::new("kind").args(["get", "clusters"]),
+        Duration::from_secs(30),
+    )?;
+    Ok(list.lines().any(|l| l.trim() == name))
+}
+
+fn create_kind_cluster(name: &str) -> anyhow::Result<()> {
+    let args = ["create", "cluster", "--name", name, "--wait", "180s"];
+    run_shown(Command::new("kind").args(args), CLUSTER_CHANGE)
+}
+
+/// The operator's Deployment, found by the chart's instance label.
+fn operator_deployment(kube: &Kubectl) -> anyhow::Result<String> {
+    let selector = format!("app.kubernetes.io/instance={RELEASE}");
+    let names = kube.run(&[
+        "get",
+        "deployments",
+        "--selector",
+        &selector,
+        "--output=name",
+    ])?;
+    match names.split_whitespace().collect::<Vec<_>>()[..] {
+        [one] => Ok(one.to_string()),
+        ref other => anyhow::bail!("expected one Deployment labelled {selector}, found {other:?}"),
+    }
+}
+
+fn manifest(name: &str, replicas: u32) -> String {
+    format!(
+        "apiVersion: raftlane.io/v1alpha1\nkind: RaftCluster\nmetadata:\n  name: {name}\nspec:\n  \
+         replicas: {replicas}\n  image: {NODE_IMAGE}\n  storage:\n    size: 256Mi\n    \
+         retentionPolicy:\n      whenScaled: Delete\n      whenDeleted: Delete\n"
+    )
+}
+
+impl KindEnv {
+    /// Sets the environment up, or prints the one line saying why the suite is
+    /// skipped here and returns None.
+    pub async fn start() -> anyhow::Result<Option<KindEnv>> {
+        if let Some(why) = blocking(|| Ok(skip_reason())).await? {
+            println!("e2e-kind: skipped ({why})");
+            return Ok(None);
+        }
+        blocking(KindEnv::set_up).await.map(Some)
+    }
+
+    fn set_up() -> anyhow::Result<KindEnv> {
+        let root = repo_root();
+        // Before the cluster exists: the longest step, and the likeliest to fail.
+        build_images(&root)?;
+        let cluster =
+            std::env::var("RAFTLANE_KIND_CLUSTER").unwrap_or_else(|_| DEFAULT_CLUSTER.into());
+        let created = !kind_cluster_exists(&cluster)?;
+        if created {
+            create_kind_cluster(&cluster)?;
+        }
+        // From here on, dropping the environment cleans up after a failed step.
+        let env = KindEnv {
+            kube: Kubectl {
+                context: format!("kind-{cluster}"),
+                namespace: NAMESPACE.into(),
+            },
+            cluster,
+            created,
+            keep: flag("RAFTLANE_KIND_KEEP"),
+            manifests: tempfile::tempdir()?,
+        };
+        let installed = env
+            .load_images()
+            .and_then(|()| env.install_crd(&root))
+            .and_then(|()| env.install_operator(&root));
+        if let Err(e) = installed {
+            env.print_diagnostics();
+            return Err(e);
+        }
+        Ok(env)
+    }
+
+    fn load_images(&self) -> anyhow::Result<()> {
+        let mut load = Command::new("kind");
+        load.args(["load", "docker-image", NODE_IMAGE, OPERATOR_IMAGE])
+            .args(["--name", &self.cluster]);
+        run_shown(&mut load, CLUSTER_CHANGE)
+    }
+
+    /// Applies the generated CRD; the chart's copy in crds/ is then skipped by helm.
+    fn install_crd(&self, root: &Path) -> anyhow::Result<()> {
+        let crd = root.join("crds/raftcluster.yaml");
+        let crd = crd.to_str().expect("a UTF-8 repository path");
+        self.kube
+            .run(&["apply", "--server-side", "--force-conflicts", "-f", crd])?;
+        self.kube.run(&[
+            "wait",
+            "--for=condition=Established",
+            "--timeout=60s",
+            "crd/raftclusters.raftlane.io",
+        ])?;
+        Ok(())
+    }
+
+    fn install_operator(&self, root: &Path) -> anyhow::Result<()> {
+        let mut helm = Command::new("helm");
+        helm.args(["upgrade", "--install", RELEASE])
+            .arg(root.join("charts/raft-operator"))
+            .args(["--kube-context", &self.kube.context])
+            .args(["--namespace", NAMESPACE, "--create-namespace"])
+            .args(["--set", "image.repository=raftlane/raft-operator"])
+            .args(["--set", "image.tag=e2e,image.pullPolicy=Never"])
+            .args(["--wait", "--timeout", "4m"]);
+        run_shown(&mut helm, Duration::from_secs(5 * 60))?;
+        if !self.created {
+            // A reused cluster may still run an older image under the same tag.
+            self.kube
+                .rollout_restart(&operator_deployment(&self.kube)?)?;
+        }
+        Ok(())
+    }
+
+    /// Creates RaftCluster `name` of `replicas` members (after removing one a
+    /// kept run left behind).
+    pub async fn create_cluster(&self, name: &str, replicas: u32) -> anyhow::Result<KindTarget> {
+        self.delete_named(name).await?;
+        let path = self.manifests.path().join(format!("{name}.yaml"));
+        std::fs::write(&path, manifest(name, replicas))?;
+        let path = path.to_str().expect("a UTF-8 temporary path");
+        self.kube.call(&["apply", "-f", path]).await?;
+        let kube = self.kube.clone();
+        let operator = blocking(move || operator_deployment(&kube)).await?;
+        KindTarget::new(self.kube.clone(), name, operator)
+    }
+
+    /// Deletes the cluster's RaftCluster and waits until its pods are gone.
+    pub async fn delete_cluster(&self, t: KindTarget) -> anyhow::Result<()> {
+        let name = t.name.clone();
+        drop(t);
+        self.delete_named(&name).await
+    }
+
+    async fn delete_named(&self, name: &str) -> anyhow::Result<()> {
+        let mut delete = self.kube.command(&[
+            "delete",
+            "raftcluster",
+            name,
+            "--ignore-not-found",
+            "--timeout=120s",
+        ]);
+        blocking(move || output(&mut delete, Duration::from_secs(150))).await?;
+        let selector = format!("app.kubernetes.io/instance={name}");
+        wait_for(&format!("the pods of {name} gone"), PODS_GONE, || async {
+            let pods = self
+                .kube
+                .call(&["get", "pods", "--selector", &selector, "--output=name"])
+                .await?;
+            Ok(pods.trim().is_empty().then_some(()))
+        })
+        .await
+    }
+
+    /// What a failed run leaves to read: resources, events, the operator's log.
+    fn print_diagnostics(&self) {
+        let show = |args: &[&str]| match self.kube.run(args) {
+            Ok(out) => eprintln!("--- kubectl {} ---\n{out}", args.join(" ")),
+            Err(e) => eprintln!("--- kubectl {}: {e:#}", args.join(" ")),
+        };
+        show(&["get", "raftclusters,pods,pvc", "--output=wide"]);
+        show(&["get", "raftclusters", "--output=yaml"]);
+        show(&["get", "events", "--sort-by=.lastTimestamp"]);
+        match operator_deployment(&self.kube) {
+            Ok(d) => show(&["logs", &d, "--tail=300"]),
+            Err(e) => eprintln!("--- the operator's log: {e:#}"),
+        }
+    }
+}
+
+impl Drop for KindEnv {
+    fn drop(&mut self) {
+        if std::thread::panicking() {
+            self.print_diagnostics();
+        }
+        if !self.created || self.keep {
+            println!(
+                "e2e-kind: kind cluster {} left running (kubectl --context kind-{0})",
+                self.cluster
+            );
+            return;
+        }
+        let mut delete = Command::new("kind");
+        delete.args(["delete", "cluster", "--name", &self.cluster]);
+        if let Err(e) = run_shown(&mut delete, CLUSTER_CHANGE) {
+            eprintln!("e2e-kind: {e:#}");
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    /// The suite's RaftCluster passes the CRD's schema and rules, checked here
+    /// where no API server is at hand.
+    #[test]
+    fn manifest_is_a_valid_raftcluster() {
+        let c = raft_operator::crd::parse_cluster(&super::manifest("e2e", 3)).unwrap();
+        assert_eq!(c.spec.replicas, 3);
+        assert_eq!(c.spec.image, super::NODE_IMAGE);
+        assert_eq!(c.spec.storage.size, "256Mi");
+    }
+}

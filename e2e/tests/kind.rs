@@ -1,0 +1,38 @@
+//! The operator scenarios on a kind cluster, through the same scenario
+//! functions as tests/local.rs. Runs with RAFTLANE_E2E_KIND=1 (`make e2e-kind`)
+//! where kind, docker, kubectl and helm are available; anywhere else it prints
+//! one skip line and passes.
+
+use raftlane_e2e::kind::{KindEnv, ScaleBy};
+use raftlane_e2e::scenarios;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn operator_scenarios_on_kind() {
+    let Some(env) = KindEnv::start().await.unwrap() else {
+        return;
+    };
+    let mut t = env.create_cluster("e2e", 3).await.unwrap();
+    let keys = scenarios::create_three(&t).await.unwrap();
+
+    t.scale_by = ScaleBy::Subresource;
+    let took = scenarios::scale_up_to_five(&mut t, &keys).await.unwrap();
+    eprintln!("measured: kubectl scale to 5 voting members (1000 keys): {took:?}");
+    t.scale_by = ScaleBy::Patch;
+    scenarios::scale_down_to_three(&mut t, &keys).await.unwrap();
+
+    let took = scenarios::kill_member_comes_back(&mut t, false, &keys)
+        .await
+        .unwrap();
+    eprintln!("measured: follower pod deleted to peers updated and the leader streaming to its new IP: {took:?}");
+    let took = scenarios::kill_member_comes_back(&mut t, true, &keys)
+        .await
+        .unwrap();
+    eprintln!("measured: leader pod deleted to peers updated and the leader streaming to its new IP: {took:?}");
+
+    let took = scenarios::all_members_killed_recover(&mut t, &keys)
+        .await
+        .unwrap();
+    eprintln!("measured: every pod deleted to all back and agreeing on a leader: {took:?}");
+
+    env.delete_cluster(t).await.unwrap();
+}
