@@ -23,6 +23,12 @@ use serde::{Deserialize, Serialize};
     shortname = "raft",
     status = "RaftClusterStatus",
     cel,
+    // Member pods are `<name>-<ordinal>` with hostname and subdomain
+    // `<name>-peers`: the name must leave room in a 63-character DNS label.
+    validation = Rule::new(
+        "size(self.metadata.name) <= 50 && self.metadata.name.matches('^[a-z]([-a-z0-9]*[a-z0-9])?$')"
+    )
+    .message("metadata.name must be a DNS label of at most 50 characters starting with a letter"),
     scale(
         spec_replicas_path = ".spec.replicas",
         status_replicas_path = ".status.replicas",
@@ -224,6 +230,7 @@ pub struct MemberStatus {
     pub address: String,
     pub role: MemberRole,
     pub healthy: bool,
+    /// As of the last status write: progress alone does not cause one.
     pub applied_index: u64,
 }
 

@@ -162,7 +162,7 @@ pub async fn run(opts: LocalOptions) -> anyhow::Result<()> {
         }
 
         let next = status::compute(&name, &seen, &p, &current, &now_rfc3339());
-        if next != current {
+        if status::changed(&current, &next) {
             write_atomic(&status_path, serde_yaml::to_string(&next)?.as_bytes())?;
             let endpoints: Vec<&str> = seen
                 .members

@@ -57,6 +57,17 @@ pub struct Observed {
     pub bootstrapped: Option<BTreeSet<u64>>,
 }
 
+impl Observed {
+    /// The member that leads in the newest term: a deposed leader cut off
+    /// from the others may still report itself leader of an older one.
+    pub fn leader(&self) -> Option<&MemberReport> {
+        self.reports
+            .values()
+            .filter(|r| r.is_leader)
+            .max_by_key(|r| r.term)
+    }
+}
+
 /// One step toward the desired state.
 #[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord)]
 pub enum Action {
@@ -133,7 +144,7 @@ pub fn plan(replicas: u64, obs: &Observed) -> Plan {
     let mut p = Plan::default();
     let desired: BTreeSet<u64> = (1..=replicas).collect();
 
-    let leader = obs.reports.values().find(|r| r.is_leader);
+    let leader = obs.leader();
     // Membership as the leader sees it; without one, as the freshest member does.
     let view = leader.or_else(|| {
         obs.reports
@@ -202,13 +213,6 @@ pub fn plan(replicas: u64, obs: &Observed) -> Plan {
         p.waiting = Some("a membership change is being applied".into());
         return p;
     }
-    // Members that left the membership (as the leader has applied it, with no
-    // change in flight) are deleted.
-    for id in obs.running.keys() {
-        if !members.contains(id) && !desired.contains(id) {
-            p.actions.push(Action::Delete { id: *id });
-        }
-    }
     let healthy = |id: &u64| {
         obs.running.contains_key(id)
             && obs
@@ -217,6 +221,20 @@ pub fn plan(replicas: u64, obs: &Observed) -> Plan {
                 .is_some_and(|r| r.leader_id == leader.id && r.term == leader.term)
     };
     let healthy_voters = |vs: &BTreeSet<u64>| vs.iter().filter(|v| healthy(v)).count();
+    // Members that left the membership (as the leader has applied it, with no
+    // change in flight) are deleted, once a quorum follows that leader: its
+    // view of the membership is then the current one.
+    for id in obs.running.keys() {
+        if !members.contains(id) && !desired.contains(id) {
+            if healthy_voters(&voters) >= quorum(voters.len()) {
+                p.actions.push(Action::Delete { id: *id });
+            } else {
+                p.block(format!(
+                    "deleting {id} waits for a quorum to follow the leader"
+                ));
+            }
+        }
+    }
     let caught_up = |id: &u64| {
         obs.reports.get(id).is_some_and(|r| {
             r.applied_index + CATCH_UP_SLACK >= leader.commit_index && r.leader_id == leader.id

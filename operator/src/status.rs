@@ -8,6 +8,18 @@ use crate::crd::{Condition, MemberRole, MemberStatus, RaftClusterStatus};
 use crate::plan::Plan;
 use crate::reconcile::Observation;
 
+/// True when `next` is worth writing over `previous`: applied indexes move
+/// with every client write, so alone they never cause a write (they are
+/// refreshed whenever something else changes).
+pub fn changed(previous: &RaftClusterStatus, next: &RaftClusterStatus) -> bool {
+    let without_progress = |s: &RaftClusterStatus| {
+        let mut s = s.clone();
+        s.members.iter_mut().for_each(|m| m.applied_index = 0);
+        s
+    };
+    without_progress(previous) != without_progress(next)
+}
+
 /// Builds the status; conditions keep their transition time while unchanged.
 pub fn compute(
     name: &str,
@@ -17,7 +29,7 @@ pub fn compute(
     now: &str,
 ) -> RaftClusterStatus {
     let obs = &seen.observed;
-    let leader = obs.reports.values().find(|r| r.is_leader);
+    let leader = obs.leader();
     let healthy = |id: u64| {
         leader.is_some_and(|l| {
             obs.reports

@@ -78,6 +78,20 @@ fn bad_specs_are_refused_naming_their_field() {
 }
 
 #[test]
+fn a_name_that_cannot_name_member_pods_is_refused() {
+    let named =
+        |name: &str| manifest("  replicas: 3\n").replace("name: t", &format!("name: {name}"));
+    for bad in ["Demo", "demo.one", "1demo", &"d".repeat(51)] {
+        let err = parse_cluster(&named(bad)).expect_err(bad);
+        assert!(
+            err.contains("metadata.name must be a DNS label"),
+            "{bad}: {err}"
+        );
+    }
+    assert!(parse_cluster(&named(&"d".repeat(50))).is_ok());
+}
+
+#[test]
 fn storage_size_may_grow_but_never_shrink() {
     let old = parse_cluster(&manifest("  replicas: 3\n  storage:\n    size: 2Gi\n")).unwrap();
     let grown = parse_cluster(&manifest("  replicas: 3\n  storage:\n    size: 4Gi\n")).unwrap();

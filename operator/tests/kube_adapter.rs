@@ -11,11 +11,13 @@ use std::time::{Duration, Instant};
 use kube::core::DeserializeGuard;
 use kube::runtime::controller::Action;
 use kube::runtime::events::Reporter;
+use raft_node::client::KvClient;
 use raft_operator::crd::RaftCluster;
 use raft_operator::k8s::controller::{reconcile, Context, FINALIZER, STATUS_MANAGER};
 use raft_operator::k8s::metrics::Metrics;
 use raft_operator::k8s::resources::{
-    client_service, disruption_budget, member_pod, peer_service, volume_claim, PEER_PORT,
+    client_service, disruption_budget, member_pod, peer_service, volume_claim, CLIENT_PORT,
+    PEER_PORT,
 };
 use serde_json::{json, Value};
 use support::fake_api::{
@@ -71,11 +73,12 @@ fn get(collection: String, name: &str) -> String {
 /// The reads every pass makes: cluster objects, then pods and volumes.
 fn reads() -> Vec<String> {
     vec![
+        get(clusters_path(), "demo"),
         get(services_path(), "demo-peers"),
         get(services_path(), "demo"),
         get(budgets_path(), "demo"),
-        format!("GET {}", pods_path()),
         format!("GET {}", claims_path()),
+        format!("GET {}", pods_path()),
     ]
 }
 
@@ -209,14 +212,15 @@ async fn create_cluster_writes_services_budget_volumes_pods_then_status() {
     let (action, calls) = pass(&api, &ctx).await;
     assert_eq!(action, Action::requeue(Duration::from_secs(2)));
     let mut want = vec![
+        get(clusters_path(), "demo"),
         get(services_path(), "demo-peers"),
         format!("POST {}", services_path()),
         get(services_path(), "demo"),
         format!("POST {}", services_path()),
         get(budgets_path(), "demo"),
         format!("POST {}", budgets_path()),
-        format!("GET {}", pods_path()),
         format!("GET {}", claims_path()),
+        format!("GET {}", pods_path()),
         format!("PATCH {}/demo/status", clusters_path()),
     ];
     for _ in 1..=3 {
@@ -226,6 +230,8 @@ async fn create_cluster_writes_services_budget_volumes_pods_then_status() {
     }
     want.push(format!("PATCH {}/demo/status", clusters_path()));
     assert_eq!(lines(&calls), want);
+    // The pass starts from a fresh read of the cluster, not the watch cache.
+    let calls = &calls[1..];
 
     let peers = &calls[1].body;
     assert_eq!(peers["metadata"]["name"], "demo-peers");
@@ -310,8 +316,8 @@ async fn scale_up_one_step_creates_then_adds_a_learner_then_promotes() {
 
     // Pass 1: the new member's volume and pod; no membership change yet.
     let (_, calls) = pass(&api, &ctx).await;
-    let mut want = vec![format!("POST {}", events_path())];
-    want.extend(reads());
+    let mut want = reads();
+    want.insert(1, format!("POST {}", events_path()));
     want.extend([
         format!("POST {}", claims_path()),
         format!("POST {}", pods_path()),
@@ -319,16 +325,16 @@ async fn scale_up_one_step_creates_then_adds_a_learner_then_promotes() {
         format!("PATCH {}/demo/status", clusters_path()),
     ]);
     assert_eq!(lines(&calls), want);
-    assert_eq!(calls[0].body["reason"], "Scaling");
-    assert_eq!(calls[0].body["note"], "3 → 4 members");
-    let pod = &calls[7].body;
+    assert_eq!(calls[1].body["reason"], "Scaling");
+    assert_eq!(calls[1].body["note"], "3 → 4 members");
+    let pod = &calls[8].body;
     assert_eq!(pod["metadata"]["name"], "demo-3");
     assert_eq!(
         env(pod, "RAFTLANE_INITIAL_VOTERS"),
         None,
         "a joining member never bootstraps"
     );
-    assert_eq!(calls[8].body["reason"], "MemberCreated");
+    assert_eq!(calls[9].body["reason"], "MemberCreated");
 
     // The kubelet starts it: a new member, empty, at its pod IP.
     let ip = members.ip(4, 0);
@@ -338,15 +344,25 @@ async fn scale_up_one_step_creates_then_adds_a_learner_then_promotes() {
     });
 
     // Then: addresses pushed, learner added, learner promoted: each pass reads
-    // the same way and writes only events and status (no pod is touched).
+    // the same way and writes only events and status (no pod is touched),
+    // and once its volume, marked as holding state when member 4 answers.
     let passes = passes_until(&api, &ctx, |_, calls| {
         event_reasons(calls).contains(&"LearnerPromoted".to_string())
     })
     .await;
     let mut steps = Vec::new();
+    let mut marked = Vec::new();
     for calls in &passes {
-        assert_eq!(lines(&calls[..5]), reads());
-        for c in calls[5..].iter() {
+        assert_eq!(lines(&calls[..6]), reads());
+        for c in calls[6..].iter() {
+            if c.method == "PATCH" && c.path.starts_with(&claims_path()) {
+                assert_eq!(
+                    c.body["metadata"]["annotations"]["raftlane.io/holds-state"],
+                    "true"
+                );
+                marked.push(c.path.clone());
+                continue;
+            }
             assert!(
                 c.path.starts_with(&events_path()) || c.path.ends_with("/demo/status"),
                 "unexpected write {}",
@@ -370,6 +386,12 @@ async fn scale_up_one_step_creates_then_adds_a_learner_then_promotes() {
             "LearnerPromoted"
         ]
     );
+    assert_eq!(
+        marked.len(),
+        1,
+        "member 4's volume is marked once: {marked:?}"
+    );
+    assert!(marked[0].starts_with(&format!("{}/data-demo-3-", claims_path())));
     let real = members.status(&members.ip(1, 0)).await.unwrap();
     assert_eq!(real.voters, [1, 2, 3, 4]);
 }
@@ -445,8 +467,8 @@ async fn pod_ip_change_pushes_the_address_in_place_and_touches_no_pod() {
     });
 
     let (_, calls) = pass(&api, &ctx).await;
-    assert_eq!(lines(&calls[..5]), reads());
-    let writes: Vec<&Call> = calls[5..].iter().collect();
+    assert_eq!(lines(&calls[..6]), reads());
+    let writes: Vec<&Call> = calls[6..].iter().collect();
     assert!(
         writes
             .iter()
@@ -488,13 +510,122 @@ async fn pod_ip_change_pushes_the_address_in_place_and_touches_no_pod() {
 }
 
 #[tokio::test]
-async fn idle_cluster_only_reads() {
-    let (api, ctx, _members) = running_cluster(3).await;
-    for _ in 0..3 {
+async fn idle_cluster_only_reads_even_under_client_writes() {
+    let (api, ctx, members) = running_cluster(3).await;
+    let endpoints: Vec<String> = (1..=3)
+        .map(|id| format!("{}:{CLIENT_PORT}", members.ip(id, 0)))
+        .collect();
+    let kv = KvClient::new(&endpoints, Duration::from_secs(10)).unwrap();
+    for round in 0..3 {
+        // Applied indexes move; nothing else does: no status write.
+        for i in 0..20 {
+            kv.put(format!("k{round}-{i}").as_bytes(), b"v")
+                .await
+                .unwrap();
+        }
         let (action, calls) = pass(&api, &ctx).await;
         assert_eq!(lines(&calls), reads());
         assert_eq!(action, Action::requeue(Duration::from_secs(60)));
     }
+}
+
+#[tokio::test]
+async fn a_pass_on_a_stale_cached_object_uses_the_stored_status() {
+    let (api, client) = FakeApi::start();
+    let ctx = context(client);
+    let stale = cluster(3, json!({}));
+    api.put(&clusters_path(), stale.clone());
+    pass(&api, &ctx).await; // creates the members, records bootstrap voters
+                            // The watch cache still holds the object without a status.
+    let guard: DeserializeGuard<RaftCluster> = serde_json::from_value(stale).unwrap();
+    reconcile(Arc::new(guard), ctx.clone()).await.unwrap();
+    let calls = api.take_calls();
+    assert_eq!(lines(&calls[..6]), reads());
+    let created = calls
+        .iter()
+        .filter(|c| c.method == "POST" && c.path != events_path());
+    assert_eq!(
+        created.count(),
+        0,
+        "nothing is created twice: {:?}",
+        lines(&calls)
+    );
+    // Its status write (now waiting for members to answer) keeps the voters.
+    let stored = api.get(&clusters_path(), "demo").unwrap();
+    assert_eq!(stored["status"]["bootstrapVoters"], json!([1, 2, 3]));
+}
+
+#[tokio::test]
+async fn a_forming_member_whose_pod_was_never_created_still_bootstraps() {
+    let (api, client) = FakeApi::start();
+    let ctx = context(client);
+    api.put(&clusters_path(), cluster(3, json!({})));
+    pass(&api, &ctx).await;
+    // As if the pass had crashed between member 1's volume and its pod.
+    let claim = api.list(&claims_path())[0]["metadata"]["name"].clone();
+    let kept: Vec<Value> = api
+        .list(&pods_path())
+        .into_iter()
+        .filter(|p| p["metadata"]["name"] != "demo-0")
+        .collect();
+    api.replace_all(&pods_path(), kept);
+    let (_, calls) = pass(&api, &ctx).await;
+    let posted: Vec<&Call> = calls
+        .iter()
+        .filter(|c| c.method == "POST" && c.path != events_path())
+        .collect();
+    assert_eq!(posted.len(), 1, "only the pod: {:?}", lines(&calls));
+    let pod = &posted[0].body;
+    assert_eq!(pod["metadata"]["name"], "demo-0");
+    assert_eq!(
+        pod["spec"]["volumes"][0]["persistentVolumeClaim"]["claimName"],
+        claim
+    );
+    assert_eq!(env(pod, "RAFTLANE_INITIAL_VOTERS"), Some("1,2,3"));
+    assert!(event_reasons(&calls).contains(&"MemberCreated".to_string()));
+}
+
+/// The environment of a member pod, as the kubelet would give it.
+fn pod_env(pod: &Value) -> Vec<(String, String)> {
+    pod["spec"]["containers"][0]["env"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| {
+            let v = e["value"].as_str().expect("plain values only");
+            (e["name"].as_str().unwrap().to_string(), v.to_string())
+        })
+        .collect()
+}
+
+#[tokio::test]
+async fn the_pod_environment_starts_raft_node() {
+    // A one-member cluster: the pod's own environment must be accepted by
+    // raft-node and bootstrap a leader (listening on this test's "pod IP").
+    let rc = typed(&cluster(1, json!({})));
+    let pod = serde_json::to_value(member_pod(&rc, 1, "data", Some(&[1].into()))).unwrap();
+    let members = Members::new(UID);
+    let ip = members.ip(1, 0);
+    let data = tempfile::tempdir().unwrap();
+    let mut child = std::process::Command::new(members.bin())
+        .env_clear()
+        .envs(pod_env(&pod).into_iter().map(|(k, v)| {
+            let v = v.replace("0.0.0.0", &ip);
+            match k.as_str() {
+                "RAFTLANE_DATA_DIR" => (k, data.path().display().to_string()),
+                _ => (k, v),
+            }
+        }))
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let leader = tokio::time::timeout(Duration::from_secs(30), members.wait_leader(&ip)).await;
+    let _ = child.kill();
+    let _ = child.wait();
+    assert_eq!(
+        leader.expect("raft-node started from the pod env elects itself"),
+        1
+    );
 }
 
 /// A cluster being deleted with two volumes (one live, one retired by an
@@ -566,6 +697,35 @@ async fn finalizer_retires_live_volumes_when_deleted_is_retain() {
             && retire.as_object().unwrap().contains_key("ownerReferences")
     );
     assert_eq!(calls[2].body["reason"], "VolumesRetained");
+}
+
+#[tokio::test]
+async fn an_unreadable_cluster_being_deleted_has_its_volumes_retired_and_goes() {
+    let (api, client) = FakeApi::start();
+    let ctx = context(client);
+    let mut rc = cluster(3, json!({}));
+    stored_claim(&api, &typed(&rc), 1);
+    rc["spec"]["replicas"] = json!("three");
+    rc["metadata"]["deletionTimestamp"] = json!("2026-11-23T00:00:00Z");
+    rc["metadata"]["resourceVersion"] = json!("7");
+    api.put(&clusters_path(), rc);
+    let (action, calls) = pass(&api, &ctx).await;
+    assert_eq!(action, Action::await_change());
+    assert_eq!(
+        lines(&calls),
+        [
+            format!("POST {}", events_path()),
+            format!("GET {}", claims_path()),
+            format!("PATCH {}/data-demo-0-seed", claims_path()),
+            format!("POST {}", events_path()),
+            format!("PATCH {}/demo", clusters_path()),
+        ]
+    );
+    assert_eq!(calls[0].body["reason"], "InvalidSpec");
+    assert_eq!(calls[3].body["reason"], "VolumesRetained");
+    let remove = &calls[4].body["metadata"];
+    assert_eq!(remove["finalizers"], json!([]));
+    assert_eq!(remove["resourceVersion"], "7", "a compare-and-set");
 }
 
 #[tokio::test]

@@ -18,9 +18,12 @@ fn leases_path() -> String {
     format!("/apis/coordination.k8s.io/v1/namespaces/{NS}/leases")
 }
 
+/// Short, so a test can wait one out.
+const LEASE: Duration = Duration::from_secs(1);
+
 fn lock(client: &kube::Client, who: &str) -> LeaseLock {
     let api: Api<Lease> = Api::namespaced(client.clone(), NS);
-    LeaseLock::new(api, "raft-operator", who, Duration::from_secs(15))
+    LeaseLock::new(api, "raft-operator", who, LEASE)
 }
 
 fn holder(api: &FakeApi) -> String {
@@ -61,10 +64,16 @@ async fn one_replica_leads_and_a_standby_takes_over_only_after_expiry() {
         "standing by writes nothing"
     );
 
-    // The holder stops renewing: its last renewal is older than the duration.
+    // The holder stops renewing: the standby sees the same record for a whole
+    // lease duration on its own clock, however old its timestamps look.
     api.update(&leases_path(), "raft-operator", |l| {
-        l["spec"]["renewTime"] = json!("2026-01-01T00:00:00.000000Z");
+        l["spec"]["renewTime"] = json!("2001-01-01T00:00:00.000000Z");
     });
+    assert!(
+        !b.try_acquire().await.unwrap(),
+        "an old timestamp alone is not expiry"
+    );
+    tokio::time::sleep(LEASE + Duration::from_millis(200)).await;
     assert!(b.try_acquire().await.unwrap(), "an expired Lease is taken");
     let lease = api.get(&leases_path(), "raft-operator").unwrap();
     assert_eq!(lease["spec"]["holderIdentity"], "b");
@@ -84,11 +93,20 @@ async fn one_replica_leads_and_a_standby_takes_over_only_after_expiry() {
 async fn of_two_replicas_replacing_the_same_version_one_wins() {
     let (api, client) = FakeApi::start();
     assert!(lock(&client, "a").try_acquire().await.unwrap());
-    api.update(&leases_path(), "raft-operator", |l| {
-        l["spec"]["renewTime"] = json!("2026-01-01T00:00:00.000000Z");
-    });
     let (b, c) = (lock(&client, "b"), lock(&client, "c"));
+    assert!(!b.try_acquire().await.unwrap() && !c.try_acquire().await.unwrap());
+    tokio::time::sleep(LEASE + Duration::from_millis(200)).await;
+    api.take_calls();
     let (rb, rc) = tokio::join!(b.try_acquire(), c.try_acquire());
     assert_eq!([rb.unwrap(), rc.unwrap()].iter().filter(|w| **w).count(), 1);
     assert!(["b", "c"].contains(&holder(&api).as_str()));
+    // One replace succeeded; a second one, if the loser read the same version
+    // before the winner wrote, was refused.
+    let puts: Vec<u16> = api
+        .take_calls()
+        .iter()
+        .filter(|c| c.method == "PUT")
+        .map(|c| c.status)
+        .collect();
+    assert!(puts == [200] || puts == [200, 409], "{puts:?}");
 }

@@ -1,5 +1,6 @@
 //! The RaftCluster controller: one reconcile pass per trigger (a change to the
-//! cluster or to a Pod, PVC or Service it owns, or a requeue), running the same
+//! cluster, to a Pod or Service it owns or to a PVC it owns (volumes retained
+//! on deletion are not owned), or a requeue), running the same
 //! observe → plan → act core as the local runtime. A pass never waits: a step
 //! that must wait is planned again after a short requeue.
 
@@ -9,7 +10,7 @@ use std::time::{Duration, Instant};
 
 use k8s_openapi::api::core::v1::{ObjectReference, PersistentVolumeClaim, Service};
 use k8s_openapi::api::policy::v1::PodDisruptionBudget;
-use kube::api::{Patch, PatchParams, PostParams};
+use kube::api::{ObjectMeta, Patch, PatchParams, PostParams};
 use kube::core::DeserializeGuard;
 use kube::runtime::controller::Action;
 use kube::runtime::events::{Event, EventType, Recorder, Reporter};
@@ -103,7 +104,7 @@ impl Context {
         let ev = Event {
             type_,
             reason: reason.into(),
-            note: Some(note),
+            note: Some(truncate(note, MAX_NOTE)),
             action: "Reconcile".into(),
             secondary: None,
         };
@@ -113,6 +114,21 @@ impl Context {
             tracing::warn!(error = %e, reason, "writing an event failed");
         }
     }
+}
+
+/// Longest event note the API server accepts (1 kB), in bytes.
+const MAX_NOTE: usize = 1024;
+
+fn truncate(mut note: String, max: usize) -> String {
+    if note.len() > max {
+        let mut end = max - '…'.len_utf8();
+        while !note.is_char_boundary(end) {
+            end -= 1;
+        }
+        note.truncate(end);
+        note.push('…');
+    }
+    note
 }
 
 /// The event reason of a carried-out step.
@@ -162,7 +178,11 @@ pub async fn reconcile(
                 note,
             )
             .await;
-            Ok(Action::await_change())
+            if obj.meta().deletion_timestamp.is_some() {
+                release_unreadable(&obj, &ctx).await
+            } else {
+                Ok(Action::await_change())
+            }
         }
     };
     ctx.metrics.observe_pass(started.elapsed());
@@ -244,15 +264,24 @@ async fn apply_status(
     Ok(())
 }
 
-async fn apply(rc: &RaftCluster, ctx: &Context) -> Result<Action, Error> {
+async fn apply(cached: &RaftCluster, ctx: &Context) -> Result<Action, Error> {
+    // The pass works from a fresh read, not the watch cache: the status it
+    // starts from (bootstrap voters above all) must be the last one written.
+    let api: Api<RaftCluster> =
+        Api::namespaced(ctx.client.clone(), &cached.namespace().unwrap_or_default());
+    let Some(fresh) = api.get_opt(&cached.name_any()).await? else {
+        return Ok(Action::await_change());
+    };
+    let rc = &fresh;
     let name = rc.name_any();
     let uid = rc.uid().unwrap_or_default();
     let previous = rc.status.clone().unwrap_or_default();
+    let members_now = previous.members.len() as u32;
     if previous.observed_generation.is_some()
         && previous.observed_generation != rc.metadata.generation
-        && previous.replicas != rc.spec.replicas
+        && members_now != rc.spec.replicas
     {
-        let note = format!("{} → {} members", previous.replicas, rc.spec.replicas);
+        let note = format!("{members_now} → {} members", rc.spec.replicas);
         ctx.event(rc, EventType::Normal, "Scaling", note).await;
     }
     ensure_cluster_objects(rc, &ctx.client).await?;
@@ -305,6 +334,8 @@ async fn pass(
     let seen = observe(rt, admins, &uid, bootstrapped)
         .await
         .map_err(Error::Member)?;
+    rt.record_state(seen.observed.reports.keys().copied())
+        .await?;
     if seen.observed.reports.values().any(|r| r.is_leader) {
         current.bootstrap_voters = None;
     }
@@ -346,7 +377,7 @@ async fn pass(
         &jiff::Timestamp::now().to_string(),
     );
     next.observed_generation = rc.metadata.generation;
-    if next != *previous {
+    if status::changed(previous, &next) {
         apply_status(rc, &ctx.client, &next).await?;
     }
     let busy = !p.actions.is_empty() || p.waiting.is_some();
@@ -357,11 +388,24 @@ async fn pass(
 /// included, is deleted or retired per `whenDeleted`. Pods and Services go
 /// with their owner.
 async fn cleanup(rc: &RaftCluster, ctx: &Context) -> Result<Action, Error> {
-    let claims: Api<PersistentVolumeClaim> =
-        Api::namespaced(ctx.client.clone(), &rc.namespace().unwrap_or_default());
     let policy = rc.spec.storage.retention_policy.when_deleted;
+    release_volumes(&rc.object_ref(&()), policy, ctx).await?;
+    forget(rc.meta(), ctx).await;
+    Ok(Action::await_change())
+}
+
+/// Deletes or retires the volumes of the cluster `reference` names.
+async fn release_volumes(
+    reference: &ObjectReference,
+    policy: Retention,
+    ctx: &Context,
+) -> Result<(), Error> {
+    let ns = reference.namespace.clone().unwrap_or_default();
+    let cluster = reference.name.clone().unwrap_or_default();
+    let uid = reference.uid.clone().unwrap_or_default();
+    let claims: Api<PersistentVolumeClaim> = Api::namespaced(ctx.client.clone(), &ns);
     let mut names = Vec::new();
-    for claim in cluster_volumes(&claims, rc).await? {
+    for claim in cluster_volumes(&claims, &cluster, &uid).await? {
         let name = claim.name_any();
         match policy {
             Retention::Delete => delete_gone(&claims, &name).await?,
@@ -376,8 +420,58 @@ async fn cleanup(rc: &RaftCluster, ctx: &Context) -> Result<Action, Error> {
             Retention::Retain => ("VolumesRetained", "retained (never reused)"),
         };
         let note = format!("{verb}: {}", names.join(", "));
-        ctx.event(rc, EventType::Normal, reason, note).await;
+        ctx.publish(reference, EventType::Normal, reason, note)
+            .await;
     }
+    Ok(())
+}
+
+/// Drops what the controller kept about a deleted cluster.
+async fn forget(meta: &ObjectMeta, ctx: &Context) {
+    let uid = meta.uid.clone().unwrap_or_default();
+    ctx.admins.lock().await.remove(&uid);
+    ctx.failures.lock().expect("failures lock").remove(&uid);
+    let label = ClusterLabel {
+        namespace: meta.namespace.clone().unwrap_or_default(),
+        name: meta.name.clone().unwrap_or_default(),
+    };
+    for family in [
+        &ctx.metrics.members,
+        &ctx.metrics.voters,
+        &ctx.metrics.learners,
+    ] {
+        family.remove(&label);
+    }
+}
+
+/// An unreadable RaftCluster that is being deleted: its spec (and so its
+/// retention policy) is unknown, so its volumes are retired, the safe choice,
+/// and then our finalizer is removed so the deletion can finish.
+async fn release_unreadable(
+    obj: &DeserializeGuard<RaftCluster>,
+    ctx: &Context,
+) -> Result<Action, Error> {
+    let meta = obj.meta();
+    let finalizers = meta.finalizers.clone().unwrap_or_default();
+    if !finalizers.iter().any(|f| f == FINALIZER) {
+        return Ok(Action::await_change());
+    }
+    release_volumes(&obj.object_ref(&()), Retention::Retain, ctx).await?;
+    let api: Api<DeserializeGuard<RaftCluster>> = Api::namespaced(
+        ctx.client.clone(),
+        &meta.namespace.clone().unwrap_or_default(),
+    );
+    // The resourceVersion makes this a compare-and-set: a finalizer added
+    // meanwhile by someone else fails it (and the next pass retries).
+    let rest: Vec<&String> = finalizers.iter().filter(|f| *f != FINALIZER).collect();
+    let patch = json!({"metadata": {"finalizers": rest, "resourceVersion": meta.resource_version}});
+    api.patch(
+        &obj.name_any(),
+        &PatchParams::default(),
+        &Patch::Merge(&patch),
+    )
+    .await?;
+    forget(meta, ctx).await;
     Ok(Action::await_change())
 }
 

@@ -24,6 +24,8 @@ use kube::runtime::events::Reporter;
 use kube::runtime::{watcher, Controller};
 use kube::{Api, Client};
 use tokio::sync::watch;
+use tokio::task::JoinHandle;
+use tokio::time::Instant;
 
 use crate::crd::RaftCluster;
 use controller::{error_policy, reconcile, Context};
@@ -32,6 +34,9 @@ use metrics::Metrics;
 
 /// Lease duration: a crashed leader is replaced within this long.
 const LEASE_DURATION: Duration = Duration::from_secs(15);
+/// A leader that could not renew for this long stops reconciling, well before
+/// a standby (counting the full duration on its own clock) takes over.
+const RENEW_DEADLINE: Duration = Duration::from_secs(10);
 const CRD_NAME: &str = "raftclusters.raftlane.io";
 
 /// Settings of `raft-operator run`.
@@ -47,14 +52,25 @@ pub struct RunOptions {
     pub identity: String,
 }
 
-/// Resolves on SIGTERM or Ctrl-C.
-async fn terminated() {
+/// Turns true on the first SIGTERM or Ctrl-C; the handler is installed once,
+/// at startup, so no signal is missed between waits.
+fn shutdown_signal() -> anyhow::Result<watch::Receiver<bool>> {
     let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
-        .expect("installing a SIGTERM handler");
-    tokio::select! {
-        _ = term.recv() => {}
-        _ = tokio::signal::ctrl_c() => {}
-    }
+        .context("installing a SIGTERM handler")?;
+    let (tx, rx) = watch::channel(false);
+    tokio::spawn(async move {
+        tokio::select! {
+            _ = term.recv() => {}
+            _ = tokio::signal::ctrl_c() => {}
+        }
+        tracing::info!("shutting down");
+        let _ = tx.send(true);
+    });
+    Ok(rx)
+}
+
+async fn fired(mut flag: watch::Receiver<bool>) {
+    let _ = flag.wait_for(|on| *on).await;
 }
 
 /// Waits until the API server serves RaftClusters, reporting while it waits.
@@ -76,11 +92,20 @@ async fn wait_for_crd(client: &Client) -> anyhow::Result<()> {
     }
 }
 
-/// Campaigns until this replica holds the Lease, then renews it in the
-/// background; `lost` turns true if a renewal fails for a whole duration.
-async fn lead(lock: LeaseLock, lost: watch::Sender<bool>) -> anyhow::Result<Arc<LeaseLock>> {
+/// One bounded try: an API server that does not answer in time counts as a
+/// failed renewal.
+async fn attempt(lock: &LeaseLock) -> anyhow::Result<bool> {
+    tokio::time::timeout(lock.renew_every(), lock.try_acquire())
+        .await
+        .context("the API server did not answer in time")?
+        .context("lease")
+}
+
+/// Campaigns until this replica holds the Lease, then renews it in a task
+/// that sets `lost` once no renewal succeeded for `RENEW_DEADLINE`.
+async fn lead(lock: LeaseLock, lost: watch::Sender<bool>) -> (Arc<LeaseLock>, JoinHandle<()>) {
     loop {
-        match lock.try_acquire().await {
+        match attempt(&lock).await {
             Ok(true) => break,
             Ok(false) => tracing::info!("another replica leads; standing by"),
             Err(e) => tracing::warn!(error = %e, "leader election"),
@@ -89,14 +114,15 @@ async fn lead(lock: LeaseLock, lost: watch::Sender<bool>) -> anyhow::Result<Arc<
     }
     let lock = Arc::new(lock);
     let renewer = lock.clone();
-    tokio::spawn(async move {
-        let mut last_ok = tokio::time::Instant::now();
+    let task = tokio::spawn(async move {
+        let mut last_ok = Instant::now();
         loop {
             tokio::time::sleep(renewer.renew_every()).await;
-            match renewer.try_acquire().await {
-                Ok(true) => last_ok = tokio::time::Instant::now(),
+            let started = Instant::now();
+            match attempt(&renewer).await {
+                Ok(true) => last_ok = started,
                 Ok(false) => break,
-                Err(e) if last_ok.elapsed() < LEASE_DURATION => {
+                Err(e) if last_ok.elapsed() < RENEW_DEADLINE => {
                     tracing::warn!(error = %e, "renewing the lease failed; retrying")
                 }
                 Err(_) => break,
@@ -104,10 +130,11 @@ async fn lead(lock: LeaseLock, lost: watch::Sender<bool>) -> anyhow::Result<Arc<
         }
         let _ = lost.send(true);
     });
-    Ok(lock)
+    (lock, task)
 }
 
 pub async fn run(opts: RunOptions) -> anyhow::Result<()> {
+    let stop = shutdown_signal()?;
     let client = Client::try_default()
         .await
         .context("no Kubernetes configuration (in-cluster or kubeconfig)")?;
@@ -120,7 +147,7 @@ pub async fn run(opts: RunOptions) -> anyhow::Result<()> {
 
     tokio::select! {
         r = wait_for_crd(&client) => r?,
-        _ = terminated() => return Ok(()),
+        _ = fired(stop.clone()) => return Ok(()),
     }
     ready.store(true, Ordering::Release);
 
@@ -129,8 +156,8 @@ pub async fn run(opts: RunOptions) -> anyhow::Result<()> {
         let leases: Api<Lease> = Api::namespaced(client.clone(), &opts.lease_namespace);
         let lock = LeaseLock::new(leases, &opts.lease_name, &opts.identity, LEASE_DURATION);
         tokio::select! {
-            l = lead(lock, lost_tx) => Some(l?),
-            _ = terminated() => return Ok(()),
+            l = lead(lock, lost_tx) => Some(l),
+            _ = fired(stop.clone()) => return Ok(()),
         }
     } else {
         None
@@ -169,18 +196,20 @@ pub async fn run(opts: RunOptions) -> anyhow::Result<()> {
         instance: Some(opts.identity.clone()),
     };
     let ctx = Arc::new(Context::new(client.clone(), reporter, metrics.clone()));
-    let mut lost_rx = lost.clone();
-    let stop = async move {
-        tokio::select! {
-            _ = terminated() => {}
-            _ = lost_rx.wait_for(|l| *l) => {}
+    let until = {
+        let (stop, lost) = (stop.clone(), lost.clone());
+        async move {
+            tokio::select! {
+                _ = fired(stop) => {}
+                _ = fired(lost) => {}
+            }
         }
     };
     Controller::new(clusters, watcher::Config::default())
         .owns(pods, owned.clone())
         .owns(claims, owned.clone())
         .owns(services, owned)
-        .graceful_shutdown_on(stop)
+        .graceful_shutdown_on(until)
         .run(reconcile, error_policy, ctx)
         .for_each(|r| async move {
             if let Err(e) = r {
@@ -192,7 +221,9 @@ pub async fn run(opts: RunOptions) -> anyhow::Result<()> {
     if *lost.borrow_and_update() {
         anyhow::bail!("lost the leader-election lease; exiting so a restart campaigns again");
     }
-    if let Some(lock) = lock {
+    if let Some((lock, renewer)) = lock {
+        // Stopped first, so it cannot take the Lease back after the release.
+        renewer.abort();
         if let Err(e) = lock.release().await {
             tracing::warn!(error = %e, "releasing the lease");
         }

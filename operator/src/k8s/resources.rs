@@ -24,6 +24,8 @@ pub const MEMBER_ID_LABEL: &str = "raftlane.io/member-id";
 pub const CLUSTER_UID_LABEL: &str = "raftlane.io/cluster-uid";
 /// Set on a PVC whose member left: it is kept (retention) but never reused.
 pub const RETIRED_LABEL: &str = "raftlane.io/retired";
+/// Set on a volume once its member has answered: it holds raft state.
+pub const HOLDS_STATE_ANNOTATION: &str = "raftlane.io/holds-state";
 /// Where member data lives in the container.
 const DATA_DIR: &str = "/data";
 /// The non-root user of the raft-node image.
@@ -195,22 +197,26 @@ pub fn member_pod(
     let others = (1..=u64::from(spec.replicas).max(id)).filter(|p| *p != id);
     let peers: Vec<String> = others.map(|p| format!("{p}={}", peer_dns(rc, p))).collect();
     let mut env = vec![
-        json!({"name": "POD_IP", "valueFrom": {"fieldRef": {"fieldPath": "status.podIP"}}}),
         json!({"name": "RAFTLANE_ID", "value": id.to_string()}),
         json!({"name": "RAFTLANE_CLUSTER_ID", "value": rc.uid().unwrap_or_default()}),
         json!({"name": "RAFTLANE_DATA_DIR", "value": DATA_DIR}),
         json!({"name": "RAFTLANE_PEER_ADDR", "value": format!("0.0.0.0:{PEER_PORT}")}),
-        json!({"name": "RAFTLANE_ADVERTISE_ADDR", "value": format!("$(POD_IP):{PEER_PORT}")}),
+        // Peers learn an unknown sender's address from its traffic: the stable
+        // name is right for the pod's whole life (and needs no IPv6 brackets).
+        json!({"name": "RAFTLANE_ADVERTISE_ADDR", "value": peer_dns(rc, id)}),
         json!({"name": "RAFTLANE_CLIENT_ADDR", "value": format!("0.0.0.0:{CLIENT_PORT}")}),
         json!({"name": "RAFTLANE_ADMIN_ADDR", "value": format!("0.0.0.0:{ADMIN_PORT}")}),
         json!({"name": "RAFTLANE_METRICS_ADDR", "value": format!("0.0.0.0:{METRICS_PORT}")}),
-        json!({"name": "RAFTLANE_PEERS", "value": peers.join(",")}),
         json!({"name": "RAFTLANE_TICK_MS", "value": raft.tick_ms.to_string()}),
         json!({"name": "RAFTLANE_ELECTION_TICKS", "value": raft.election_ticks.to_string()}),
         json!({"name": "RAFTLANE_HEARTBEAT_TICKS", "value": raft.heartbeat_ticks.to_string()}),
         json!({"name": "RAFTLANE_SNAPSHOT_ENTRIES", "value": raft.snapshot_entries.to_string()}),
         json!({"name": "RAFTLANE_LANES", "value": raft.lanes.to_string()}),
     ];
+    // A one-member cluster has no peers, and an empty list is not a valid value.
+    if !peers.is_empty() {
+        env.push(json!({"name": "RAFTLANE_PEERS", "value": peers.join(",")}));
+    }
     if let Some(v) = initial_voters {
         let v: Vec<String> = v.iter().map(u64::to_string).collect();
         env.push(json!({"name": "RAFTLANE_INITIAL_VOTERS", "value": v.join(",")}));

@@ -12,7 +12,7 @@ use serde_json::json;
 use crate::crd::{RaftCluster, Retention};
 use crate::k8s::resources::{
     member_pod, pod_name, selector, volume_claim, ADMIN_PORT, CLIENT_PORT, CLUSTER_UID_LABEL,
-    MEMBER_ID_LABEL, PEER_PORT, RETIRED_LABEL,
+    HOLDS_STATE_ANNOTATION, MEMBER_ID_LABEL, PEER_PORT, RETIRED_LABEL,
 };
 use crate::runtime::{Addrs, Member, Runtime};
 
@@ -21,8 +21,15 @@ pub struct KubeRuntime {
     cluster: RaftCluster,
     pods: Api<Pod>,
     claims: Api<PersistentVolumeClaim>,
-    /// Live (not retired) volumes by member id, as of the last `list`.
-    volumes: BTreeMap<u64, String>,
+    /// Live (not retired, not being deleted) volumes by member id, as of the
+    /// last `list`.
+    volumes: BTreeMap<u64, Volume>,
+}
+
+struct Volume {
+    name: String,
+    /// A member answered from it: it holds that member's raft state.
+    holds_state: bool,
 }
 
 fn member_id(meta_labels: &BTreeMap<String, String>) -> Option<u64> {
@@ -37,17 +44,28 @@ fn is_conflict(e: &kube::Error) -> bool {
     matches!(e, kube::Error::Api(s) if s.code == 409)
 }
 
-/// Volumes of this cluster incarnation, retired ones included.
+/// The volume a member pod mounts.
+fn claim_of(pod: &Pod) -> Option<&str> {
+    pod.spec
+        .as_ref()?
+        .volumes
+        .as_ref()?
+        .iter()
+        .find_map(|v| v.persistent_volume_claim.as_ref())
+        .map(|c| c.claim_name.as_str())
+}
+
+/// Volumes of one cluster incarnation (`uid`), retired ones included.
 pub async fn cluster_volumes(
     claims: &Api<PersistentVolumeClaim>,
-    rc: &RaftCluster,
+    cluster: &str,
+    uid: &str,
 ) -> kube::Result<Vec<PersistentVolumeClaim>> {
-    let uid = rc.uid().unwrap_or_default();
     let list = claims
-        .list(&ListParams::default().labels(&format!(
-            "{},{CLUSTER_UID_LABEL}={uid}",
-            selector(&rc.name_any())
-        )))
+        .list(
+            &ListParams::default()
+                .labels(&format!("{},{CLUSTER_UID_LABEL}={uid}", selector(cluster))),
+        )
         .await?;
     Ok(list.items)
 }
@@ -97,9 +115,54 @@ impl KubeRuntime {
     }
 }
 
+impl KubeRuntime {
+    /// Marks the volumes of members that answered as holding state, once each
+    /// (one annotation write in a volume's life). Until then a volume counts
+    /// as empty, so a member of a forming cluster whose pod never ran still
+    /// gets the initial voters; raft-node ignores them on a volume with state.
+    pub async fn record_state(&mut self, answered: impl Iterator<Item = u64>) -> kube::Result<()> {
+        for id in answered {
+            let Some(v) = self.volumes.get_mut(&id).filter(|v| !v.holds_state) else {
+                continue;
+            };
+            let patch = json!({"metadata": {"annotations": {HOLDS_STATE_ANNOTATION: "true"}}});
+            self.claims
+                .patch(&v.name, &PatchParams::default(), &Patch::Merge(&patch))
+                .await?;
+            v.holds_state = true;
+        }
+        Ok(())
+    }
+
+    /// Fails unless the existing pod `name` is this cluster's own.
+    async fn check_owned(&self, name: &str) -> anyhow::Result<()> {
+        let pod = self.pods.get(name).await?;
+        anyhow::ensure!(
+            self.owned(&pod),
+            "pod {name} exists but belongs to another owner; delete it to let member {name} start"
+        );
+        Ok(())
+    }
+}
+
 impl Runtime for KubeRuntime {
     async fn list(&mut self) -> anyhow::Result<Vec<Member>> {
         let name = self.cluster.name_any();
+        let uid = self.cluster.uid().unwrap_or_default();
+        // Volumes first: a pod is a member only on its live volume.
+        self.volumes = cluster_volumes(&self.claims, &name, &uid)
+            .await?
+            .into_iter()
+            .filter(|c| !c.labels().contains_key(RETIRED_LABEL))
+            .filter(|c| c.metadata.deletion_timestamp.is_none())
+            .filter_map(|c| {
+                let volume = Volume {
+                    holds_state: c.annotations().contains_key(HOLDS_STATE_ANNOTATION),
+                    name: c.name_any(),
+                };
+                Some((member_id(c.labels())?, volume))
+            })
+            .collect();
         let pods = self
             .pods
             .list(&ListParams::default().labels(&selector(&name)))
@@ -110,18 +173,29 @@ impl Runtime for KubeRuntime {
                 continue;
             };
             let status = pod.status.as_ref();
-            let phase = status.and_then(|s| s.phase.as_deref());
-            // A bare pod that ended (evicted, failed) never runs again: delete
-            // it so the member is recreated on its volume.
-            if matches!(phase, Some("Failed" | "Succeeded"))
-                && pod.metadata.deletion_timestamp.is_none()
-            {
+            // A bare pod that ended (evicted, failed) never runs again, and a
+            // pod on a retired or deleted volume must not serve as the member:
+            // delete it so the member is recreated on its live volume.
+            let ended = matches!(
+                status.and_then(|s| s.phase.as_deref()),
+                Some("Failed" | "Succeeded")
+            );
+            let live = self.volumes.get(&id).map(|v| v.name.as_str()) == claim_of(pod);
+            let deleting = pod.metadata.deletion_timestamp.is_some();
+            if (ended || !live) && !deleting {
                 delete_gone(&self.pods, &pod.name_any()).await?;
             }
             let ip = status
                 .and_then(|s| s.pod_ip.clone())
-                .filter(|_| pod.metadata.deletion_timestamp.is_none())
-                .filter(|_| !matches!(phase, Some("Failed" | "Succeeded")));
+                .filter(|_| live && !ended && !deleting)
+                // An IPv6 pod IP is bracketed in host:port form.
+                .map(|ip| {
+                    if ip.contains(':') {
+                        format!("[{ip}]")
+                    } else {
+                        ip
+                    }
+                });
             members.push(Member {
                 id,
                 addrs: ip.map(|ip| Addrs {
@@ -131,12 +205,6 @@ impl Runtime for KubeRuntime {
                 }),
             });
         }
-        self.volumes = cluster_volumes(&self.claims, &self.cluster)
-            .await?
-            .into_iter()
-            .filter(|c| !c.labels().contains_key(RETIRED_LABEL))
-            .filter_map(|c| Some((member_id(c.labels())?, c.name_any())))
-            .collect();
         Ok(members)
     }
 
@@ -147,21 +215,25 @@ impl Runtime for KubeRuntime {
         _peers: &BTreeMap<u64, String>,
     ) -> anyhow::Result<Member> {
         let claim = match self.volumes.get(&id) {
-            Some(c) => c.clone(),
+            Some(v) => v.name.clone(),
             None => {
-                let c = self
+                let name = self
                     .claims
                     .create(&PostParams::default(), &volume_claim(&self.cluster, id))
                     .await?
                     .name_any();
-                self.volumes.insert(id, c.clone());
-                c
+                let volume = Volume {
+                    name: name.clone(),
+                    holds_state: false,
+                };
+                self.volumes.insert(id, volume);
+                name
             }
         };
         let pod = member_pod(&self.cluster, id, &claim, initial_voters);
         match self.pods.create(&PostParams::default(), &pod).await {
-            // Created since the list (by a previous pass): it is there.
-            Err(e) if is_conflict(&e) => {}
+            // Created since the list: fine if it is ours (a pass that crashed).
+            Err(e) if is_conflict(&e) => self.check_owned(&pod.name_any()).await?,
             r => {
                 r?;
             }
@@ -170,12 +242,12 @@ impl Runtime for KubeRuntime {
     }
 
     async fn delete(&mut self, id: u64) -> anyhow::Result<()> {
-        // Volume first: a crash before the pod goes leaves a pod the next
-        // pass deletes again, never a live volume of a member that left.
-        if let Some(claim) = self.volumes.remove(&id) {
+        // Volume first: after a crash in between, the next `list` finds the
+        // pod on a volume that is no longer live and deletes it.
+        if let Some(v) = self.volumes.remove(&id) {
             match self.cluster.spec.storage.retention_policy.when_scaled {
-                Retention::Delete => delete_gone(&self.claims, &claim).await?,
-                Retention::Retain => retire(&self.claims, &claim).await?,
+                Retention::Delete => delete_gone(&self.claims, &v.name).await?,
+                Retention::Retain => retire(&self.claims, &v.name).await?,
             }
         }
         delete_gone(&self.pods, &pod_name(&self.cluster.name_any(), id)).await?;
@@ -183,6 +255,11 @@ impl Runtime for KubeRuntime {
     }
 
     fn with_data(&self) -> anyhow::Result<BTreeSet<u64>> {
-        Ok(self.volumes.keys().copied().collect())
+        Ok(self
+            .volumes
+            .iter()
+            .filter(|(_, v)| v.holds_state)
+            .map(|(id, _)| *id)
+            .collect())
     }
 }

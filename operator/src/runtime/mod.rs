@@ -53,6 +53,8 @@ pub trait Runtime {
     ) -> anyhow::Result<Member>;
     /// Stops member `id` (it has left the membership) and retires its data.
     async fn delete(&mut self, id: u64) -> anyhow::Result<()>;
-    /// Members whose data holds state, running or not (as of the last `list`).
+    /// Members whose data holds raft state, running or not (as of the last
+    /// `list`). It may miss a member whose state was never confirmed (that
+    /// only means initial voters it will ignore); it never names an empty one.
     fn with_data(&self) -> anyhow::Result<BTreeSet<u64>>;
 }

@@ -19,6 +19,8 @@ pub struct Call {
     pub path: String,
     pub query: String,
     pub body: Value,
+    /// The status code it was answered with.
+    pub status: u16,
 }
 
 impl Call {
@@ -90,13 +92,15 @@ impl FakeApi {
                 } else {
                     serde_json::from_slice(&bytes).expect("a JSON request body")
                 };
-                let call = Call {
+                let mut call = Call {
                     method: parts.method.to_string(),
                     path: parts.uri.path().to_string(),
                     query: parts.uri.query().unwrap_or_default().to_string(),
                     body,
+                    status: 0,
                 };
                 let (status, reply) = served.answer(&call);
+                call.status = status;
                 served.state.lock().unwrap().calls.push(call);
                 let resp = Response::builder()
                     .status(status)
@@ -153,6 +157,20 @@ impl FakeApi {
             .and_then(|m| m.get_mut(name))
             .unwrap_or_else(|| panic!("{collection}/{name} is not stored"));
         f(obj);
+    }
+
+    /// Replaces every object of a collection (objects gone behind the
+    /// controller's back).
+    pub fn replace_all(&self, collection: &str, objs: Vec<Value>) {
+        let objects = objs
+            .into_iter()
+            .map(|o| (o["metadata"]["name"].as_str().unwrap().to_string(), o))
+            .collect();
+        self.state
+            .lock()
+            .unwrap()
+            .objects
+            .insert(collection.to_string(), objects);
     }
 
     /// The requests since the last call, in order.

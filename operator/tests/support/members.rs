@@ -61,6 +61,11 @@ impl Members {
         }
     }
 
+    /// The raft-node binary.
+    pub fn bin(&self) -> &Path {
+        &self.bin
+    }
+
     /// The address of member `id`'s `n`th pod (a new pod gets a new IP).
     pub fn ip(&self, id: u64, n: u8) -> String {
         format!("127.{}.{}.{}", self.net.0, self.net.1, id as u8 + 10 * n)
