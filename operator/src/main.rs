@@ -16,6 +16,9 @@ use raft_operator::local::{self, LocalOptions};
     about = "Reconciles RaftCluster resources into raft-node members"
 )]
 struct Cli {
+    /// Log filter (tracing's EnvFilter syntax, e.g. `info` or `raft_operator=debug`).
+    #[arg(long, env = "RAFTLANE_LOG", default_value = "warn", global = true)]
+    log: String,
     #[command(subcommand)]
     cmd: Cmd,
 }
@@ -161,14 +164,19 @@ fn validate(files: Vec<PathBuf>) -> anyhow::Result<()> {
 
 #[tokio::main]
 async fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let filter = match tracing_subscriber::EnvFilter::try_new(&cli.log) {
+        Ok(f) => f,
+        Err(e) => {
+            eprintln!("error: --log {:?}: {e}", cli.log);
+            return ExitCode::FAILURE;
+        }
+    };
     tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_env("RAFTLANE_LOG")
-                .unwrap_or_else(|_| "warn".into()),
-        )
+        .with_env_filter(filter)
         .with_writer(std::io::stderr)
         .init();
-    let result = match Cli::parse().cmd {
+    let result = match cli.cmd {
         Cmd::Run(args) => raft_operator::k8s::run(run_options(args)).await,
         Cmd::Local(LocalCmd { args, action: None }) => match options(args) {
             Ok(o) => local::run(o).await,

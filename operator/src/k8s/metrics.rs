@@ -128,3 +128,32 @@ pub async fn serve(
         .with_state(HttpState { metrics, ready });
     axum::serve(listener, app).await
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_metric_is_rendered_with_its_labels() {
+        let m = Metrics::default();
+        m.observe_pass(Duration::from_millis(3));
+        m.failures
+            .get_or_create(&FailureLabel { reason: "member" })
+            .inc();
+        let label = ClusterLabel {
+            namespace: "raft".into(),
+            name: "demo".into(),
+        };
+        m.voters.get_or_create(&label).set(3);
+        let text = m.render();
+        for want in [
+            "raft_operator_reconciles_total 1",
+            "raft_operator_reconcile_failures_total{reason=\"member\"} 1",
+            "raft_operator_reconcile_duration_seconds_count 1",
+            "raft_operator_voters{namespace=\"raft\",name=\"demo\"} 3",
+            "raft_operator_is_leader 0",
+        ] {
+            assert!(text.contains(want), "{want} missing from:\n{text}");
+        }
+    }
+}
