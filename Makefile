@@ -51,8 +51,8 @@ manifests:
 # Container images of raft-node and raft-operator (release builds in Docker),
 # tagged as the kind suite loads them.
 images:
-	DOCKER_BUILDKIT=1 docker build -f images/raft-node.Dockerfile -t raftlane/raft-node:e2e .
-	DOCKER_BUILDKIT=1 docker build -f images/raft-operator.Dockerfile -t raftlane/raft-operator:e2e .
+	DOCKER_BUILDKIT=1 docker build --provenance=false --sbom=false -f images/raft-node.Dockerfile -t raftlane/raft-node:e2e .
+	DOCKER_BUILDKIT=1 docker build --provenance=false --sbom=false -f images/raft-operator.Dockerfile -t raftlane/raft-operator:e2e .
 
 # The operator scenarios on a kind cluster: builds both images, creates the
 # cluster, installs the chart (see e2e/README.md for RAFTLANE_KIND_* settings).

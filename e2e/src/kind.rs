@@ -17,7 +17,7 @@ use serde_json::Value;
 use crate::Target;
 use cmd::{blocking, Kubectl};
 pub use env::KindEnv;
-use forward::{free_port, Forwards};
+use forward::Forwards;
 
 /// Where the operator runs and watches, and the RaftClusters live.
 pub const NAMESPACE: &str = "raftlane-e2e";
@@ -167,7 +167,9 @@ impl Target for KindTarget {
             let name = pod_name(&self.name, m.id);
             let addr = match pods.get(&name) {
                 Some(p) if p.running => self.forward(name, p.uid.clone(), CLIENT_PORT).await?,
-                _ => format!("127.0.0.1:{}", free_port()?),
+                // A member without a running pod: a port nothing listens on
+                // (never one a later forward could take).
+                _ => "127.0.0.1:1".to_string(),
             };
             endpoints.push(addr);
         }

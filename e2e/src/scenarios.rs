@@ -8,6 +8,7 @@ use raft_node::client::KvClient;
 use raft_operator::crd::{MemberRole, RaftClusterStatus};
 use raftlane_proto::admin::node_admin_client::NodeAdminClient;
 use raftlane_proto::admin::{StatusRequest, StatusResponse};
+use tonic::transport::Endpoint;
 
 use crate::{wait_for, Target};
 
@@ -87,9 +88,18 @@ pub async fn check_keys<T: Target>(t: &T, ids: &[u64], keys: &[String]) -> anyho
     Ok(())
 }
 
+/// Member `id`'s raft status, bounded in time: a forwarded connection (kind)
+/// can stall after it was accepted.
 async fn node_status<T: Target>(t: &T, id: u64) -> anyhow::Result<StatusResponse> {
-    let mut a = NodeAdminClient::connect(format!("http://{}", t.admin(id).await?)).await?;
-    Ok(a.status(StatusRequest {}).await?.into_inner())
+    let ch = Endpoint::from_shared(format!("http://{}", t.admin(id).await?))?
+        .connect_timeout(Duration::from_secs(5))
+        .timeout(Duration::from_secs(5))
+        .connect()
+        .await?;
+    Ok(NodeAdminClient::new(ch)
+        .status(StatusRequest {})
+        .await?
+        .into_inner())
 }
 
 /// Scenario 1: create 3: Available with a leader; 1000 keys written.
@@ -142,7 +152,10 @@ pub async fn scale_down_to_three<T: Target>(t: &mut T, keys: &[String]) -> anyho
         // raft itself (not the status file, written after each pass) says.
         for id in [4, 5] {
             if t.incarnation(id).await?.is_none() {
-                let live = node_status(t, 1).await?;
+                // Unanswered now (a forward being re-opened): asked next round.
+                let Ok(live) = node_status(t, 1).await else {
+                    continue;
+                };
                 anyhow::ensure!(
                     !live.voters.contains(&id) && !live.learners.contains(&id),
                     "member {id} stopped while still in the membership"
@@ -214,7 +227,9 @@ pub async fn kill_member_comes_back<T: Target>(
         OPERATION,
         || async {
             for id in &others {
-                let st = node_status(t, *id).await?;
+                let Ok(st) = node_status(t, *id).await else {
+                    return Ok(None);
+                };
                 let Some(p) = st.peers.iter().find(|p| p.id == victim) else {
                     return Ok(None);
                 };

@@ -3,11 +3,23 @@
 //! where kind, docker, kubectl and helm are available; anywhere else it prints
 //! one skip line and passes.
 
+use std::time::Duration;
+
 use raftlane_e2e::kind::{KindEnv, ScaleBy};
 use raftlane_e2e::scenarios;
 
+/// Under the workflow's 90 minutes, so a stuck step fails here (and the kind
+/// cluster is torn down) instead of the job being killed.
+const WHOLE_RUN: Duration = Duration::from_secs(75 * 60);
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn operator_scenarios_on_kind() {
+    tokio::time::timeout(WHOLE_RUN, scenarios_on_kind())
+        .await
+        .expect("the kind suite did not finish within 75 minutes");
+}
+
+async fn scenarios_on_kind() {
     let Some(env) = KindEnv::start().await.unwrap() else {
         return;
     };

@@ -21,7 +21,7 @@ const OPERATOR_IMAGE: &str = "raftlane/raft-operator:e2e";
 /// The chart's release; its Deployment carries `app.kubernetes.io/instance=<it>`.
 const RELEASE: &str = "raft-operator";
 /// A release build of the workspace in Docker, from a cold cache.
-const IMAGE_BUILD: Duration = Duration::from_secs(60 * 60);
+const IMAGE_BUILD: Duration = Duration::from_secs(30 * 60);
 const CLUSTER_CHANGE: Duration = Duration::from_secs(6 * 60);
 const PODS_GONE: Duration = Duration::from_secs(120);
 
@@ -73,6 +73,9 @@ fn build_images(root: &Path) -> anyhow::Result<()> {
         build
             .env("DOCKER_BUILDKIT", "1")
             .arg("build")
+            // No attestation manifests: `kind load` cannot import them from a
+            // containerd image store (kubernetes-sigs/kind#3795).
+            .args(["--provenance=false", "--sbom=false"])
             .arg("--file")
             .arg(root.join(dockerfile))
             .args(["--tag", image])
@@ -178,7 +181,7 @@ impl KindEnv {
         self.kube.run(&[
             "wait",
             "--for=condition=Established",
-            "--timeout=60s",
+            "--timeout=25s",
             "crd/raftclusters.raftlane.io",
         ])?;
         Ok(())
@@ -250,7 +253,7 @@ impl KindEnv {
         };
         show(&["get", "raftclusters,pods,pvc", "--output=wide"]);
         show(&["get", "raftclusters", "--output=yaml"]);
-        show(&["get", "events", "--sort-by=.lastTimestamp"]);
+        show(&["get", "events", "--sort-by=.metadata.creationTimestamp"]);
         match operator_deployment(&self.kube) {
             Ok(d) => show(&["logs", &d, "--tail=300"]),
             Err(e) => eprintln!("--- the operator's log: {e:#}"),

@@ -38,7 +38,7 @@ pub struct Forwards {
 }
 
 /// A loopback port free right now, for kubectl to listen on.
-pub fn free_port() -> anyhow::Result<u16> {
+fn free_port() -> anyhow::Result<u16> {
     Ok(TcpListener::bind((Ipv4Addr::LOCALHOST, 0))?
         .local_addr()?
         .port())
