@@ -1,8 +1,8 @@
-//! The RaftCluster controller: one reconcile pass per trigger (a change to the
-//! cluster, to a Pod or Service it owns or to a PVC it owns (volumes retained
-//! on deletion are not owned), or a requeue), running the same
-//! observe → plan → act core as the local runtime. A pass never waits: a step
-//! that must wait is planned again after a short requeue.
+//! The RaftCluster controller: one reconcile pass per trigger, running the
+//! same observe → plan → act core as the local runtime. Triggers: a change to
+//! the cluster, to a Pod, Service or PVC it owns (volumes kept past the
+//! cluster's deletion are not owned), or a requeue. A pass never waits: a
+//! step that must wait is planned again after a short requeue.
 
 use std::collections::{BTreeSet, HashMap};
 use std::sync::Arc;
@@ -93,7 +93,8 @@ impl Context {
     /// Writes one event. Each goes through a fresh [`Recorder`]: a shared one
     /// folds events of the same reason into a series that keeps the first
     /// note, and here every note matters (which member, which address).
-    /// Events are written on transitions only, never once per pass.
+    /// Events are written for steps, failures and changed waits: an idle
+    /// pass writes none.
     async fn publish(
         &self,
         regarding: &ObjectReference,
@@ -478,6 +479,14 @@ async fn release_unreadable(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn long_notes_are_cut_on_a_character_boundary() {
+        let note = "é".repeat(600);
+        let cut = truncate(note, MAX_NOTE);
+        assert!(cut.len() <= MAX_NOTE && cut.ends_with('…'), "{}", cut.len());
+        assert_eq!(truncate("short".into(), MAX_NOTE), "short");
+    }
 
     #[test]
     fn backoff_doubles_up_to_five_minutes() {
