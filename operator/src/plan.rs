@@ -12,6 +12,8 @@
 //! - without a quorum, only missing members are restored;
 //! - desired size comes only from the spec: a missing member is recreated with its
 //!   id (and data), never read as a scale-in;
+//! - a member whose data is gone is never restarted empty: it is removed from the
+//!   membership (while a healthy quorum remains), then added back as a learner;
 //! - initial voters are given only while a new cluster forms, and only to members
 //!   without data: a formed cluster is never bootstrapped again (that could split
 //!   it in two);
@@ -52,12 +54,20 @@ pub struct Observed {
     pub reports: BTreeMap<u64, MemberReport>,
     /// Members whose data (dir, volume) holds state, running or not.
     pub with_data: BTreeSet<u64>,
+    /// Members whose storage exists, holding state or not yet confirmed to
+    /// (`with_data` is part of it). A member of the membership without any
+    /// has lost its data.
+    pub with_storage: BTreeSet<u64>,
     /// Set while a new cluster forms: the voters its members were started with.
     /// Cleared (in status) once a leader was seen; never inferred.
     pub bootstrapped: Option<BTreeSet<u64>>,
 }
 
 impl Observed {
+    fn has_storage(&self, id: &u64) -> bool {
+        self.with_storage.contains(id) || self.with_data.contains(id)
+    }
+
     /// The member that leads in the newest term: a deposed leader cut off
     /// from the others may still report itself leader of an older one.
     pub fn leader(&self) -> Option<&MemberReport> {
@@ -160,8 +170,9 @@ pub fn plan(replicas: u64, obs: &Observed) -> Plan {
     };
 
     let Some(view) = view else {
-        // A new cluster: nothing runs, nothing holds data, nothing is forming.
-        if obs.running.is_empty() && obs.with_data.is_empty() && obs.bootstrapped.is_none() {
+        // A new cluster: nothing runs, nothing is stored, nothing is forming.
+        let stored = obs.with_data.iter().chain(&obs.with_storage);
+        if obs.running.is_empty() && stored.count() == 0 && obs.bootstrapped.is_none() {
             for id in &desired {
                 p.actions.push(Action::Create {
                     id: *id,
@@ -170,12 +181,13 @@ pub fn plan(replicas: u64, obs: &Observed) -> Plan {
             }
             return p;
         }
-        // Nobody answers: start what holds data (and what is still forming), then
-        // wait. This may go beyond the spec: until a member answers the membership
-        // is unknown, and a quorum may need every member that holds data.
+        // Nobody answers: start what has storage (and what is still forming),
+        // then wait. This may go beyond the spec: until a member answers the
+        // membership is unknown, and a quorum may need every member with data.
         let restart: BTreeSet<u64> = obs
             .with_data
             .iter()
+            .chain(&obs.with_storage)
             .chain(obs.bootstrapped.iter().flatten())
             .copied()
             .filter(|id| !obs.running.contains_key(id))
@@ -193,9 +205,14 @@ pub fn plan(replicas: u64, obs: &Observed) -> Plan {
     let members: BTreeSet<u64> = voters.union(&learners).copied().collect();
 
     // Restore wanted members that are missing, with their id and data. Members
-    // on their way out are removed, not restored.
+    // on their way out are removed, not restored; members whose data is gone
+    // are never restarted empty (an empty voter could help elect a leader
+    // lacking committed entries): they are removed, then added back.
+    let mut lost = Vec::new();
     for id in members.intersection(&desired) {
-        if !obs.running.contains_key(id) {
+        if !obs.running.contains_key(id) && !obs.has_storage(id) {
+            lost.push(*id);
+        } else if !obs.running.contains_key(id) {
             p.actions.push(Action::Create {
                 id: *id,
                 initial_voters: initial(*id),
@@ -209,6 +226,11 @@ pub fn plan(replicas: u64, obs: &Observed) -> Plan {
         p.block("no leader: only restoring members and addresses".into());
         return p;
     };
+    if let Some(id) = lost.first() {
+        p.waiting = Some(format!(
+            "member {id} lost its data: it is removed, then added back as a new learner"
+        ));
+    }
     if leader.conf_change_pending {
         p.waiting = Some("a membership change is being applied".into());
         return p;
@@ -240,6 +262,20 @@ pub fn plan(replicas: u64, obs: &Observed) -> Plan {
             r.applied_index + CATCH_UP_SLACK >= leader.commit_index && r.leader_id == leader.id
         })
     };
+
+    // 0. A member that lost its data leaves the membership first.
+    if let Some(&id) = lost.first() {
+        let mut after = voters.clone();
+        after.remove(&id);
+        if !after.is_empty() && healthy_voters(&after) >= quorum(after.len()) {
+            p.actions.push(Action::RemoveMember { via: leader.id, id });
+        } else {
+            p.block(format!(
+                "member {id} lost its data; removing it would leave no healthy quorum"
+            ));
+        }
+        return p;
+    }
 
     // 1. Finish a scale-up in flight: promote a caught-up learner that is wanted.
     if let Some(id) = learners.iter().find(|id| desired.contains(id)) {

@@ -54,6 +54,7 @@ pub async fn observe<R: Runtime>(
     let mut observed = Observed {
         bootstrapped,
         with_data: rt.with_data()?,
+        with_storage: rt.with_storage()?,
         ..Default::default()
     };
     for m in members.values() {

@@ -452,6 +452,73 @@ async fn scale_down_one_step_leaves_the_membership_before_the_pod_goes() {
 }
 
 #[tokio::test]
+async fn a_member_whose_volume_is_lost_is_removed_then_added_back_empty() {
+    let (api, ctx, mut members) = running_cluster(3).await;
+    // Member 3's pod and volume are gone (a lost disk, a deleted PVC).
+    members.lose(3);
+    let kept: Vec<Value> = api
+        .list(&pods_path())
+        .into_iter()
+        .filter(|p| p["metadata"]["name"] != "demo-2")
+        .collect();
+    api.replace_all(&pods_path(), kept);
+    let kept: Vec<Value> = api
+        .list(&claims_path())
+        .into_iter()
+        .filter(|c| c["metadata"]["name"] != "data-demo-2-seed")
+        .collect();
+    api.replace_all(&claims_path(), kept);
+
+    // Never restarted empty with its old identity: removed first (once the
+    // others have a leader, if member 3 led).
+    let passes = passes_until(&api, &ctx, |_, calls| {
+        event_reasons(calls).contains(&"MemberRemoved".to_string())
+    })
+    .await;
+    for calls in &passes {
+        assert_eq!(lines(&calls[..6]), reads());
+        let created = calls
+            .iter()
+            .filter(|c| c.method == "POST" && c.path != events_path());
+        assert_eq!(created.count(), 0, "{:?}", lines(calls));
+    }
+    let notes: Vec<String> = passes
+        .iter()
+        .flatten()
+        .filter(|c| c.body["reason"] == "Waiting")
+        .map(|c| c.body["note"].to_string())
+        .collect();
+    assert!(
+        notes.iter().any(|n| n.contains("member 3 lost its data")),
+        "{notes:?}"
+    );
+    let real = members.status(&members.ip(1, 0)).await.unwrap();
+    assert_eq!(real.voters, [1, 2]);
+
+    // Then it comes back as a new member: a fresh volume, joined as a learner.
+    let passes = passes_until(&api, &ctx, |api, _| {
+        api.get(&pods_path(), "demo-2").is_some()
+    })
+    .await;
+    let claim = passes
+        .iter()
+        .flatten()
+        .find(|c| c.method == "POST" && c.path == claims_path());
+    assert!(claim.is_some(), "a fresh volume");
+    let ip = members.ip(3, 1);
+    members.start(3, &ip, &[], &[]);
+    api.update(&pods_path(), "demo-2", |p| {
+        p["status"] = json!({"phase": "Running", "podIP": ip});
+    });
+    passes_until(&api, &ctx, |_, calls| {
+        event_reasons(calls).contains(&"LearnerPromoted".to_string())
+    })
+    .await;
+    let real = members.status(&members.ip(1, 0)).await.unwrap();
+    assert_eq!(real.voters, [1, 2, 3]);
+}
+
+#[tokio::test]
 async fn pod_ip_change_pushes_the_address_in_place_and_touches_no_pod() {
     let (api, ctx, mut members) = running_cluster(3).await;
     // Member 2's pod is replaced: same volume, new pod IP. Its peers still

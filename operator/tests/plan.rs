@@ -365,6 +365,58 @@ fn without_a_leader_only_members_and_addresses_are_restored() {
     assert!(p.waiting.unwrap().contains("no leader"));
 }
 
+#[test]
+fn a_member_whose_data_is_lost_is_removed_then_added_back() {
+    // Voter 3 is gone and so is its storage: never restarted empty.
+    let mut obs = cluster(&[1, 2, 3], &[], 1);
+    obs.running.remove(&3);
+    obs.reports.remove(&3);
+    obs.with_data.remove(&3);
+    let p = plan(3, &obs);
+    assert_eq!(p.actions, [Action::RemoveMember { via: 1, id: 3 }]);
+    assert!(p.waiting.unwrap().contains("lost its data"));
+
+    // Once removed, it is a new member: created empty, to join as a learner.
+    let after = cluster(&[1, 2], &[], 1);
+    assert_eq!(
+        plan(3, &after).actions,
+        [Action::Create {
+            id: 3,
+            initial_voters: None
+        }]
+    );
+
+    // Its storage is there (state not yet confirmed): restarted on it.
+    obs.with_storage.insert(3);
+    assert_eq!(
+        plan(3, &obs).actions,
+        [Action::Create {
+            id: 3,
+            initial_voters: None
+        }]
+    );
+}
+
+#[test]
+fn a_lost_member_is_not_removed_without_a_healthy_quorum_after() {
+    let mut obs = cluster(&[1, 2, 3], &[], 1);
+    for id in [2, 3] {
+        obs.running.remove(&id);
+        obs.reports.remove(&id);
+    }
+    obs.with_data.remove(&3);
+    obs.with_storage.insert(2);
+    let p = plan(3, &obs);
+    assert_eq!(
+        p.actions,
+        [Action::Create {
+            id: 2,
+            initial_voters: None
+        }]
+    );
+    assert!(p.blocked && p.waiting.unwrap().contains("no healthy quorum"));
+}
+
 /// A random cluster state over ids 1..=7 with a desired size of 1..=7, biased
 /// toward the states operators meet (most members up and answering, a live
 /// leader, usually no change pending) so every kind of step is exercised.
@@ -384,9 +436,10 @@ fn any_state() -> impl Strategy<Value = (u64, Observed)> {
         prop::bool::weighted(0.15),
         prop::bool::weighted(0.2),
         0u16..256,
+        0u16..256,
     )
         .prop_map(
-            |(replicas, per, leader_pick, pending, forming, data_mask)| {
+            |(replicas, per, leader_pick, pending, forming, data_mask, storage_mask)| {
                 // role: 0 absent, 1 voter, 2 learner, 3 left over (running, not a member)
                 let voters: BTreeSet<u64> =
                     (1..=7).filter(|id| per[*id as usize - 1].0 == 1).collect();
@@ -402,6 +455,10 @@ fn any_state() -> impl Strategy<Value = (u64, Observed)> {
                 let mut obs = Observed {
                     bootstrapped: forming.then(|| set(&[1, 2, 3])),
                     with_data: (1..=7).filter(|id| data_mask & (1 << id) != 0).collect(),
+                    // Storage is mostly there; a missing one is a member whose data is lost.
+                    with_storage: (1..=7)
+                        .filter(|id| *id != 3 || storage_mask & 0b1001 != 0)
+                        .collect(),
                     ..Default::default()
                 };
                 for id in 1..=7u64 {
@@ -419,6 +476,7 @@ fn any_state() -> impl Strategy<Value = (u64, Observed)> {
                     );
                     // A member that runs has data.
                     obs.with_data.insert(id);
+                    obs.with_storage.insert(id);
                     if answers {
                         let peers = (1..=7u64)
                             .filter(|p| *p != id && (knows_all || p % 2 == 0))
@@ -481,7 +539,12 @@ fn random_states_exercise_every_kind_of_step() {
 }
 
 proptest! {
-    #![proptest_config(ProptestConfig { cases: 2000, ..ProptestConfig::default() })]
+    // 2000 cases by default; PROPTEST_CASES=50000 for a deeper run after
+    // planner changes (rare states need it).
+    #![proptest_config(ProptestConfig {
+        cases: std::env::var("PROPTEST_CASES").ok().and_then(|c| c.parse().ok()).unwrap_or(2000),
+        ..ProptestConfig::default()
+    })]
 
     #[test]
     fn no_plan_breaks_the_safety_rules((replicas, obs) in any_state()) {
@@ -508,10 +571,17 @@ proptest! {
                     // forming set) is started again, and only while no member
                     // answers: the membership is unknown and a quorum may need it.
                     let forming = obs.bootstrapped.as_ref().is_some_and(|b| b.contains(id));
-                    let restarting = obs.reports.is_empty() && (obs.with_data.contains(id) || forming);
+                    let stored = obs.with_data.contains(id) || obs.with_storage.contains(id);
+                    let restarting = obs.reports.is_empty() && (stored || forming);
                     prop_assert!(desired.contains(id) || restarting, "created {id} beyond the spec");
+                    // A member of the membership is restarted only on its data.
+                    if let Some(l) = leader {
+                        let member = l.voters.contains(id) || l.learners.contains(id);
+                        prop_assert!(!member || stored, "member {id} restarted without its data");
+                    }
                     if let Some(v) = initial_voters {
-                        let new_cluster = obs.running.is_empty() && obs.with_data.is_empty() && obs.bootstrapped.is_none();
+                        let new_cluster = obs.running.is_empty() && obs.with_data.is_empty()
+                            && obs.with_storage.is_empty() && obs.bootstrapped.is_none();
                         let forming = obs.bootstrapped.as_ref() == Some(v) && v.contains(id) && !obs.with_data.contains(id);
                         prop_assert!(new_cluster || forming, "initial voters for {id} in a formed cluster");
                     }
@@ -530,15 +600,17 @@ proptest! {
                 }
                 Action::RemoveMember { id, .. } => {
                     let l = leader.unwrap();
-                    prop_assert!(!desired.contains(id), "removed a wanted member");
+                    let lost = !obs.running.contains_key(id)
+                        && !obs.with_data.contains(id) && !obs.with_storage.contains(id);
+                    prop_assert!(!desired.contains(id) || lost, "removed a wanted member");
                     prop_assert!(*id != l.id, "removed the leader without moving leadership");
                     let mut after = l.voters.clone();
                     after.remove(id);
                     let healthy_after = after.iter().filter(|v| healthy(v)).count();
                     prop_assert!(healthy_after > after.len() / 2, "removal leaves no healthy quorum");
-                    // Highest first.
+                    // Highest first (a member that lost its data goes before any).
                     let members: BTreeSet<u64> = l.voters.union(&l.learners).copied().collect();
-                    prop_assert!(members.iter().all(|m| m <= id || desired.contains(m)));
+                    prop_assert!(lost || members.iter().all(|m| m <= id || desired.contains(m)));
                 }
                 Action::TransferLeader { via, to } => {
                     prop_assert!(!desired.contains(via) && desired.contains(to) && healthy(to));

@@ -254,6 +254,10 @@ impl Runtime for KubeRuntime {
         Ok(())
     }
 
+    fn with_storage(&self) -> anyhow::Result<BTreeSet<u64>> {
+        Ok(self.volumes.keys().copied().collect())
+    }
+
     fn with_data(&self) -> anyhow::Result<BTreeSet<u64>> {
         Ok(self
             .volumes

@@ -57,4 +57,6 @@ pub trait Runtime {
     /// `list`). It may miss a member whose state was never confirmed (that
     /// only means initial voters it will ignore); it never names an empty one.
     fn with_data(&self) -> anyhow::Result<BTreeSet<u64>>;
+    /// Members whose storage exists (as of the last `list`), with state or not.
+    fn with_storage(&self) -> anyhow::Result<BTreeSet<u64>>;
 }

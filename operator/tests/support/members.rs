@@ -109,6 +109,15 @@ impl Members {
         }
     }
 
+    /// Kills member `id` and deletes its data, as when its volume is lost.
+    pub fn lose(&mut self, id: u64) {
+        if let Some(mut c) = self.children.remove(&id) {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+        let _ = std::fs::remove_dir_all(self.tmp.path().join(format!("member-{id}")));
+    }
+
     pub async fn status(&self, ip: &str) -> Option<StatusResponse> {
         let mut admin = NodeAdminClient::connect(format!("http://{ip}:{ADMIN_PORT}"))
             .await
