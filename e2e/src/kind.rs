@@ -200,6 +200,27 @@ impl Target for KindTarget {
         Ok(())
     }
 
+    /// Deletes the member's PVC (it goes once its pod is gone), then the pod.
+    async fn lose_member(&mut self, id: u64) -> anyhow::Result<()> {
+        let pod = pod_name(&self.name, id);
+        let spec = self
+            .kube
+            .get_json(&["pod", &pod])
+            .await?
+            .with_context(|| format!("pod {pod} not found"))?;
+        let claim = spec["spec"]["volumes"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .find_map(|v| v["persistentVolumeClaim"]["claimName"].as_str())
+            .with_context(|| format!("pod {pod} has no volume claim"))?
+            .to_string();
+        self.kube
+            .call(&["delete", "pvc", &claim, "--wait=false"])
+            .await?;
+        self.kill_member(id).await
+    }
+
     /// The pod's UID and its containers' restart count: a new pod or a restarted
     /// container both change it.
     async fn incarnation(&self, id: u64) -> anyhow::Result<Option<String>> {

@@ -23,6 +23,9 @@ pub trait Target {
     async fn admin(&self, id: u64) -> anyhow::Result<String>;
     /// Kills member `id` abruptly (`kill -9`, pod deleted with no grace).
     async fn kill_member(&mut self, id: u64) -> anyhow::Result<()>;
+    /// Kills member `id` and destroys its data, as a lost disk would (data dir
+    /// removed, PVC deleted).
+    async fn lose_member(&mut self, id: u64) -> anyhow::Result<()>;
     /// Identity of member `id`'s running instance (pid, pod uid): unchanged
     /// means not restarted.
     async fn incarnation(&self, id: u64) -> anyhow::Result<Option<String>>;

@@ -140,6 +140,14 @@ impl Target for LocalTarget {
         Ok(())
     }
 
+    async fn lose_member(&mut self, id: u64) -> anyhow::Result<()> {
+        // Data first, while the process still runs: the operator must never
+        // see it stopped with its data in place.
+        let data = self.state().join(format!("member-{id}"));
+        fs::remove_dir_all(&data).with_context(|| format!("removing {}", data.display()))?;
+        self.kill_member(id).await
+    }
+
     async fn incarnation(&self, id: u64) -> anyhow::Result<Option<String>> {
         let Some(rec) = self.record(id)? else {
             return Ok(None);

@@ -4,6 +4,8 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::time::{Duration, Instant};
 
+use anyhow::Context;
+
 use raft_node::client::KvClient;
 use raft_operator::crd::{MemberRole, RaftClusterStatus};
 use raftlane_proto::admin::node_admin_client::NodeAdminClient;
@@ -307,6 +309,55 @@ pub async fn all_members_killed_recover<T: Target>(
         check_keys(t, &[*id], keys).await?;
     }
     write_keys(t, "after-all-killed/", 10).await?;
+    Ok(took)
+}
+
+/// Scenario: a follower's data is destroyed with it (a lost disk). It must not
+/// come back empty under its old identity: the leader's membership drops it,
+/// then it joins again as a new learner, catches up and is promoted, and
+/// every key is readable through it. Returns the time from the loss to three
+/// healthy voters.
+pub async fn lost_member_rejoins_empty<T: Target>(
+    t: &mut T,
+    keys: &[String],
+) -> anyhow::Result<Duration> {
+    let s = wait_settled(t, 3).await?;
+    let leader = s.leader.clone().unwrap_or_default();
+    let victim = s
+        .members
+        .iter()
+        .find(|m| m.name != leader)
+        .map(|m| m.id)
+        .context("a follower")?;
+    let watcher = s
+        .members
+        .iter()
+        .map(|m| m.id)
+        .find(|id| *id != victim)
+        .context("another member")?;
+    let before = t.incarnation(victim).await?;
+    let lost = Instant::now();
+    t.lose_member(victim).await?;
+    let mut dropped = false;
+    loop {
+        if let Ok(st) = node_status(t, watcher).await {
+            dropped |= !st.voters.contains(&victim);
+        }
+        let now = t.incarnation(victim).await?;
+        let s = t.status().await?.unwrap_or_default();
+        let healthy = voters(&s) == [1, 2, 3] && s.members.iter().all(|m| m.healthy);
+        if dropped && now.is_some() && now != before && healthy {
+            break;
+        }
+        anyhow::ensure!(
+            lost.elapsed() < OPERATION,
+            "member {victim} not back as a voter (left the membership: {dropped}): {:?}",
+            s.members
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let took = lost.elapsed();
+    check_keys(t, &[victim], keys).await?;
     Ok(took)
 }
 

@@ -41,6 +41,11 @@ async fn scenarios_on_kind() {
         .unwrap();
     eprintln!("measured: leader pod deleted to peers updated and the leader streaming to its new IP: {took:?}");
 
+    let took = scenarios::lost_member_rejoins_empty(&mut t, &keys)
+        .await
+        .unwrap();
+    eprintln!("measured: PVC and pod deleted to three healthy voters again: {took:?}");
+
     let took = scenarios::all_members_killed_recover(&mut t, &keys)
         .await
         .unwrap();

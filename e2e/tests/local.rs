@@ -38,6 +38,16 @@ async fn all_members_killed_at_once_recover() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_member_whose_data_is_lost_rejoins_as_a_new_member() {
+    let mut t = LocalTarget::start(3).unwrap();
+    let keys = scenarios::create_three(&t).await.unwrap();
+    let took = scenarios::lost_member_rejoins_empty(&mut t, &keys)
+        .await
+        .unwrap();
+    eprintln!("measured: data dir lost to three healthy voters again: {took:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn operator_killed_mid_operation_resumes_it() {
     let mut t = LocalTarget::start(3).unwrap();
     scenarios::operator_crash_between_add_and_promote(&mut t)
