@@ -4,7 +4,6 @@
 //! schema as the CRD's) to `<state>/<name>/status.yaml` and the client endpoints
 //! to `<state>/<name>/endpoints`.
 
-use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, SystemTime};
 
@@ -116,11 +115,7 @@ pub async fn run(opts: LocalOptions) -> anyhow::Result<()> {
             }
         }
 
-        let bootstrapped = current
-            .bootstrap_voters
-            .as_ref()
-            .map(|v| v.iter().copied().collect::<BTreeSet<u64>>());
-        let seen = match observe(&mut rt, &mut admins, &name, bootstrapped).await {
+        let seen = match observe(&mut rt, &mut admins, &name, &current).await {
             Ok(seen) => seen,
             Err(e) => {
                 eprintln!("observing members failed (retried next pass): {e:#}");

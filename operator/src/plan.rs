@@ -16,7 +16,8 @@
 //!   membership (while a healthy quorum remains), then added back as a learner;
 //! - initial voters are given only while a new cluster forms, and only to members
 //!   without data: a formed cluster is never bootstrapped again (that could split
-//!   it in two);
+//!   it in two), not even when all of its data is gone;
+//! - a membership removal needs a healthy quorum of the voters before and after;
 //! - a member whose address changed has it pushed to every other member, in place.
 
 use std::collections::{BTreeMap, BTreeSet};
@@ -61,6 +62,9 @@ pub struct Observed {
     /// Set while a new cluster forms: the voters its members were started with.
     /// Cleared (in status) once a leader was seen; never inferred.
     pub bootstrapped: Option<BTreeSet<u64>>,
+    /// The cluster has formed (its status once named a leader): it is never
+    /// started anew, even when no member and no data is left.
+    pub formed: bool,
 }
 
 impl Observed {
@@ -172,7 +176,16 @@ pub fn plan(replicas: u64, obs: &Observed) -> Plan {
     let Some(view) = view else {
         // A new cluster: nothing runs, nothing is stored, nothing is forming.
         let stored = obs.with_data.iter().chain(&obs.with_storage);
-        if obs.running.is_empty() && stored.count() == 0 && obs.bootstrapped.is_none() {
+        let nothing_left = obs.running.is_empty() && stored.count() == 0;
+        if nothing_left && obs.formed {
+            p.block(
+                "every member and its data is gone; the cluster is not started anew \
+                 (delete and recreate the RaftCluster to start an empty one)"
+                    .into(),
+            );
+            return p;
+        }
+        if nothing_left && obs.bootstrapped.is_none() {
             for id in &desired {
                 p.actions.push(Action::Create {
                     id: *id,
@@ -208,9 +221,10 @@ pub fn plan(replicas: u64, obs: &Observed) -> Plan {
     // on their way out are removed, not restored; members whose data is gone
     // are never restarted empty (an empty voter could help elect a leader
     // lacking committed entries): they are removed, then added back.
+    let forming = |id: &u64| obs.bootstrapped.as_ref().is_some_and(|b| b.contains(id));
     let mut lost = Vec::new();
     for id in members.intersection(&desired) {
-        if !obs.running.contains_key(id) && !obs.has_storage(id) {
+        if !obs.running.contains_key(id) && !obs.has_storage(id) && !forming(id) {
             lost.push(*id);
         } else if !obs.running.contains_key(id) {
             p.actions.push(Action::Create {
@@ -243,6 +257,15 @@ pub fn plan(replicas: u64, obs: &Observed) -> Plan {
                 .is_some_and(|r| r.leader_id == leader.id && r.term == leader.term)
     };
     let healthy_voters = |vs: &BTreeSet<u64>| vs.iter().filter(|v| healthy(v)).count();
+    // A removal commits under the current voters and must leave a quorum of
+    // the rest: both need enough healthy voters.
+    let can_remove = |id: u64| {
+        let mut after = voters.clone();
+        after.remove(&id);
+        !after.is_empty()
+            && healthy_voters(&voters) >= quorum(voters.len())
+            && healthy_voters(&after) >= quorum(after.len())
+    };
     // Members that left the membership (as the leader has applied it, with no
     // change in flight) are deleted, once a quorum follows that leader: its
     // view of the membership is then the current one.
@@ -265,13 +288,12 @@ pub fn plan(replicas: u64, obs: &Observed) -> Plan {
 
     // 0. A member that lost its data leaves the membership first.
     if let Some(&id) = lost.first() {
-        let mut after = voters.clone();
-        after.remove(&id);
-        if !after.is_empty() && healthy_voters(&after) >= quorum(after.len()) {
+        if can_remove(id) {
             p.actions.push(Action::RemoveMember { via: leader.id, id });
         } else {
             p.block(format!(
-                "member {id} lost its data; removing it would leave no healthy quorum"
+                "member {id} lost its data and cannot be removed without a healthy quorum \
+                 before and after; restore its data or the other members"
             ));
         }
         return p;
@@ -312,12 +334,12 @@ pub fn plan(replicas: u64, obs: &Observed) -> Plan {
             }
             return p;
         }
-        let mut after = voters.clone();
-        after.remove(&id);
-        if after.is_empty() || healthy_voters(&after) < quorum(after.len()) {
-            p.block(format!("removing {id} would leave no healthy quorum"));
-        } else {
+        if can_remove(id) {
             p.actions.push(Action::RemoveMember { via: leader.id, id });
+        } else {
+            p.block(format!(
+                "removing {id} needs a healthy quorum before and after"
+            ));
         }
         return p;
     }

@@ -2,13 +2,14 @@
 //! each for its raft `Status`, plan, then act. Waiting is never done here: a
 //! step that must wait is simply planned again on the next pass.
 
-use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::collections::{BTreeMap, HashMap};
 use std::time::Duration;
 
 use raftlane_proto::admin::node_admin_client::NodeAdminClient;
 use raftlane_proto::admin::{MemberRequest, StatusRequest, UpsertPeersRequest};
 use tonic::transport::{Channel, Endpoint};
 
+use crate::crd::RaftClusterStatus;
 use crate::plan::{Action, MemberReport, Observed, RuntimeMember};
 use crate::runtime::{Member, Runtime};
 
@@ -43,16 +44,22 @@ pub struct Observation {
     pub members: BTreeMap<u64, Member>,
 }
 
-/// Lists members and asks each for its status.
+/// Lists members and asks each for its status; `history` is the status the
+/// last pass wrote (what it says the cluster has been through).
 pub async fn observe<R: Runtime>(
     rt: &mut R,
     admins: &mut AdminClients,
     cluster_id: &str,
-    bootstrapped: Option<BTreeSet<u64>>,
+    history: &RaftClusterStatus,
 ) -> anyhow::Result<Observation> {
     let members: BTreeMap<u64, Member> = rt.list().await?.into_iter().map(|m| (m.id, m)).collect();
     let mut observed = Observed {
-        bootstrapped,
+        bootstrapped: history
+            .bootstrap_voters
+            .as_ref()
+            .map(|v| v.iter().copied().collect()),
+        // The status keeps the newest term ever seen: above 0, elections ran.
+        formed: history.term > 0 || history.leader.is_some(),
         with_data: rt.with_data()?,
         with_storage: rt.with_storage()?,
         ..Default::default()

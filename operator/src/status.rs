@@ -84,7 +84,14 @@ pub fn compute(
         ready_replicas: members.iter().filter(|m| m.healthy).count() as u32,
         selector: format!("app.kubernetes.io/name=raft-node,app.kubernetes.io/instance={name}"),
         leader: leader.map(|l| format!("{name}-{}", l.id - 1)),
-        term: obs.reports.values().map(|r| r.term).max().unwrap_or(0),
+        // Raft terms never go back: the newest ever seen is kept.
+        term: obs
+            .reports
+            .values()
+            .map(|r| r.term)
+            .chain([previous.term])
+            .max()
+            .unwrap_or(0),
         members,
         conditions: vec![
             cond(

@@ -392,8 +392,7 @@ async fn scale_up_one_step_creates_then_adds_a_learner_then_promotes() {
         "member 4's volume is marked once: {marked:?}"
     );
     assert!(marked[0].starts_with(&format!("{}/data-demo-3-", claims_path())));
-    let real = members.status(&members.ip(1, 0)).await.unwrap();
-    assert_eq!(real.voters, [1, 2, 3, 4]);
+    members.wait_voters(1, &[1, 2, 3, 4]).await;
 }
 
 #[tokio::test]
@@ -432,8 +431,8 @@ async fn scale_down_one_step_leaves_the_membership_before_the_pod_goes() {
         .map(|c| c.line())
         .collect();
     assert_eq!(deletes.len(), 1, "one pod deleted: {deletes:?}");
+    members.wait_voters(1, &[1, 2, 3]).await;
     let real = members.status(&members.ip(1, 0)).await.unwrap();
-    assert_eq!(real.voters, [1, 2, 3]);
     assert!(real.learners.is_empty());
     // Scaling up again gives member 4 a fresh volume, never the retired one.
     api.update(&clusters_path(), "demo", |rc| {
@@ -492,8 +491,8 @@ async fn a_member_whose_volume_is_lost_is_removed_then_added_back_empty() {
         notes.iter().any(|n| n.contains("member 3 lost its data")),
         "{notes:?}"
     );
-    let real = members.status(&members.ip(1, 0)).await.unwrap();
-    assert_eq!(real.voters, [1, 2]);
+    // The removal is proposed by the pass and applied by raft shortly after.
+    members.wait_voters(1, &[1, 2]).await;
 
     // Then it comes back as a new member: a fresh volume, joined as a learner.
     let passes = passes_until(&api, &ctx, |api, _| {
@@ -514,8 +513,42 @@ async fn a_member_whose_volume_is_lost_is_removed_then_added_back_empty() {
         event_reasons(calls).contains(&"LearnerPromoted".to_string())
     })
     .await;
-    let real = members.status(&members.ip(1, 0)).await.unwrap();
-    assert_eq!(real.voters, [1, 2, 3]);
+    members.wait_voters(1, &[1, 2, 3]).await;
+}
+
+#[tokio::test]
+async fn a_member_whose_volume_is_being_deleted_keeps_running_until_it_goes() {
+    let (api, ctx, _members) = running_cluster(3).await;
+    // `kubectl delete pvc` on a mounted volume: it waits for its pod.
+    api.update(&claims_path(), "data-demo-2-seed", |c| {
+        c["metadata"]["deletionTimestamp"] = json!("2026-11-23T00:00:00Z");
+    });
+    let (_, calls) = pass(&api, &ctx).await;
+    assert_eq!(lines(&calls), reads(), "nothing is deleted or created");
+}
+
+#[tokio::test]
+async fn two_live_volumes_for_one_member_stop_the_pass() {
+    let (api, ctx, _members) = running_cluster(3).await;
+    let rc = typed(&api.get(&clusters_path(), "demo").unwrap());
+    let mut twin = serde_json::to_value(volume_claim(&rc, 2)).unwrap();
+    twin["metadata"]["name"] = json!("data-demo-1-twin");
+    api.put(&claims_path(), twin);
+    let stored = api.get(&clusters_path(), "demo").unwrap();
+    let guard: DeserializeGuard<RaftCluster> = serde_json::from_value(stored).unwrap();
+    let err = reconcile(Arc::new(guard), ctx.clone()).await.unwrap_err();
+    assert!(
+        err.to_string().contains("member 2 has two live volumes"),
+        "{err}"
+    );
+    let calls = api.take_calls();
+    assert!(
+        !calls
+            .iter()
+            .any(|c| c.method == "DELETE" || (c.method == "POST" && c.path != events_path())),
+        "no pod or volume touched: {:?}",
+        lines(&calls)
+    );
 }
 
 #[tokio::test]

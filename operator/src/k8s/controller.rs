@@ -4,7 +4,7 @@
 //! cluster's deletion are not owned), or a requeue. A pass never waits: a
 //! step that must wait is planned again after a short requeue.
 
-use std::collections::{BTreeSet, HashMap};
+use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -47,6 +47,8 @@ pub enum Error {
     Member(anyhow::Error),
     #[error("finalizer: {0}")]
     Finalizer(Box<kube::runtime::finalizer::Error<Error>>),
+    #[error("this replica no longer holds the leader-election lease")]
+    NotLeader,
 }
 
 impl Error {
@@ -55,6 +57,7 @@ impl Error {
         match self {
             Error::Kube(_) => "kubernetes_api",
             Error::Member(_) => "member",
+            Error::NotLeader => "not_leader",
             Error::Finalizer(e) => match e.as_ref() {
                 kube::runtime::finalizer::Error::ApplyFailed(e)
                 | kube::runtime::finalizer::Error::CleanupFailed(e) => e.reason(),
@@ -73,6 +76,9 @@ pub struct Context {
     admins: tokio::sync::Mutex<HashMap<String, AdminClients>>,
     /// Consecutive failures per cluster UID, for the backoff.
     failures: std::sync::Mutex<HashMap<String, u32>>,
+    /// Turns true when the leader-election Lease is lost: no further step is
+    /// taken, even by a pass already running.
+    lost: Option<tokio::sync::watch::Receiver<bool>>,
 }
 
 impl Context {
@@ -83,7 +89,18 @@ impl Context {
             metrics,
             admins: Default::default(),
             failures: Default::default(),
+            lost: None,
         }
+    }
+
+    /// Steps are taken only while `lost` stays false.
+    pub fn leading_while(mut self, lost: tokio::sync::watch::Receiver<bool>) -> Context {
+        self.lost = Some(lost);
+        self
+    }
+
+    fn leading(&self) -> bool {
+        self.lost.as_ref().is_none_or(|l| !*l.borrow())
     }
 
     async fn event(&self, rc: &RaftCluster, type_: EventType, reason: &str, note: String) {
@@ -328,11 +345,7 @@ async fn pass(
 ) -> Result<(Vec<crate::crd::MemberStatus>, bool), Error> {
     let uid = rc.uid().unwrap_or_default();
     let mut current = previous.clone();
-    let bootstrapped = current
-        .bootstrap_voters
-        .as_ref()
-        .map(|v| v.iter().copied().collect::<BTreeSet<u64>>());
-    let seen = observe(rt, admins, &uid, bootstrapped)
+    let seen = observe(rt, admins, &uid, previous)
         .await
         .map_err(Error::Member)?;
     rt.record_state(seen.observed.reports.keys().copied())
@@ -361,6 +374,9 @@ async fn pass(
         }
     }
     for step in &p.actions {
+        if !ctx.leading() {
+            return Err(Error::NotLeader);
+        }
         match act(rt, admins, &seen, step).await {
             Ok(done) => ctx.event(rc, EventType::Normal, reason(step), done).await,
             Err(e) => {

@@ -117,17 +117,23 @@ async fn lead(lock: LeaseLock, lost: watch::Sender<bool>) -> (Arc<LeaseLock>, Jo
     let task = tokio::spawn(async move {
         let mut last_ok = Instant::now();
         loop {
-            tokio::time::sleep(renewer.renew_every()).await;
-            let started = Instant::now();
-            match attempt(&renewer).await {
-                Ok(true) => last_ok = started,
-                Ok(false) => break,
-                Err(e) if last_ok.elapsed() < RENEW_DEADLINE => {
-                    tracing::warn!(error = %e, "renewing the lease failed; retrying")
-                }
-                Err(_) => break,
+            // The deadline is a timer of its own: a renewal still waiting on
+            // the API server when it passes does not delay giving up.
+            let renew = async {
+                tokio::time::sleep(renewer.renew_every()).await;
+                let started = Instant::now();
+                (started, attempt(&renewer).await)
+            };
+            tokio::select! {
+                _ = tokio::time::sleep_until(last_ok + RENEW_DEADLINE) => break,
+                (started, r) = renew => match r {
+                    Ok(true) => last_ok = started,
+                    Ok(false) => break,
+                    Err(e) => tracing::warn!(error = %e, "renewing the lease failed; retrying"),
+                },
             }
         }
+        tracing::error!("leadership lost: no renewal of the lease succeeded in time");
         let _ = lost.send(true);
     });
     (lock, task)
@@ -195,7 +201,9 @@ pub async fn run(opts: RunOptions) -> anyhow::Result<()> {
         controller: "raft-operator".into(),
         instance: Some(opts.identity.clone()),
     };
-    let ctx = Arc::new(Context::new(client.clone(), reporter, metrics.clone()));
+    let ctx = Arc::new(
+        Context::new(client.clone(), reporter, metrics.clone()).leading_while(lost.clone()),
+    );
     let until = {
         let (stop, lost) = (stop.clone(), lost.clone());
         async move {

@@ -149,20 +149,38 @@ impl Runtime for KubeRuntime {
     async fn list(&mut self) -> anyhow::Result<Vec<Member>> {
         let name = self.cluster.name_any();
         let uid = self.cluster.uid().unwrap_or_default();
-        // Volumes first: a pod is a member only on its live volume.
-        self.volumes = cluster_volumes(&self.claims, &name, &uid)
-            .await?
-            .into_iter()
-            .filter(|c| !c.labels().contains_key(RETIRED_LABEL))
-            .filter(|c| c.metadata.deletion_timestamp.is_none())
-            .filter_map(|c| {
-                let volume = Volume {
-                    holds_state: c.annotations().contains_key(HOLDS_STATE_ANNOTATION),
-                    name: c.name_any(),
-                };
-                Some((member_id(c.labels())?, volume))
-            })
+        // Volumes first: a pod on a retired volume is no member.
+        let volumes = cluster_volumes(&self.claims, &name, &uid).await?;
+        let retired: BTreeSet<String> = volumes
+            .iter()
+            .filter(|c| c.labels().contains_key(RETIRED_LABEL))
+            .map(|c| c.name_any())
             .collect();
+        self.volumes.clear();
+        for c in volumes
+            .iter()
+            .filter(|c| !c.labels().contains_key(RETIRED_LABEL))
+        {
+            // A volume being deleted is no storage (its data goes with its pod).
+            if c.metadata.deletion_timestamp.is_some() {
+                continue;
+            }
+            let Some(id) = member_id(c.labels()) else {
+                continue;
+            };
+            let volume = Volume {
+                holds_state: c.annotations().contains_key(HOLDS_STATE_ANNOTATION),
+                name: c.name_any(),
+            };
+            if let Some(other) = self.volumes.insert(id, volume) {
+                anyhow::bail!(
+                    "member {id} has two live volumes ({} and {}): delete the one its pod \
+                     does not mount",
+                    other.name,
+                    c.name_any()
+                );
+            }
+        }
         let pods = self
             .pods
             .list(&ListParams::default().labels(&selector(&name)))
@@ -174,20 +192,21 @@ impl Runtime for KubeRuntime {
             };
             let status = pod.status.as_ref();
             // A bare pod that ended (evicted, failed) never runs again, and a
-            // pod on a retired or deleted volume must not serve as the member:
-            // delete it so the member is recreated on its live volume.
+            // pod on a retired volume belongs to a member that already left
+            // (a delete cut short): delete either. A pod whose volume is being
+            // deleted keeps running: it is still a member until it goes.
             let ended = matches!(
                 status.and_then(|s| s.phase.as_deref()),
                 Some("Failed" | "Succeeded")
             );
-            let live = self.volumes.get(&id).map(|v| v.name.as_str()) == claim_of(pod);
+            let on_retired = claim_of(pod).is_some_and(|c| retired.contains(c));
             let deleting = pod.metadata.deletion_timestamp.is_some();
-            if (ended || !live) && !deleting {
+            if (ended || on_retired) && !deleting {
                 delete_gone(&self.pods, &pod.name_any()).await?;
             }
             let ip = status
                 .and_then(|s| s.pod_ip.clone())
-                .filter(|_| live && !ended && !deleting)
+                .filter(|_| !on_retired && !ended && !deleting)
                 // An IPv6 pod IP is bracketed in host:port form.
                 .map(|ip| {
                     if ip.contains(':') {

@@ -157,24 +157,6 @@ fn terminate(pid: u32) {
     }
 }
 
-impl LocalRuntime {
-    /// Ids of the members whose data dir (`member-<id>`) passes `keep`.
-    fn data_dirs(&self, keep: impl Fn(&Path) -> bool) -> anyhow::Result<BTreeSet<u64>> {
-        let mut out = BTreeSet::new();
-        for entry in fs::read_dir(&self.dir)? {
-            let entry = entry?;
-            let name = entry.file_name().to_string_lossy().to_string();
-            let id = name
-                .strip_prefix("member-")
-                .and_then(|n| n.parse::<u64>().ok());
-            if let Some(id) = id.filter(|_| keep(&entry.path())) {
-                out.insert(id);
-            }
-        }
-        Ok(out)
-    }
-}
-
 impl Runtime for LocalRuntime {
     async fn list(&mut self) -> anyhow::Result<Vec<Member>> {
         self.reap();
@@ -289,10 +271,24 @@ impl Runtime for LocalRuntime {
     }
 
     fn with_data(&self) -> anyhow::Result<BTreeSet<u64>> {
-        self.data_dirs(|dir| dir.join("raft").exists())
+        let mut out = BTreeSet::new();
+        for entry in fs::read_dir(&self.dir)? {
+            let name = entry?.file_name().to_string_lossy().to_string();
+            if let Some(id) = name
+                .strip_prefix("member-")
+                .and_then(|n| n.parse::<u64>().ok())
+            {
+                if self.dir.join(&name).join("raft").exists() {
+                    out.insert(id);
+                }
+            }
+        }
+        Ok(out)
     }
 
+    /// raft-node writes `raft/` before it can join, so a member of the
+    /// membership without it has lost its data: storage is data here.
     fn with_storage(&self) -> anyhow::Result<BTreeSet<u64>> {
-        self.data_dirs(|_| true)
+        self.with_data()
     }
 }

@@ -125,6 +125,23 @@ impl Members {
         Some(admin.status(StatusRequest {}).await.ok()?.into_inner())
     }
 
+    /// Waits until member `id` (at its first address) has applied exactly
+    /// `voters`: a pass proposes a membership change, raft applies it after.
+    pub async fn wait_voters(&self, id: u64, voters: &[u64]) {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            let now = self.status(&self.ip(id, 0)).await.map(|s| s.voters);
+            if now.as_deref() == Some(voters) {
+                return;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "member {id}'s voters {now:?}, not {voters:?}"
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
     /// Waits until the member at `ip` sees a leader; returns that leader's id.
     pub async fn wait_leader(&self, ip: &str) -> u64 {
         let deadline = Instant::now() + Duration::from_secs(30);
