@@ -455,18 +455,8 @@ async fn a_member_whose_volume_is_lost_is_removed_then_added_back_empty() {
     let (api, ctx, mut members) = running_cluster(3).await;
     // Member 3's pod and volume are gone (a lost disk, a deleted PVC).
     members.lose(3);
-    let kept: Vec<Value> = api
-        .list(&pods_path())
-        .into_iter()
-        .filter(|p| p["metadata"]["name"] != "demo-2")
-        .collect();
-    api.replace_all(&pods_path(), kept);
-    let kept: Vec<Value> = api
-        .list(&claims_path())
-        .into_iter()
-        .filter(|c| c["metadata"]["name"] != "data-demo-2-seed")
-        .collect();
-    api.replace_all(&claims_path(), kept);
+    api.remove(&pods_path(), "demo-2");
+    api.remove(&claims_path(), "data-demo-2-seed");
 
     // Never restarted empty with its old identity: removed first (once the
     // others have a leader, if member 3 led).
@@ -663,12 +653,7 @@ async fn a_forming_member_whose_pod_was_never_created_still_bootstraps() {
     pass(&api, &ctx).await;
     // As if the pass had crashed between member 1's volume and its pod.
     let claim = api.list(&claims_path())[0]["metadata"]["name"].clone();
-    let kept: Vec<Value> = api
-        .list(&pods_path())
-        .into_iter()
-        .filter(|p| p["metadata"]["name"] != "demo-0")
-        .collect();
-    api.replace_all(&pods_path(), kept);
+    api.remove(&pods_path(), "demo-0");
     let (_, calls) = pass(&api, &ctx).await;
     let posted: Vec<&Call> = calls
         .iter()

@@ -159,18 +159,11 @@ impl FakeApi {
         f(obj);
     }
 
-    /// Replaces every object of a collection (objects gone behind the
-    /// controller's back).
-    pub fn replace_all(&self, collection: &str, objs: Vec<Value>) {
-        let objects = objs
-            .into_iter()
-            .map(|o| (o["metadata"]["name"].as_str().unwrap().to_string(), o))
-            .collect();
-        self.state
-            .lock()
-            .unwrap()
-            .objects
-            .insert(collection.to_string(), objects);
+    /// Removes an object behind the controller's back (a user, the kubelet).
+    pub fn remove(&self, collection: &str, name: &str) {
+        let mut s = self.state.lock().unwrap();
+        let gone = s.objects.get_mut(collection).and_then(|m| m.remove(name));
+        assert!(gone.is_some(), "{collection}/{name} is not stored");
     }
 
     /// The requests since the last call, in order.
