@@ -139,6 +139,14 @@ pub struct Plan {
 }
 
 impl Plan {
+    /// Holds a step back until it can proceed by itself.
+    fn wait(&mut self, why: String) {
+        self.waiting = Some(why);
+        self.blocked = false;
+    }
+
+    /// Holds a step back because a safety guard refuses it. The last wait
+    /// set is the one shown, so `blocked` always describes `waiting`.
     fn block(&mut self, why: String) {
         self.waiting = Some(why);
         self.blocked = true;
@@ -211,7 +219,7 @@ pub fn plan(replicas: u64, obs: &Observed) -> Plan {
                 initial_voters: initial(id),
             });
         }
-        p.waiting = Some("no member answers yet".into());
+        p.wait("no member answers yet".into());
         return p;
     };
     let (voters, learners) = (view.voters.clone(), view.learners.clone());
@@ -241,12 +249,12 @@ pub fn plan(replicas: u64, obs: &Observed) -> Plan {
         return p;
     };
     if let Some(id) = lost.first() {
-        p.waiting = Some(format!(
+        p.wait(format!(
             "member {id} lost its data: it is removed, then added back as a new learner"
         ));
     }
     if leader.conf_change_pending {
-        p.waiting = Some("a membership change is being applied".into());
+        p.wait("a membership change is being applied".into());
         return p;
     }
     let healthy = |id: &u64| {
@@ -313,7 +321,7 @@ pub fn plan(replicas: u64, obs: &Observed) -> Plan {
                 p.block(format!("promoting {id} would leave no healthy quorum"));
             }
         } else {
-            p.waiting = Some(format!("learner {id} is catching up"));
+            p.wait(format!("learner {id} is catching up"));
         }
         return p;
     }
@@ -351,9 +359,7 @@ pub fn plan(replicas: u64, obs: &Observed) -> Plan {
                 id,
                 initial_voters: None,
             }),
-            Some(m) if m.peer_addr.is_none() => {
-                p.waiting = Some(format!("member {id} has no address yet"))
-            }
+            Some(m) if m.peer_addr.is_none() => p.wait(format!("member {id} has no address yet")),
             Some(_) if leader_knows(leader, obs, id) => {
                 if healthy_voters(&voters) >= quorum(voters.len()) {
                     p.actions.push(Action::AddLearner { via: leader.id, id });
@@ -361,7 +367,7 @@ pub fn plan(replicas: u64, obs: &Observed) -> Plan {
                     p.block(format!("adding {id} needs a healthy quorum first"));
                 }
             }
-            Some(_) => p.waiting = Some(format!("waiting for the leader to learn {id}'s address")),
+            Some(_) => p.wait(format!("waiting for the leader to learn {id}'s address")),
         }
     }
     p

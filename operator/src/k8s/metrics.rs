@@ -44,42 +44,46 @@ pub struct Metrics {
 
 impl Default for Metrics {
     fn default() -> Self {
-        let mut registry = Registry::with_prefix("raft_operator");
-        let m = Metrics {
-            registry: Arc::default(),
-            reconciles: Counter::default(),
-            failures: Family::default(),
-            duration: Histogram::new(exponential_buckets(0.001, 2.0, 16)),
-            members: Family::default(),
-            voters: Family::default(),
-            learners: Family::default(),
-            leader: Gauge::default(),
-        };
-        registry.register("reconciles", "Reconcile passes", m.reconciles.clone());
-        registry.register(
+        let (reconciles, failures, members, voters, learners, leader) = Default::default();
+        let duration = Histogram::new(exponential_buckets(0.001, 2.0, 16));
+        let mut r = Registry::with_prefix("raft_operator");
+        r.register(
+            "reconciles",
+            "Reconcile passes",
+            Counter::clone(&reconciles),
+        );
+        r.register(
             "reconcile_failures",
             "Reconcile passes that failed, by reason",
-            m.failures.clone(),
+            Family::clone(&failures),
         );
-        registry.register(
+        r.register(
             "reconcile_duration_seconds",
             "Time of one reconcile pass",
-            m.duration.clone(),
+            duration.clone(),
         );
-        registry.register(
+        r.register(
             "members",
             "Members in the raft membership",
-            m.members.clone(),
+            Family::clone(&members),
         );
-        registry.register("voters", "Voting members", m.voters.clone());
-        registry.register("learners", "Learners catching up", m.learners.clone());
-        registry.register(
+        r.register("voters", "Voting members", Family::clone(&voters));
+        r.register("learners", "Learners catching up", Family::clone(&learners));
+        r.register(
             "is_leader",
             "1 while this replica holds the leader-election lease",
-            m.leader.clone(),
+            Gauge::clone(&leader),
         );
-        *m.registry.lock().expect("metrics lock") = registry;
-        m
+        Metrics {
+            registry: Arc::new(Mutex::new(r)),
+            reconciles,
+            failures,
+            duration,
+            members,
+            voters,
+            learners,
+            leader,
+        }
     }
 }
 

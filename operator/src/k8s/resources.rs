@@ -80,6 +80,11 @@ fn owner(rc: &RaftCluster) -> serde_json::Value {
         .expect("a stored RaftCluster has a UID")])
 }
 
+/// Metadata of an object the cluster owns as a whole (Services, PDB).
+fn cluster_object(rc: &RaftCluster, name: &str) -> serde_json::Value {
+    json!({"name": name, "labels": labels(&rc.name_any()), "ownerReferences": owner(rc)})
+}
+
 /// The stable DNS name of member `id`'s peer port.
 pub fn peer_dns(rc: &RaftCluster, id: u64) -> String {
     let name = rc.name_any();
@@ -98,11 +103,7 @@ pub fn peer_service(rc: &RaftCluster) -> Service {
     serde_json::from_value(json!({
         "apiVersion": "v1",
         "kind": "Service",
-        "metadata": {
-            "name": peer_service_name(&name),
-            "labels": labels(&name),
-            "ownerReferences": owner(rc),
-        },
+        "metadata": cluster_object(rc, &peer_service_name(&name)),
         "spec": {
             "clusterIP": "None",
             "publishNotReadyAddresses": true,
@@ -122,11 +123,7 @@ pub fn client_service(rc: &RaftCluster) -> Service {
     serde_json::from_value(json!({
         "apiVersion": "v1",
         "kind": "Service",
-        "metadata": {
-            "name": name,
-            "labels": labels(&name),
-            "ownerReferences": owner(rc),
-        },
+        "metadata": cluster_object(rc, &name),
         "spec": {
             "selector": selector_labels(&name),
             "ports": [{"name": "client", "port": CLIENT_PORT, "targetPort": "client"}],
@@ -141,11 +138,7 @@ pub fn disruption_budget(rc: &RaftCluster) -> PodDisruptionBudget {
     serde_json::from_value(json!({
         "apiVersion": "policy/v1",
         "kind": "PodDisruptionBudget",
-        "metadata": {
-            "name": name,
-            "labels": labels(&name),
-            "ownerReferences": owner(rc),
-        },
+        "metadata": cluster_object(rc, &name),
         "spec": {
             "maxUnavailable": 1,
             "selector": {"matchLabels": selector_labels(&name)},

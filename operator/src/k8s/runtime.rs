@@ -14,7 +14,7 @@ use crate::k8s::resources::{
     member_pod, pod_name, selector, volume_claim, ADMIN_PORT, CLIENT_PORT, CLUSTER_UID_LABEL,
     HOLDS_STATE_ANNOTATION, MEMBER_ID_LABEL, PEER_PORT, RETIRED_LABEL,
 };
-use crate::runtime::{Addrs, Member, Runtime};
+use crate::runtime::{Member, Runtime};
 
 /// Members of one RaftCluster as Pods and PVCs in its namespace.
 pub struct KubeRuntime {
@@ -215,13 +215,14 @@ impl Runtime for KubeRuntime {
                         ip
                     }
                 });
-            members.push(Member {
-                id,
-                addrs: ip.map(|ip| Addrs {
-                    peer: format!("{ip}:{PEER_PORT}"),
-                    client: format!("{ip}:{CLIENT_PORT}"),
-                    admin: format!("{ip}:{ADMIN_PORT}"),
-                }),
+            members.push(match ip {
+                Some(ip) => Member::at(
+                    id,
+                    format!("{ip}:{PEER_PORT}"),
+                    format!("{ip}:{CLIENT_PORT}"),
+                    format!("{ip}:{ADMIN_PORT}"),
+                ),
+                None => Member { id, addrs: None },
             });
         }
         Ok(members)
