@@ -1,17 +1,21 @@
 //! Snapshot files: `snap-<term>-<index>.snap`, written to a temporary name, fsynced
 //! and renamed, so a crash leaves either the whole file or none. Each file ends with
 //! the CRC32C of everything before it and is verified before it is loaded or
-//! installed.
+//! installed. Every incoming copy gets a temporary name of its own: a retried
+//! send of the same snapshot may arrive while the first is still being received.
 
 use std::fs::{self, File};
 use std::io::{self, BufReader, BufWriter, Read, Write};
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
 
 const MAGIC: &[u8; 8] = b"RLSNAP01";
 const HEADER_LEN: u64 = 8 + 8 + 8;
 const TRAILER_LEN: u64 = 4;
 /// Snapshot files kept besides the current one, for sends still reading them.
 const KEEP_OLDER: usize = 1;
+/// Numbers the temporary files of incoming copies, so none is ever shared.
+static INCOMING: AtomicU64 = AtomicU64::new(0);
 
 /// The folder of a member's snapshot files.
 #[derive(Clone, Debug)]
@@ -56,26 +60,61 @@ impl SnapshotStore {
         Ok(w)
     }
 
-    /// A file being received from a peer: raw bytes as they come off the wire.
+    /// A file being received from a peer: raw bytes as they come off the wire,
+    /// under a temporary name no other copy uses.
     pub fn create_incoming(&self, term: u64, index: u64) -> io::Result<(File, PathBuf)> {
-        let tmp = self.path(term, index).with_extension("incoming.tmp");
-        Ok((File::create(&tmp)?, tmp))
+        let n = INCOMING.fetch_add(1, Ordering::Relaxed);
+        let tmp = self
+            .path(term, index)
+            .with_extension(format!("{n}.incoming.tmp"));
+        let file = File::options().write(true).create_new(true).open(&tmp)?;
+        Ok((file, tmp))
     }
 
-    /// Makes a fully received incoming file the snapshot at (`term`, `index`) once
-    /// its own header and trailer check out; a bad copy never replaces anything.
-    pub fn install_incoming(
+    /// Makes a fully received incoming file the snapshot at (`term`, `index`)
+    /// once its header and trailer check out and `load` accepts its body (read
+    /// in the same pass); returns what `load` made. A copy that fails either is
+    /// removed and never replaces anything. Installing a second identical copy
+    /// is harmless: the rename swaps equal files atomically.
+    pub fn install_incoming<T>(
         &self,
         file: File,
         tmp: &Path,
         term: u64,
         index: u64,
-    ) -> io::Result<()> {
-        file.sync_all()?;
-        drop(file);
-        io::copy(&mut verified_body(tmp, term, index)?, &mut io::sink())?;
-        fs::rename(tmp, self.path(term, index))?;
-        sync_dir(&self.dir)
+        load: impl FnOnce(&mut VerifiedBody) -> io::Result<T>,
+    ) -> io::Result<T> {
+        let installed = (|| {
+            file.sync_all()?;
+            drop(file);
+            let mut body = verified_body(tmp, term, index)?;
+            let loaded = load(&mut body)?;
+            // Whatever `load` left unread is still checked against the trailer.
+            io::copy(&mut body, &mut io::sink())?;
+            fs::rename(tmp, self.path(term, index))?;
+            sync_dir(&self.dir)?;
+            Ok(loaded)
+        })();
+        if installed.is_err() {
+            let _ = fs::remove_file(tmp);
+        }
+        installed
+    }
+
+    /// Bytes the data volume still has for unprivileged writers (statvfs).
+    pub fn free_bytes(&self) -> io::Result<u64> {
+        use std::os::unix::ffi::OsStrExt;
+        let path = std::ffi::CString::new(self.dir.as_os_str().as_bytes())
+            .map_err(|e| io::Error::new(io::ErrorKind::InvalidInput, e))?;
+        let mut st = std::mem::MaybeUninit::<libc::statvfs>::uninit();
+        // SAFETY: `path` is NUL-terminated and `st` is written by a successful call.
+        let rc = unsafe { libc::statvfs(path.as_ptr(), st.as_mut_ptr()) };
+        if rc != 0 {
+            return Err(io::Error::last_os_error());
+        }
+        // SAFETY: statvfs returned 0, so it filled `st`.
+        let st = unsafe { st.assume_init() };
+        Ok((st.f_bavail as u64).saturating_mul(st.f_frsize as u64))
     }
 
     /// A reader over the body of the snapshot at (`term`, `index`); reading it to
@@ -238,7 +277,8 @@ mod tests {
         write(&store, 1, 10, b"good body");
         let (mut f, tmp) = store.create_incoming(1, 10).unwrap();
         f.write_all(b"RLSNAP01 but truncated").unwrap();
-        assert!(store.install_incoming(f, &tmp, 1, 10).is_err());
+        assert!(store.install_incoming(f, &tmp, 1, 10, |_| Ok(())).is_err());
+        assert!(!tmp.exists(), "the bad copy is removed");
         let mut body = Vec::new();
         store
             .open_body(1, 10)
@@ -246,6 +286,91 @@ mod tests {
             .read_to_end(&mut body)
             .unwrap();
         assert_eq!(body, b"good body");
+    }
+
+    /// Raw bytes of a valid snapshot file at (`term`, `index`) with `body`.
+    fn file_bytes(term: u64, index: u64, body: &[u8]) -> Vec<u8> {
+        let dir = tempfile::tempdir().unwrap();
+        let store = SnapshotStore::open(dir.path()).unwrap();
+        fs::read(write(&store, term, index, body)).unwrap()
+    }
+
+    fn read_all(body: &mut VerifiedBody) -> io::Result<Vec<u8>> {
+        let mut v = Vec::new();
+        body.read_to_end(&mut v)?;
+        Ok(v)
+    }
+
+    #[test]
+    fn concurrent_copies_of_one_snapshot_never_share_a_temp_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = SnapshotStore::open(dir.path()).unwrap();
+        let bytes = file_bytes(3, 30, b"the same body");
+        let (mut a, tmp_a) = store.create_incoming(3, 30).unwrap();
+        let (mut b, tmp_b) = store.create_incoming(3, 30).unwrap();
+        assert_ne!(tmp_a, tmp_b);
+        // Interleaved writes, as two transfers running at once.
+        let (head, tail) = bytes.split_at(10);
+        a.write_all(head).unwrap();
+        b.write_all(head).unwrap();
+        a.write_all(tail).unwrap();
+        b.write_all(tail).unwrap();
+        let got_a = store.install_incoming(a, &tmp_a, 3, 30, read_all).unwrap();
+        // The second identical copy replaces the first harmlessly.
+        let got_b = store.install_incoming(b, &tmp_b, 3, 30, read_all).unwrap();
+        assert_eq!(
+            (got_a.as_slice(), got_b.as_slice()),
+            (&b"the same body"[..], &b"the same body"[..])
+        );
+        assert_eq!(
+            read_all(&mut store.open_body(3, 30).unwrap()).unwrap(),
+            b"the same body"
+        );
+        let left: Vec<_> = fs::read_dir(dir.path()).unwrap().collect();
+        assert_eq!(left.len(), 1, "only the installed file is left");
+    }
+
+    #[test]
+    fn a_copy_whose_body_does_not_load_is_removed_and_replaces_nothing() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = SnapshotStore::open(dir.path()).unwrap();
+        write(&store, 1, 10, b"good body");
+        let (mut f, tmp) = store.create_incoming(1, 10).unwrap();
+        f.write_all(&file_bytes(1, 10, b"other body")).unwrap();
+        let err = store
+            .install_incoming(f, &tmp, 1, 10, |_| -> io::Result<()> {
+                Err(io::Error::new(io::ErrorKind::InvalidData, "body refused"))
+            })
+            .unwrap_err();
+        assert_eq!(err.to_string(), "body refused");
+        assert!(!tmp.exists());
+        assert_eq!(
+            read_all(&mut store.open_body(1, 10).unwrap()).unwrap(),
+            b"good body"
+        );
+    }
+
+    #[test]
+    fn a_body_the_loader_leaves_unread_is_still_verified() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = SnapshotStore::open(dir.path()).unwrap();
+        let mut bytes = file_bytes(1, 10, b"some body");
+        let last = bytes.len() - 1;
+        bytes[last] ^= 0xff; // the trailer no longer matches
+        let (mut f, tmp) = store.create_incoming(1, 10).unwrap();
+        f.write_all(&bytes).unwrap();
+        let err = store
+            .install_incoming(f, &tmp, 1, 10, |_| Ok(()))
+            .unwrap_err();
+        assert!(err.to_string().contains("checksum"), "{err}");
+        assert!(!store.path(1, 10).exists());
+    }
+
+    #[test]
+    fn free_bytes_reports_the_data_volume() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = SnapshotStore::open(dir.path()).unwrap();
+        assert!(store.free_bytes().unwrap() > 0);
     }
 
     #[test]

@@ -24,6 +24,9 @@ use crate::storage::SnapshotStore;
 pub const MAX_MESSAGE_BYTES: usize = 64 << 20;
 /// Snapshots sent at once by a member; more wait in their snapshot lanes.
 const MAX_CONCURRENT_SNAPSHOT_SENDS: usize = 2;
+/// Traffic adds no peer beyond this many (each costs four lane tasks);
+/// UpsertPeers, an operator's call, is not limited.
+pub const MAX_LEARNED_PEERS: usize = 256;
 
 /// Four isolated lanes per peer, or one multiplexed lane (for comparison).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
@@ -192,10 +195,19 @@ impl Transport for GrpcTransport {
         // Checked and inserted under one lock, so a learned address never
         // replaces one that was just set by UpsertPeers.
         let mut peers = self.shared.peers.lock().expect("peer table poisoned");
-        if !peers.contains_key(&id) {
-            if let Err(e) = self.upsert_locked(&mut peers, id, addr) {
-                tracing::warn!(peer = id, error = %e, "ignoring address learned from peer traffic");
-            }
+        if peers.contains_key(&id) {
+            return;
+        }
+        if peers.len() >= MAX_LEARNED_PEERS {
+            tracing::warn!(
+                peer = id,
+                known = peers.len(),
+                "peer table full: address learned from peer traffic ignored"
+            );
+            return;
+        }
+        if let Err(e) = self.upsert_locked(&mut peers, id, addr) {
+            tracing::warn!(peer = id, error = %e, "ignoring address learned from peer traffic");
         }
     }
 

@@ -12,9 +12,10 @@ use raftlane_proto::admin::PeerStatus;
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 
-use super::receiver::Receiver;
+use super::receiver::{install_received, Receiver};
 use super::report::{Report, ReportSender};
 use super::{AddrError, Transport};
+use crate::state_machine::KvStateMachine;
 use crate::storage::SnapshotStore;
 
 /// The shared medium of an in-memory cluster, and its fault controls.
@@ -112,13 +113,21 @@ pub struct MemoryTransport {
     snapshots: SnapshotStore,
 }
 
-/// Copies a snapshot file into the receiver's store, as `SendSnapshot` would.
-fn copy_snapshot(from: &SnapshotStore, to: &SnapshotStore, m: &Message) -> io::Result<()> {
+/// Copies a snapshot file into the receiver's store and loads it, as
+/// `SendSnapshot` would (on this thread, so a seed still replays the same run).
+fn copy_snapshot(
+    from: &SnapshotStore,
+    to: &SnapshotStore,
+    m: &Message,
+) -> io::Result<KvStateMachine> {
     let meta = m.get_snapshot().get_metadata();
     let mut src = std::fs::File::open(from.path(meta.term, meta.index))?;
     let (mut file, tmp) = to.create_incoming(meta.term, meta.index)?;
-    io::copy(&mut src, &mut file)?;
-    to.install_incoming(file, &tmp, meta.term, meta.index)
+    if let Err(e) = io::copy(&mut src, &mut file) {
+        let _ = std::fs::remove_file(&tmp);
+        return Err(e);
+    }
+    install_received(to, file, &tmp, meta.term, meta.index)
 }
 
 impl Transport for MemoryTransport {
@@ -156,8 +165,8 @@ impl Transport for MemoryTransport {
                     return;
                 }
                 let to = m.to;
-                let ok = copy_snapshot(&source, &target.snapshots, &m).is_ok()
-                    && target.inbox.deliver_snapshot(m).await;
+                let loaded = copy_snapshot(&source, &target.snapshots, &m);
+                let ok = target.hand_over(m, loaded).await.is_ok();
                 reports.post(Report::Snapshot { to, finished: ok });
             });
         }

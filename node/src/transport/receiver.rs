@@ -2,61 +2,97 @@
 //! who is talking before raft sees anything: a wrong cluster id or a `to` that is
 //! not this member is refused with FAILED_PRECONDITION (a reused pod IP must never
 //! feed another cluster), untrusted bytes are guarded before raft-rs parses them,
-//! and a full raft inbox drops the message but keeps the stream.
+//! message types no member sends to another are refused, and a full raft inbox
+//! drops the message but keeps the stream. A sender's address is learned only
+//! from traffic that passed every check, and only for a current member.
+//!
+//! A snapshot is received to its own temporary file within a size limit and
+//! deadlines, verified, and loaded into a state machine on a blocking task; one
+//! that does not load is refused (DATA_LOSS), so the sender reports a failure and
+//! raft sends it again, instead of the raft loop failing while installing it.
 
+use std::collections::BTreeSet;
+use std::io;
+use std::path::Path;
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use protobuf::Message as _;
 use raft::prelude::{Message, MessageType};
 use raftlane_proto::transport::raft_transport_server::RaftTransport;
 use raftlane_proto::transport::{Ack, RaftEnvelope, SnapshotChunk};
 use tokio::io::AsyncWriteExt;
-use tokio::sync::Mutex as AsyncMutex;
+use tokio::sync::{watch, Mutex as AsyncMutex};
+use tokio::time::Instant;
 use tonic::{Request, Response, Status, Streaming};
 
 use super::guard::check_raft_message;
 use super::inbox::Inbox;
-use super::snapshot::{Assembler, Frame};
+use super::snapshot::{Assembler, Frame, SnapshotLimits};
 use super::Transport;
 use crate::metrics::{Kind, Metrics};
-use crate::storage::SnapshotStore;
+use crate::state_machine::KvStateMachine;
+use crate::storage::{SnapshotStore, StagedSnapshot};
 
-/// Snapshots received at once; further senders wait for a slot.
+/// Snapshots received at once; a further sender waits up to the idle timeout.
 const MAX_CONCURRENT_SNAPSHOT_RECEIVES: usize = 2;
 /// At most one "inbox full" log line per this interval.
 const DROP_LOG_INTERVAL: Duration = Duration::from_secs(5);
+/// Most raft messages in one envelope: the largest `--max-batch-messages`.
+pub const MAX_ENVELOPE_MESSAGES: usize = 65_536;
+/// Most log entries in one envelope. A sender packs at most ~5 MiB of entries
+/// (its batch budget plus one message) of at least 6 bytes each, under 1 Mi;
+/// parsed, each costs ~100 bytes, so this bounds one envelope's parse to
+/// ~100 MiB where crafted 2-byte entries could take gigabytes.
+pub const MAX_ENVELOPE_ENTRIES: usize = 1 << 20;
+
+/// Who this member is and what it accepts in snapshots.
+#[derive(Clone, Debug)]
+pub struct ReceiverConfig {
+    pub cluster_id: String,
+    pub id: u64,
+    pub snapshot: SnapshotLimits,
+}
 
 /// Everything the receiving side needs; shared by the gRPC service and the
 /// in-memory transport.
 pub struct Receiver {
-    pub cluster_id: String,
     pub id: u64,
+    cluster_id: String,
     pub inbox: Inbox,
     pub snapshots: SnapshotStore,
-    pub metrics: Metrics,
+    /// Where a loaded snapshot waits for the raft loop to install it.
+    staged: StagedSnapshot,
+    /// The current members: only their addresses are learned from traffic.
+    members: watch::Receiver<BTreeSet<u64>>,
+    metrics: Metrics,
     /// Learns the address of a sender this member has no address for yet.
-    pub peers: Arc<dyn Transport>,
+    peers: Arc<dyn Transport>,
+    limits: SnapshotLimits,
     snapshot_slots: tokio::sync::Semaphore,
-    last_drop_log: AsyncMutex<Option<Instant>>,
+    last_drop_log: AsyncMutex<Option<std::time::Instant>>,
 }
 
 impl Receiver {
     pub fn new(
-        cluster_id: String,
-        id: u64,
+        cfg: ReceiverConfig,
         inbox: Inbox,
         snapshots: SnapshotStore,
+        staged: StagedSnapshot,
+        members: watch::Receiver<BTreeSet<u64>>,
         metrics: Metrics,
         peers: Arc<dyn Transport>,
     ) -> Receiver {
         Receiver {
-            cluster_id,
-            id,
+            id: cfg.id,
+            cluster_id: cfg.cluster_id,
             inbox,
             snapshots,
+            staged,
+            members,
             metrics,
             peers,
+            limits: cfg.snapshot,
             snapshot_slots: tokio::sync::Semaphore::new(MAX_CONCURRENT_SNAPSHOT_RECEIVES),
             last_drop_log: AsyncMutex::new(None),
         }
@@ -70,13 +106,7 @@ impl Receiver {
         status
     }
 
-    fn check_identity(
-        &self,
-        cluster_id: &str,
-        from: u64,
-        to: u64,
-        from_addr: &str,
-    ) -> Result<(), Status> {
+    fn check_identity(&self, cluster_id: &str, from: u64, to: u64) -> Result<(), Status> {
         if cluster_id != self.cluster_id {
             return Err(self.reject(
                 "cluster_id",
@@ -95,20 +125,50 @@ impl Receiver {
                 )),
             ));
         }
-        if !from_addr.is_empty() {
-            self.peers.learn_peer(from, from_addr);
+        if from == 0 || from == self.id {
+            return Err(self.reject(
+                "from",
+                Status::invalid_argument(format!(
+                    "envelope from member {from}: a peer is a member id of 1 or more other than this member's {}",
+                    self.id
+                )),
+            ));
         }
         Ok(())
     }
 
-    /// Parses one raft message from untrusted bytes and checks it belongs on this path.
-    fn decode(&self, bytes: &[u8], from: u64, allow_snapshot: bool) -> Result<Message, Status> {
-        check_raft_message(bytes).map_err(|e| {
+    /// Records where a sender listens, once all it sent has passed every check,
+    /// if it is a current member (an unknown id must not grow the peer table).
+    fn learn(&self, from: u64, from_addr: &str) {
+        if !from_addr.is_empty() && self.members.borrow().contains(&from) {
+            self.peers.learn_peer(from, from_addr);
+        }
+    }
+
+    /// Parses one raft message from untrusted bytes and checks it belongs on this
+    /// path; `entries` counts the log entries of the envelope so far.
+    fn decode(
+        &self,
+        bytes: &[u8],
+        from: u64,
+        allow_snapshot: bool,
+        entries: &mut usize,
+    ) -> Result<Message, Status> {
+        let n = check_raft_message(bytes).map_err(|e| {
             self.reject(
                 "malformed",
                 Status::invalid_argument(format!("raft message refused: {e}")),
             )
         })?;
+        *entries += n;
+        if *entries > MAX_ENVELOPE_ENTRIES {
+            return Err(self.reject(
+                "envelope_size",
+                Status::invalid_argument(format!(
+                    "envelope carries more than {MAX_ENVELOPE_ENTRIES} log entries"
+                )),
+            ));
+        }
         let m = Message::parse_from_bytes(bytes).map_err(|e| {
             self.reject(
                 "malformed",
@@ -116,6 +176,12 @@ impl Receiver {
             )
         })?;
         let t = m.get_msg_type();
+        if let Some(why) = never_sent_by_peers(t) {
+            return Err(self.reject(
+                "message_type",
+                Status::invalid_argument(format!("{t:?} is refused: {why}")),
+            ));
+        }
         let bad = if m.to != self.id || m.from != from {
             Some(format!(
                 "message from {} to {} inside an envelope from {from} to {}",
@@ -136,14 +202,26 @@ impl Receiver {
         }
     }
 
-    /// Checks and queues one envelope; returns (accepted, dropped).
+    /// Checks and queues one envelope; returns (accepted, dropped). Nothing of
+    /// an envelope reaches raft unless all of it is valid.
     pub async fn accept_envelope(&self, env: RaftEnvelope) -> Result<(u64, u64), Status> {
-        self.check_identity(&env.cluster_id, env.from, env.to, &env.from_addr)?;
+        self.check_identity(&env.cluster_id, env.from, env.to)?;
+        if env.messages.len() > MAX_ENVELOPE_MESSAGES {
+            return Err(self.reject(
+                "envelope_size",
+                Status::invalid_argument(format!(
+                    "envelope carries {} messages, more than {MAX_ENVELOPE_MESSAGES}",
+                    env.messages.len()
+                )),
+            ));
+        }
+        let mut entries = 0;
         let msgs = env
             .messages
             .iter()
-            .map(|b| self.decode(b, env.from, false))
+            .map(|b| self.decode(b, env.from, false, &mut entries))
             .collect::<Result<Vec<_>, _>>()?;
+        self.learn(env.from, &env.from_addr);
         let (mut accepted, mut dropped) = (0, 0);
         for m in msgs {
             if self.inbox.try_deliver(m) {
@@ -157,7 +235,7 @@ impl Receiver {
             self.metrics.inbox_dropped.inc_by(dropped);
             let mut last = self.last_drop_log.lock().await;
             if last.is_none_or(|t| t.elapsed() >= DROP_LOG_INTERVAL) {
-                *last = Some(Instant::now());
+                *last = Some(std::time::Instant::now());
                 tracing::warn!(
                     from = env.from,
                     total = self.inbox.dropped(),
@@ -168,87 +246,169 @@ impl Receiver {
         Ok((accepted, dropped))
     }
 
-    /// Receives one snapshot to disk, verifies it, and hands the MsgSnapshot to raft.
-    /// Answers only once raft has it queued: the sender reports Finish on this answer.
+    /// The next chunk, or DEADLINE_EXCEEDED when none came within the idle
+    /// timeout or the receive ran past its total deadline (`total`: when, and
+    /// for how many bytes).
+    async fn next_chunk(
+        &self,
+        stream: &mut Streaming<SnapshotChunk>,
+        total: Option<(Instant, u64)>,
+    ) -> Result<Option<SnapshotChunk>, Status> {
+        let idle_at = Instant::now() + self.limits.idle;
+        let until = total.map_or(idle_at, |(at, _)| at.min(idle_at));
+        match tokio::time::timeout_at(until, stream.message()).await {
+            Ok(chunk) => chunk,
+            Err(_) => {
+                let why = match total {
+                    Some((at, size)) if at <= idle_at => format!(
+                        "snapshot of {size} bytes not received within its total deadline of {:?} (--snapshot-timeout-ms)",
+                        self.limits.total(size)
+                    ),
+                    _ => format!(
+                        "snapshot receive idle: no chunk for {:?} (--snapshot-idle-timeout-ms)",
+                        self.limits.idle
+                    ),
+                };
+                Err(self.reject("snapshot_deadline", Status::deadline_exceeded(why)))
+            }
+        }
+    }
+
+    /// Receives one snapshot to disk, verifies and loads it, and hands the
+    /// MsgSnapshot to raft. Answers only once raft has it queued: the sender
+    /// reports Finish on this answer.
     pub async fn accept_snapshot(
         &self,
         mut stream: Streaming<SnapshotChunk>,
     ) -> Result<Ack, Status> {
-        let _slot = self
-            .snapshot_slots
-            .acquire()
-            .await
-            .map_err(|_| Status::unavailable("shutting down"))?;
+        let started = Instant::now();
         let mut asm = Assembler::default();
-        let mut target: Option<(Message, tokio::fs::File, std::path::PathBuf)> = None;
-        let mut partial = PartialFile(None);
-        while let Some(chunk) = stream.message().await? {
-            match asm
+        let first = self.next_chunk(&mut stream, None).await?;
+        let h = asm
+            .header(first)
+            .map_err(|e| self.reject("snapshot_frame", e.into()))?;
+        self.check_identity(&h.cluster_id, h.from, h.to)?;
+        let m = self.decode(&h.message, h.from, true, &mut 0)?;
+        let meta = m.get_snapshot().get_metadata();
+        let (term, index, size) = (meta.term, meta.index, h.total_size);
+        if index == 0 {
+            return Err(self.reject(
+                "malformed",
+                Status::invalid_argument("snapshot header has index 0"),
+            ));
+        }
+        let free = self
+            .snapshots
+            .free_bytes()
+            .map_err(|e| Status::internal(format!("snapshot spool: free space: {e}")))?;
+        self.limits
+            .admit(size, free)
+            .map_err(|e| self.reject("snapshot_size", Status::resource_exhausted(e.to_string())))?;
+        self.learn(h.from, &h.from_addr);
+
+        let _slot = tokio::time::timeout(self.limits.idle, self.snapshot_slots.acquire())
+            .await
+            .map_err(|_| {
+                self.reject(
+                    "snapshot_busy",
+                    Status::resource_exhausted(format!(
+                        "{MAX_CONCURRENT_SNAPSHOT_RECEIVES} snapshot receives already running"
+                    )),
+                )
+            })?
+            .map_err(|_| Status::unavailable("shutting down"))?;
+        let total = Some((started + self.limits.total(size), size));
+        let (file, tmp) = self
+            .snapshots
+            .create_incoming(term, index)
+            .map_err(|e| Status::internal(format!("snapshot spool: {e}")))?;
+        let mut partial = PartialFile(Some(tmp.clone()));
+        let mut file = tokio::fs::File::from_std(file);
+        while let Some(chunk) = self.next_chunk(&mut stream, total).await? {
+            let frame = asm
                 .accept(chunk)
-                .map_err(|e| self.reject("snapshot_frame", e.into()))?
-            {
-                Frame::Header(h) => {
-                    self.check_identity(&h.cluster_id, h.from, h.to, &h.from_addr)?;
-                    let m = self.decode(&h.message, h.from, true)?;
-                    let meta = m.get_snapshot().get_metadata();
-                    if meta.index == 0 {
-                        return Err(self.reject(
-                            "malformed",
-                            Status::invalid_argument("snapshot header has index 0"),
-                        ));
-                    }
-                    let (file, tmp) = self
-                        .snapshots
-                        .create_incoming(meta.term, meta.index)
-                        .map_err(|e| Status::internal(format!("snapshot spool: {e}")))?;
-                    partial.0 = Some(tmp.clone());
-                    target = Some((m, tokio::fs::File::from_std(file), tmp));
-                }
-                Frame::Payload(p) => {
-                    let (_, file, _) = target
-                        .as_mut()
-                        .expect("assembler refuses payload before header");
-                    file.write_all(&p)
-                        .await
-                        .map_err(|e| Status::internal(format!("snapshot spool: {e}")))?;
-                    self.metrics.snapshot_bytes_received.inc_by(p.len() as u64);
-                }
+                .map_err(|e| self.reject("snapshot_frame", e.into()))?;
+            // A second header is refused by the assembler: only payload is left.
+            if let Frame::Payload(p) = frame {
+                file.write_all(&p)
+                    .await
+                    .map_err(|e| Status::internal(format!("snapshot spool: {e}")))?;
+                self.metrics.snapshot_bytes_received.inc_by(p.len() as u64);
             }
         }
         asm.finish()
             .map_err(|e| self.reject("snapshot_frame", e.into()))?;
-        let (m, file, tmp) = target.expect("a finished snapshot had a header");
-        let (term, index) = (
-            m.get_snapshot().get_metadata().term,
-            m.get_snapshot().get_metadata().index,
-        );
         let file = file.into_std().await;
-        let store = self.snapshots.clone();
-        tokio::task::spawn_blocking(move || store.install_incoming(file, &tmp, term, index))
-            .await
-            .map_err(|e| Status::internal(format!("snapshot install: {e}")))?
-            .map_err(|e| {
-                self.reject(
-                    "snapshot_file",
-                    Status::data_loss(format!("snapshot install: {e}")),
-                )
-            })?;
+        // From here the install removes a copy it refuses.
         partial.0 = None;
+        let store = self.snapshots.clone();
+        let loaded =
+            tokio::task::spawn_blocking(move || install_received(&store, file, &tmp, term, index))
+                .await
+                .map_err(|e| Status::internal(format!("snapshot install: {e}")))?;
+        self.hand_over(m, loaded).await?;
+        Ok(Ack {
+            accepted: 1,
+            dropped: 0,
+        })
+    }
+
+    /// Stages a loaded snapshot for the raft loop, then gives raft its
+    /// MsgSnapshot; a snapshot that did not load is refused with DATA_LOSS.
+    pub async fn hand_over(
+        &self,
+        m: Message,
+        loaded: io::Result<KvStateMachine>,
+    ) -> Result<(), Status> {
+        let meta = m.get_snapshot().get_metadata();
+        let (term, index) = (meta.term, meta.index);
+        let sm = loaded.map_err(|e| {
+            tracing::warn!(term, index, error = %e, "received snapshot refused");
+            self.reject(
+                "snapshot_load",
+                Status::data_loss(format!(
+                    "snapshot at term {term} index {index} refused: {e}"
+                )),
+            )
+        })?;
+        self.staged.stage(term, index, sm);
         if !self.inbox.deliver_snapshot(m).await {
             return Err(Status::resource_exhausted(
                 "raft inbox stayed full; snapshot not delivered",
             ));
         }
         self.metrics.received.inc();
-        Ok(Ack {
-            accepted: 1,
-            dropped: 0,
-        })
+        Ok(())
     }
 }
 
-/// A partly received snapshot file, removed unless it was installed: a failed
-/// or abandoned transfer must not leave its bytes on disk.
+/// Why a message type is never sent from one member to another, if it is not.
+fn never_sent_by_peers(t: MessageType) -> Option<&'static str> {
+    match t {
+        MessageType::MsgPropose => {
+            Some("members forward writes through the Kv API, never as raft proposals")
+        }
+        MessageType::MsgTransferLeader => {
+            Some("leadership transfers are issued on the leader, never sent to it")
+        }
+        _ => None,
+    }
+}
+
+/// Verifies a fully received snapshot file and loads its body in one pass,
+/// installing it only if both succeed. Blocking: run it off the runtime.
+pub fn install_received(
+    store: &SnapshotStore,
+    file: std::fs::File,
+    tmp: &Path,
+    term: u64,
+    index: u64,
+) -> io::Result<KvStateMachine> {
+    store.install_incoming(file, tmp, term, index, |body| KvStateMachine::load(body))
+}
+
+/// A partly received snapshot file, removed unless it was handed to the
+/// install: a failed or abandoned transfer must not leave its bytes on disk.
 struct PartialFile(Option<std::path::PathBuf>);
 
 impl Drop for PartialFile {

@@ -15,8 +15,68 @@ use tonic::{Code, Status};
 
 /// Payload bytes per chunk.
 pub const CHUNK_SIZE: usize = 1 << 20;
-/// Snapshot sends may take this long at least, longer for big ones (at 1 MiB/s).
-const MIN_SNAPSHOT_TIMEOUT: Duration = Duration::from_secs(600);
+/// Snapshot transfers may take this long at least, longer for big ones (at 1 MiB/s).
+pub const MIN_SNAPSHOT_TIMEOUT: Duration = Duration::from_secs(600);
+/// Largest snapshot a member accepts unless configured otherwise.
+pub const DEFAULT_MAX_SNAPSHOT_BYTES: u64 = 8 << 30;
+/// A receive that gets no chunk for this long is abandoned, unless configured otherwise.
+pub const DEFAULT_IDLE_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// How long moving `size` bytes may take: at least `min`, and a second per MiB.
+pub fn transfer_limit(min: Duration, size: u64) -> Duration {
+    min.max(Duration::from_secs(size >> 20))
+}
+
+/// What a receiver accepts from one snapshot sender: a peer may not fill the
+/// disk, nor hold a receive slot by sending slowly or not at all.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct SnapshotLimits {
+    /// Largest declared size, before the free space of the volume is considered.
+    pub max_bytes: u64,
+    /// Longest wait for the next chunk.
+    pub idle: Duration,
+    /// Least time a whole receive may take (see [`transfer_limit`]).
+    pub min_total: Duration,
+}
+
+impl Default for SnapshotLimits {
+    fn default() -> Self {
+        SnapshotLimits {
+            max_bytes: DEFAULT_MAX_SNAPSHOT_BYTES,
+            idle: DEFAULT_IDLE_TIMEOUT,
+            min_total: MIN_SNAPSHOT_TIMEOUT,
+        }
+    }
+}
+
+#[derive(Debug, Error, PartialEq, Eq)]
+pub enum SizeError {
+    #[error("snapshot of {size} bytes exceeds the limit of {limit} bytes (--max-snapshot-bytes)")]
+    TooLarge { size: u64, limit: u64 },
+    #[error("snapshot of {size} bytes exceeds the {free} bytes free on the data volume")]
+    NoSpace { size: u64, free: u64 },
+}
+
+impl SnapshotLimits {
+    /// Accepts a declared size only if it fits the limit and the `free` bytes.
+    pub fn admit(&self, size: u64, free: u64) -> Result<(), SizeError> {
+        if size > self.max_bytes {
+            return Err(SizeError::TooLarge {
+                size,
+                limit: self.max_bytes,
+            });
+        }
+        if size > free {
+            return Err(SizeError::NoSpace { size, free });
+        }
+        Ok(())
+    }
+
+    /// How long receiving `size` bytes may take in all.
+    pub fn total(&self, size: u64) -> Duration {
+        transfer_limit(self.min_total, size)
+    }
+}
 
 #[derive(Debug, Error, PartialEq, Eq)]
 pub enum FrameError {
@@ -107,6 +167,15 @@ impl Assembler {
             self.complete = true;
         }
         Ok(frame)
+    }
+
+    /// Accepts the first chunk of a stream (`None`: the stream ended), which
+    /// must be the header.
+    pub fn header(&mut self, first: Option<SnapshotChunk>) -> Result<SnapshotHeader, FrameError> {
+        match self.accept(first.ok_or(FrameError::Premature)?)? {
+            Frame::Header(h) => Ok(h),
+            Frame::Payload(_) => Err(FrameError::PayloadBeforeHeader),
+        }
     }
 
     /// Called at end of stream: the snapshot must have been completed.
@@ -212,7 +281,7 @@ pub async fn send_file(
         .map_err(|e| format!("snapshot file {}: {e}", path.display()))?;
     header.total_size = total_size;
     header.crc32c = crc32c;
-    let limit = MIN_SNAPSHOT_TIMEOUT.max(Duration::from_secs(total_size >> 20));
+    let limit = transfer_limit(MIN_SNAPSHOT_TIMEOUT, total_size);
     match tokio::time::timeout(
         limit,
         client.send_snapshot(chunks(header, path, CHUNK_SIZE)),
@@ -273,6 +342,15 @@ mod tests {
             a.accept(payload(data, true)),
             Err(FrameError::PayloadBeforeHeader)
         );
+        let mut a = Assembler::default();
+        assert_eq!(
+            a.header(Some(payload(data, true))),
+            Err(FrameError::PayloadBeforeHeader)
+        );
+        assert_eq!(
+            Assembler::default().header(None),
+            Err(FrameError::Premature)
+        );
 
         let mut a = Assembler::default();
         a.accept(header(4, crc)).unwrap();
@@ -307,6 +385,33 @@ mod tests {
 
         let s: Status = FrameError::Checksum { got: 1, want: 2 }.into();
         assert_eq!(s.code(), Code::DataLoss);
+    }
+
+    #[test]
+    fn sizes_beyond_the_limit_or_the_free_space_are_refused() {
+        let l = SnapshotLimits {
+            max_bytes: 1000,
+            ..SnapshotLimits::default()
+        };
+        assert_eq!(l.admit(1000, 1000), Ok(()));
+        let e = l.admit(1001, u64::MAX).unwrap_err();
+        assert_eq!(
+            e.to_string(),
+            "snapshot of 1001 bytes exceeds the limit of 1000 bytes (--max-snapshot-bytes)"
+        );
+        let e = l.admit(900, 899).unwrap_err();
+        assert_eq!(
+            e.to_string(),
+            "snapshot of 900 bytes exceeds the 899 bytes free on the data volume"
+        );
+    }
+
+    #[test]
+    fn big_transfers_get_a_second_per_mib_beyond_the_minimum() {
+        let l = SnapshotLimits::default();
+        assert_eq!(l.total(0), Duration::from_secs(600));
+        assert_eq!(l.total(600 << 20), Duration::from_secs(600));
+        assert_eq!(l.total(8 << 30), Duration::from_secs(8192));
     }
 
     #[tokio::test]
