@@ -1,6 +1,8 @@
 //! A key-value client over several endpoints: a request that fails because a
-//! member is down, has no leader yet, or timed out is retried on the next
-//! endpoint until the overall deadline. Used by `raftctl`, tests and benchmarks.
+//! member is down, has no leader yet, or timed out is retried until the overall
+//! deadline, on the leader's endpoint when the answer names the leader's peer
+//! address and an endpoint has its host (a pod's ports share its IP), else on the
+//! next endpoint. Used by `raftctl`, tests and benchmarks.
 
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
@@ -10,7 +12,12 @@ use raftlane_proto::kv::{DeleteRequest, GetRequest, KeyValue, PutRequest, ScanRe
 use tonic::transport::{Channel, Endpoint};
 use tonic::{Code, Status};
 
+use crate::service::LEADER_PEER_ADDR_HEADER;
 use crate::transport::validate_peer_addr;
+
+/// Largest response accepted: a scan page (about 4 MiB of pairs) plus framing,
+/// or one pair larger than that.
+const MAX_RESPONSE_BYTES: usize = 16 << 20;
 
 pub struct KvClient {
     endpoints: Vec<(String, GrpcKv<Channel>)>,
@@ -38,7 +45,8 @@ impl KvClient {
                 .connect_timeout(Duration::from_secs(2))
                 .timeout(deadline)
                 .connect_lazy();
-            out.push((e.clone(), GrpcKv::new(ch)));
+            let client = GrpcKv::new(ch).max_decoding_message_size(MAX_RESPONSE_BYTES);
+            out.push((e.clone(), client));
         }
         Ok(KvClient {
             endpoints: out,
@@ -62,8 +70,9 @@ impl KvClient {
             match op(client.clone()).await {
                 Ok(v) => return Ok(v),
                 Err(s) if retryable(&s) && start.elapsed() < self.deadline => {
-                    tracing::debug!(endpoint = %addr, code = ?s.code(), "retrying on the next endpoint");
-                    self.next.fetch_add(1, Ordering::Relaxed);
+                    let to = next_endpoint(&self.endpoints, i, &s);
+                    tracing::debug!(endpoint = %addr, code = ?s.code(), next = %self.endpoints[to].0, "retrying");
+                    self.next.store(to, Ordering::Relaxed);
                     tokio::time::sleep(backoff).await;
                     backoff = (backoff * 2).min(Duration::from_millis(500));
                 }
@@ -104,15 +113,40 @@ impl KvClient {
         .await
     }
 
-    pub async fn scan(&self, prefix: &[u8], limit: u32) -> Result<Vec<KeyValue>, Status> {
-        self.with_retry(|mut c| {
-            let req = ScanRequest {
-                prefix: prefix.to_vec(),
-                limit,
+    /// Reads the pairs under `prefix` in key order, following pages of
+    /// `page_size` pairs, and hands each to `each`; stops after `limit` pairs
+    /// (0: all). Returns how many were handed over. Each page is its own
+    /// linearizable read, so the whole scan is not one point-in-time view.
+    pub async fn scan(
+        &self,
+        prefix: &[u8],
+        page_size: u32,
+        limit: u64,
+        mut each: impl FnMut(KeyValue),
+    ) -> Result<u64, Status> {
+        let (mut seen, mut start_after) = (0u64, Vec::new());
+        loop {
+            let want = match limit {
+                0 => page_size,
+                l => page_size.min(u32::try_from(l - seen).unwrap_or(u32::MAX)),
             };
-            async move { c.scan(req).await.map(|r| r.into_inner().items) }
-        })
-        .await
+            let page = self
+                .with_retry(|mut c| {
+                    let req = ScanRequest {
+                        prefix: prefix.to_vec(),
+                        limit: want,
+                        start_after: start_after.clone(),
+                    };
+                    async move { c.scan(req).await.map(|r| r.into_inner()) }
+                })
+                .await?;
+            seen += page.items.len() as u64;
+            page.items.into_iter().for_each(&mut each);
+            if !page.more || (limit > 0 && seen >= limit) {
+                return Ok(seen);
+            }
+            start_after = page.next_start_after;
+        }
     }
 
     /// One attempt on one endpoint, chosen round-robin: for benchmarks, which count
@@ -123,5 +157,62 @@ impl KvClient {
         c.put(PutRequest { key, value })
             .await
             .map(|r| r.into_inner().index)
+    }
+}
+
+fn host(addr: &str) -> &str {
+    addr.rsplit_once(':').map_or(addr, |(h, _)| h)
+}
+
+/// Which endpoint to try after `status` from endpoint `current`: the one on the
+/// leader's host when the status names the leader's peer address, else the next.
+fn next_endpoint<C>(endpoints: &[(String, C)], current: usize, status: &Status) -> usize {
+    let leader = status
+        .metadata()
+        .get(LEADER_PEER_ADDR_HEADER)
+        .and_then(|v| v.to_str().ok());
+    leader
+        .and_then(|l| endpoints.iter().position(|(e, _)| host(e) == host(l)))
+        .filter(|&i| i != current)
+        .unwrap_or((current + 1) % endpoints.len())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn endpoints() -> Vec<(String, ())> {
+        ["127.0.0.1:5001", "127.0.0.2:5002", "127.0.0.3:5003"]
+            .iter()
+            .map(|e| (e.to_string(), ()))
+            .collect()
+    }
+
+    fn unavailable(leader_peer: Option<&str>) -> Status {
+        let mut s = Status::unavailable("not the leader");
+        if let Some(a) = leader_peer {
+            s.metadata_mut()
+                .insert(LEADER_PEER_ADDR_HEADER, a.parse().unwrap());
+        }
+        s
+    }
+
+    #[test]
+    fn a_leader_hint_moves_to_the_endpoint_on_the_leaders_host() {
+        let s = unavailable(Some("127.0.0.3:7003"));
+        assert_eq!(next_endpoint(&endpoints(), 0, &s), 2);
+    }
+
+    #[test]
+    fn without_a_usable_hint_the_next_endpoint_is_tried() {
+        let eps = endpoints();
+        assert_eq!(next_endpoint(&eps, 0, &unavailable(None)), 1);
+        assert_eq!(next_endpoint(&eps, 2, &unavailable(None)), 0);
+        // The leader's host is not among the endpoints.
+        let s = unavailable(Some("10.0.0.9:7000"));
+        assert_eq!(next_endpoint(&eps, 1, &s), 2);
+        // A hint at the endpoint that just failed would loop on it.
+        let s = unavailable(Some("127.0.0.2:7002"));
+        assert_eq!(next_endpoint(&eps, 1, &s), 2);
     }
 }

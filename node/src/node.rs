@@ -18,7 +18,7 @@ use tonic::transport::Server;
 use crate::config::{NodeConfig, TransportMode};
 use crate::consensus::{LoopConfig, NodeHandle, RaftLoop};
 use crate::metrics::{self, Metrics};
-use crate::service::{admin::AdminService, kv::KvService};
+use crate::service::{admin::AdminService, forward::Identity, kv::KvService};
 use crate::storage::{LogStore, SnapshotStore};
 use crate::transport::channels::ChannelSettings;
 use crate::transport::grpc::{GrpcConfig, GrpcTransport, MAX_MESSAGE_BYTES};
@@ -132,12 +132,16 @@ pub async fn run(cfg: NodeConfig) -> anyhow::Result<()> {
     let ready = Arc::new(AtomicBool::new(false));
     let timeout = NodeConfig::ms(cfg.request_timeout_ms);
 
-    let kv = Arc::new(KvService::new(
+    let kv = KvService::new(
         handle.clone(),
         transport.clone(),
         timeout,
         metrics.clone(),
-    ));
+        Identity {
+            cluster_id: cfg.cluster_id.clone(),
+            id: cfg.id,
+        },
+    );
     let peer_srv = peer_server()
         .add_service(
             RaftTransportServer::new(ReceiverService(receiver))
@@ -145,10 +149,10 @@ pub async fn run(cfg: NodeConfig) -> anyhow::Result<()> {
                 .max_encoding_message_size(MAX_MESSAGE_BYTES),
         )
         // Followers forward client writes here.
-        .add_service(KvServer::from_arc(kv.clone()))
+        .add_service(KvServer::new(kv.clone().serving_peers()))
         .serve_with_incoming_shutdown(incoming(peer_l), shutdown.clone().cancelled_owned());
     let client_srv = Server::builder()
-        .add_service(KvServer::from_arc(kv.clone()))
+        .add_service(KvServer::new(kv))
         .serve_with_incoming_shutdown(incoming(client_l), shutdown.clone().cancelled_owned());
     let admin_srv = Server::builder()
         .add_service(NodeAdminServer::new(AdminService {

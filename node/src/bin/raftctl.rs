@@ -1,5 +1,6 @@
 //! raftctl: the command-line client of a raftlane cluster.
 
+use std::io::Write as _;
 use std::process::ExitCode;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
@@ -7,6 +8,7 @@ use std::time::{Duration, Instant};
 
 use clap::{Parser, Subcommand};
 use raft_node::client::KvClient;
+use raft_node::service::kv::{DEFAULT_SCAN_LIMIT, MAX_SCAN_LIMIT};
 use raftlane_proto::admin::node_admin_client::NodeAdminClient;
 use raftlane_proto::admin::{
     MemberRequest, SnapshotRequest, StatusRequest, StatusResponse, UpsertPeersRequest,
@@ -38,11 +40,17 @@ enum Cmd {
     Get { key: String },
     /// Delete a key.
     Del { key: String },
-    /// List keys with a prefix, in order.
+    /// List keys with a prefix, in order, following pages to the end. Each page
+    /// is its own linearizable read, so a long scan is not one point-in-time view.
     Scan {
         prefix: Option<String>,
+        /// Print at most this many pairs (0: all).
         #[arg(long, default_value_t = 0)]
-        limit: u32,
+        limit: u64,
+        /// Pairs fetched per request; the server allows at most 10000.
+        #[arg(long, default_value_t = DEFAULT_SCAN_LIMIT,
+              value_parser = clap::value_parser!(u32).range(1..=MAX_SCAN_LIMIT as i64))]
+        page_size: u32,
     },
     /// Show a member's view of the cluster.
     Status {
@@ -212,17 +220,27 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 }
             );
         }
-        Cmd::Scan { prefix, limit } => {
-            let items = kv(&cli)?
-                .scan(prefix.as_deref().unwrap_or("").as_bytes(), *limit)
+        Cmd::Scan {
+            prefix,
+            limit,
+            page_size,
+        } => {
+            let mut out = std::io::BufWriter::new(std::io::stdout());
+            let mut written = Ok(());
+            let prefix = prefix.as_deref().unwrap_or("").as_bytes();
+            kv(&cli)?
+                .scan(prefix, *page_size, *limit, |kv| {
+                    if written.is_ok() {
+                        written = writeln!(
+                            out,
+                            "{}\t{}",
+                            String::from_utf8_lossy(&kv.key),
+                            String::from_utf8_lossy(&kv.value)
+                        );
+                    }
+                })
                 .await?;
-            for kv in items {
-                println!(
-                    "{}\t{}",
-                    String::from_utf8_lossy(&kv.key),
-                    String::from_utf8_lossy(&kv.value)
-                );
-            }
+            written.and_then(|()| out.flush())?;
         }
         Cmd::Status { json } => {
             let s = admin(&cli)

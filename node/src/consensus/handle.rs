@@ -1,11 +1,11 @@
 //! How other tasks talk to the raft loop: requests over a bounded channel, each
 //! answered on its own oneshot. Nothing but the loop touches `RawNode`.
 
-use raftlane_proto::kv::{KeyValue, LogCommand};
+use raftlane_proto::kv::LogCommand;
 use thiserror::Error;
 use tokio::sync::{mpsc, oneshot};
 
-use crate::state_machine::Applied;
+use crate::state_machine::{Applied, ScanPage, ScanRange};
 
 /// Why a request to the raft loop failed.
 #[derive(Debug, Error, Clone, PartialEq, Eq)]
@@ -33,13 +33,14 @@ pub enum NodeError {
 #[derive(Debug, Clone)]
 pub enum Query {
     Get(Vec<u8>),
-    Scan { prefix: Vec<u8>, limit: u32 },
+    /// One bounded page, so serving it on the raft loop takes bounded time.
+    Scan(ScanRange),
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum QueryResult {
     Get(Option<Vec<u8>>),
-    Scan(Vec<KeyValue>),
+    Scan(ScanPage),
 }
 
 /// A write, applied at `index`.

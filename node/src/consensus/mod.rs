@@ -555,9 +555,7 @@ impl RaftLoop {
         for (_, q, reply) in now {
             let result = match q {
                 Query::Get(k) => QueryResult::Get(self.sm.get(&k).map(<[u8]>::to_vec)),
-                Query::Scan { prefix, limit } => {
-                    QueryResult::Scan(self.sm.scan(&prefix, limit as usize))
-                }
+                Query::Scan(range) => QueryResult::Scan(self.sm.scan(&range)),
             };
             let _ = reply.send(Ok(result));
         }
@@ -593,6 +591,7 @@ impl RaftLoop {
             conf_state: Some(self.conf_state.clone()).into(),
             ..Default::default()
         };
+        // O(1): the map is persistent, so the dump reads this view off the loop.
         let state = self.sm.clone();
         let (snapshots, done) = (self.snapshots.clone(), self.dump_done.clone());
         tokio::task::spawn_blocking(move || {

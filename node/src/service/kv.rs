@@ -1,8 +1,9 @@
 //! `Kv` service, served on the client port and on the peer port. Any member
 //! accepts writes: a follower forwards the request to the leader's `Kv` service
-//! on the leader's peer address (one hop, marked so it is never forwarded again)
-//! and relays the answer. Reads are linearizable on any member through a
-//! ReadIndex round with the leader.
+//! on the leader's peer address (one hop, naming the member it expects there; see
+//! [`forward`](super::forward)) and relays the answer. Reads are linearizable on
+//! any member through a ReadIndex round with the leader. A scan is paged, so one
+//! request costs the raft loop a bounded amount of work.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -15,24 +16,33 @@ use raftlane_proto::kv::{
     PutRequest, PutResponse, ScanRequest, ScanResponse,
 };
 use tonic::transport::{Channel, Endpoint};
-use tonic::{Request, Response, Status};
+use tonic::{Code, Request, Response, Status};
 
 use super::bounded;
+use super::forward::{self, Identity, Listener, Origin};
 use crate::consensus::{NodeError, NodeHandle, Query, QueryResult};
 use crate::metrics::{Kind, Metrics};
-use crate::state_machine::Applied;
+use crate::state_machine::{Applied, ScanRange};
 use crate::transport::Transport;
 
-/// Marks a request a follower forwarded, so the receiver answers itself.
-const FORWARDED: &str = "x-raftlane-forwarded";
+/// Pairs in a scan page when the request sets no limit.
+pub const DEFAULT_SCAN_LIMIT: u32 = 1_000;
+/// Most pairs a scan page may be asked for; above it the request is refused.
+pub const MAX_SCAN_LIMIT: u32 = 10_000;
+/// Keys and values in one scan page: bounds the copy the raft loop makes and
+/// keeps a page near gRPC's default 4 MiB message limit.
+pub const MAX_SCAN_BYTES: usize = 4 << 20;
 
+#[derive(Clone)]
 pub struct KvService {
-    pub node: NodeHandle,
-    pub transport: Arc<dyn Transport>,
-    pub timeout: Duration,
-    pub metrics: Metrics,
+    node: NodeHandle,
+    transport: Arc<dyn Transport>,
+    timeout: Duration,
+    metrics: Metrics,
+    me: Identity,
+    listener: Listener,
     /// One lazily connected client per leader address.
-    leaders: Mutex<HashMap<String, KvClient<Channel>>>,
+    leaders: Arc<Mutex<HashMap<String, KvClient<Channel>>>>,
 }
 
 fn require_key(key: &[u8]) -> Result<(), Status> {
@@ -42,41 +52,111 @@ fn require_key(key: &[u8]) -> Result<(), Status> {
     Ok(())
 }
 
-/// What a follower does with a write it cannot propose.
-enum Route {
-    Local(WriteResult),
-    Leader(KvClient<Channel>),
+/// The page a request asks for, or why it is refused.
+fn scan_range(r: ScanRequest) -> Result<ScanRange, Status> {
+    let limit = match r.limit {
+        0 => DEFAULT_SCAN_LIMIT,
+        l if l > MAX_SCAN_LIMIT => {
+            return Err(Status::invalid_argument(format!(
+                "limit {l} exceeds the maximum of {MAX_SCAN_LIMIT} pairs per page; \
+                 read further pages with start_after"
+            )))
+        }
+        l => l,
+    };
+    Ok(ScanRange {
+        prefix: r.prefix,
+        start_after: r.start_after,
+        limit: limit as usize,
+        max_bytes: MAX_SCAN_BYTES,
+    })
 }
 
 type WriteResult = Result<(u64, Applied), Status>;
 
+/// What became of a write: applied here, or to be forwarded to the leader.
+enum Proposed {
+    Here(WriteResult),
+    AtLeader(Leader),
+}
+
+struct Leader {
+    id: u64,
+    addr: String,
+    client: KvClient<Channel>,
+}
+
+impl Leader {
+    /// The leader's answer; a refusal of the identity check becomes UNAVAILABLE,
+    /// since the write was not applied and another member may reach the leader.
+    fn relay<T>(&self, answer: Result<Response<T>, Status>) -> Result<Response<T>, Status> {
+        answer.map_err(|s| match s.code() {
+            Code::FailedPrecondition => Status::unavailable(format!(
+                "the peer address {} of leader {} refused the forwarded write, which was \
+                 not applied: {}; retry",
+                self.addr,
+                self.id,
+                s.message()
+            )),
+            _ => s,
+        })
+    }
+}
+
 impl KvService {
+    /// The service of the client port; see [`serving_peers`](Self::serving_peers).
     pub fn new(
         node: NodeHandle,
         transport: Arc<dyn Transport>,
         timeout: Duration,
         metrics: Metrics,
+        me: Identity,
     ) -> KvService {
         KvService {
             node,
             transport,
             timeout,
             metrics,
-            leaders: Mutex::default(),
+            me,
+            listener: Listener::Client,
+            leaders: Arc::default(),
         }
     }
 
-    /// Proposes locally on the leader; elsewhere says where the leader is.
-    async fn write(&self, op: Op, forwarded: bool) -> Route {
+    /// The same service for the peer port, which serves only forwarded requests.
+    pub fn serving_peers(mut self) -> KvService {
+        self.listener = Listener::Peer;
+        self
+    }
+
+    fn origin<T>(&self, req: &Request<T>) -> Result<Origin, Status> {
+        forward::origin(req.metadata(), &self.me, self.listener)
+    }
+
+    /// Proposes locally on the leader; elsewhere finds the leader to forward to.
+    async fn write(&self, op: Op, origin: Origin) -> Proposed {
         let cmd = LogCommand { op: Some(op) };
         let result = tokio::time::timeout(self.timeout, self.node.write(cmd)).await;
         let result = match result {
-            Ok(Err(NodeError::NotLeader { leader_id })) if !forwarded => {
-                match self.leader_client(leader_id) {
-                    Some(c) => return Route::Leader(c),
-                    None => Err(Status::unavailable(format!(
-                        "member {leader_id} leads but its address is unknown here; retry"
-                    ))),
+            Ok(Err(NodeError::NotLeader { leader_id })) => {
+                let addr = self.transport.peer_addr(leader_id);
+                match (origin, addr) {
+                    (Origin::Client, Some(addr)) => match self.leader_client(leader_id, addr) {
+                        Ok(l) => return Proposed::AtLeader(l),
+                        Err(e) => Err(e),
+                    },
+                    (Origin::Client, None) => Err(forward::not_leader(
+                        self.me.id,
+                        leader_id,
+                        None,
+                        "does not know the leader's address",
+                    )),
+                    (Origin::Member, addr) => Err(forward::not_leader(
+                        self.me.id,
+                        leader_id,
+                        addr.as_deref(),
+                        "a forwarded write is never forwarded again",
+                    )),
                 }
             }
             Ok(r) => r.map(|o| (o.index, o.applied)).map_err(super::to_status),
@@ -84,24 +164,32 @@ impl KvService {
         };
         let kind = if result.is_ok() { "ok" } else { "error" };
         self.metrics.proposals.get_or_create(&Kind { kind }).inc();
-        Route::Local(result)
+        Proposed::Here(result)
     }
 
-    fn leader_client(&self, leader: u64) -> Option<KvClient<Channel>> {
-        let addr = self.transport.peer_addr(leader)?;
+    fn leader_client(&self, id: u64, addr: String) -> Result<Leader, Status> {
         let mut map = self.leaders.lock().expect("leader clients poisoned");
         if let Some(c) = map.get(&addr) {
-            return Some(c.clone());
+            return Ok(Leader {
+                id,
+                addr,
+                client: c.clone(),
+            });
         }
         let ch = Endpoint::from_shared(format!("http://{addr}"))
-            .ok()?
+            .map_err(|e| Status::unavailable(format!("leader {id}'s peer address {addr:?}: {e}")))?
             .connect_timeout(Duration::from_secs(3))
             .timeout(self.timeout)
             .tcp_nodelay(true)
             .connect_lazy();
-        let c = KvClient::new(ch);
-        map.insert(addr, c.clone());
-        Some(c)
+        let client = KvClient::new(ch);
+        map.insert(addr.clone(), client.clone());
+        Ok(Leader { id, addr, client })
+    }
+
+    /// `msg` addressed to leader `l`, with the identity it must check.
+    fn to_leader<T>(&self, l: &Leader, msg: T) -> Result<Request<T>, Status> {
+        forward::forwarded(msg, &self.me.cluster_id, l.id)
     }
 
     async fn query(&self, q: Query) -> Result<QueryResult, Status> {
@@ -109,30 +197,24 @@ impl KvService {
     }
 }
 
-fn forwarded<T>(req: T) -> Request<T> {
-    let mut r = Request::new(req);
-    r.metadata_mut()
-        .insert(FORWARDED, "1".parse().expect("ascii"));
-    r
-}
-
-fn was_forwarded<T>(req: &Request<T>) -> bool {
-    req.metadata().contains_key(FORWARDED)
-}
-
 #[tonic::async_trait]
 impl Kv for KvService {
     async fn put(&self, req: Request<PutRequest>) -> Result<Response<PutResponse>, Status> {
-        let fwd = was_forwarded(&req);
+        let origin = self.origin(&req)?;
         let r = req.into_inner();
         require_key(&r.key)?;
-        match self.write(Op::Put(r.clone()), fwd).await {
-            Route::Local(res) => res.map(|(index, _)| Response::new(PutResponse { index })),
-            Route::Leader(mut c) => c.put(forwarded(r)).await,
+        match self.write(Op::Put(r.clone()), origin).await {
+            Proposed::Here(res) => res.map(|(index, _)| Response::new(PutResponse { index })),
+            Proposed::AtLeader(mut l) => {
+                let fwd = self.to_leader(&l, r)?;
+                let answer = l.client.put(fwd).await;
+                l.relay(answer)
+            }
         }
     }
 
     async fn get(&self, req: Request<GetRequest>) -> Result<Response<GetResponse>, Status> {
+        self.origin(&req)?;
         let r = req.into_inner();
         require_key(&r.key)?;
         match self.query(Query::Get(r.key)).await? {
@@ -148,31 +230,76 @@ impl Kv for KvService {
         &self,
         req: Request<DeleteRequest>,
     ) -> Result<Response<DeleteResponse>, Status> {
-        let fwd = was_forwarded(&req);
+        let origin = self.origin(&req)?;
         let r = req.into_inner();
         require_key(&r.key)?;
-        match self.write(Op::Delete(r.clone()), fwd).await {
-            Route::Local(res) => res.map(|(index, applied)| {
+        match self.write(Op::Delete(r.clone()), origin).await {
+            Proposed::Here(res) => res.map(|(index, applied)| {
                 Response::new(DeleteResponse {
                     existed: applied == Applied::Delete { existed: true },
                     index,
                 })
             }),
-            Route::Leader(mut c) => c.delete(forwarded(r)).await,
+            Proposed::AtLeader(mut l) => {
+                let fwd = self.to_leader(&l, r)?;
+                let answer = l.client.delete(fwd).await;
+                l.relay(answer)
+            }
         }
     }
 
     async fn scan(&self, req: Request<ScanRequest>) -> Result<Response<ScanResponse>, Status> {
-        let r = req.into_inner();
-        match self
-            .query(Query::Scan {
-                prefix: r.prefix,
-                limit: r.limit,
-            })
-            .await?
-        {
-            QueryResult::Scan(items) => Ok(Response::new(ScanResponse { items })),
+        self.origin(&req)?;
+        let range = scan_range(req.into_inner())?;
+        match self.query(Query::Scan(range)).await? {
+            QueryResult::Scan(page) => {
+                let next_start_after = match (page.more, page.items.last()) {
+                    (true, Some(last)) => last.key.clone(),
+                    _ => Vec::new(),
+                };
+                Ok(Response::new(ScanResponse {
+                    items: page.items,
+                    more: page.more,
+                    next_start_after,
+                }))
+            }
             QueryResult::Get(_) => Err(Status::internal("raft loop answered a scan with a get")),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn req(limit: u32) -> ScanRequest {
+        ScanRequest {
+            prefix: b"p/".to_vec(),
+            limit,
+            start_after: b"p/7".to_vec(),
+        }
+    }
+
+    #[test]
+    fn scan_limit_zero_is_the_default_and_the_maximum_is_allowed() {
+        let r = scan_range(req(0)).unwrap();
+        assert_eq!(r.limit, DEFAULT_SCAN_LIMIT as usize);
+        assert_eq!((r.prefix, r.start_after), (b"p/".to_vec(), b"p/7".to_vec()));
+        assert_eq!(r.max_bytes, MAX_SCAN_BYTES);
+        assert_eq!(
+            scan_range(req(MAX_SCAN_LIMIT)).unwrap().limit,
+            MAX_SCAN_LIMIT as usize
+        );
+    }
+
+    #[test]
+    fn scan_limit_above_the_maximum_is_refused_naming_limit_and_the_maximum() {
+        let e = scan_range(req(MAX_SCAN_LIMIT + 1)).unwrap_err();
+        assert_eq!(e.code(), Code::InvalidArgument);
+        assert!(
+            e.message().contains("limit 10001") && e.message().contains("10000"),
+            "{}",
+            e.message()
+        );
     }
 }

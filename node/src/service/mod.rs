@@ -2,6 +2,7 @@
 //! on the admin port. Both are thin: they validate input and ask the raft loop.
 
 pub mod admin;
+pub mod forward;
 pub mod kv;
 
 use std::future::Future;
@@ -13,6 +14,9 @@ use crate::consensus::NodeError;
 
 /// Metadata key naming the leader's member id on UNAVAILABLE and FAILED_PRECONDITION.
 pub const LEADER_ID_HEADER: &str = "x-raftlane-leader-id";
+/// Metadata key with the leader's peer address on UNAVAILABLE from the `Kv`
+/// service: members know each other's peer addresses, not client addresses.
+pub const LEADER_PEER_ADDR_HEADER: &str = "x-raftlane-leader-peer-addr";
 
 pub fn to_status(e: NodeError) -> Status {
     let mut s = match &e {
