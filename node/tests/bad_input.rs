@@ -3,31 +3,111 @@
 
 mod common;
 
+use std::time::{Duration, Instant};
+
 use common::{write_keys, Cluster, ELECTION};
+use futures::StreamExt;
 use protobuf::Message as _;
-use raft::prelude::{Message, MessageType};
+use raft::prelude::{Entry, EntryType, Message, MessageType};
 use raftlane_proto::transport::raft_transport_client::RaftTransportClient;
-use raftlane_proto::transport::{snapshot_chunk, RaftEnvelope, SnapshotChunk};
+use raftlane_proto::transport::{snapshot_chunk, RaftEnvelope, SnapshotChunk, SnapshotHeader};
+use tonic::transport::Channel;
 use tonic::Code;
 
-fn msg(t: MessageType, from: u64, to: u64) -> Vec<u8> {
+/// Flags of the member under attack: small snapshot limits, so the tests can
+/// reach them.
+const FLAGS: &[&str] = &[
+    "--max-snapshot-bytes",
+    "4096",
+    "--snapshot-idle-timeout-ms",
+    "1000",
+];
+
+fn message(t: MessageType, from: u64, to: u64) -> Message {
     let mut m = Message::default();
     m.set_msg_type(t);
     m.from = from;
     m.to = to;
+    m
+}
+
+fn msg(t: MessageType, from: u64, to: u64) -> Vec<u8> {
+    message(t, from, to).write_to_bytes().unwrap()
+}
+
+/// The crafted nesting of RUSTSEC-2024-0437: unknown field 20, start-group, repeated.
+fn crafted_nesting(n: usize) -> Vec<u8> {
+    [0xa3u8, 0x01].repeat(n)
+}
+
+/// A MsgAppend carrying one entry of type `t` with `data`.
+fn append_with(t: EntryType, data: Vec<u8>) -> Vec<u8> {
+    let mut m = message(MessageType::MsgAppend, 7, 1);
+    let mut e = Entry {
+        index: 1,
+        term: 1,
+        data: data.into(),
+        ..Default::default()
+    };
+    e.set_entry_type(t);
+    m.mut_entries().push(e);
     m.write_to_bytes().unwrap()
+}
+
+fn snapshot_header(cluster_id: &str, total_size: u64) -> SnapshotChunk {
+    let mut snap = message(MessageType::MsgSnapshot, 7, 1);
+    snap.mut_snapshot().mut_metadata().index = 5;
+    snap.mut_snapshot().mut_metadata().term = 1;
+    SnapshotChunk {
+        kind: Some(snapshot_chunk::Kind::Header(SnapshotHeader {
+            cluster_id: cluster_id.to_string(),
+            from: 7,
+            to: 1,
+            message: snap.write_to_bytes().unwrap(),
+            total_size,
+            ..Default::default()
+        })),
+        last: false,
+    }
+}
+
+fn payload(n: usize) -> SnapshotChunk {
+    SnapshotChunk {
+        kind: Some(snapshot_chunk::Kind::Payload(vec![0; n])),
+        last: false,
+    }
+}
+
+/// Partly received snapshot files in member 1's data dir.
+fn partial_files_left(c: &Cluster) -> Vec<std::ffi::OsString> {
+    std::fs::read_dir(c.members[&1].dir.join("snapshots"))
+        .unwrap()
+        .map(|e| e.unwrap().file_name())
+        .filter(|n| n.to_string_lossy().ends_with(".tmp"))
+        .collect()
+}
+
+async fn refused_snapshot(
+    peer: &mut RaftTransportClient<Channel>,
+    chunks: impl futures::Stream<Item = SnapshotChunk> + Send + 'static,
+    what: &str,
+) -> tonic::Status {
+    tokio::time::timeout(Duration::from_secs(30), peer.send_snapshot(chunks))
+        .await
+        .unwrap_or_else(|_| panic!("{what}: no answer"))
+        .expect_err(what)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn refuses_bad_envelopes_and_keeps_serving() {
-    let c = Cluster::start(1, &[]);
+    let c = Cluster::start(1, FLAGS);
     c.wait_leader(ELECTION * 20).await;
     let mut peer = RaftTransportClient::connect(format!("http://{}", c.members[&1].peer))
         .await
         .unwrap();
-    let env = |cluster: &str, to: u64, messages: Vec<Vec<u8>>| RaftEnvelope {
+    let env = |cluster: &str, from: u64, to: u64, messages: Vec<Vec<u8>>| RaftEnvelope {
         cluster_id: cluster.to_string(),
-        from: 7,
+        from,
         to,
         from_addr: String::new(),
         messages,
@@ -37,49 +117,110 @@ async fn refuses_bad_envelopes_and_keeps_serving() {
     let cases = [
         (
             "wrong cluster id",
-            env("other-cluster", 1, vec![heartbeat.clone()]),
+            env("other-cluster", 7, 1, vec![heartbeat.clone()]),
             Code::FailedPrecondition,
+            "does not match this member's",
         ),
         (
             "wrong to",
-            env(&good, 2, vec![heartbeat.clone()]),
+            env(&good, 7, 2, vec![heartbeat.clone()]),
             Code::FailedPrecondition,
+            "envelope is for member 2, this is member 1",
+        ),
+        (
+            "from member 0",
+            env(&good, 0, 1, vec![msg(MessageType::MsgHeartbeat, 0, 1)]),
+            Code::InvalidArgument,
+            "envelope from member 0",
         ),
         (
             "garbage bytes",
-            env(&good, 1, vec![vec![0xff; 32]]),
+            env(&good, 7, 1, vec![vec![0xff; 32]]),
             Code::InvalidArgument,
+            "raft message refused: truncated",
         ),
         (
             "crafted nesting",
-            env(&good, 1, vec![[0xa3u8, 0x01].repeat(50_000)]),
+            env(&good, 7, 1, vec![crafted_nesting(50_000)]),
             Code::InvalidArgument,
+            "group wire type",
+        ),
+        (
+            "crafted nesting in a ConfChange entry",
+            env(
+                &good,
+                7,
+                1,
+                vec![append_with(
+                    EntryType::EntryConfChange,
+                    crafted_nesting(50_000),
+                )],
+            ),
+            Code::InvalidArgument,
+            "group wire type",
+        ),
+        (
+            "crafted nesting in a ConfChangeV2 entry",
+            env(
+                &good,
+                7,
+                1,
+                vec![append_with(
+                    EntryType::EntryConfChangeV2,
+                    crafted_nesting(50_000),
+                )],
+            ),
+            Code::InvalidArgument,
+            "group wire type",
+        ),
+        (
+            "a proposal",
+            env(&good, 7, 1, vec![msg(MessageType::MsgPropose, 7, 1)]),
+            Code::InvalidArgument,
+            "MsgPropose is refused: members forward writes through the Kv API",
+        ),
+        (
+            "a leadership transfer",
+            env(&good, 7, 1, vec![msg(MessageType::MsgTransferLeader, 7, 1)]),
+            Code::InvalidArgument,
+            "MsgTransferLeader is refused: leadership transfers are issued on the leader",
+        ),
+        (
+            "more messages than a member packs",
+            env(&good, 7, 1, vec![heartbeat.clone(); 65_537]),
+            Code::InvalidArgument,
+            "envelope carries 65537 messages, more than 65536",
         ),
         (
             "local-only type",
-            env(&good, 1, vec![msg(MessageType::MsgHup, 7, 1)]),
+            env(&good, 7, 1, vec![msg(MessageType::MsgHup, 7, 1)]),
             Code::InvalidArgument,
+            "MsgHup is local to a member",
         ),
         (
             "snapshot outside SendSnapshot",
-            env(&good, 1, vec![msg(MessageType::MsgSnapshot, 7, 1)]),
+            env(&good, 7, 1, vec![msg(MessageType::MsgSnapshot, 7, 1)]),
             Code::InvalidArgument,
+            "MsgSnapshot is not accepted on this call",
         ),
         (
             "message for another member",
-            env(&good, 1, vec![msg(MessageType::MsgHeartbeat, 7, 3)]),
+            env(&good, 7, 1, vec![msg(MessageType::MsgHeartbeat, 7, 3)]),
             Code::InvalidArgument,
+            "message from 7 to 3 inside an envelope from 7 to 1",
         ),
     ];
-    for (what, e, code) in cases.iter().cloned() {
+    for (what, e, code, text) in cases.iter().cloned() {
         let err = peer.send(e.clone()).await.expect_err(what);
         assert_eq!(err.code(), code, "{what}: {err:?}");
+        assert!(err.message().contains(text), "{what}: {err:?}");
         // The streaming call refuses the same way and ends only that stream.
         let err = peer
             .send_stream(futures::stream::iter(vec![e]))
             .await
             .expect_err(what);
         assert_eq!(err.code(), code, "{what} (stream): {err:?}");
+        assert!(err.message().contains(text), "{what} (stream): {err:?}");
     }
 
     // A snapshot stream that starts with payload is refused.
@@ -87,53 +228,84 @@ async fn refuses_bad_envelopes_and_keeps_serving() {
         kind: Some(snapshot_chunk::Kind::Payload(vec![1, 2, 3])),
         last: true,
     };
-    let err = peer
-        .send_snapshot(futures::stream::iter(vec![chunk]))
-        .await
-        .expect_err("payload first");
+    let err = refused_snapshot(
+        &mut peer,
+        futures::stream::iter(vec![chunk]),
+        "payload first",
+    )
+    .await;
     assert_eq!(err.code(), Code::InvalidArgument, "{err:?}");
+    assert!(
+        err.message().contains("payload chunk before the header"),
+        "{err:?}"
+    );
 
     // A snapshot that ends before its last chunk is refused and leaves no file.
-    let mut snap = Message::default();
-    snap.set_msg_type(MessageType::MsgSnapshot);
-    snap.from = 7;
-    snap.to = 1;
-    snap.mut_snapshot().mut_metadata().index = 5;
-    snap.mut_snapshot().mut_metadata().term = 1;
-    let header = raftlane_proto::transport::SnapshotHeader {
-        cluster_id: good.clone(),
-        from: 7,
-        to: 1,
-        message: snap.write_to_bytes().unwrap(),
-        total_size: 10,
-        ..Default::default()
-    };
-    let chunks = vec![
-        SnapshotChunk {
-            kind: Some(snapshot_chunk::Kind::Header(header)),
-            last: false,
-        },
-        SnapshotChunk {
-            kind: Some(snapshot_chunk::Kind::Payload(vec![0; 4])),
-            last: false,
-        },
-    ];
-    let err = peer
-        .send_snapshot(futures::stream::iter(chunks))
-        .await
-        .expect_err("premature end");
+    let chunks = vec![snapshot_header(&good, 10), payload(4)];
+    let err = refused_snapshot(&mut peer, futures::stream::iter(chunks), "premature end").await;
     assert_eq!(err.code(), Code::InvalidArgument, "{err:?}");
-    let snap_dir = c.members[&1].dir.join("snapshots");
-    let left: Vec<_> = std::fs::read_dir(&snap_dir)
-        .unwrap()
-        .map(|e| e.unwrap().file_name())
-        .collect();
-    assert!(left.is_empty(), "partial snapshot files left: {left:?}");
-
-    let rejected = c.metric(1, "raftlane_transport_rejected_total").await;
     assert!(
-        rejected >= (cases.len() * 2 + 1) as f64,
-        "rejections counted: {rejected}"
+        err.message().contains("stream ended before the last chunk"),
+        "{err:?}"
+    );
+    assert!(
+        partial_files_left(&c).is_empty(),
+        "{:?}",
+        partial_files_left(&c)
+    );
+
+    // A snapshot declared bigger than --max-snapshot-bytes is refused up front.
+    let chunks = vec![snapshot_header(&good, 5000)];
+    let err = refused_snapshot(&mut peer, futures::stream::iter(chunks), "too big").await;
+    assert_eq!(err.code(), Code::ResourceExhausted, "{err:?}");
+    assert!(
+        err.message().contains(
+            "snapshot of 5000 bytes exceeds the limit of 4096 bytes (--max-snapshot-bytes)"
+        ),
+        "{err:?}"
+    );
+
+    // A sender that goes quiet mid-snapshot is cut off at the idle timeout, and
+    // its partial file is removed.
+    let started = Instant::now();
+    let chunks = futures::stream::iter(vec![snapshot_header(&good, 100), payload(10)])
+        .chain(futures::stream::pending());
+    let err = refused_snapshot(&mut peer, chunks, "idle sender").await;
+    assert_eq!(err.code(), Code::DeadlineExceeded, "{err:?}");
+    assert!(
+        err.message()
+            .contains("no chunk for 1s (--snapshot-idle-timeout-ms)"),
+        "{err:?}"
+    );
+    assert!(started.elapsed() >= Duration::from_secs(1));
+    assert!(
+        partial_files_left(&c).is_empty(),
+        "{:?}",
+        partial_files_left(&c)
+    );
+
+    let rejected = |kind: &'static str| {
+        let c = &c;
+        async move {
+            c.metric_with(
+                1,
+                "raftlane_transport_rejected_total",
+                &format!("kind=\"{kind}\""),
+            )
+            .await
+        }
+    };
+    assert_eq!(
+        rejected("message_type").await,
+        4.0,
+        "proposals and transfers counted"
+    );
+    assert_eq!(rejected("snapshot_size").await, 1.0);
+    assert_eq!(rejected("snapshot_deadline").await, 1.0);
+    let all = c.metric(1, "raftlane_transport_rejected_total").await;
+    assert!(
+        all >= (cases.len() * 2 + 4) as f64,
+        "rejections counted: {all}"
     );
 
     // Still a working member.
