@@ -8,6 +8,7 @@ use std::time::Duration;
 use clap::Parser;
 
 use crate::transport::grpc::LaneMode;
+use crate::transport::snapshot::{self, SnapshotLimits};
 use crate::transport::validate_peer_addr;
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
@@ -57,6 +58,10 @@ pub struct NodeConfig {
     #[arg(long, env = "RAFTLANE_SNAPSHOT_ENTRIES", default_value_t = 10_000,
           value_parser = clap::value_parser!(u64).range(1..))]
     pub snapshot_entries: u64,
+    /// A learner is promoted only when it matched within this many entries of
+    /// the leader's last index (and was heard from within an election timeout).
+    #[arg(long, env = "RAFTLANE_MAX_PROMOTE_LAG", default_value_t = 1_000)]
+    pub max_promote_lag: u64,
     /// Raft tick length in milliseconds.
     #[arg(long, env = "RAFTLANE_TICK_MS", default_value_t = 100,
           value_parser = clap::value_parser!(u64).range(1..=10_000))]
@@ -91,7 +96,34 @@ pub struct NodeConfig {
     /// Connect timeout to a peer, milliseconds.
     #[arg(long, env = "RAFTLANE_CONNECT_TIMEOUT_MS", default_value_t = 3_000)]
     pub connect_timeout_ms: u64,
+    /// Refuse to start when the data dir holds no raft state, exiting with code
+    /// 66. The operator sets it once this member's volume has held state: a
+    /// wiped volume must not rejoin empty under its old id (it could vote for a
+    /// leader missing committed entries); the operator replaces the member.
+    #[arg(long, env = "RAFTLANE_EXPECT_STATE")]
+    pub expect_state: bool,
+    /// Largest snapshot accepted from a peer, bytes; never more than the data
+    /// volume has free.
+    #[arg(long, env = "RAFTLANE_MAX_SNAPSHOT_BYTES",
+          default_value_t = snapshot::DEFAULT_MAX_SNAPSHOT_BYTES,
+          value_parser = clap::value_parser!(u64).range(1..))]
+    pub max_snapshot_bytes: u64,
+    /// A snapshot receive with no chunk for this long is abandoned, milliseconds.
+    #[arg(long, env = "RAFTLANE_SNAPSHOT_IDLE_TIMEOUT_MS",
+          default_value_t = snapshot::DEFAULT_IDLE_TIMEOUT.as_millis() as u64,
+          value_parser = clap::value_parser!(u64).range(1..))]
+    pub snapshot_idle_timeout_ms: u64,
+    /// Least time a whole snapshot receive may take, milliseconds; a big one
+    /// gets a second per MiB if that is longer. Past it the receive is abandoned.
+    #[arg(long, env = "RAFTLANE_SNAPSHOT_TIMEOUT_MS",
+          default_value_t = snapshot::MIN_SNAPSHOT_TIMEOUT.as_millis() as u64,
+          value_parser = clap::value_parser!(u64).range(1..))]
+    pub snapshot_timeout_ms: u64,
 }
+
+/// The exit code of `--expect-state` on an empty data dir (stated in its help):
+/// runtimes read it from the exited process or container as "volume wiped".
+pub const EXPECT_STATE_EXIT_CODE: i32 = 66;
 
 fn non_empty(s: &str) -> Result<String, String> {
     if s.trim().is_empty() {
@@ -158,6 +190,15 @@ impl NodeConfig {
     pub fn ms(v: u64) -> Duration {
         Duration::from_millis(v)
     }
+
+    /// What the peer receiver accepts in snapshots.
+    pub fn snapshot_limits(&self) -> SnapshotLimits {
+        SnapshotLimits {
+            max_bytes: self.max_snapshot_bytes,
+            idle: Self::ms(self.snapshot_idle_timeout_ms),
+            min_total: Self::ms(self.snapshot_timeout_ms),
+        }
+    }
 }
 
 #[cfg(test)]
@@ -223,5 +264,59 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(err.contains("--id"), "{err}");
+    }
+
+    #[test]
+    fn expect_state_is_off_unless_given_and_its_help_states_the_exit_code() {
+        assert!(!parse(&[]).unwrap().expect_state);
+        assert!(parse(&["--expect-state"]).unwrap().expect_state);
+        let cmd = <NodeConfig as clap::CommandFactory>::command();
+        let arg = cmd
+            .get_arguments()
+            .find(|a| a.get_long() == Some("expect-state"))
+            .unwrap();
+        let help = arg.get_help().unwrap().to_string();
+        assert!(
+            help.contains(&format!("code {EXPECT_STATE_EXIT_CODE}")),
+            "{help}"
+        );
+        assert_eq!(
+            arg.get_env().and_then(|e| e.to_str()),
+            Some("RAFTLANE_EXPECT_STATE")
+        );
+    }
+
+    #[test]
+    fn snapshot_limits_default_to_8_gib_30_s_idle_and_600_s_total() {
+        assert_eq!(
+            parse(&[]).unwrap().snapshot_limits(),
+            SnapshotLimits::default()
+        );
+        assert_eq!(SnapshotLimits::default().max_bytes, 8 << 30);
+        let c = parse(&[
+            "--max-snapshot-bytes",
+            "1000",
+            "--snapshot-idle-timeout-ms",
+            "500",
+            "--snapshot-timeout-ms",
+            "2000",
+        ])
+        .unwrap();
+        assert_eq!(
+            c.snapshot_limits(),
+            SnapshotLimits {
+                max_bytes: 1000,
+                idle: Duration::from_millis(500),
+                min_total: Duration::from_secs(2),
+            }
+        );
+        for flag in [
+            "--max-snapshot-bytes",
+            "--snapshot-idle-timeout-ms",
+            "--snapshot-timeout-ms",
+        ] {
+            let err = parse(&[flag, "0"]).unwrap_err();
+            assert!(err.contains(flag) && err.contains('0'), "{err}");
+        }
     }
 }

@@ -23,7 +23,7 @@ use crate::storage::{LogStore, SnapshotStore};
 use crate::transport::channels::ChannelSettings;
 use crate::transport::grpc::{GrpcConfig, GrpcTransport, MAX_MESSAGE_BYTES};
 use crate::transport::inbox::Inbox;
-use crate::transport::receiver::{Receiver, ReceiverService};
+use crate::transport::receiver::{Receiver, ReceiverConfig, ReceiverService};
 use crate::transport::report::ReportSender;
 use crate::transport::Transport;
 
@@ -39,10 +39,35 @@ async fn bind(flag: &str, addr: SocketAddr) -> anyhow::Result<TcpListener> {
 }
 
 /// Opens storage, bootstrapping a new cluster or waiting to join, per the flags.
+///
+/// With `--expect-state`, a data dir without raft state ends the process with
+/// its own exit code before anything is written there: that code is how the
+/// operator learns the volume was wiped (and replaces the member), so it is
+/// not an error returned to `main`, which has one code for every failure.
 fn open_storage(cfg: &NodeConfig) -> anyhow::Result<(LogStore, SnapshotStore)> {
+    let raft_dir = cfg.data_dir.join("raft");
+    if cfg.expect_state {
+        // raft-node writes raft/ before it can answer or join: without an
+        // entry in it, this member never had (or has lost) its state.
+        let has_state = match std::fs::read_dir(&raft_dir) {
+            Ok(mut entries) => entries.next().is_some(),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => false,
+            Err(e) => return Err(e).with_context(|| format!("--data-dir {}", raft_dir.display())),
+        };
+        if !has_state {
+            eprintln!(
+                "raft-node: --expect-state is set but --data-dir {} holds no raft state: \
+                 the volume looks wiped; refusing to rejoin empty as member {} (the operator \
+                 will replace this member: remove it, then add it back as a new learner)",
+                cfg.data_dir.display(),
+                cfg.id
+            );
+            std::process::exit(crate::config::EXPECT_STATE_EXIT_CODE);
+        }
+    }
     std::fs::create_dir_all(&cfg.data_dir)
         .with_context(|| format!("--data-dir {}: cannot create", cfg.data_dir.display()))?;
-    let mut store = LogStore::open(&cfg.data_dir.join("raft")).with_context(|| {
+    let mut store = LogStore::open(&raft_dir).with_context(|| {
         format!(
             "--data-dir {}: cannot open the raft log",
             cfg.data_dir.display()
@@ -54,7 +79,7 @@ fn open_storage(cfg: &NodeConfig) -> anyhow::Result<(LogStore, SnapshotStore)> {
             let mut voters = cfg.initial_voters.clone();
             voters.sort_unstable();
             voters.dedup();
-            store.bootstrap(&voters)?;
+            store.bootstrap(&voters, &snapshots)?;
             tracing::info!(?voters, "bootstrapped a new cluster");
         }
         (true, true) => tracing::info!(
@@ -103,14 +128,6 @@ pub async fn run(cfg: NodeConfig) -> anyhow::Result<()> {
     }
 
     let (inbox, inbox_rx) = Inbox::new();
-    let receiver = Arc::new(Receiver::new(
-        cfg.cluster_id.clone(),
-        cfg.id,
-        inbox,
-        snapshots.clone(),
-        metrics.clone(),
-        transport.clone(),
-    ));
     let raft_loop = RaftLoop::new(
         LoopConfig {
             id: cfg.id,
@@ -119,13 +136,27 @@ pub async fn run(cfg: NodeConfig) -> anyhow::Result<()> {
             heartbeat_ticks: cfg.heartbeat_ticks,
             snapshot_entries: cfg.snapshot_entries,
             max_inflight_msgs: cfg.max_inflight as usize,
+            max_promote_lag: cfg.max_promote_lag,
             election_range: None,
         },
         store,
-        snapshots,
+        snapshots.clone(),
         transport.clone(),
         metrics.clone(),
     )?;
+    let receiver = Arc::new(Receiver::new(
+        ReceiverConfig {
+            cluster_id: cfg.cluster_id.clone(),
+            id: cfg.id,
+            snapshot: cfg.snapshot_limits(),
+        },
+        inbox,
+        snapshots,
+        raft_loop.staged(),
+        raft_loop.members(),
+        metrics.clone(),
+        transport.clone(),
+    ));
     let (req_tx, req_rx) = mpsc::channel(REQUEST_QUEUE);
     let handle = NodeHandle::new(req_tx);
     let shutdown = CancellationToken::new();

@@ -7,7 +7,7 @@ mod common;
 use std::time::{Duration, Instant};
 
 use common::{assert_keys, write_keys, Cluster, ELECTION};
-use raftlane_proto::admin::StatusResponse;
+use raft_node::storage::BOOTSTRAP_INDEX;
 
 async fn replicates_and_survives_leader_kill(lanes: &[&str]) {
     let mut c = Cluster::start(3, lanes);
@@ -110,34 +110,13 @@ async fn acknowledged_writes_survive_killing_every_member(lanes: &[&str]) {
     assert_keys(&c.kv(&[1, 2, 3]), &keys).await;
 }
 
-/// Starts member `id` in join mode, gives every member its address, adds it as
-/// a learner through `leader`, and waits until it applied the leader's commit.
-async fn add_learner_and_wait(c: &mut Cluster, leader: u64, id: u64) -> StatusResponse {
-    c.add_member(id);
-    c.spawn(id, &[]); // join mode: no --initial-voters
-    let addr = c.members[&id].peer.clone();
-    for other in c.all_ids().into_iter().filter(|o| *o != id) {
-        c.upsert(other, &[(id, addr.clone())]).await;
-    }
-    let mut admin = c.admin(leader).await;
-    admin
-        .add_learner(raftlane_proto::admin::MemberRequest { id })
-        .await
-        .expect("add learner");
-    let target = c.status(leader).await.unwrap().commit_index;
-    c.wait_status(id, ELECTION * 40, "learner caught up", |s| {
-        s.applied_index >= target
-    })
-    .await
-}
-
 async fn learner_catches_up_by_snapshot_then_is_promoted_and_removed(lanes: &[&str]) {
     let mut c = Cluster::start(3, &[lanes, &["--snapshot-entries", "100"]].concat());
     let leader = c.wait_leader(ELECTION * 20).await;
     let keys = write_keys(&c.kv(&[1, 2, 3]), "pre-", 0..600).await;
-    // The leader compacted: the first entries are gone, so a newcomer needs a snapshot.
+    // The leader compacted past its bootstrap snapshot.
     c.wait_status(leader, ELECTION * 10, "compacted", |s| {
-        s.first_log_index > 1
+        s.snapshot_index > BOOTSTRAP_INDEX
     })
     .await;
 
@@ -162,7 +141,7 @@ async fn learner_catches_up_by_snapshot_then_is_promoted_and_removed(lanes: &[&s
         })
     };
 
-    let s4 = add_learner_and_wait(&mut c, leader, 4).await;
+    let s4 = c.add_learner_and_wait(leader, 4).await;
     assert_eq!(s4.role, "learner");
     let mut admin = c.admin(leader).await;
     assert!(
@@ -205,10 +184,10 @@ async fn learner_added_after_writes_stop_gets_a_fresh_snapshot(lanes: &[&str]) {
     let leader = c.wait_leader(ELECTION * 20).await;
     let keys = write_keys(&c.kv(&[1, 2, 3]), "k", 0..300).await;
     c.wait_status(leader, ELECTION * 10, "compacted", |s| {
-        s.first_log_index > 1
+        s.snapshot_index > BOOTSTRAP_INDEX
     })
     .await;
-    let s4 = add_learner_and_wait(&mut c, leader, 4).await;
+    let s4 = c.add_learner_and_wait(leader, 4).await;
     assert!(s4.snapshot_index > 0, "caught up by a snapshot: {s4:?}");
     assert_keys(&c.kv(&[4]), &keys).await;
 }

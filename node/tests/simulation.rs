@@ -11,8 +11,9 @@ use raft_node::metrics::Metrics;
 use raft_node::storage::{LogStore, SnapshotStore};
 use raft_node::transport::inbox::Inbox;
 use raft_node::transport::memory::MemoryNetwork;
-use raft_node::transport::receiver::Receiver;
+use raft_node::transport::receiver::{Receiver, ReceiverConfig};
 use raft_node::transport::report::ReportSender;
+use raft_node::transport::snapshot::SnapshotLimits;
 use raftlane_proto::kv::{log_command::Op, LogCommand, PutRequest};
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
@@ -50,20 +51,12 @@ impl Sim {
         for id in 1..=3u64 {
             let dir = tempfile::tempdir().unwrap();
             let mut store = LogStore::open(&dir.path().join("raft")).unwrap();
-            store.bootstrap(&[1, 2, 3]).unwrap();
             let snapshots = SnapshotStore::open(&dir.path().join("snapshots")).unwrap();
+            store.bootstrap(&[1, 2, 3], &snapshots).unwrap();
             let (reports_tx, reports_rx) = ReportSender::channel(64, Default::default());
             let transport = Arc::new(net.transport(id, reports_tx, snapshots.clone()));
             let (inbox, inbox_rx) = Inbox::new();
             let metrics = Metrics::new();
-            net.attach(Arc::new(Receiver::new(
-                "sim".into(),
-                id,
-                inbox,
-                snapshots.clone(),
-                metrics.clone(),
-                transport.clone(),
-            )));
             // A distinct, fixed election timeout per member: no randomness outside the seed.
             let election = 10 + 3 * id as usize;
             let cfg = LoopConfig {
@@ -73,9 +66,30 @@ impl Sim {
                 heartbeat_ticks: 2,
                 snapshot_entries: 10_000,
                 max_inflight_msgs: 256,
+                max_promote_lag: 1000,
                 election_range: Some((election, election + 1)),
             };
-            let raft_loop = RaftLoop::new(cfg, store, snapshots, transport, metrics).unwrap();
+            let raft_loop = RaftLoop::new(
+                cfg,
+                store,
+                snapshots.clone(),
+                transport.clone(),
+                metrics.clone(),
+            )
+            .unwrap();
+            net.attach(Arc::new(Receiver::new(
+                ReceiverConfig {
+                    cluster_id: "sim".into(),
+                    id,
+                    snapshot: SnapshotLimits::default(),
+                },
+                inbox,
+                snapshots,
+                raft_loop.staged(),
+                raft_loop.members(),
+                metrics,
+                transport,
+            )));
             let (tx, rx) = mpsc::channel(64);
             let ready = Arc::new(std::sync::atomic::AtomicBool::new(false));
             tokio::spawn(raft_loop.run(inbox_rx, rx, reports_rx, ready, shutdown.clone()));

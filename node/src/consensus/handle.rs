@@ -18,6 +18,8 @@ pub enum NodeError {
     ChangeInProgress,
     #[error("invalid membership change: {0}")]
     InvalidChange(String),
+    #[error("unsafe membership change refused: {0}")]
+    UnsafeChange(String),
     #[error("proposal dropped by raft: {0}")]
     Dropped(String),
     #[error("leadership did not move to member {0} in time")]

@@ -10,7 +10,7 @@ pub use handle::{
     MembershipChange, NodeError, NodeHandle, NodeStatus, Query, QueryResult, Request, WriteOutcome,
 };
 
-use std::collections::HashMap;
+use std::collections::{BTreeSet, HashMap};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -22,19 +22,26 @@ use raft::prelude::{
 };
 use raft::{RawNode, ReadOnlyOption, StateRole, Storage};
 use raftlane_proto::kv::LogCommand;
-use tokio::sync::{mpsc, oneshot};
+use tokio::sync::{mpsc, oneshot, watch};
 use tokio::time::MissedTickBehavior;
 use tokio_util::sync::CancellationToken;
 
+use self::membership::{LeaderView, PeerHealth};
 use crate::metrics::{Kind, Metrics};
 use crate::state_machine::{Applied, KvStateMachine};
-use crate::storage::{LogStore, SnapshotStore};
+use crate::storage::{LogStore, SnapshotStore, StagedSnapshot};
 use crate::transport::inbox::InboxReceiver;
 use crate::transport::report::Report;
 use crate::transport::Transport;
 
 /// Inbound messages stepped per wake-up before other work gets a turn.
 const MAX_DRAIN: usize = 256;
+/// Client and admin requests served per turn of the loop, whatever woke it, so
+/// sustained replication traffic cannot starve them.
+const MAX_REQUESTS_PER_TURN: usize = 64;
+/// A ReadIndex with no answer after this many ticks is issued again: the leader
+/// it went to may have lost leadership, or dropped it before its first commit.
+const READ_RETRY_TICKS: u64 = 5;
 /// Largest total size of entries in one append message.
 const MAX_SIZE_PER_MSG: u64 = 1 << 20;
 
@@ -48,6 +55,9 @@ pub struct LoopConfig {
     /// Take a snapshot and compact the log after this many applied entries.
     pub snapshot_entries: u64,
     pub max_inflight_msgs: usize,
+    /// A learner is promoted only when it matched within this many entries of
+    /// the leader's last index.
+    pub max_promote_lag: u64,
     /// Fixed election timeout range `[min, max)` in ticks, for deterministic tests;
     /// `None` uses raft-rs's `[election, 2 × election)`.
     pub election_range: Option<(usize, usize)>,
@@ -73,6 +83,20 @@ fn parse_context(c: &[u8]) -> Option<(u64, u64, u64)> {
     Some((word(0)?, word(1)?, word(2)?))
 }
 
+/// Every id a configuration names.
+fn member_set(cs: &ConfState) -> BTreeSet<u64> {
+    [
+        &cs.voters,
+        &cs.learners,
+        &cs.voters_outgoing,
+        &cs.learners_next,
+    ]
+    .into_iter()
+    .flatten()
+    .copied()
+    .collect()
+}
+
 fn storage_err(e: impl std::fmt::Display) -> NodeError {
     NodeError::Storage(e.to_string())
 }
@@ -82,6 +106,14 @@ type ReadReply = oneshot::Sender<Result<QueryResult, NodeError>>;
 struct PendingWrite {
     reply: oneshot::Sender<Result<WriteOutcome, NodeError>>,
     started: Instant,
+}
+
+struct PendingRead {
+    query: Query,
+    reply: ReadReply,
+    ctx: Vec<u8>,
+    /// The tick it was last issued at; `None` while deferred.
+    issued: Option<u64>,
 }
 
 struct Transfer {
@@ -102,7 +134,12 @@ pub struct RaftLoop {
     next_req: u64,
     writes: HashMap<u64, PendingWrite>,
     changes: HashMap<u64, oneshot::Sender<Result<u64, NodeError>>>,
-    reads: HashMap<u64, (Query, ReadReply)>,
+    reads: HashMap<u64, PendingRead>,
+    /// Reads held back because this leader has not yet committed an entry of its
+    /// term (raft-rs would drop their ReadIndex silently).
+    deferred_reads: Vec<u64>,
+    /// When each peer was last heard from: a change is checked against it.
+    last_heard: HashMap<u64, Instant>,
     /// Reads whose ReadIndex is known, waiting for apply to reach it.
     ready_reads: Vec<(u64, Query, ReadReply)>,
     transfer: Option<Transfer>,
@@ -111,6 +148,11 @@ pub struct RaftLoop {
     dump: Option<Dump>,
     dump_done: mpsc::Sender<anyhow::Result<SnapshotMetadata>>,
     dump_results: Option<mpsc::Receiver<anyhow::Result<SnapshotMetadata>>>,
+    /// The current members (voters, learners, outgoing voters), for the peer
+    /// receiver, which only learns addresses of members.
+    members: watch::Sender<BTreeSet<u64>>,
+    /// State machines the receiver loaded from incoming snapshots.
+    staged: StagedSnapshot,
 }
 
 /// A snapshot in the making: the state at `meta.index` is being written to disk.
@@ -156,6 +198,7 @@ impl RaftLoop {
         let conf_state = store.initial_state()?.conf_state;
         let node = RawNode::new(&rc, store, &logger)?;
         let (dump_done, dump_results) = mpsc::channel(1);
+        let members = watch::Sender::new(member_set(&conf_state));
         Ok(RaftLoop {
             cfg,
             node,
@@ -169,13 +212,27 @@ impl RaftLoop {
             writes: HashMap::new(),
             changes: HashMap::new(),
             reads: HashMap::new(),
+            deferred_reads: Vec::new(),
+            last_heard: HashMap::new(),
             ready_reads: Vec::new(),
             transfer: None,
             ticks: 0,
             dump: None,
             dump_done,
             dump_results: Some(dump_results),
+            members,
+            staged: StagedSnapshot::default(),
         })
+    }
+
+    /// Follows the member set as this member applies configuration changes.
+    pub fn members(&self) -> watch::Receiver<BTreeSet<u64>> {
+        self.members.subscribe()
+    }
+
+    /// Where the peer receiver puts state machines loaded from received snapshots.
+    pub fn staged(&self) -> StagedSnapshot {
+        self.staged.clone()
     }
 
     /// Runs until `shutdown`; a storage failure ends the loop with an error, since
@@ -211,11 +268,14 @@ impl RaftLoop {
                         match inbox.bulk.try_recv() { Ok(m) => self.step(m), Err(_) => break }
                     }
                 }
-                Some(req) = requests.recv() => {
-                    self.on_request(req);
-                    for _ in 0..MAX_DRAIN {
-                        match requests.try_recv() { Ok(r) => self.on_request(r), Err(_) => break }
-                    }
+                Some(req) = requests.recv() => self.on_request(req),
+            }
+            // Requests get a turn whatever woke the loop: the branches above are
+            // biased towards raft traffic, which alone could keep the loop busy.
+            for _ in 0..MAX_REQUESTS_PER_TURN {
+                match requests.try_recv() {
+                    Ok(r) => self.on_request(r),
+                    Err(_) => break,
                 }
             }
             self.on_ready()?;
@@ -226,6 +286,9 @@ impl RaftLoop {
 
     fn step(&mut self, m: Message) {
         let (from, t) = (m.from, m.get_msg_type());
+        if from != 0 && from != self.cfg.id {
+            self.last_heard.insert(from, Instant::now());
+        }
         if let Err(e) = self.node.step(m) {
             tracing::debug!(from, msg_type = ?t, error = %e, "raft refused a message");
         }
@@ -244,7 +307,49 @@ impl RaftLoop {
         if self.ticks.is_multiple_of(10) {
             self.writes.retain(|_, w| !w.reply.is_closed());
             self.changes.retain(|_, r| !r.is_closed());
-            self.reads.retain(|_, (_, r)| !r.is_closed());
+            self.reads.retain(|_, r| !r.reply.is_closed());
+        }
+        if self.ticks.is_multiple_of(READ_RETRY_TICKS) {
+            self.retry_reads();
+        }
+    }
+
+    /// True when this member leads but has not committed an entry of its term:
+    /// until then it cannot know its commit index is current, and raft-rs drops
+    /// ReadIndex requests.
+    fn leader_not_ready_for_reads(&self) -> bool {
+        self.node.raft.state == StateRole::Leader && !self.node.raft.commit_to_current_term()
+    }
+
+    /// Sends a read's ReadIndex, or defers it until this leader can serve it
+    /// (deferred reads are issued in `on_ready` once it can, or once it no longer
+    /// leads and the read goes to the new leader).
+    fn issue_read(&mut self, id: u64) {
+        let defer = self.leader_not_ready_for_reads();
+        let Some(read) = self.reads.get_mut(&id) else {
+            return;
+        };
+        if defer {
+            read.issued = None;
+            self.deferred_reads.push(id);
+            return;
+        }
+        read.issued = Some(self.ticks);
+        let ctx = read.ctx.clone();
+        self.node.read_index(ctx);
+    }
+
+    /// Issues again the reads that got no answer in time.
+    fn retry_reads(&mut self) {
+        let ticks = self.ticks;
+        let stale: Vec<u64> = self
+            .reads
+            .iter()
+            .filter(|(_, r)| r.issued.is_some_and(|t| ticks - t >= READ_RETRY_TICKS))
+            .map(|(id, _)| *id)
+            .collect();
+        for id in stale {
+            self.issue_read(id);
         }
     }
 
@@ -303,14 +408,20 @@ impl RaftLoop {
                     }
                 }
             }
-            Request::Read(q, reply) => {
+            Request::Read(query, reply) => {
                 if self.leader_id() == 0 {
                     let _ = reply.send(Err(NodeError::NoLeader));
                     return;
                 }
                 let (id, ctx) = self.new_context();
-                self.node.read_index(ctx);
-                self.reads.insert(id, (q, reply));
+                let read = PendingRead {
+                    query,
+                    reply,
+                    ctx,
+                    issued: None,
+                };
+                self.reads.insert(id, read);
+                self.issue_read(id);
             }
             Request::Membership(change, reply) => {
                 let result = self.propose_change(change);
@@ -354,7 +465,25 @@ impl RaftLoop {
         if self.node.raft.has_pending_conf() {
             return Err(NodeError::ChangeInProgress);
         }
-        let cc = membership::to_conf_change(change, &self.conf_state)?;
+        let window = self.cfg.tick * self.cfg.election_ticks as u32;
+        let peers = self
+            .node
+            .raft
+            .prs()
+            .iter()
+            .filter(|(id, _)| **id != self.cfg.id)
+            .map(|(id, pr)| {
+                let active = self.last_heard.get(id).is_some_and(|t| t.elapsed() < window);
+                (*id, PeerHealth { matched: pr.matched, active })
+            })
+            .collect();
+        let view = LeaderView {
+            leader: self.cfg.id,
+            last_index: self.node.raft.raft_log.last_index(),
+            max_promote_lag: self.cfg.max_promote_lag,
+            peers: &peers,
+        };
+        let cc = membership::to_conf_change(change, &self.conf_state, &view)?;
         let (id, ctx) = self.new_context();
         self.node
             .propose_conf_change(ctx, cc)
@@ -426,8 +555,8 @@ impl RaftLoop {
         for rs in rd.take_read_states() {
             if let Some((member, inc, req)) = parse_context(&rs.request_ctx) {
                 if (member, inc) == (self.cfg.id, self.incarnation) {
-                    if let Some((q, reply)) = self.reads.remove(&req) {
-                        self.ready_reads.push((rs.index, q, reply));
+                    if let Some(r) = self.reads.remove(&req) {
+                        self.ready_reads.push((rs.index, r.query, r.reply));
                     }
                 }
             }
@@ -449,6 +578,11 @@ impl RaftLoop {
         }
         self.apply(light.take_committed_entries())?;
         self.node.advance_apply();
+        if !self.deferred_reads.is_empty() && !self.leader_not_ready_for_reads() {
+            for id in std::mem::take(&mut self.deferred_reads) {
+                self.issue_read(id);
+            }
+        }
         self.serve_reads();
         let since = self.node.raft.raft_log.applied - self.node.store().snapshot_meta().index;
         if since >= self.cfg.snapshot_entries && self.dump.is_none() {
@@ -460,10 +594,15 @@ impl RaftLoop {
 
     fn install_snapshot(&mut self, snap: Snapshot) -> anyhow::Result<()> {
         let meta = snap.get_metadata();
-        let mut body = self.snapshots.open_body(meta.term, meta.index)?;
-        self.sm = KvStateMachine::load(&mut body)?;
+        self.sm = match self.staged.take(meta.term, meta.index) {
+            Some(sm) => sm,
+            None => {
+                let mut body = self.snapshots.open_body(meta.term, meta.index)?;
+                KvStateMachine::load(&mut body)?
+            }
+        };
         self.node.mut_store().apply_snapshot(meta)?;
-        self.conf_state = meta.get_conf_state().clone();
+        self.set_conf_state(meta.get_conf_state().clone());
         self.snapshots.prune((meta.term, meta.index))?;
         tracing::info!(
             index = meta.index,
@@ -484,12 +623,12 @@ impl RaftLoop {
                 EntryType::EntryConfChangeV2 => {
                     let cc = ConfChangeV2::parse_from_bytes(&e.data)?;
                     let result = self.node.apply_conf_change(&cc);
-                    self.finish_conf_change(result, e.index, ours);
+                    self.finish_conf_change(result, e.index, ours)?;
                 }
                 EntryType::EntryConfChange => {
                     let cc = ConfChange::parse_from_bytes(&e.data)?;
                     let result = self.node.apply_conf_change(&cc);
-                    self.finish_conf_change(result, e.index, ours);
+                    self.finish_conf_change(result, e.index, ours)?;
                 }
             }
         }
@@ -524,26 +663,67 @@ impl RaftLoop {
         }
     }
 
+    /// Records an applied configuration. A committed change that cannot be
+    /// applied means this member's view of the configuration differs from the
+    /// cluster's: it stops (the loop ends with the error) rather than go on with a
+    /// configuration nobody else has.
     fn finish_conf_change(
         &mut self,
         applied: raft::Result<ConfState>,
         index: u64,
         ours: Option<u64>,
-    ) {
-        let result = match applied {
-            Ok(cs) => {
-                tracing::info!(index, voters = ?cs.voters, learners = ?cs.learners, "membership changed");
-                self.conf_state = cs;
-                Ok(index)
-            }
+    ) -> anyhow::Result<()> {
+        let reply = ours.and_then(|r| self.changes.remove(&r));
+        let cs = match applied {
+            Ok(cs) => cs,
             Err(e) => {
-                tracing::warn!(index, error = %e, "membership change refused at apply");
-                Err(NodeError::InvalidChange(e.to_string()))
+                let why = format!(
+                    "the committed membership change at index {index} cannot be applied to \
+                     this member's configuration (voters {:?}, learners {:?}): {e}",
+                    self.conf_state.voters, self.conf_state.learners
+                );
+                tracing::error!(index, error = %e, "configuration diverged; stopping");
+                if let Some(reply) = reply {
+                    let _ = reply.send(Err(NodeError::InvalidChange(why.clone())));
+                }
+                anyhow::bail!("configuration diverged: {why}; this member stops so it never acts on a configuration the cluster does not have");
             }
         };
-        if let Some(reply) = ours.and_then(|r| self.changes.remove(&r)) {
-            let _ = reply.send(result);
+        tracing::info!(index, voters = ?cs.voters, learners = ?cs.learners, "membership changed");
+        let removed_leader =
+            self.node.raft.state == StateRole::Leader && !cs.voters.contains(&self.cfg.id);
+        self.set_conf_state(cs);
+        if removed_leader {
+            self.step_down();
         }
+        if let Some(reply) = reply {
+            let _ = reply.send(Ok(index));
+        }
+        Ok(())
+    }
+
+    /// A leader that applied its own removal hands leadership to the voter with
+    /// the most of its log and becomes a follower; raft-rs would keep it leading
+    /// a configuration it is not part of, where every proposal is dropped.
+    fn step_down(&mut self) {
+        let r = &mut self.node.raft;
+        let best = r
+            .prs()
+            .iter()
+            .filter(|(id, _)| **id != self.cfg.id && self.conf_state.voters.contains(id))
+            .max_by_key(|(_, pr)| pr.matched)
+            .map(|(id, _)| *id);
+        if let Some(to) = best {
+            r.send_timeout_now(to);
+        }
+        let term = r.term;
+        r.become_follower(term, raft::INVALID_ID);
+        tracing::warn!(to = ?best, "removed from the voters while leading: stepped down");
+    }
+
+    fn set_conf_state(&mut self, cs: ConfState) {
+        self.members.send_replace(member_set(&cs));
+        self.conf_state = cs;
     }
 
     fn serve_reads(&mut self) {

@@ -23,7 +23,10 @@ pub fn to_status(e: NodeError) -> Status {
         NodeError::NoLeader | NodeError::Dropped(_) | NodeError::Shutdown => {
             Status::unavailable(e.to_string())
         }
-        NodeError::NotLeader { .. } | NodeError::ChangeInProgress | NodeError::InvalidChange(_) => {
+        NodeError::NotLeader { .. }
+        | NodeError::ChangeInProgress
+        | NodeError::InvalidChange(_)
+        | NodeError::UnsafeChange(_) => {
             Status::failed_precondition(e.to_string())
         }
         NodeError::TransferFailed(_) => Status::aborted(e.to_string()),

@@ -5,9 +5,17 @@ use std::path::Path;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
-use raft::prelude::{Entry, HardState, Snapshot, SnapshotMetadata};
+use raft::prelude::{ConfState, Entry, HardState, Snapshot, SnapshotMetadata};
 use raft::{GetEntriesContext, RaftState, Storage, StorageError};
 use raft_engine::{Command, Config as EngineConfig, Engine, LogBatch, MessageExt};
+
+use super::SnapshotStore;
+use crate::state_machine::KvStateMachine;
+
+/// Index and term of the empty snapshot every initial voter of a new cluster
+/// starts from (the values TiKV uses for the same purpose).
+pub const BOOTSTRAP_INDEX: u64 = 5;
+pub const BOOTSTRAP_TERM: u64 = 5;
 
 /// The single raft group this member stores.
 const GROUP: u64 = 1;
@@ -57,12 +65,25 @@ impl LogStore {
             .get_message::<SnapshotMetadata>(GROUP, KEY_SNAPSHOT_META)
             .map_err(engine_err)?
             .unwrap_or_default();
-        Ok(LogStore {
+        let store = LogStore {
             engine,
             hard_state,
             snapshot_meta,
             snapshot_wanted: AtomicBool::new(false),
-        })
+        };
+        if store.snapshot_meta.index == 0
+            && (store.snapshot_meta.get_conf_state() != &ConfState::default()
+                || store.engine.last_index(GROUP).is_some())
+        {
+            return Err(raft::Error::Store(StorageError::Other(
+                "this raft log has the configuration of its cluster at index 0 (the layout \
+                 of raft-node 0.1), where members added later cannot see it; it is refused \
+                 because such a cluster can split when it grows: start this member on an \
+                 empty data dir and let it join, or move the data into a new cluster"
+                    .into(),
+            )));
+        }
+        Ok(store)
     }
 
     /// True when nothing was ever written: no term, no snapshot, no entries.
@@ -72,16 +93,41 @@ impl LogStore {
             && self.engine.last_index(GROUP).is_none()
     }
 
-    /// Records the initial voters of a new cluster as the configuration at index 0.
-    pub fn bootstrap(&mut self, voters: &[u64]) -> raft::Result<()> {
-        let mut meta = SnapshotMetadata::default();
+    /// Bootstraps a new cluster: every initial voter starts from the same empty
+    /// snapshot at [`BOOTSTRAP_INDEX`] whose configuration names the voters, and
+    /// its log begins after it. A member added later starts at index 0, below the
+    /// log of every member, so it can only catch up by snapshot, and a snapshot
+    /// carries the configuration. (Were the voters recorded at index 0, a joiner
+    /// replaying the log from index 1 would never learn them, and would end up
+    /// believing it is the only voter.)
+    pub fn bootstrap(&mut self, voters: &[u64], snapshots: &SnapshotStore) -> raft::Result<()> {
+        let io = |e: std::io::Error| raft::Error::Store(StorageError::Other(Box::new(e)));
+        let mut w = snapshots
+            .create(BOOTSTRAP_TERM, BOOTSTRAP_INDEX)
+            .map_err(io)?;
+        KvStateMachine::default().dump(&mut w).map_err(io)?;
+        w.finish().map_err(io)?;
+        let mut meta = SnapshotMetadata {
+            index: BOOTSTRAP_INDEX,
+            term: BOOTSTRAP_TERM,
+            ..Default::default()
+        };
         meta.mut_conf_state().voters = voters.to_vec();
+        let hs = HardState {
+            term: BOOTSTRAP_TERM,
+            commit: BOOTSTRAP_INDEX,
+            ..Default::default()
+        };
         let mut batch = LogBatch::default();
         batch
             .put_message(GROUP, KEY_SNAPSHOT_META.to_vec(), &meta)
             .map_err(engine_err)?;
+        batch
+            .put_message(GROUP, KEY_HARD_STATE.to_vec(), &hs)
+            .map_err(engine_err)?;
         self.engine.write(&mut batch, true).map_err(engine_err)?;
         self.snapshot_meta = meta;
+        self.hard_state = hs;
         Ok(())
     }
 
@@ -286,31 +332,80 @@ mod tests {
         }
     }
 
+    /// A store bootstrapped as one of `voters`, with its snapshot folder beside it.
+    fn bootstrapped(dir: &Path, voters: &[u64]) -> LogStore {
+        let mut s = LogStore::open(&dir.join("raft")).unwrap();
+        assert!(s.is_fresh());
+        let snapshots = SnapshotStore::open(&dir.join("snapshots")).unwrap();
+        s.bootstrap(voters, &snapshots).unwrap();
+        s
+    }
+
+    #[test]
+    fn a_bootstrapped_log_starts_after_a_snapshot_that_names_the_voters() {
+        let dir = tempfile::tempdir().unwrap();
+        drop(bootstrapped(dir.path(), &[1, 2, 3]));
+        let s = LogStore::open(&dir.path().join("raft")).unwrap();
+        assert!(!s.is_fresh());
+        let meta = s.snapshot_meta();
+        assert_eq!((meta.index, meta.term), (BOOTSTRAP_INDEX, BOOTSTRAP_TERM));
+        assert_eq!(s.initial_state().unwrap().conf_state.voters, vec![1, 2, 3]);
+        assert_eq!(s.hard_state().commit, BOOTSTRAP_INDEX);
+        // Nothing below the snapshot can be replayed: a joiner at index 0 gets the
+        // snapshot, and with it the configuration.
+        assert_eq!(s.first_index().unwrap(), BOOTSTRAP_INDEX + 1);
+        assert!(matches!(
+            s.entries(1, 2, None, GetEntriesContext::empty(false)),
+            Err(raft::Error::Store(StorageError::Compacted))
+        ));
+        // The snapshot's body is a real, empty state machine.
+        let snapshots = SnapshotStore::open(&dir.path().join("snapshots")).unwrap();
+        let mut body = snapshots.open_body(BOOTSTRAP_TERM, BOOTSTRAP_INDEX).unwrap();
+        assert!(KvStateMachine::load(&mut body).unwrap().is_empty());
+    }
+
+    #[test]
+    fn a_log_with_its_configuration_at_index_zero_is_refused_with_the_reason() {
+        let dir = tempfile::tempdir().unwrap();
+        {
+            // What raft-node 0.1 wrote: the voters at index 0, entries from 1.
+            let mut s = LogStore::open(dir.path()).unwrap();
+            let mut meta = SnapshotMetadata::default();
+            meta.mut_conf_state().voters = vec![1, 2, 3];
+            let mut batch = LogBatch::default();
+            batch
+                .put_message(GROUP, KEY_SNAPSHOT_META.to_vec(), &meta)
+                .unwrap();
+            s.engine.write(&mut batch, true).unwrap();
+            s.append(&[entry(1, 1)], None, true).unwrap();
+        }
+        let err = LogStore::open(dir.path()).err().expect("old layout refused");
+        assert!(err.to_string().contains("configuration of its cluster at index 0"), "{err}");
+    }
+
     #[test]
     fn survives_reopen_and_overwrites_conflicting_suffix() {
         let dir = tempfile::tempdir().unwrap();
         {
-            let mut s = LogStore::open(dir.path()).unwrap();
-            assert!(s.is_fresh());
-            s.bootstrap(&[1, 2, 3]).unwrap();
-            let entries: Vec<_> = (1..=5).map(|i| entry(i, 1)).collect();
+            let mut s = bootstrapped(dir.path(), &[1, 2, 3]);
+            let entries: Vec<_> = (6..=10).map(|i| entry(i, 6)).collect();
             let hs = HardState {
-                term: 1,
-                commit: 3,
+                term: 6,
+                commit: 8,
                 ..Default::default()
             };
             s.append(&entries, Some(&hs), true).unwrap();
-            // A new leader overwrites 4..5 with term-2 entries.
-            s.append(&[entry(4, 2)], None, true).unwrap();
+            // A new leader overwrites 9..10 with term-7 entries.
+            s.append(&[entry(9, 7)], None, true).unwrap();
         }
-        let s = LogStore::open(dir.path()).unwrap();
+        let s = LogStore::open(&dir.path().join("raft")).unwrap();
         assert!(!s.is_fresh());
         assert_eq!(s.initial_state().unwrap().conf_state.voters, vec![1, 2, 3]);
-        assert_eq!(s.hard_state().commit, 3);
-        assert_eq!(s.last_index().unwrap(), 4);
-        assert_eq!(s.term(4).unwrap(), 2);
+        assert_eq!(s.hard_state().commit, 8);
+        assert_eq!(s.last_index().unwrap(), 9);
+        assert_eq!(s.term(9).unwrap(), 7);
         let got = s
-            .entries(1, 5, None, GetEntriesContext::empty(false))
+            .entries(6, 10, None, GetEntriesContext::empty(false))
             .unwrap();
         assert_eq!(got.len(), 4);
     }
@@ -318,36 +413,35 @@ mod tests {
     #[test]
     fn compaction_and_snapshot_install_move_first_index() {
         let dir = tempfile::tempdir().unwrap();
-        let mut s = LogStore::open(dir.path()).unwrap();
-        s.bootstrap(&[1]).unwrap();
-        let entries: Vec<_> = (1..=10).map(|i| entry(i, 1)).collect();
+        let mut s = bootstrapped(dir.path(), &[1]);
+        let entries: Vec<_> = (6..=15).map(|i| entry(i, 6)).collect();
         s.append(&entries, None, true).unwrap();
         let mut meta = SnapshotMetadata {
-            index: 6,
-            term: 1,
+            index: 11,
+            term: 6,
             ..Default::default()
         };
         meta.mut_conf_state().voters = vec![1];
         s.compact(&meta, 2).unwrap();
         // Two entries at or below the snapshot index stay as the margin.
-        assert_eq!(s.first_index().unwrap(), 5);
-        assert_eq!(s.term(6).unwrap(), 1);
+        assert_eq!(s.first_index().unwrap(), 10);
+        assert_eq!(s.term(11).unwrap(), 6);
         assert!(matches!(
-            s.entries(3, 8, None, GetEntriesContext::empty(false)),
+            s.entries(8, 13, None, GetEntriesContext::empty(false)),
             Err(raft::Error::Store(StorageError::Compacted))
         ));
         assert_eq!(
-            s.entries(5, 11, None, GetEntriesContext::empty(false))
+            s.entries(10, 16, None, GetEntriesContext::empty(false))
                 .unwrap()
                 .len(),
             6
         );
 
         meta.index = 50;
-        meta.term = 3;
+        meta.term = 8;
         s.apply_snapshot(&meta).unwrap();
         drop(s);
-        let s = LogStore::open(dir.path()).unwrap();
+        let s = LogStore::open(&dir.path().join("raft")).unwrap();
         assert_eq!(s.first_index().unwrap(), 51);
         assert_eq!(s.last_index().unwrap(), 50);
         assert_eq!(s.hard_state().commit, 50);

@@ -3,6 +3,8 @@
 
 mod log_store;
 mod snapshot_store;
+mod staged;
 
-pub use log_store::LogStore;
+pub use log_store::{LogStore, BOOTSTRAP_INDEX, BOOTSTRAP_TERM};
 pub use snapshot_store::{SnapshotStore, SnapshotWriter, VerifiedBody};
+pub use staged::StagedSnapshot;
