@@ -157,3 +157,59 @@ async fn raftctl_data_admin_and_bench_commands() {
         assert!(out.contains(field), "bench output lacks {field}: {out}");
     }
 }
+
+#[test]
+fn expect_state_on_an_empty_data_dir_exits_with_its_code_naming_flag_and_dir() {
+    let tmp = tempfile::tempdir().unwrap();
+    // A volume that is gone (no data dir) and one wiped in place (raft/ empty).
+    let gone = tmp.path().join("gone");
+    let wiped = tmp.path().join("wiped");
+    std::fs::create_dir_all(wiped.join("raft")).unwrap();
+    for dir in [&gone, &wiped] {
+        let d = dir.to_str().unwrap();
+        let (code, err) = raft_node(&[
+            "--id",
+            "2",
+            "--cluster-id",
+            "c",
+            "--data-dir",
+            d,
+            "--peer-addr",
+            "127.0.0.1:0",
+            "--client-addr",
+            "127.0.0.1:0",
+            "--admin-addr",
+            "127.0.0.1:0",
+            "--metrics-addr",
+            "127.0.0.1:0",
+            "--expect-state",
+        ]);
+        assert_eq!(code, raft_node::config::EXPECT_STATE_EXIT_CODE, "{err}");
+        for part in [
+            "--expect-state",
+            &format!("--data-dir {d}"),
+            "looks wiped",
+            "operator will replace this member",
+        ] {
+            assert!(err.contains(part), "stderr lacks {part:?}: {err}");
+        }
+    }
+    assert!(!gone.exists(), "a refused start writes nothing");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn expect_state_starts_on_the_data_raft_node_wrote_even_before_joining() {
+    let mut c = Cluster::start(1, &[]);
+    c.wait_leader(ELECTION * 20).await;
+    // Member 2 starts in join mode and is never added: its data dir holds
+    // only what raft-node wrote on opening it.
+    c.add_member(2);
+    c.spawn(2, &[]);
+    c.wait_status(2, ELECTION * 20, "an answer", |_| true).await;
+    c.kill9(2);
+    c.kill9(1);
+    c.spawn(1, &["--expect-state"]);
+    assert_eq!(c.wait_leader(ELECTION * 20).await, 1);
+    c.spawn(2, &["--expect-state"]);
+    c.wait_status(2, ELECTION * 20, "an answer", |_| true).await;
+}
