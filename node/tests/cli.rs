@@ -105,6 +105,31 @@ async fn raftctl_data_admin_and_bench_commands() {
     write_keys(&c.kv(&[1]), "scan/", 0..5).await;
     let (code, out, _) = raftctl(&["--endpoints", &eps, "scan", "scan/"]);
     assert_eq!((code, out.lines().count()), (0, 5), "{out}");
+    // Pages of two are followed to the end, in order; --limit stops early.
+    let (code, out, _) = raftctl(&["--endpoints", &eps, "scan", "scan/", "--page-size", "2"]);
+    let keys: Vec<&str> = out.lines().map(|l| l.split('\t').next().unwrap()).collect();
+    assert_eq!(code, 0, "{out}");
+    assert_eq!(
+        keys,
+        (0..5).map(|i| format!("scan/{i:06}")).collect::<Vec<_>>()
+    );
+    let (code, out, _) = raftctl(&[
+        "--endpoints",
+        &eps,
+        "scan",
+        "scan/",
+        "--page-size",
+        "2",
+        "--limit",
+        "3",
+    ]);
+    assert_eq!((code, out.lines().count()), (0, 3), "{out}");
+    let (code, _, err) = raftctl(&["--endpoints", &eps, "scan", "--page-size", "10001"]);
+    assert_ne!(code, 0);
+    assert!(
+        err.contains("--page-size") && err.contains("10001"),
+        "{err}"
+    );
     let (code, out, _) = raftctl(&["--endpoints", &eps, "del", "greeting"]);
     assert_eq!((code, out.trim()), (0, "deleted"));
 
