@@ -307,6 +307,27 @@ impl Cluster {
         .changed
     }
 
+    /// Starts member `id` in join mode, gives every member its address, adds it as
+    /// a learner through `leader`, and waits until it applied the leader's commit.
+    pub async fn add_learner_and_wait(&mut self, leader: u64, id: u64) -> StatusResponse {
+        self.add_member(id);
+        self.spawn(id, &[]); // join mode: no --initial-voters
+        let addr = self.members[&id].peer.clone();
+        for other in self.all_ids().into_iter().filter(|o| *o != id) {
+            self.upsert(other, &[(id, addr.clone())]).await;
+        }
+        let mut admin = self.admin(leader).await;
+        admin
+            .add_learner(raftlane_proto::admin::MemberRequest { id })
+            .await
+            .expect("add learner");
+        let target = self.status(leader).await.unwrap().commit_index;
+        self.wait_status(id, ELECTION * 40, "learner caught up", |s| {
+            s.applied_index >= target
+        })
+        .await
+    }
+
     /// Sum of every series of metric `name` on member `id`.
     pub async fn metric(&self, id: u64, name: &str) -> f64 {
         self.metric_with(id, name, "").await
@@ -402,5 +423,33 @@ pub async fn assert_keys(kv: &KvClient, keys: &[String]) {
             Some(format!("value-{i}").as_bytes()),
             "key {k}"
         );
+    }
+}
+
+/// Helpers for fault tests that route peers through proxies and pause members.
+impl Cluster {
+    /// Starts member `id` reaching each peer in `reach` at that address (a proxy
+    /// of its own) instead of the cluster-wide `reach`.
+    pub fn spawn_reaching(&mut self, id: u64, reach: BTreeMap<u64, String>, args: &[&str]) {
+        let shared = std::mem::replace(&mut self.reach, reach);
+        self.spawn(id, args);
+        self.reach = shared;
+    }
+
+    /// Sends `signal` (`STOP`, `CONT`, ...) to member `id`'s process.
+    pub fn signal(&self, id: u64, signal: &str) {
+        let status = Command::new("kill")
+            .args([&format!("-{signal}"), &self.pid(id).to_string()])
+            .status()
+            .expect("run kill");
+        assert!(status.success(), "kill -{signal} member {id}");
+    }
+
+    /// Member `id`'s status, or `None` if it does not answer within `within`.
+    pub async fn status_within(&self, id: u64, within: Duration) -> Option<StatusResponse> {
+        tokio::time::timeout(within, self.status(id))
+            .await
+            .ok()
+            .flatten()
     }
 }
