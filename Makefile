@@ -3,7 +3,7 @@ SHELL := /bin/bash
 CARGO ?= cargo
 STATE ?= .raftlane
 
-.PHONY: all build release test lint fmt unit bench crds manifests images e2e-kind run down clean
+.PHONY: all build release test lint fmt unit bench soak crds manifests images e2e-kind run down clean
 
 all: build
 
@@ -35,6 +35,14 @@ test: lint unit manifests
 bench:
 	$(CARGO) bench -p raft-node --bench transport
 	$(CARGO) bench -p raft-node --bench cluster
+
+# Many seeded nemesis runs with release binaries; prints each run and the totals.
+# SOAK_SEEDS is a count of fresh seeds or a list to replay; SOAK_SECS per run.
+SOAK_SEEDS ?= 20
+SOAK_SECS ?= 60
+soak:
+	RAFTLANE_NEMESIS_SEEDS=$(SOAK_SEEDS) RAFTLANE_NEMESIS_SECS=$(SOAK_SECS) \
+		$(CARGO) test --release -p raft-node --test nemesis -- --nocapture seeded_nemesis_runs
 
 # Regenerate the CRD manifest from the Rust types, and its copy in the Helm chart
 # (tests fail when either is stale).
