@@ -1,7 +1,9 @@
 //! The streaming lane transport against real tonic servers on loopback: stream
 //! use, unary fallback, in-place peer updates, failures and reports, lane
-//! isolation, drops, snapshots, and peer removal.
+//! isolation, drops, snapshots, and peer removal; then the receiver: whose
+//! address it learns, and how it receives, refuses and stages snapshots.
 
+use std::collections::BTreeSet;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
@@ -11,14 +13,22 @@ use futures::StreamExt;
 use protobuf::Message as _;
 use raft::prelude::{Message, MessageType};
 use raft_node::metrics::{Metrics, PeerLane};
-use raft_node::storage::SnapshotStore;
+use raft_node::state_machine::KvStateMachine;
+use raft_node::storage::{SnapshotStore, StagedSnapshot};
 use raft_node::transport::channels::ChannelSettings;
-use raft_node::transport::grpc::{GrpcConfig, GrpcTransport, LaneMode};
+use raft_node::transport::grpc::{
+    GrpcConfig, GrpcTransport, LaneMode, MAX_LEARNED_PEERS, MAX_MESSAGE_BYTES,
+};
+use raft_node::transport::inbox::{Inbox, InboxReceiver};
+use raft_node::transport::receiver::{Receiver, ReceiverConfig, ReceiverService};
 use raft_node::transport::report::{Report, ReportSender};
+use raft_node::transport::snapshot::{measure, SnapshotLimits};
 use raft_node::transport::Transport;
+use raftlane_proto::kv::{log_command::Op, LogCommand, PutRequest};
+use raftlane_proto::transport::raft_transport_client::RaftTransportClient;
 use raftlane_proto::transport::raft_transport_server::{RaftTransport, RaftTransportServer};
-use raftlane_proto::transport::{snapshot_chunk, Ack, RaftEnvelope, SnapshotChunk};
-use tokio::sync::{mpsc, Semaphore};
+use raftlane_proto::transport::{snapshot_chunk, Ack, RaftEnvelope, SnapshotChunk, SnapshotHeader};
+use tokio::sync::{mpsc, watch, Semaphore};
 use tonic::{Request, Response, Status, Streaming};
 
 /// Every wait in these tests gives up after this long.
@@ -234,7 +244,7 @@ impl Drop for TestServer {
 }
 
 struct Sender {
-    t: GrpcTransport,
+    t: Arc<GrpcTransport>,
     reports: mpsc::Receiver<Report>,
     metrics: Metrics,
     snapshots: SnapshotStore,
@@ -242,6 +252,11 @@ struct Sender {
 }
 
 fn sender(lanes: LaneMode, send_timeout: Duration) -> Sender {
+    sender_as(1, lanes, send_timeout)
+}
+
+/// Member `id` of cluster "c", sending.
+fn sender_as(id: u64, lanes: LaneMode, send_timeout: Duration) -> Sender {
     let dir = tempfile::tempdir().unwrap();
     let snapshots = SnapshotStore::open(dir.path()).unwrap();
     let (tx, reports) = ReportSender::channel(4096, Default::default());
@@ -249,7 +264,7 @@ fn sender(lanes: LaneMode, send_timeout: Duration) -> Sender {
     let t = GrpcTransport::new(
         GrpcConfig {
             cluster_id: "c".into(),
-            id: 1,
+            id,
             advertise_addr: "127.0.0.1:1".into(),
             send_timeout,
             max_inflight: 256,
@@ -263,7 +278,7 @@ fn sender(lanes: LaneMode, send_timeout: Duration) -> Sender {
         metrics.clone(),
     );
     Sender {
-        t,
+        t: Arc::new(t),
         reports,
         metrics,
         snapshots,
@@ -758,4 +773,443 @@ async fn snapshot_cut_short_by_an_address_change_is_reported_as_failed() {
             finished: false
         }
     );
+}
+
+// The receiving side: member 1 of cluster "c" behind a real tonic server.
+
+/// Member 1's receiver on a loopback socket, with what it feeds and learns.
+struct Member1 {
+    addr: SocketAddr,
+    inbox: InboxReceiver,
+    staged: StagedSnapshot,
+    members: watch::Sender<BTreeSet<u64>>,
+    /// Member 1's own transport: the peer table traffic may add to.
+    peers: Sender,
+    snapshots: SnapshotStore,
+    dir: tempfile::TempDir,
+    server: tokio::task::JoinHandle<()>,
+}
+
+impl Drop for Member1 {
+    fn drop(&mut self) {
+        self.server.abort();
+    }
+}
+
+async fn member1(limits: SnapshotLimits, members: &[u64]) -> Member1 {
+    let peers = sender(LaneMode::Four, Duration::from_secs(5));
+    let dir = tempfile::tempdir().unwrap();
+    let snapshots = SnapshotStore::open(dir.path()).unwrap();
+    let (inbox, inbox_rx) = Inbox::new();
+    let staged = StagedSnapshot::default();
+    let (members_tx, members_rx) = watch::channel(members.iter().copied().collect());
+    let receiver = Receiver::new(
+        ReceiverConfig {
+            cluster_id: "c".into(),
+            id: 1,
+            snapshot: limits,
+        },
+        inbox,
+        snapshots.clone(),
+        staged.clone(),
+        members_rx,
+        Metrics::new(),
+        peers.t.clone(),
+    );
+    let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = l.local_addr().unwrap();
+    let svc = RaftTransportServer::new(ReceiverService(Arc::new(receiver)))
+        .max_decoding_message_size(MAX_MESSAGE_BYTES);
+    let server = tokio::spawn(async move {
+        raft_node::node::peer_server()
+            .add_service(svc)
+            .serve_with_incoming(tokio_stream::wrappers::TcpListenerStream::new(l))
+            .await
+            .unwrap();
+    });
+    Member1 {
+        addr,
+        inbox: inbox_rx,
+        staged,
+        members: members_tx,
+        peers,
+        snapshots,
+        dir,
+        server,
+    }
+}
+
+impl Member1 {
+    async fn client(&self) -> RaftTransportClient<tonic::transport::Channel> {
+        RaftTransportClient::connect(format!("http://{}", self.addr))
+            .await
+            .unwrap()
+    }
+
+    /// Partly received snapshot files in its data dir.
+    fn partial_files(&self) -> Vec<String> {
+        let mut v: Vec<String> = std::fs::read_dir(self.dir.path())
+            .unwrap()
+            .map(|e| e.unwrap().file_name().to_string_lossy().to_string())
+            .filter(|n| n.ends_with(".tmp"))
+            .collect();
+        v.sort();
+        v
+    }
+}
+
+fn heartbeat(from: u64) -> Vec<u8> {
+    let mut m = msg(MessageType::MsgHeartbeat, 1, 0);
+    m.from = from;
+    m.write_to_bytes().unwrap()
+}
+
+fn envelope(from: u64, from_addr: &str, messages: Vec<Vec<u8>>) -> RaftEnvelope {
+    RaftEnvelope {
+        cluster_id: "c".into(),
+        from,
+        to: 1,
+        from_addr: from_addr.into(),
+        messages,
+    }
+}
+
+/// A state machine holding `pairs`.
+fn kv(pairs: &[(&str, &str)]) -> KvStateMachine {
+    let mut sm = KvStateMachine::default();
+    for (k, v) in pairs {
+        sm.apply(LogCommand {
+            op: Some(Op::Put(PutRequest {
+                key: k.as_bytes().to_vec(),
+                value: v.as_bytes().to_vec(),
+                ..Default::default()
+            })),
+        });
+    }
+    sm
+}
+
+/// Writes a snapshot file at (1, `index`) with `body` into `store`; returns
+/// the MsgSnapshot member `from` sends for it to member 1.
+fn snapshot_file(store: &SnapshotStore, from: u64, index: u64, body: &[u8]) -> Message {
+    use std::io::Write;
+    let mut w = store.create(1, index).unwrap();
+    w.write_all(body).unwrap();
+    w.finish().unwrap();
+    let mut m = msg(MessageType::MsgSnapshot, 1, 0);
+    m.from = from;
+    m.mut_snapshot().mut_metadata().index = index;
+    m.mut_snapshot().mut_metadata().term = 1;
+    m
+}
+
+fn body_of(sm: &KvStateMachine) -> Vec<u8> {
+    let mut body = Vec::new();
+    sm.dump(&mut body).unwrap();
+    body
+}
+
+/// The chunks member 2 sends for the snapshot file at (1, `index`) of `store`,
+/// its payload split in two.
+async fn snapshot_chunks(store: &SnapshotStore, index: u64, m: &Message) -> Vec<SnapshotChunk> {
+    let path = store.path(1, index);
+    let (total_size, crc32c) = measure(&path).await.unwrap();
+    let bytes = std::fs::read(&path).unwrap();
+    let header = SnapshotHeader {
+        cluster_id: "c".into(),
+        from: 2,
+        to: 1,
+        from_addr: String::new(),
+        message: m.write_to_bytes().unwrap(),
+        total_size,
+        crc32c,
+    };
+    let (a, b) = bytes.split_at(bytes.len() / 2);
+    vec![
+        SnapshotChunk {
+            kind: Some(snapshot_chunk::Kind::Header(header)),
+            last: false,
+        },
+        SnapshotChunk {
+            kind: Some(snapshot_chunk::Kind::Payload(a.to_vec())),
+            last: false,
+        },
+        SnapshotChunk {
+            kind: Some(snapshot_chunk::Kind::Payload(b.to_vec())),
+            last: true,
+        },
+    ]
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_peer_address_is_learned_only_from_a_member_whose_whole_envelope_validated() {
+    let mut m1 = member1(SnapshotLimits::default(), &[1, 2, 3]).await;
+    let mut c = m1.client().await;
+
+    // Member 3, but one of its messages is garbage: refused, nothing learned or stepped.
+    let bad = envelope(3, "127.0.0.3:7003", vec![heartbeat(3), vec![0xff; 8]]);
+    let err = c.send(bad).await.unwrap_err();
+    assert_eq!(err.code(), tonic::Code::InvalidArgument, "{err:?}");
+    assert!(err.message().contains("raft message refused"), "{err:?}");
+    assert_eq!(m1.peers.t.peer_addr(3), None);
+    assert!(
+        m1.inbox.priority.try_recv().is_err(),
+        "nothing of a refused envelope reaches raft"
+    );
+
+    // Not a member: its messages are stepped (a leader may be ahead of this
+    // member's configuration), its address is not kept.
+    c.send(envelope(9, "127.0.0.9:7009", vec![heartbeat(9)]))
+        .await
+        .unwrap();
+    assert_eq!(m1.inbox.priority.try_recv().unwrap().from, 9);
+    assert_eq!(m1.peers.t.peer_addr(9), None);
+
+    // A member whose envelope validated completely is learned.
+    c.send(envelope(2, "127.0.0.2:7002", vec![heartbeat(2)]))
+        .await
+        .unwrap();
+    assert_eq!(m1.peers.t.peer_addr(2).as_deref(), Some("127.0.0.2:7002"));
+    // ...and traffic never replaces a known address.
+    c.send(envelope(2, "127.0.0.22:7002", vec![heartbeat(2)]))
+        .await
+        .unwrap();
+    assert_eq!(m1.peers.t.peer_addr(2).as_deref(), Some("127.0.0.2:7002"));
+
+    // The member set follows the configuration.
+    m1.members.send_replace([1, 2, 3, 9].into());
+    c.send(envelope(9, "127.0.0.9:7009", vec![heartbeat(9)]))
+        .await
+        .unwrap();
+    assert_eq!(m1.peers.t.peer_addr(9).as_deref(), Some("127.0.0.9:7009"));
+
+    // Member 0 is nobody.
+    let err = c
+        .send(envelope(0, "127.0.0.10:7000", vec![heartbeat(0)]))
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), tonic::Code::InvalidArgument, "{err:?}");
+    assert!(err.message().contains("envelope from member 0"), "{err:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn traffic_cannot_grow_the_peer_table_beyond_its_cap() {
+    let n = MAX_LEARNED_PEERS as u64 + 40;
+    let ids: Vec<u64> = (1..=n + 1).collect();
+    let m1 = member1(SnapshotLimits::default(), &ids).await;
+    let mut c = m1.client().await;
+    for id in 2..=n + 1 {
+        let addr = format!("127.0.0.1:{}", 10_000 + id);
+        c.send(envelope(id, &addr, vec![heartbeat(id)]))
+            .await
+            .unwrap();
+    }
+    assert_eq!(m1.peers.t.peers().len(), MAX_LEARNED_PEERS);
+    // UpsertPeers, the operator's call, is not limited.
+    m1.peers.t.upsert_peer(n + 2, "127.0.0.1:9").unwrap();
+    assert_eq!(m1.peers.t.peers().len(), MAX_LEARNED_PEERS + 1);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_received_snapshot_is_loaded_and_staged_before_raft_gets_it() {
+    let mut m1 = member1(SnapshotLimits::default(), &[1, 2]).await;
+    let mut s2 = sender_as(2, LaneMode::Four, Duration::from_secs(30));
+    s2.t.upsert_peer(1, &m1.addr.to_string()).unwrap();
+    let sm = kv(&[("a", "1"), ("b", "2")]);
+    s2.t.send(vec![snapshot_file(&s2.snapshots, 2, 50, &body_of(&sm))]);
+
+    let got = tokio::time::timeout(WAIT, m1.inbox.bulk.recv())
+        .await
+        .expect("MsgSnapshot delivered")
+        .unwrap();
+    assert_eq!(got.get_msg_type(), MessageType::MsgSnapshot);
+    let staged = m1
+        .staged
+        .take(1, 50)
+        .expect("staged by the time raft sees it");
+    assert_eq!(
+        (staged.get(b"a"), staged.get(b"b"), staged.len()),
+        (Some(&b"1"[..]), Some(&b"2"[..]), 2)
+    );
+    assert!(
+        m1.snapshots.open_body(1, 50).is_ok(),
+        "the file is installed"
+    );
+    let r = next_report(&mut s2.reports, |r| matches!(r, Report::Snapshot { .. })).await;
+    assert_eq!(
+        r,
+        Report::Snapshot {
+            to: 1,
+            finished: true
+        }
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_snapshot_that_does_not_load_is_refused_with_data_loss_and_reported_failed() {
+    let mut m1 = member1(SnapshotLimits::default(), &[1, 2]).await;
+    // The file's own checksum is right; its body claims 3 pairs and has none.
+    let body = 3u64.to_le_bytes();
+    let dir = tempfile::tempdir().unwrap();
+    let store = SnapshotStore::open(dir.path()).unwrap();
+    let m = snapshot_file(&store, 2, 60, &body);
+    let chunks = snapshot_chunks(&store, 60, &m).await;
+    let err = m1
+        .client()
+        .await
+        .send_snapshot(futures::stream::iter(chunks))
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), tonic::Code::DataLoss, "{err:?}");
+    assert!(
+        err.message()
+            .starts_with("snapshot at term 1 index 60 refused: "),
+        "{err:?}"
+    );
+    assert!(m1.inbox.bulk.try_recv().is_err(), "raft never sees it");
+    assert!(m1.staged.take(1, 60).is_none());
+    let files: Vec<_> = std::fs::read_dir(m1.dir.path()).unwrap().collect();
+    assert!(files.is_empty(), "the refused copy is removed: {files:?}");
+
+    // Through a real sender: it reports the failure, so raft sends again.
+    let mut s2 = sender_as(2, LaneMode::Four, Duration::from_secs(30));
+    s2.t.upsert_peer(1, &m1.addr.to_string()).unwrap();
+    s2.t.send(vec![snapshot_file(&s2.snapshots, 2, 60, &body)]);
+    let r = next_report(&mut s2.reports, |r| matches!(r, Report::Snapshot { .. })).await;
+    assert_eq!(
+        r,
+        Report::Snapshot {
+            to: 1,
+            finished: false
+        }
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_receives_of_one_snapshot_use_their_own_temp_files() {
+    let m1 = member1(SnapshotLimits::default(), &[1, 2]).await;
+    let dir = tempfile::tempdir().unwrap();
+    let store = SnapshotStore::open(dir.path()).unwrap();
+    let sm = kv(&[("k", "v")]);
+    let m = snapshot_file(&store, 2, 70, &body_of(&sm));
+    let chunks = snapshot_chunks(&store, 70, &m).await;
+
+    // Two sends of the same snapshot (a retry while the first still runs),
+    // each paused after its first half.
+    let mut feeds = Vec::new();
+    let mut calls = Vec::new();
+    for _ in 0..2 {
+        let (tx, rx) = mpsc::channel(4);
+        tx.send(chunks[0].clone()).await.unwrap();
+        tx.send(chunks[1].clone()).await.unwrap();
+        let mut c = m1.client().await;
+        calls.push(tokio::spawn(async move {
+            c.send_snapshot(tokio_stream::wrappers::ReceiverStream::new(rx))
+                .await
+        }));
+        feeds.push(tx);
+    }
+    wait_for("both halves spooled to their own files", || {
+        let files = m1.partial_files();
+        files.len() == 2
+            && files.iter().all(|f| {
+                std::fs::metadata(m1.dir.path().join(f)).unwrap().len() == chunk_len(&chunks[1])
+            })
+    })
+    .await;
+    for tx in feeds {
+        tx.send(chunks[2].clone()).await.unwrap();
+        // Dropped: the stream ends after its last chunk.
+    }
+    for call in calls {
+        let ack = tokio::time::timeout(WAIT, call)
+            .await
+            .expect("answered")
+            .unwrap();
+        assert!(ack.is_ok(), "{ack:?}");
+    }
+    let mut body = Vec::new();
+    std::io::Read::read_to_end(&mut m1.snapshots.open_body(1, 70).unwrap(), &mut body).unwrap();
+    assert_eq!(body, body_of(&sm), "the installed file is intact");
+    assert!(m1.partial_files().is_empty());
+    assert_eq!(m1.staged.take(1, 70).unwrap().get(b"k"), Some(&b"v"[..]));
+}
+
+fn chunk_len(c: &SnapshotChunk) -> u64 {
+    match &c.kind {
+        Some(snapshot_chunk::Kind::Payload(p)) => p.len() as u64,
+        _ => 0,
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_snapshot_beyond_the_free_space_of_the_volume_is_refused() {
+    let m1 = member1(
+        SnapshotLimits {
+            max_bytes: u64::MAX,
+            ..SnapshotLimits::default()
+        },
+        &[1, 2],
+    )
+    .await;
+    let dir = tempfile::tempdir().unwrap();
+    let store = SnapshotStore::open(dir.path()).unwrap();
+    let m = snapshot_file(&store, 2, 80, b"");
+    let mut chunks = snapshot_chunks(&store, 80, &m).await;
+    if let Some(snapshot_chunk::Kind::Header(h)) = &mut chunks[0].kind {
+        h.total_size = 1 << 62;
+    }
+    let err = m1
+        .client()
+        .await
+        .send_snapshot(futures::stream::iter(chunks))
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), tonic::Code::ResourceExhausted, "{err:?}");
+    assert!(
+        err.message()
+            .starts_with(&format!("snapshot of {} bytes exceeds the ", 1u64 << 62))
+            && err.message().ends_with(" bytes free on the data volume"),
+        "{err:?}"
+    );
+    assert!(m1.partial_files().is_empty());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_snapshot_receive_past_its_total_deadline_ends_and_leaves_no_file() {
+    let m1 = member1(
+        SnapshotLimits {
+            idle: Duration::from_secs(10),
+            min_total: Duration::from_secs(1),
+            ..SnapshotLimits::default()
+        },
+        &[1, 2],
+    )
+    .await;
+    let dir = tempfile::tempdir().unwrap();
+    let store = SnapshotStore::open(dir.path()).unwrap();
+    let m = snapshot_file(&store, 2, 90, &[0u8; 4096]);
+    let chunks = snapshot_chunks(&store, 90, &m).await;
+    // A sender that keeps trickling: 10 bytes every 50 ms, never finishing in time.
+    let trickle = futures::stream::iter(0..400).then(|_| async {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        SnapshotChunk {
+            kind: Some(snapshot_chunk::Kind::Payload(vec![0; 10])),
+            last: false,
+        }
+    });
+    let stream = futures::stream::iter(vec![chunks[0].clone()]).chain(trickle);
+    let started = Instant::now();
+    let err = tokio::time::timeout(WAIT, m1.client().await.send_snapshot(stream))
+        .await
+        .expect("answered")
+        .unwrap_err();
+    assert_eq!(err.code(), tonic::Code::DeadlineExceeded, "{err:?}");
+    assert!(
+        err.message()
+            .ends_with("not received within its total deadline of 1s (--snapshot-timeout-ms)"),
+        "{err:?}"
+    );
+    assert!(started.elapsed() >= Duration::from_secs(1));
+    assert!(m1.partial_files().is_empty());
 }
