@@ -5,6 +5,7 @@
 
 mod support;
 
+use std::path::Path;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -19,6 +20,7 @@ use raft_operator::k8s::resources::{
     client_service, disruption_budget, member_pod, peer_service, volume_claim, CLIENT_PORT,
     PEER_PORT,
 };
+use raft_operator::runtime::WIPED_EXIT_CODE;
 use serde_json::{json, Value};
 use support::fake_api::{
     budgets_path, claims_path, clusters_path, events_path, pods_path, services_path, Call, FakeApi,
@@ -101,7 +103,7 @@ fn env<'a>(pod: &'a Value, name: &str) -> Option<&'a str> {
 
 /// A running pod of member `id` at `ip`, as the kubelet reports it.
 fn running_pod(rc: &RaftCluster, id: u64, claim: &str, ip: &str) -> Value {
-    let mut pod = serde_json::to_value(member_pod(rc, id, claim, None)).unwrap();
+    let mut pod = serde_json::to_value(member_pod(rc, id, claim, None, false)).unwrap();
     pod["metadata"]["namespace"] = json!(NS);
     pod["metadata"]["uid"] = json!(format!("pod-{id}-{ip}"));
     pod["status"] = json!({"phase": "Running", "podIP": ip});
@@ -283,6 +285,11 @@ async fn create_cluster_writes_services_budget_volumes_pods_then_status() {
         assert_eq!(env(pod, "RAFTLANE_ID"), Some(id.to_string().as_str()));
         assert_eq!(env(pod, "RAFTLANE_CLUSTER_ID"), Some(UID));
         assert_eq!(env(pod, "RAFTLANE_INITIAL_VOTERS"), Some("1,2,3"));
+        assert_eq!(
+            env(pod, "RAFTLANE_EXPECT_STATE"),
+            None,
+            "a fresh volume holds no state"
+        );
         let others: Vec<String> = (1..=3u64)
             .filter(|p| *p != id)
             .map(|p| format!("{p}=demo-{}.demo-peers.{NS}.svc:{PEER_PORT}", p - 1))
@@ -683,24 +690,32 @@ fn pod_env(pod: &Value) -> Vec<(String, String)> {
         .collect()
 }
 
+/// raft-node as the kubelet runs it from `pod`: its environment only, at
+/// this test's "pod IP" `ip`, on the data dir `data`.
+fn pod_process(members: &Members, pod: &Value, ip: &str, data: &Path) -> std::process::Command {
+    let mut cmd = std::process::Command::new(members.bin());
+    cmd.env_clear()
+        .envs(pod_env(pod).into_iter().map(|(k, v)| {
+            let v = v.replace("0.0.0.0", ip);
+            match k.as_str() {
+                "RAFTLANE_DATA_DIR" => (k, data.display().to_string()),
+                _ => (k, v),
+            }
+        }))
+        .stdout(std::process::Stdio::null());
+    cmd
+}
+
 #[tokio::test]
 async fn the_pod_environment_starts_raft_node() {
     // A one-member cluster: the pod's own environment must be accepted by
     // raft-node and bootstrap a leader (listening on this test's "pod IP").
     let rc = typed(&cluster(1, json!({})));
-    let pod = serde_json::to_value(member_pod(&rc, 1, "data", Some(&[1].into()))).unwrap();
+    let pod = serde_json::to_value(member_pod(&rc, 1, "data", Some(&[1].into()), false)).unwrap();
     let members = Members::new(UID);
     let ip = members.ip(1, 0);
     let data = tempfile::tempdir().unwrap();
-    let mut child = std::process::Command::new(members.bin())
-        .env_clear()
-        .envs(pod_env(&pod).into_iter().map(|(k, v)| {
-            let v = v.replace("0.0.0.0", &ip);
-            match k.as_str() {
-                "RAFTLANE_DATA_DIR" => (k, data.path().display().to_string()),
-                _ => (k, v),
-            }
-        }))
+    let mut child = pod_process(&members, &pod, &ip, data.path())
         .stderr(std::process::Stdio::null())
         .spawn()
         .unwrap();
@@ -711,6 +726,126 @@ async fn the_pod_environment_starts_raft_node() {
         leader.expect("raft-node started from the pod env elects itself"),
         1
     );
+}
+
+/// Runs raft-node from the pod of a member whose volume held state, on an
+/// empty data dir (a wiped volume): returns its exit code and stderr.
+fn refusal(members: &Members, rc: &RaftCluster, id: u64, ip: &str) -> (i32, String) {
+    let pod = serde_json::to_value(member_pod(rc, id, "data", None, true)).unwrap();
+    assert_eq!(env(&pod, "RAFTLANE_EXPECT_STATE"), Some("true"));
+    let wiped = tempfile::tempdir().unwrap();
+    let out = pod_process(members, &pod, ip, &wiped.path().join("data"))
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
+    (out.status.code().unwrap_or(-1), stderr)
+}
+
+#[tokio::test]
+async fn the_pod_environment_of_a_volume_that_held_state_refuses_an_empty_data_dir() {
+    let rc = typed(&cluster(3, json!({})));
+    let members = Members::new(UID);
+    let (code, stderr) = refusal(&members, &rc, 2, &members.ip(2, 0));
+    assert_eq!(code, WIPED_EXIT_CODE, "{stderr}");
+    assert!(stderr.contains("--expect-state"), "{stderr}");
+}
+
+#[tokio::test]
+async fn a_pod_recreated_on_a_volume_that_held_state_expects_state() {
+    let (api, ctx, _members) = running_cluster(3).await;
+    let claim = api.get(&claims_path(), "data-demo-1-seed").unwrap();
+    assert_eq!(
+        claim["metadata"]["annotations"]["raftlane.io/holds-state"],
+        "true"
+    );
+    api.remove(&pods_path(), "demo-1");
+    let (_, calls) = pass(&api, &ctx).await;
+    let pod = calls
+        .iter()
+        .find(|c| c.method == "POST" && c.path == pods_path())
+        .map(|c| &c.body)
+        .expect("the pod created again");
+    assert_eq!(
+        pod["spec"]["volumes"][0]["persistentVolumeClaim"]["claimName"],
+        "data-demo-1-seed"
+    );
+    assert_eq!(env(pod, "RAFTLANE_EXPECT_STATE"), Some("true"));
+}
+
+#[tokio::test]
+async fn a_member_whose_volume_was_wiped_is_refused_then_replaced_on_a_fresh_volume() {
+    let (api, ctx, mut members) = running_cluster(3).await;
+    // Member 3's volume is emptied under its pod; the kubelet restarts the
+    // container, which refuses, and backs off: the pod reports that exit.
+    members.lose(3);
+    let rc = typed(&api.get(&clusters_path(), "demo").unwrap());
+    let ip = members.ip(3, 0);
+    let (code, _) = refusal(&members, &rc, 3, &ip);
+    api.update(&pods_path(), "demo-2", |p| {
+        p["status"] = json!({
+            "phase": "Running",
+            "podIP": ip,
+            "containerStatuses": [{
+                "name": "raft-node", "image": "raftlane/raft-node:test", "imageID": "",
+                "ready": false, "restartCount": 1,
+                "state": {"waiting": {"reason": "CrashLoopBackOff"}},
+                "lastState": {"terminated": {"exitCode": code, "reason": "Error"}},
+            }],
+        });
+    });
+
+    // The volume is retired and the pod deleted, then the member removed as
+    // one whose data is lost; nothing is created before that.
+    let passes = passes_until(&api, &ctx, |_, calls| {
+        event_reasons(calls).contains(&"MemberRemoved".to_string())
+    })
+    .await;
+    let all: Vec<&Call> = passes.iter().flatten().collect();
+    let at = |pred: &dyn Fn(&Call) -> bool| all.iter().position(|c| pred(c));
+    let seed = format!("{}/data-demo-2-seed", claims_path());
+    let retired = at(&|c| c.method == "PATCH" && c.path == seed).expect("the volume retired");
+    assert_eq!(
+        all[retired].body["metadata"]["labels"]["raftlane.io/retired"],
+        "true"
+    );
+    let deleted = at(&|c| c.line() == format!("DELETE {}/demo-2", pods_path()))
+        .expect("the refused pod deleted");
+    let removed = at(&|c| c.body["reason"] == "MemberRemoved").unwrap();
+    assert!(
+        retired < deleted && deleted < removed,
+        "order: retired {retired}, deleted {deleted}, removed {removed}"
+    );
+    assert!(
+        !all.iter()
+            .any(|c| c.method == "POST" && (c.path == pods_path() || c.path == claims_path())),
+        "nothing created before the removal"
+    );
+    members.wait_voters(1, &[1, 2]).await;
+
+    // Then it comes back on a fresh volume, not expecting state, as a learner.
+    let passes = passes_until(&api, &ctx, |api, _| {
+        api.get(&pods_path(), "demo-2").is_some()
+    })
+    .await;
+    let pod = passes
+        .iter()
+        .flatten()
+        .find(|c| c.method == "POST" && c.path == pods_path())
+        .map(|c| c.body.clone())
+        .expect("the pod created again");
+    let claim = &pod["spec"]["volumes"][0]["persistentVolumeClaim"]["claimName"];
+    assert_ne!(claim, "data-demo-2-seed");
+    assert_eq!(env(&pod, "RAFTLANE_EXPECT_STATE"), None);
+    let ip = members.ip(3, 1);
+    members.start(3, &ip, &[], &[]);
+    api.update(&pods_path(), "demo-2", |p| {
+        p["status"] = json!({"phase": "Running", "podIP": ip});
+    });
+    passes_until(&api, &ctx, |_, calls| {
+        event_reasons(calls).contains(&"LearnerPromoted".to_string())
+    })
+    .await;
+    members.wait_voters(1, &[1, 2, 3]).await;
 }
 
 /// A cluster being deleted with two volumes (one live, one retired by an

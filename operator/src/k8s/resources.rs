@@ -26,6 +26,8 @@ pub const CLUSTER_UID_LABEL: &str = "raftlane.io/cluster-uid";
 pub const RETIRED_LABEL: &str = "raftlane.io/retired";
 /// Set on a volume once its member has answered: it holds raft state.
 pub const HOLDS_STATE_ANNOTATION: &str = "raftlane.io/holds-state";
+/// The raft-node container of a member pod.
+pub const CONTAINER: &str = "raft-node";
 /// Where member data lives in the container.
 const DATA_DIR: &str = "/data";
 /// The non-root user of the raft-node image.
@@ -177,12 +179,15 @@ pub fn volume_claim(rc: &RaftCluster, id: u64) -> PersistentVolumeClaim {
 
 /// Member `id`'s Pod on volume `claim`. Peers are given by stable DNS name;
 /// the operator pushes pod IPs once members run. `initial_voters` is set only
-/// for the members that form a new cluster.
+/// for the members that form a new cluster; `expect_state` once the volume
+/// has held state, so that raft-node refuses it wiped (even when the kubelet,
+/// not the operator, restarts the container).
 pub fn member_pod(
     rc: &RaftCluster,
     id: u64,
     claim: &str,
     initial_voters: Option<&BTreeSet<u64>>,
+    expect_state: bool,
 ) -> Pod {
     let name = rc.name_any();
     let spec = &rc.spec;
@@ -214,6 +219,9 @@ pub fn member_pod(
         let v: Vec<String> = v.iter().map(u64::to_string).collect();
         env.push(json!({"name": "RAFTLANE_INITIAL_VOTERS", "value": v.join(",")}));
     }
+    if expect_state {
+        env.push(json!({"name": "RAFTLANE_EXPECT_STATE", "value": "true"}));
+    }
     let probe = |path: &str, period: u32, failures: u32| {
         json!({
             "httpGet": {"path": path, "port": "metrics"},
@@ -243,9 +251,12 @@ pub fn member_pod(
                 "seccompProfile": {"type": "RuntimeDefault"},
             },
             "containers": [{
-                "name": "raft-node",
+                "name": CONTAINER,
                 "image": spec.image,
                 "env": env,
+                // A refusal (a wiped volume) is told by its exit code; its
+                // message, raft-node's last stderr lines, shows in the pod.
+                "terminationMessagePolicy": "FallbackToLogsOnError",
                 "ports": [
                     {"name": "peer", "containerPort": PEER_PORT},
                     {"name": "client", "containerPort": CLIENT_PORT},

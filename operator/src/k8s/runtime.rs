@@ -1,6 +1,11 @@
 //! The Kubernetes [`Runtime`]: a member is a bare Pod on its own PVC. Pods
 //! are bare (not a StatefulSet) because only the operator knows when a member
 //! may go: after it has left the raft membership.
+//!
+//! A volume marked as holding state gets pods with `--expect-state`. A pod
+//! whose container last exited with [`WIPED_EXIT_CODE`] (and is not running)
+//! found that volume empty: the volume is retired and the pod deleted, so the
+//! planner sees a member without storage (data lost) and replaces it.
 
 use std::collections::{BTreeMap, BTreeSet};
 
@@ -12,9 +17,9 @@ use serde_json::json;
 use crate::crd::{RaftCluster, Retention};
 use crate::k8s::resources::{
     member_pod, pod_name, selector, volume_claim, ADMIN_PORT, CLIENT_PORT, CLUSTER_UID_LABEL,
-    HOLDS_STATE_ANNOTATION, MEMBER_ID_LABEL, PEER_PORT, RETIRED_LABEL,
+    CONTAINER, HOLDS_STATE_ANNOTATION, MEMBER_ID_LABEL, PEER_PORT, RETIRED_LABEL,
 };
-use crate::runtime::{Member, Runtime};
+use crate::runtime::{Member, Runtime, WIPED_EXIT_CODE};
 
 /// Members of one RaftCluster as Pods and PVCs in its namespace.
 pub struct KubeRuntime {
@@ -53,6 +58,28 @@ fn claim_of(pod: &Pod) -> Option<&str> {
         .iter()
         .find_map(|v| v.persistent_volume_claim.as_ref())
         .map(|c| c.claim_name.as_str())
+}
+
+/// True when the pod's raft-node is not running and its last exit was the
+/// refusal of an empty data dir under `--expect-state`. While the kubelet
+/// backs off, that exit is the last state; right after it, the state itself.
+fn refused_wiped(pod: &Pod) -> bool {
+    let Some(c) = pod
+        .status
+        .as_ref()
+        .and_then(|s| s.container_statuses.as_ref())
+        .and_then(|cs| cs.iter().find(|c| c.name == CONTAINER))
+    else {
+        return false;
+    };
+    let state = c.state.as_ref();
+    if state.is_some_and(|s| s.running.is_some()) {
+        return false;
+    }
+    state
+        .and_then(|s| s.terminated.as_ref())
+        .or_else(|| c.last_state.as_ref()?.terminated.as_ref())
+        .is_some_and(|t| t.exit_code == WIPED_EXIT_CODE)
 }
 
 /// Volumes of one cluster incarnation (`uid`), retired ones included.
@@ -186,7 +213,8 @@ impl Runtime for KubeRuntime {
             .list(&ListParams::default().labels(&selector(&name)))
             .await?;
         let mut members = Vec::new();
-        for pod in pods.items.iter().filter(|p| self.owned(p)) {
+        let owned: Vec<&Pod> = pods.items.iter().filter(|p| self.owned(p)).collect();
+        for pod in owned {
             let Some(id) = member_id(pod.labels()) else {
                 continue;
             };
@@ -201,6 +229,22 @@ impl Runtime for KubeRuntime {
             );
             let on_retired = claim_of(pod).is_some_and(|c| retired.contains(c));
             let deleting = pod.metadata.deletion_timestamp.is_some();
+            // Volume first, as in `delete`: after a crash in between, the pod
+            // is found on a retired volume and deleted.
+            let live = self.volumes.get(&id).map(|v| v.name.clone());
+            if !deleting && refused_wiped(pod) && claim_of(pod) == live.as_deref() {
+                let volume = live.unwrap_or_default();
+                tracing::warn!(
+                    member = id,
+                    volume,
+                    "member {id} refused to start: its volume is empty although it held \
+                     state (wiped); the volume is retired and the member replaced"
+                );
+                retire(&self.claims, &volume).await?;
+                self.volumes.remove(&id);
+                delete_gone(&self.pods, &pod.name_any()).await?;
+                continue;
+            }
             if (ended || on_retired) && !deleting {
                 delete_gone(&self.pods, &pod.name_any()).await?;
             }
@@ -250,7 +294,8 @@ impl Runtime for KubeRuntime {
                 name
             }
         };
-        let pod = member_pod(&self.cluster, id, &claim, initial_voters);
+        let holds_state = self.volumes.get(&id).is_some_and(|v| v.holds_state);
+        let pod = member_pod(&self.cluster, id, &claim, initial_voters, holds_state);
         match self.pods.create(&PostParams::default(), &pod).await {
             // Created since the list: fine if it is ours (a pass that crashed).
             Err(e) if is_conflict(&e) => self.check_owned(&pod.name_any()).await?,

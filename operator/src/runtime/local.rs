@@ -5,6 +5,12 @@
 //! runs as is recorded in `member-<id>.json`, so a restarted operator adopts the
 //! processes it left running instead of starting them twice. A member deleted
 //! after leaving the membership has its data dir retired (renamed, kept).
+//!
+//! Once a member's data dir is seen holding raft state, `member-<id>.holds-state`
+//! records it, outside the data dir so that a wipe cannot erase it; members are
+//! then started with `--expect-state`. A child that exits with
+//! [`WIPED_EXIT_CODE`] found its data dir empty: its storage is retired, so the
+//! planner sees a member without storage (data lost) and replaces it.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::fs;
@@ -15,7 +21,7 @@ use std::process::{Child, Command, Stdio};
 use anyhow::Context;
 use serde::{Deserialize, Serialize};
 
-use super::{Member, Runtime};
+use super::{Member, Runtime, WIPED_EXIT_CODE};
 use crate::crd::RaftSettings;
 
 /// What is recorded of a started member.
@@ -42,6 +48,35 @@ fn free_port(ip: &str) -> anyhow::Result<u16> {
         .with_context(|| format!("no free port on {ip}"))?
         .local_addr()?
         .port())
+}
+
+/// True when raft-node has written its log under the data dir `data` (it does
+/// before it can answer or join); raft-node's `--expect-state` asks the same.
+fn has_raft_state(data: &Path) -> bool {
+    fs::read_dir(data.join("raft")).is_ok_and(|mut entries| entries.next().is_some())
+}
+
+/// Renames member data dir `data` aside (kept, never used again), if it exists.
+fn retire_data(data: &Path) -> anyhow::Result<()> {
+    if data.exists() {
+        let stamp = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_secs())
+            .unwrap_or_default();
+        let mut name = data.as_os_str().to_owned();
+        name.push(format!(".retired-{stamp}"));
+        fs::rename(data, &name).with_context(|| format!("retiring {}", data.display()))?;
+    }
+    Ok(())
+}
+
+fn remove_if_present(path: &Path) -> anyhow::Result<()> {
+    fs::remove_file(path)
+        .or_else(|e| match e.kind() {
+            std::io::ErrorKind::NotFound => Ok(()),
+            _ => Err(e),
+        })
+        .with_context(|| format!("removing {}", path.display()))
 }
 
 /// True when `pid` is a live raft-node process (not a reused pid).
@@ -85,6 +120,31 @@ impl LocalRuntime {
         self.dir.join(format!("member-{id}.json"))
     }
 
+    fn data_dir(&self, id: u64) -> PathBuf {
+        self.dir.join(format!("member-{id}"))
+    }
+
+    /// Present once member `id`'s data dir was seen holding raft state.
+    fn marker_path(&self, id: u64) -> PathBuf {
+        self.dir.join(format!("member-{id}.holds-state"))
+    }
+
+    /// Ids with a data dir or a holds-state marker (retired dirs aside).
+    fn stored_ids(&self) -> anyhow::Result<BTreeSet<u64>> {
+        let mut out = BTreeSet::new();
+        for entry in fs::read_dir(&self.dir)? {
+            let name = entry?.file_name().to_string_lossy().to_string();
+            let Some(rest) = name.strip_prefix("member-") else {
+                continue;
+            };
+            let id = rest.strip_suffix(".holds-state").unwrap_or(rest);
+            if let Ok(id) = id.parse::<u64>() {
+                out.insert(id);
+            }
+        }
+        Ok(out)
+    }
+
     fn records(&self) -> anyhow::Result<BTreeMap<u64, Record>> {
         let mut out = BTreeMap::new();
         for entry in fs::read_dir(&self.dir)? {
@@ -108,10 +168,45 @@ impl LocalRuntime {
         Ok(out)
     }
 
-    /// Reaps children that exited, so they are not listed.
-    fn reap(&mut self) {
-        self.children
-            .retain(|_, c| matches!(c.try_wait(), Ok(None)));
+    /// Reaps children that exited, so they are not listed, and retires the
+    /// storage of each that refused an empty data dir under `--expect-state`:
+    /// data dir first, marker last, so a crash in between is finished by the
+    /// next refusal. (A member adopted from an earlier operator is not a
+    /// child, but it started already: only a start can be refused.)
+    fn reap(&mut self) -> anyhow::Result<()> {
+        let mut wiped = Vec::new();
+        self.children.retain(|id, c| match c.try_wait() {
+            Ok(None) => true,
+            Ok(Some(status)) => {
+                if status.code() == Some(WIPED_EXIT_CODE) {
+                    wiped.push(*id);
+                }
+                false
+            }
+            Err(_) => false,
+        });
+        for id in wiped {
+            tracing::warn!(
+                member = id,
+                "member {id} refused to start: its data dir is empty although it held state \
+                 (wiped); its storage is retired and the member replaced"
+            );
+            retire_data(&self.data_dir(id))?;
+            remove_if_present(&self.record_path(id))?;
+            remove_if_present(&self.marker_path(id))?;
+        }
+        Ok(())
+    }
+
+    /// Records every member whose data dir holds raft state, once.
+    fn mark_state(&self) -> anyhow::Result<()> {
+        for id in self.stored_ids()? {
+            let marker = self.marker_path(id);
+            if !marker.exists() && has_raft_state(&self.data_dir(id)) {
+                fs::write(&marker, b"").with_context(|| format!("writing {}", marker.display()))?;
+            }
+        }
+        Ok(())
     }
 
     /// Stops every member (SIGTERM) and waits for them; for Ctrl-C and `local down`.
@@ -159,7 +254,8 @@ fn terminate(pid: u32) {
 
 impl Runtime for LocalRuntime {
     async fn list(&mut self) -> anyhow::Result<Vec<Member>> {
-        self.reap();
+        self.reap()?;
+        self.mark_state()?;
         Ok(self
             .records()?
             .into_iter()
@@ -193,7 +289,7 @@ impl Runtime for LocalRuntime {
         let mut cmd = Command::new(&self.node_bin);
         cmd.args(["--id", &id.to_string(), "--cluster-id", &self.cluster_id])
             .arg("--data-dir")
-            .arg(self.dir.join(format!("member-{id}")))
+            .arg(self.data_dir(id))
             .args([
                 "--peer-addr",
                 &addr(rec_addrs[0]),
@@ -217,6 +313,9 @@ impl Runtime for LocalRuntime {
         if let Some(v) = initial_voters {
             let v: Vec<String> = v.iter().map(u64::to_string).collect();
             cmd.args(["--initial-voters", &v.join(",")]);
+        }
+        if self.marker_path(id).exists() {
+            cmd.arg("--expect-state");
         }
         let peers: Vec<String> = peers
             .iter()
@@ -254,33 +353,21 @@ impl Runtime for LocalRuntime {
             let _ = c.try_wait();
         }
         // Data first, record last: a crash in between leaves a record whose
-        // process is gone, and the next pass finishes the delete.
-        let data = self.dir.join(format!("member-{id}"));
-        if data.exists() {
-            let stamp = std::time::SystemTime::now()
-                .duration_since(std::time::UNIX_EPOCH)
-                .map(|d| d.as_secs())
-                .unwrap_or_default();
-            fs::rename(&data, self.dir.join(format!("member-{id}.retired-{stamp}")))?;
-        }
-        fs::remove_file(self.record_path(id)).or_else(|e| match e.kind() {
-            std::io::ErrorKind::NotFound => Ok(()),
-            _ => Err(e),
-        })?;
+        // process is gone, and the next pass finishes the delete. The marker
+        // goes with the data: a member created again starts on a fresh dir.
+        retire_data(&self.data_dir(id))?;
+        remove_if_present(&self.marker_path(id))?;
+        remove_if_present(&self.record_path(id))?;
         Ok(())
     }
 
+    /// Data dirs holding raft state, and those recorded as having held it
+    /// (wiped since, until raft-node refuses them).
     fn with_data(&self) -> anyhow::Result<BTreeSet<u64>> {
         let mut out = BTreeSet::new();
-        for entry in fs::read_dir(&self.dir)? {
-            let name = entry?.file_name().to_string_lossy().to_string();
-            if let Some(id) = name
-                .strip_prefix("member-")
-                .and_then(|n| n.parse::<u64>().ok())
-            {
-                if self.dir.join(&name).join("raft").exists() {
-                    out.insert(id);
-                }
+        for id in self.stored_ids()? {
+            if self.marker_path(id).exists() || has_raft_state(&self.data_dir(id)) {
+                out.insert(id);
             }
         }
         Ok(out)
@@ -290,5 +377,108 @@ impl Runtime for LocalRuntime {
     /// membership without it has lost its data: storage is data here.
     fn with_storage(&self) -> anyhow::Result<BTreeSet<u64>> {
         self.with_data()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::{Duration, Instant};
+
+    use super::*;
+
+    /// raft-node, built next to this test binary by `cargo build --workspace`.
+    fn node_bin() -> PathBuf {
+        let exe = std::env::current_exe().unwrap();
+        let bin = exe
+            .parent()
+            .and_then(Path::parent)
+            .unwrap()
+            .join("raft-node");
+        assert!(
+            bin.exists(),
+            "{} missing: build the workspace first",
+            bin.display()
+        );
+        bin
+    }
+
+    fn runtime(dir: &Path) -> LocalRuntime {
+        LocalRuntime::new(dir, "c", node_bin(), RaftSettings::default()).unwrap()
+    }
+
+    /// Lists until `done` holds (bounded): listing is what observes members.
+    async fn list_until(rt: &mut LocalRuntime, what: &str, done: impl Fn(&LocalRuntime) -> bool) {
+        let deadline = Instant::now() + Duration::from_secs(20);
+        loop {
+            rt.list().await.unwrap();
+            if done(rt) {
+                return;
+            }
+            assert!(Instant::now() < deadline, "{what}: not within 20 s");
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    #[tokio::test]
+    async fn a_member_whose_data_dir_was_wiped_is_refused_and_its_storage_retired() {
+        let tmp = tempfile::tempdir().unwrap();
+        let mut rt = runtime(tmp.path());
+        let voters = BTreeSet::from([1]);
+        rt.create(1, Some(&voters), &BTreeMap::new()).await.unwrap();
+        list_until(&mut rt, "member 1 seen holding state", |rt| {
+            rt.marker_path(1).exists()
+        })
+        .await;
+
+        // The process dies and its data dir is emptied (a wiped volume).
+        let mut child = rt.children.remove(&1).unwrap();
+        child.kill().unwrap();
+        child.wait().unwrap();
+        for sub in ["raft", "snapshots"] {
+            fs::remove_dir_all(rt.data_dir(1).join(sub)).unwrap();
+        }
+        assert!(rt.list().await.unwrap().is_empty());
+        assert!(rt.with_storage().unwrap().contains(&1), "it held state");
+
+        // Started again, it refuses; the runtime retires its storage.
+        rt.create(1, None, &BTreeMap::new()).await.unwrap();
+        list_until(&mut rt, "member 1's storage retired", |rt| {
+            !rt.with_storage().unwrap().contains(&1)
+        })
+        .await;
+        assert!(!rt.data_dir(1).exists() && !rt.record_path(1).exists());
+        let retired = fs::read_dir(tmp.path())
+            .unwrap()
+            .filter_map(|e| e.ok()?.file_name().into_string().ok())
+            .filter(|n| n.starts_with("member-1.retired-"))
+            .count();
+        assert_eq!(retired, 1, "the emptied dir is kept aside");
+        let log = fs::read_to_string(tmp.path().join("member-1.log")).unwrap();
+        assert!(
+            log.contains("--expect-state") && log.contains("looks wiped"),
+            "{log}"
+        );
+    }
+
+    #[tokio::test]
+    async fn a_deleted_member_created_again_does_not_expect_state() {
+        let tmp = tempfile::tempdir().unwrap();
+        let mut rt = runtime(tmp.path());
+        let voters = BTreeSet::from([1]);
+        rt.create(1, Some(&voters), &BTreeMap::new()).await.unwrap();
+        list_until(&mut rt, "member 1 seen holding state", |rt| {
+            rt.marker_path(1).exists()
+        })
+        .await;
+        rt.delete(1).await.unwrap();
+        assert!(rt.with_data().unwrap().is_empty());
+
+        rt.create(1, Some(&voters), &BTreeMap::new()).await.unwrap();
+        list_until(&mut rt, "member 1 running on a fresh data dir", |rt| {
+            has_raft_state(&rt.data_dir(1))
+        })
+        .await;
+        assert_eq!(rt.list().await.unwrap().len(), 1, "it runs");
+        rt.stop_all().unwrap();
     }
 }

@@ -5,6 +5,12 @@ pub mod local;
 
 use std::collections::{BTreeMap, BTreeSet};
 
+/// raft-node's exit code when `--expect-state` (set once a member's storage
+/// has held state) finds its data dir empty: the storage was wiped. A runtime
+/// that sees it retires that storage, so the planner finds the member without
+/// any and treats it as one whose data is lost (removed, then added back).
+pub const WIPED_EXIT_CODE: i32 = 66;
+
 /// A member the runtime has now, and where it listens once it has an address.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Member {
@@ -54,8 +60,10 @@ pub trait Runtime {
     /// Stops member `id` (it has left the membership) and retires its data.
     async fn delete(&mut self, id: u64) -> anyhow::Result<()>;
     /// Members whose data holds raft state, running or not (as of the last
-    /// `list`). It may miss a member whose state was never confirmed (that
-    /// only means initial voters it will ignore); it never names an empty one.
+    /// `list`), or held it before being wiped: members are started on it with
+    /// `--expect-state`, so a wiped one refuses to start. It may miss a member
+    /// whose state was never confirmed (that only means initial voters it will
+    /// ignore); it never names one that never held state.
     fn with_data(&self) -> anyhow::Result<BTreeSet<u64>>;
     /// Members whose storage exists (as of the last `list`), with state or not.
     fn with_storage(&self) -> anyhow::Result<BTreeSet<u64>>;
