@@ -57,7 +57,8 @@ pub struct Observed {
     pub with_data: BTreeSet<u64>,
     /// Members whose storage exists, holding state or not yet confirmed to
     /// (`with_data` is part of it). A member of the membership without any
-    /// has lost its data.
+    /// has lost its data, and so has one whose storage was wiped in place:
+    /// raft-node refuses it (`--expect-state`) and the runtime retires it.
     pub with_storage: BTreeSet<u64>,
     /// Set while a new cluster forms: the voters its members were started with.
     /// Cleared (in status) once a leader was seen; never inferred.
