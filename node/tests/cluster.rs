@@ -217,3 +217,56 @@ in_both_lane_modes!(
     learner_catches_up_by_snapshot_then_is_promoted_and_removed,
     learner_added_after_writes_stop_gets_a_fresh_snapshot,
 );
+
+/// Reads in flight when the leader dies, or issued before the new leader has
+/// committed an entry of its term, are answered once there is a leader that can
+/// serve them; none waits into its deadline.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn reads_around_an_election_are_answered_not_timed_out() {
+    use raftlane_proto::kv::{kv_client::KvClient, GetRequest};
+    use tonic::Code;
+
+    let mut c = Cluster::start(3, &["--request-timeout-ms", "4000"]);
+    let leader = c.wait_leader(ELECTION * 20).await;
+    c.kv(&[1, 2, 3]).put(b"k", b"v").await.unwrap();
+    let survivors: Vec<u64> = (1..=3).filter(|i| *i != leader).collect();
+    let stop_at = Instant::now() + ELECTION * 8;
+    let mut readers = Vec::new();
+    for id in &survivors {
+        for _ in 0..4 {
+            let ch = tonic::transport::Endpoint::from_shared(format!("http://{}", c.members[id].client))
+                .unwrap()
+                .connect_lazy();
+            let mut kv = KvClient::new(ch);
+            readers.push(tokio::spawn(async move {
+                let (mut ok, mut unavailable, mut timed_out) = (0u32, 0u32, 0u32);
+                while Instant::now() < stop_at {
+                    match kv.get(GetRequest { key: b"k".to_vec() }).await {
+                        Ok(r) => {
+                            assert_eq!(r.into_inner().value, b"v");
+                            ok += 1;
+                        }
+                        Err(s) if s.code() == Code::DeadlineExceeded => timed_out += 1,
+                        Err(_) => {
+                            unavailable += 1;
+                            tokio::time::sleep(Duration::from_millis(10)).await;
+                        }
+                    }
+                }
+                (ok, unavailable, timed_out)
+            }));
+        }
+    }
+    tokio::time::sleep(ELECTION).await;
+    c.kill9(leader);
+    let (mut ok, mut unavailable, mut timed_out) = (0, 0, 0);
+    for r in readers {
+        let (o, u, t) = r.await.unwrap();
+        (ok, unavailable, timed_out) = (ok + o, unavailable + u, timed_out + t);
+    }
+    eprintln!("reads around the election: {ok} ok, {unavailable} unavailable, {timed_out} timed out");
+    assert_eq!(timed_out, 0, "reads waited into their deadline");
+    let new_leader = c.wait_leader(ELECTION * 10).await;
+    assert_ne!(new_leader, leader);
+    assert!(ok > 0);
+}

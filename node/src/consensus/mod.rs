@@ -140,6 +140,8 @@ pub struct RaftLoop {
     deferred_reads: Vec<u64>,
     /// When each peer was last heard from: a change is checked against it.
     last_heard: HashMap<u64, Instant>,
+    /// This leader applied its own removal: it steps down once the Ready is done.
+    step_down_after_ready: bool,
     /// Reads whose ReadIndex is known, waiting for apply to reach it.
     ready_reads: Vec<(u64, Query, ReadReply)>,
     transfer: Option<Transfer>,
@@ -214,6 +216,7 @@ impl RaftLoop {
             reads: HashMap::new(),
             deferred_reads: Vec::new(),
             last_heard: HashMap::new(),
+            step_down_after_ready: false,
             ready_reads: Vec::new(),
             transfer: None,
             ticks: 0,
@@ -578,6 +581,9 @@ impl RaftLoop {
         }
         self.apply(light.take_committed_entries())?;
         self.node.advance_apply();
+        if std::mem::take(&mut self.step_down_after_ready) {
+            self.step_down();
+        }
         if !self.deferred_reads.is_empty() && !self.leader_not_ready_for_reads() {
             for id in std::mem::take(&mut self.deferred_reads) {
                 self.issue_read(id);
@@ -693,9 +699,8 @@ impl RaftLoop {
         let removed_leader =
             self.node.raft.state == StateRole::Leader && !cs.voters.contains(&self.cfg.id);
         self.set_conf_state(cs);
-        if removed_leader {
-            self.step_down();
-        }
+        // raft-rs forbids a role change between a Ready and its advance.
+        self.step_down_after_ready |= removed_leader;
         if let Some(reply) = reply {
             let _ = reply.send(Ok(index));
         }
