@@ -91,8 +91,12 @@ async fn seeded_nemesis_runs_stay_linearizable_and_every_member_sees_the_leaders
     for seed in seeds() {
         let r = run::run(seed, secs).await;
         eprintln!("{}", r.summary());
-        if !r.passed() {
-            eprint!("{}", r.details());
+        for why in &r.counts.refusals {
+            eprintln!("  refused: {why}");
+        }
+        match (&r.views, r.passed()) {
+            (Ok(views), true) => eprintln!("  views: {views}"),
+            _ => eprint!("{}", r.details()),
         }
         reports.push(r);
     }

@@ -2,7 +2,8 @@
 //! SIGSTOP/SIGCONT, partitions through the proxy mesh, restarts on a new
 //! address followed by UpsertPeers on every other member, and membership
 //! changes through the leader's admin API. A change the node refuses is a
-//! normal outcome, counted; the leader is never the one removed.
+//! normal outcome, counted. The leader is removed only as a probe, which the
+//! node must refuse (transfer first) or carry out without losing writability.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::{Arc, RwLock};
@@ -37,7 +38,7 @@ pub struct ChangeCounts {
 #[derive(Debug, Default, Clone)]
 pub struct Counts {
     pub faults: BTreeMap<&'static str, usize>,
-    /// By kind: add, readd, promote, remove.
+    /// By kind: add, readd, promote, remove, remove-leader.
     pub changes: BTreeMap<&'static str, ChangeCounts>,
     /// Distinct refusal messages, as the node worded them.
     pub refusals: BTreeSet<String>,
@@ -49,15 +50,29 @@ enum Change {
     Readd(u64),
     Promote(u64),
     Remove(u64),
+    /// A probe the node should refuse (transfer leadership first) or carry out
+    /// as transfer-then-remove; either way the cluster must stay writable.
+    RemoveLeader(u64),
 }
 
 impl Change {
+    fn member(&self) -> u64 {
+        match *self {
+            Change::Add(id)
+            | Change::Readd(id)
+            | Change::Promote(id)
+            | Change::Remove(id)
+            | Change::RemoveLeader(id) => id,
+        }
+    }
+
     fn kind(&self) -> &'static str {
         match self {
             Change::Add(_) => "add",
             Change::Readd(_) => "readd",
             Change::Promote(_) => "promote",
             Change::Remove(_) => "remove",
+            Change::RemoveLeader(_) => "remove-leader",
         }
     }
 }
@@ -358,6 +373,8 @@ impl Nemesis {
                 Some(r) if self.rng.gen_bool(0.7) => Change::Readd(r),
                 _ => Change::Add(self.next_id),
             }
+        } else if self.rng.gen_bool(0.2) {
+            Change::RemoveLeader(leader)
         } else {
             let followers: Vec<u64> = s.voters.iter().copied().filter(|v| *v != leader).collect();
             Change::Remove(followers[self.rng.gen_range(0..followers.len())])
@@ -366,14 +383,7 @@ impl Nemesis {
     }
 
     async fn change(&mut self, leader: u64, change: Change) {
-        let (id, kind) = (
-            match change {
-                Change::Add(id) | Change::Readd(id) | Change::Promote(id) | Change::Remove(id) => {
-                    id
-                }
-            },
-            change.kind(),
-        );
+        let (id, kind) = (change.member(), change.kind());
         match change {
             Change::Add(id) if !self.joining.contains(&id) => self.start_joiner(id, false).await,
             Change::Readd(id) => self.start_joiner(id, true).await,
@@ -385,7 +395,7 @@ impl Nemesis {
             match change {
                 Change::Add(_) | Change::Readd(_) => admin.add_learner(req).await,
                 Change::Promote(_) => admin.promote_learner(req).await,
-                Change::Remove(_) => admin.remove_member(req).await,
+                Change::Remove(_) | Change::RemoveLeader(_) => admin.remove_member(req).await,
             }
         };
         let answer = tokio::time::timeout(ADMIN_TIMEOUT, call).await;
@@ -405,7 +415,7 @@ impl Nemesis {
         }
         if applied {
             match change {
-                Change::Remove(id) => self.retire(id),
+                Change::Remove(id) | Change::RemoveLeader(id) => self.retire(id),
                 Change::Add(id) | Change::Readd(id) => {
                     self.joining.remove(&id);
                     self.wait_caught_up(leader, id).await;
@@ -534,6 +544,15 @@ impl Nemesis {
             problems.push(format!("leader {leader} has a membership change pending"));
         }
         for id in &config {
+            let exited = self
+                .c
+                .members
+                .get_mut(id)
+                .and_then(|m| m.child.as_mut()?.try_wait().ok()?);
+            if let Some(code) = exited {
+                problems.push(format!("member {id} exited ({code})"));
+                continue;
+            }
             let Some(s) = all.get(id) else {
                 problems.push(format!("member {id} does not answer Status"));
                 continue;
@@ -569,13 +588,14 @@ impl Nemesis {
     }
 }
 
-/// One line per member: its role, term, configuration and applied index.
+/// Per member: role, term, configuration, applied index and first log index
+/// (which stays at the start while nothing is compacted).
 fn describe(all: &BTreeMap<u64, StatusResponse>) -> String {
     all.iter()
         .map(|(id, s)| {
             format!(
-                "member {id}: {} term {} leader {} voters {:?} learners {:?} applied {}",
-                s.role, s.term, s.leader_id, s.voters, s.learners, s.applied_index
+                "member {id}: {} term {} leader {} voters {:?} learners {:?} applied {} log from {}",
+                s.role, s.term, s.leader_id, s.voters, s.learners, s.applied_index, s.first_log_index
             )
         })
         .collect::<Vec<_>>()

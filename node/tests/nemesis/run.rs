@@ -28,6 +28,8 @@ pub struct RunReport {
     pub undecided: Vec<(String, usize)>,
     /// Every member's view once converged, or what disagreed.
     pub views: Result<String, String>,
+    /// The members' log tails, kept when the run failed.
+    pub logs: Option<String>,
 }
 
 impl RunReport {
@@ -72,14 +74,14 @@ impl RunReport {
             Ok(v) => out += &format!("  views: {v}\n"),
             Err(e) => out += &format!("  configuration views disagree: {e}\n"),
         }
-        for r in &self.counts.refusals {
-            out += &format!("  refused: {r}\n");
-        }
         for a in &self.anomalies {
             out += &format!("  anomaly on {} (ops {:?}): {}\n", a.key, a.ops, a.why);
         }
         for (k, explored) in &self.undecided {
             out += &format!("  undecided: key {k} after {explored} states\n");
+        }
+        if let Some(logs) = &self.logs {
+            out += logs;
         }
         out += &format!(
             "  replay: RAFTLANE_NEMESIS_SEEDS={:#x} cargo test -p raft-node --test nemesis -- --nocapture\n",
@@ -108,6 +110,19 @@ pub async fn run(seed: u64, nemesis_for: Duration) -> RunReport {
             n.heal_everything().await;
             clients.stop().await;
             let views = n.converge(CONVERGE_WITHIN).await;
+            // Healed and agreed, the cluster must take writes again.
+            let writable = workload::put_until_acknowledged(
+                CLIENTS,
+                "key-final",
+                n.endpoints.clone(),
+                history.clone(),
+                Duration::from_secs(10),
+            )
+            .await;
+            let views = match views {
+                Ok(_) if !writable => Err("no write acknowledged within 10 s of healing".into()),
+                v => v,
+            };
             // The final state, read through every member.
             let members: Vec<(u64, String)> = n
                 .endpoints
@@ -118,14 +133,14 @@ pub async fn run(seed: u64, nemesis_for: Duration) -> RunReport {
                 .collect();
             for (i, (id, addr)) in members.into_iter().enumerate() {
                 let only = Arc::new(std::sync::RwLock::new([(id, addr)].into()));
-                workload::read_every_key(CLIENTS + i, KEYS, only, history.clone()).await;
+                workload::read_every_key(CLIENTS + 1 + i, KEYS, only, history.clone()).await;
             }
             views
         }
     };
     let records = history.records();
     let report = checker::check(&History::checker_ops(&records), MAX_STATES);
-    RunReport {
+    let mut r = RunReport {
         seed,
         wall: started.elapsed(),
         ops: history.counts(),
@@ -137,5 +152,10 @@ pub async fn run(seed: u64, nemesis_for: Duration) -> RunReport {
             .map(|(k, n)| (k.to_string(), n))
             .collect(),
         views,
+        logs: None,
+    };
+    if !r.passed() {
+        r.logs = Some(n.c.logs_tail());
     }
+    r
 }

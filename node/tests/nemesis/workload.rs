@@ -80,6 +80,37 @@ pub async fn read_every_key(id: usize, keys: usize, endpoints: Endpoints, histor
     }
 }
 
+/// Puts unique values to `key` through `endpoints`, one recorded attempt at a
+/// time, until one is acknowledged or `within` passes; true if one was.
+pub async fn put_until_acknowledged(
+    id: usize,
+    key: &str,
+    endpoints: Endpoints,
+    history: Arc<History>,
+    within: Duration,
+) -> bool {
+    let mut writer = Client::new(
+        id,
+        id as u64,
+        ReadPath::Linearizable,
+        1,
+        &endpoints,
+        &history,
+    );
+    let deadline = std::time::Instant::now() + within;
+    for seq in 0..1_000 {
+        writer.put(key.to_string(), format!("c{id}-{seq}")).await;
+        if writer.cache.contains_key(key) {
+            return true;
+        }
+        if std::time::Instant::now() >= deadline {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    false
+}
+
 struct Client {
     id: usize,
     rng: StdRng,
