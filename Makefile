@@ -35,6 +35,7 @@ test: lint unit manifests
 bench:
 	$(CARGO) bench -p raft-node --bench transport
 	$(CARGO) bench -p raft-node --bench cluster
+	$(CARGO) bench -p raft-node --bench scan
 
 # Many seeded nemesis runs with release binaries; prints each run and the totals.
 # SOAK_SEEDS is a count of fresh seeds or a list to replay; SOAK_SECS per run.

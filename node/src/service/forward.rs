@@ -138,9 +138,16 @@ mod tests {
         assert!(e.message().contains(CLUSTER_HEADER), "{}", e.message());
     }
 
+    /// Metadata sent, code expected, words the message must contain.
+    type Case = (
+        &'static [(&'static str, &'static str)],
+        tonic::Code,
+        &'static [&'static str],
+    );
+
     #[test]
     fn mismatched_or_partial_identity_is_refused_naming_the_values() {
-        let cases: &[(&[(&'static str, &str)], tonic::Code, &[&str])] = &[
+        let cases: &[Case] = &[
             (
                 &[(CLUSTER_HEADER, "uid-b"), (MEMBER_HEADER, "2")],
                 tonic::Code::FailedPrecondition,
