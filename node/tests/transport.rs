@@ -882,7 +882,6 @@ fn kv(pairs: &[(&str, &str)]) -> KvStateMachine {
             op: Some(Op::Put(PutRequest {
                 key: k.as_bytes().to_vec(),
                 value: v.as_bytes().to_vec(),
-                ..Default::default()
             })),
         });
     }

@@ -114,7 +114,7 @@ impl SnapshotStore {
         }
         // SAFETY: statvfs returned 0, so it filled `st`.
         let st = unsafe { st.assume_init() };
-        Ok((st.f_bavail as u64).saturating_mul(st.f_frsize as u64))
+        Ok(st.f_bavail.saturating_mul(st.f_frsize))
     }
 
     /// A reader over the body of the snapshot at (`term`, `index`); reading it to

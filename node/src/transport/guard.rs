@@ -237,9 +237,10 @@ mod tests {
         cc.node_id = 4;
         cc.context = GROUP.repeat(4).into(); // opaque bytes, never parsed
         let mut v2 = ConfChangeV2::default();
-        let mut single = ConfChangeSingle::default();
-        single.node_id = 4;
-        v2.mut_changes().push(single);
+        v2.mut_changes().push(ConfChangeSingle {
+            node_id: 4,
+            ..Default::default()
+        });
         v2.context = GROUP.repeat(4).into();
         let m = append(vec![
             entry(EntryType::EntryConfChange, cc.write_to_bytes().unwrap()),

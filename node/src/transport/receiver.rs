@@ -404,7 +404,7 @@ pub fn install_received(
     term: u64,
     index: u64,
 ) -> io::Result<KvStateMachine> {
-    store.install_incoming(file, tmp, term, index, |body| KvStateMachine::load(body))
+    store.install_incoming(file, tmp, term, index, KvStateMachine::load)
 }
 
 /// A partly received snapshot file, removed unless it was handed to the
