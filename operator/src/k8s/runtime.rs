@@ -332,3 +332,41 @@ impl Runtime for KubeRuntime {
             .collect())
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn pod(state: serde_json::Value, last: serde_json::Value) -> Pod {
+        serde_json::from_value(json!({
+            "status": {"containerStatuses": [{
+                "name": CONTAINER, "image": "i", "imageID": "", "ready": false,
+                "restartCount": 1, "state": state, "lastState": last,
+            }]},
+        }))
+        .unwrap()
+    }
+
+    #[test]
+    fn only_a_container_not_running_whose_last_exit_was_the_refusal_reads_as_wiped() {
+        let refused = json!({"terminated": {"exitCode": WIPED_EXIT_CODE}});
+        let failed = json!({"terminated": {"exitCode": 1}});
+        let waiting = json!({"waiting": {"reason": "CrashLoopBackOff"}});
+        let running = json!({"running": {}});
+        for (state, last, wiped) in [
+            (&refused, &json!({}), true),
+            (&waiting, &refused, true),
+            (&running, &refused, false),
+            (&waiting, &failed, false),
+            (&failed, &refused, false),
+            (&waiting, &json!({}), false),
+        ] {
+            assert_eq!(
+                refused_wiped(&pod(state.clone(), last.clone())),
+                wiped,
+                "state {state}, last state {last}"
+            );
+        }
+        assert!(!refused_wiped(&Pod::default()), "a pod without status");
+    }
+}
