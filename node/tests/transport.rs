@@ -1212,3 +1212,88 @@ async fn a_snapshot_receive_past_its_total_deadline_ends_and_leaves_no_file() {
     assert!(started.elapsed() >= Duration::from_secs(1));
     assert!(m1.partial_files().is_empty());
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_receives_together_cannot_claim_more_than_the_free_space() {
+    let m1 = member1(
+        SnapshotLimits {
+            max_bytes: u64::MAX,
+            ..SnapshotLimits::default()
+        },
+        &[1, 2],
+    )
+    .await;
+    let dir = tempfile::tempdir().unwrap();
+    let store = SnapshotStore::open(dir.path()).unwrap();
+    let m = snapshot_file(&store, 2, 95, b"");
+    let mut header = snapshot_chunks(&store, 95, &m).await.remove(0);
+    // Each claims 60% of what is free: one fits, two do not.
+    let claim = m1.snapshots.free_bytes().unwrap() / 10 * 6;
+    if let Some(snapshot_chunk::Kind::Header(h)) = &mut header.kind {
+        h.total_size = claim;
+    }
+    let (tx, rx) = mpsc::channel(1);
+    tx.send(header.clone()).await.unwrap();
+    let mut c = m1.client().await;
+    let first = tokio::spawn(async move {
+        c.send_snapshot(tokio_stream::wrappers::ReceiverStream::new(rx))
+            .await
+    });
+    wait_for("the first receive under way", || {
+        m1.partial_files().len() == 1
+    })
+    .await;
+    let err = m1
+        .client()
+        .await
+        .send_snapshot(futures::stream::iter(vec![header.clone()]))
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), tonic::Code::ResourceExhausted, "{err:?}");
+    assert!(
+        err.message().ends_with("bytes free on the data volume"),
+        "{err:?}"
+    );
+    // The first one ends (its sender gave up) and gives its claim back: the
+    // same header is admitted again (and fails only for ending there).
+    drop(tx);
+    let _ = tokio::time::timeout(WAIT, first).await.expect("answered");
+    let err = m1
+        .client()
+        .await
+        .send_snapshot(futures::stream::iter(vec![header]))
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), tonic::Code::InvalidArgument, "{err:?}");
+    assert!(
+        err.message().contains("stream ended before the last chunk"),
+        "{err:?}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn refusals_never_echo_a_huge_cluster_id_and_snapshots_need_a_term() {
+    let m1 = member1(SnapshotLimits::default(), &[1, 2]).await;
+    let mut c = m1.client().await;
+    let mut e = envelope(2, "", vec![heartbeat(2)]);
+    e.cluster_id = "x".repeat(1 << 20);
+    let err = c.send(e).await.unwrap_err();
+    assert_eq!(err.code(), tonic::Code::FailedPrecondition, "{err:?}");
+    assert!(err.message().len() < 200, "{} bytes", err.message().len());
+
+    let dir = tempfile::tempdir().unwrap();
+    let store = SnapshotStore::open(dir.path()).unwrap();
+    let mut m = snapshot_file(&store, 2, 96, b"");
+    m.mut_snapshot().mut_metadata().term = 0;
+    let chunks = snapshot_chunks(&store, 96, &m).await;
+    let err = c
+        .send_snapshot(futures::stream::iter(chunks))
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), tonic::Code::InvalidArgument, "{err:?}");
+    assert!(
+        err.message()
+            .contains("snapshot header has term 0 index 96: neither may be 0"),
+        "{err:?}"
+    );
+}

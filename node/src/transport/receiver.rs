@@ -14,7 +14,7 @@
 use std::collections::BTreeSet;
 use std::io;
 use std::path::Path;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use protobuf::Message as _;
@@ -69,6 +69,9 @@ pub struct Receiver {
     /// Learns the address of a sender this member has no address for yet.
     peers: Arc<dyn Transport>,
     limits: SnapshotLimits,
+    /// Bytes promised to snapshot receives in progress, so that concurrent
+    /// ones cannot together claim more than the volume has free.
+    reserved: Mutex<u64>,
     snapshot_slots: tokio::sync::Semaphore,
     last_drop_log: AsyncMutex<Option<std::time::Instant>>,
 }
@@ -93,6 +96,7 @@ impl Receiver {
             metrics,
             peers,
             limits: cfg.snapshot,
+            reserved: Mutex::new(0),
             snapshot_slots: tokio::sync::Semaphore::new(MAX_CONCURRENT_SNAPSHOT_RECEIVES),
             last_drop_log: AsyncMutex::new(None),
         }
@@ -111,7 +115,8 @@ impl Receiver {
             return Err(self.reject(
                 "cluster_id",
                 Status::failed_precondition(format!(
-                    "cluster id {cluster_id:?} does not match this member's {:?}",
+                    "cluster id {:?} does not match this member's {:?}",
+                    shown(cluster_id),
                     self.cluster_id
                 )),
             ));
@@ -246,6 +251,24 @@ impl Receiver {
         Ok((accepted, dropped))
     }
 
+    /// Admits a snapshot of `size` bytes against the limit and the free space
+    /// not yet promised to receives in progress, and promises it until dropped.
+    fn reserve(&self, size: u64) -> Result<Reservation<'_>, Status> {
+        let free = self
+            .snapshots
+            .free_bytes()
+            .map_err(|e| Status::internal(format!("snapshot spool: free space: {e}")))?;
+        let mut reserved = self.reserved.lock().expect("reservations poisoned");
+        self.limits
+            .admit(size, free.saturating_sub(*reserved))
+            .map_err(|e| self.reject("snapshot_size", Status::resource_exhausted(e.to_string())))?;
+        *reserved += size;
+        Ok(Reservation {
+            reserved: &self.reserved,
+            bytes: size,
+        })
+    }
+
     /// The next chunk, or DEADLINE_EXCEEDED when none came within the idle
     /// timeout or the receive ran past its total deadline (`total`: when, and
     /// for how many bytes).
@@ -291,19 +314,15 @@ impl Receiver {
         let m = self.decode(&h.message, h.from, true, &mut 0)?;
         let meta = m.get_snapshot().get_metadata();
         let (term, index, size) = (meta.term, meta.index, h.total_size);
-        if index == 0 {
+        if index == 0 || term == 0 {
             return Err(self.reject(
                 "malformed",
-                Status::invalid_argument("snapshot header has index 0"),
+                Status::invalid_argument(format!(
+                    "snapshot header has term {term} index {index}: neither may be 0"
+                )),
             ));
         }
-        let free = self
-            .snapshots
-            .free_bytes()
-            .map_err(|e| Status::internal(format!("snapshot spool: free space: {e}")))?;
-        self.limits
-            .admit(size, free)
-            .map_err(|e| self.reject("snapshot_size", Status::resource_exhausted(e.to_string())))?;
+        let _space = self.reserve(size)?;
         self.learn(h.from, &h.from_addr);
 
         let _slot = tokio::time::timeout(self.limits.idle, self.snapshot_slots.acquire())
@@ -382,6 +401,12 @@ impl Receiver {
     }
 }
 
+/// At most the first 64 characters of a peer's string, for an error message:
+/// an answer never echoes megabytes back.
+fn shown(s: &str) -> &str {
+    s.char_indices().nth(64).map_or(s, |(i, _)| &s[..i])
+}
+
 /// Why a message type is never sent from one member to another, if it is not.
 fn never_sent_by_peers(t: MessageType) -> Option<&'static str> {
     match t {
@@ -405,6 +430,18 @@ pub fn install_received(
     index: u64,
 ) -> io::Result<KvStateMachine> {
     store.install_incoming(file, tmp, term, index, KvStateMachine::load)
+}
+
+/// Space promised to one snapshot receive, given back when it ends.
+struct Reservation<'a> {
+    reserved: &'a Mutex<u64>,
+    bytes: u64,
+}
+
+impl Drop for Reservation<'_> {
+    fn drop(&mut self) {
+        *self.reserved.lock().expect("reservations poisoned") -= self.bytes;
+    }
 }
 
 /// A partly received snapshot file, removed unless it was handed to the
