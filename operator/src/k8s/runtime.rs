@@ -231,9 +231,12 @@ impl Runtime for KubeRuntime {
             let deleting = pod.metadata.deletion_timestamp.is_some();
             // Volume first, as in `delete`: after a crash in between, the pod
             // is found on a retired volume and deleted.
-            let live = self.volumes.get(&id).map(|v| v.name.clone());
-            if !deleting && refused_wiped(pod) && claim_of(pod) == live.as_deref() {
-                let volume = live.unwrap_or_default();
+            let wiped = self
+                .volumes
+                .get(&id)
+                .map(|v| v.name.clone())
+                .filter(|v| !deleting && claim_of(pod) == Some(v) && refused_wiped(pod));
+            if let Some(volume) = wiped {
                 tracing::warn!(
                     member = id,
                     volume,
