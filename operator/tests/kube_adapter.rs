@@ -297,6 +297,8 @@ async fn create_cluster_writes_services_budget_volumes_pods_then_status() {
         assert_eq!(env(pod, "RAFTLANE_PEERS"), Some(others.join(",").as_str()));
         let c = &pod["spec"]["containers"][0];
         assert_eq!(c["image"], "raftlane/raft-node:test");
+        // A refusal's message (raft-node's last stderr lines) shows in the pod.
+        assert_eq!(c["terminationMessagePolicy"], "FallbackToLogsOnError");
         assert_eq!(c["readinessProbe"]["httpGet"]["path"], "/readyz");
         assert_eq!(c["livenessProbe"]["httpGet"]["path"], "/healthz");
         assert_eq!(c["securityContext"]["readOnlyRootFilesystem"], true);
