@@ -841,4 +841,68 @@ mod tests {
         assert_eq!(parse_context(&c[..16]), None);
         assert_eq!(parse_context(b""), None);
     }
+
+    /// A log whose committed change cannot apply to the configuration (here: the
+    /// only voter removed) is a divergence: the loop ends with the reason.
+    #[tokio::test]
+    async fn a_committed_change_that_cannot_apply_stops_the_member() {
+        use crate::storage::{BOOTSTRAP_INDEX, BOOTSTRAP_TERM};
+        use crate::transport::{inbox::Inbox, memory::MemoryNetwork, report::ReportSender};
+        use raft::prelude::{ConfChangeSingle, ConfChangeType, HardState};
+
+        let dir = tempfile::tempdir().unwrap();
+        let mut store = LogStore::open(&dir.path().join("raft")).unwrap();
+        let snapshots = SnapshotStore::open(&dir.path().join("snapshots")).unwrap();
+        store.bootstrap(&[1], &snapshots).unwrap();
+        let mut single = ConfChangeSingle::default();
+        single.set_change_type(ConfChangeType::RemoveNode);
+        single.node_id = 1;
+        let mut cc = ConfChangeV2::default();
+        cc.mut_changes().push(single);
+        let mut e = Entry {
+            index: BOOTSTRAP_INDEX + 1,
+            term: BOOTSTRAP_TERM,
+            data: cc.write_to_bytes().unwrap().into(),
+            ..Default::default()
+        };
+        e.set_entry_type(EntryType::EntryConfChangeV2);
+        let hs = HardState {
+            term: BOOTSTRAP_TERM,
+            commit: BOOTSTRAP_INDEX + 1,
+            ..Default::default()
+        };
+        store.append(&[e], Some(&hs), true).unwrap();
+
+        let (reports_tx, reports_rx) = ReportSender::channel(8, Default::default());
+        let net = MemoryNetwork::new(1);
+        let transport = Arc::new(net.transport(1, reports_tx, snapshots.clone()));
+        let cfg = LoopConfig {
+            id: 1,
+            tick: Duration::from_millis(10),
+            election_ticks: 10,
+            heartbeat_ticks: 2,
+            snapshot_entries: 10_000,
+            max_inflight_msgs: 256,
+            max_promote_lag: 1000,
+            election_range: None,
+        };
+        let raft_loop = RaftLoop::new(cfg, store, snapshots, transport, Metrics::new()).unwrap();
+        let (_inbox, inbox_rx) = Inbox::new();
+        let (_requests, requests_rx) = mpsc::channel(1);
+        let run = raft_loop.run(
+            inbox_rx,
+            requests_rx,
+            reports_rx,
+            Arc::new(AtomicBool::new(false)),
+            CancellationToken::new(),
+        );
+        let err = tokio::time::timeout(Duration::from_secs(10), run)
+            .await
+            .expect("the loop stops by itself")
+            .expect_err("divergence is an error");
+        let msg = format!("{err:#}");
+        assert!(msg.contains("configuration diverged"), "{msg}");
+        assert!(msg.contains("index 6 cannot be applied"), "{msg}");
+        assert!(msg.contains("voters [1]"), "{msg}");
+    }
 }
