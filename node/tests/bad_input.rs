@@ -192,6 +192,13 @@ async fn refuses_bad_envelopes_and_keeps_serving() {
             "envelope carries 65537 messages, more than 65536",
         ),
         (
+            "more log entries than a member packs",
+            // Empty entries (field 7, length 0): 2 bytes each on the wire.
+            env(&good, 7, 1, vec![[0x3a, 0x00].repeat((1 << 20) + 1)]),
+            Code::InvalidArgument,
+            "envelope carries more than 1048576 log entries",
+        ),
+        (
             "local-only type",
             env(&good, 7, 1, vec![msg(MessageType::MsgHup, 7, 1)]),
             Code::InvalidArgument,
