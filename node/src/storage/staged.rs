@@ -7,10 +7,13 @@ use std::sync::{Arc, Mutex};
 
 use crate::state_machine::KvStateMachine;
 
-/// One slot: the newest loaded snapshot, keyed by its (term, index).
+/// A loaded state machine and the (term, index) of the snapshot it came from.
+type Staged = ((u64, u64), KvStateMachine);
+
+/// One slot: the newest loaded snapshot.
 #[derive(Clone, Default)]
 pub struct StagedSnapshot {
-    slot: Arc<Mutex<Option<((u64, u64), KvStateMachine)>>>,
+    slot: Arc<Mutex<Option<Staged>>>,
 }
 
 impl StagedSnapshot {
