@@ -1272,7 +1272,7 @@ async fn concurrent_receives_together_cannot_claim_more_than_the_free_space() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn refusals_never_echo_a_huge_cluster_id_and_snapshots_need_a_term() {
+async fn refusals_never_echo_a_huge_cluster_id_and_snapshot_headers_need_a_term_and_no_entries() {
     let m1 = member1(SnapshotLimits::default(), &[1, 2]).await;
     let mut c = m1.client().await;
     let mut e = envelope(2, "", vec![heartbeat(2)]);
@@ -1294,6 +1294,22 @@ async fn refusals_never_echo_a_huge_cluster_id_and_snapshots_need_a_term() {
     assert!(
         err.message()
             .contains("snapshot header has term 0 index 96: neither may be 0"),
+        "{err:?}"
+    );
+
+    // A MsgSnapshot never carries log entries: a header stuffed with them is
+    // refused before it is parsed.
+    let mut m = snapshot_file(&store, 2, 97, b"");
+    m.mut_entries().push(Default::default());
+    let chunks = snapshot_chunks(&store, 97, &m).await;
+    let err = c
+        .send_snapshot(futures::stream::iter(chunks))
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), tonic::Code::InvalidArgument, "{err:?}");
+    assert!(
+        err.message()
+            .contains("snapshot header carries more than 0 log entries"),
         "{err:?}"
     );
 }

@@ -166,12 +166,16 @@ impl Receiver {
             )
         })?;
         *entries += n;
-        if *entries > MAX_ENVELOPE_ENTRIES {
+        // A snapshot message never carries log entries.
+        let (what, limit) = if allow_snapshot {
+            ("snapshot header", 0)
+        } else {
+            ("envelope", MAX_ENVELOPE_ENTRIES)
+        };
+        if *entries > limit {
             return Err(self.reject(
                 "envelope_size",
-                Status::invalid_argument(format!(
-                    "envelope carries more than {MAX_ENVELOPE_ENTRIES} log entries"
-                )),
+                Status::invalid_argument(format!("{what} carries more than {limit} log entries")),
             ));
         }
         let m = Message::parse_from_bytes(bytes).map_err(|e| {
