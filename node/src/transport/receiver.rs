@@ -39,12 +39,12 @@ const MAX_CONCURRENT_SNAPSHOT_RECEIVES: usize = 2;
 /// At most one "inbox full" log line per this interval.
 const DROP_LOG_INTERVAL: Duration = Duration::from_secs(5);
 /// Most raft messages in one envelope: the largest `--max-batch-messages`.
-pub const MAX_ENVELOPE_MESSAGES: usize = 65_536;
+const MAX_ENVELOPE_MESSAGES: usize = 65_536;
 /// Most log entries in one envelope. A sender packs at most ~5 MiB of entries
 /// (its batch budget plus one message) of at least 6 bytes each, under 1 Mi;
 /// parsed, each costs ~100 bytes, so this bounds one envelope's parse to
 /// ~100 MiB where crafted 2-byte entries could take gigabytes.
-pub const MAX_ENVELOPE_ENTRIES: usize = 1 << 20;
+const MAX_ENVELOPE_ENTRIES: usize = 1 << 20;
 
 /// Who this member is and what it accepts in snapshots.
 #[derive(Clone, Debug)]
