@@ -310,13 +310,22 @@ mod tests {
                 min_total: Duration::from_secs(2),
             }
         );
-        for flag in [
-            "--max-snapshot-bytes",
-            "--snapshot-idle-timeout-ms",
-            "--snapshot-timeout-ms",
+        let cmd = <NodeConfig as clap::CommandFactory>::command();
+        for (flag, env) in [
+            ("--max-snapshot-bytes", "RAFTLANE_MAX_SNAPSHOT_BYTES"),
+            (
+                "--snapshot-idle-timeout-ms",
+                "RAFTLANE_SNAPSHOT_IDLE_TIMEOUT_MS",
+            ),
+            ("--snapshot-timeout-ms", "RAFTLANE_SNAPSHOT_TIMEOUT_MS"),
         ] {
             let err = parse(&[flag, "0"]).unwrap_err();
             assert!(err.contains(flag) && err.contains('0'), "{err}");
+            let arg = cmd
+                .get_arguments()
+                .find(|a| a.get_long() == flag.strip_prefix("--"))
+                .unwrap();
+            assert_eq!(arg.get_env().and_then(|e| e.to_str()), Some(env));
         }
     }
 }
