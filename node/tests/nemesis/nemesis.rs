@@ -97,6 +97,13 @@ pub struct Nemesis {
     removed: BTreeSet<u64>,
     /// Started to be added; not yet seen in the configuration.
     joining: BTreeSet<u64>,
+    /// The configuration the acknowledged changes give: what every member's
+    /// view is judged against, never taken from a member's own view.
+    voters: BTreeSet<u64>,
+    learners: BTreeSet<u64>,
+    /// Members whose last change got no answer: it may or may not apply. Settled
+    /// from the agreed leader's view once it has no change pending.
+    uncertain: BTreeSet<u64>,
     readdresses: BTreeMap<u64, u32>,
     next_id: u64,
     pub counts: Counts,
@@ -115,6 +122,9 @@ impl Nemesis {
             paused: BTreeSet::new(),
             removed: BTreeSet::new(),
             joining: BTreeSet::new(),
+            voters: (1..=voters).collect(),
+            learners: BTreeSet::new(),
+            uncertain: BTreeSet::new(),
             readdresses: BTreeMap::new(),
             next_id: voters + 1,
             counts: Counts::default(),
@@ -175,14 +185,20 @@ impl Nemesis {
             .collect()
     }
 
-    /// The leader of the largest configuration (a member that wrongly believes
-    /// it is alone may lead itself too), latest term first.
+    /// The leader a majority of the acknowledged voters name, if it says it
+    /// leads: a member that wrongly believes it is alone may lead itself too.
     pub async fn leader(&self) -> Option<(u64, StatusResponse)> {
-        self.statuses()
-            .await
-            .into_iter()
-            .filter(|(_, s)| s.role == "leader")
-            .max_by_key(|(_, s)| (s.voters.len(), s.term))
+        let mut all = self.statuses().await;
+        let mut named: BTreeMap<u64, usize> = BTreeMap::new();
+        for v in &self.voters {
+            if let Some(s) = all.get(v).filter(|s| s.leader_id != 0) {
+                *named.entry(s.leader_id).or_default() += 1;
+            }
+        }
+        let quorum = self.voters.len() / 2 + 1;
+        let (leader, _) = named.into_iter().find(|(_, n)| *n >= quorum)?;
+        let s = all.remove(&leader)?;
+        (s.role == "leader").then_some((leader, s))
     }
 
     pub async fn wait_leader(&self, within: Duration) -> Option<(u64, StatusResponse)> {
@@ -349,25 +365,18 @@ impl Nemesis {
         let _ = tokio::time::timeout(ADMIN_TIMEOUT, call).await;
     }
 
-    /// The next membership change, decided from the leader's configuration.
+    /// The next membership change, decided from the acknowledged configuration.
     pub async fn membership(&mut self) {
         let Some((leader, s)) = self.wait_leader(Duration::from_secs(3)).await else {
             self.counts.changes.entry("no leader").or_default().failed += 1;
             return;
         };
-        let config: BTreeSet<u64> = s.voters.iter().chain(&s.learners).copied().collect();
-        self.joining.retain(|id| !config.contains(id));
-        // A removal whose answer was lost may have applied: stop that member.
-        for id in self.c.running_ids() {
-            if !config.contains(&id) && !self.joining.contains(&id) {
-                self.retire(id);
-            }
-        }
-        let change = if let Some(&l) = s.learners.first() {
+        self.settle(&s);
+        let change = if let Some(&l) = self.learners.first() {
             Change::Promote(l)
         } else if let Some(&j) = self.joining.first() {
             Change::Add(j)
-        } else if s.voters.len() < MAX_VOTERS {
+        } else if self.voters.len() < MAX_VOTERS {
             let movable = |r: &u64| self.readdresses.get(r).copied().unwrap_or(0) < MAX_READDRESSES;
             match self.removed.iter().copied().find(movable) {
                 Some(r) if self.rng.gen_bool(0.7) => Change::Readd(r),
@@ -376,10 +385,37 @@ impl Nemesis {
         } else if self.rng.gen_bool(0.2) {
             Change::RemoveLeader(leader)
         } else {
-            let followers: Vec<u64> = s.voters.iter().copied().filter(|v| *v != leader).collect();
+            let followers: Vec<u64> = self
+                .voters
+                .iter()
+                .copied()
+                .filter(|v| *v != leader)
+                .collect();
             Change::Remove(followers[self.rng.gen_range(0..followers.len())])
         };
         self.change(leader, change).await;
+    }
+
+    /// Takes the agreed leader's view for members whose change got no answer,
+    /// once no change is pending (so none is still in flight).
+    fn settle(&mut self, leader: &StatusResponse) {
+        if leader.conf_change_pending {
+            return;
+        }
+        for id in std::mem::take(&mut self.uncertain) {
+            self.voters.remove(&id);
+            self.learners.remove(&id);
+            if leader.voters.contains(&id) {
+                self.voters.insert(id);
+                self.joining.remove(&id);
+            } else if leader.learners.contains(&id) {
+                self.learners.insert(id);
+                self.joining.remove(&id);
+            } else if !self.joining.contains(&id) {
+                // Its removal applied. (A joiner absent here was never added.)
+                self.retire(id);
+            }
+        }
     }
 
     async fn change(&mut self, leader: u64, change: Change) {
@@ -411,16 +447,23 @@ impl Nemesis {
                 counts.refused += 1;
                 self.counts.refusals.insert(format!("{kind} {id}: {why}"));
             }
-            (false, None) => counts.failed += 1,
+            (false, None) => {
+                counts.failed += 1;
+                self.uncertain.insert(id);
+            }
         }
         if applied {
             match change {
                 Change::Remove(id) | Change::RemoveLeader(id) => self.retire(id),
                 Change::Add(id) | Change::Readd(id) => {
                     self.joining.remove(&id);
+                    self.learners.insert(id);
                     self.wait_caught_up(leader, id).await;
                 }
-                Change::Promote(_) => {}
+                Change::Promote(id) => {
+                    self.learners.remove(&id);
+                    self.voters.insert(id);
+                }
             }
         }
     }
@@ -466,6 +509,9 @@ impl Nemesis {
         self.c.kill9(id);
         self.paused.remove(&id);
         self.joining.remove(&id);
+        self.uncertain.remove(&id);
+        self.voters.remove(&id);
+        self.learners.remove(&id);
         self.mesh.drop_member(id);
         self.endpoints
             .write()
@@ -491,15 +537,6 @@ impl Nemesis {
             self.restart(id);
         }
         self.sync_peers().await;
-    }
-
-    /// Stops members that are not in `config` (joiners whose add never applied).
-    pub fn retire_outside(&mut self, config: &BTreeSet<u64>) {
-        for id in self.c.running_ids() {
-            if !config.contains(&id) {
-                self.retire(id);
-            }
-        }
     }
 }
 
@@ -527,11 +564,13 @@ impl Nemesis {
 
     async fn views_agree(&mut self) -> Result<String, String> {
         let Some((leader, ls)) = self.leader().await else {
-            return Err(format!("no leader; {}", describe(&self.statuses().await)));
+            return Err(format!(
+                "no leader named by a majority of voters {:?}; {}",
+                self.voters,
+                describe(&self.statuses().await)
+            ));
         };
-        let config: BTreeSet<u64> = ls.voters.iter().chain(&ls.learners).copied().collect();
-        self.retire_outside(&config);
-        let all = self.statuses().await;
+        self.settle(&ls);
         let view = |s: &StatusResponse| {
             let (mut v, mut l) = (s.voters.clone(), s.learners.clone());
             v.sort();
@@ -539,11 +578,36 @@ impl Nemesis {
             (v, l)
         };
         let want = view(&ls);
+        // Joiners whose add never applied are not members.
+        for id in self.joining.clone() {
+            if !want.0.contains(&id) && !want.1.contains(&id) {
+                self.retire(id);
+            }
+        }
+        let all = self.statuses().await;
         let mut problems = Vec::new();
         if ls.conf_change_pending {
             problems.push(format!("leader {leader} has a membership change pending"));
         }
-        for id in &config {
+        let acknowledged = (
+            self.voters.iter().copied().collect::<Vec<_>>(),
+            self.learners.iter().copied().collect::<Vec<_>>(),
+        );
+        if want != acknowledged && self.uncertain.is_empty() {
+            problems.push(format!(
+                "leader {leader}'s configuration is voters {:?} learners {:?}, the acknowledged changes give voters {:?} learners {:?}",
+                want.0, want.1, acknowledged.0, acknowledged.1
+            ));
+        }
+        // Every member still running must hold the leader's view.
+        let members: BTreeSet<u64> = self
+            .voters
+            .iter()
+            .chain(&self.learners)
+            .copied()
+            .chain(self.c.running_ids())
+            .collect();
+        for id in &members {
             let exited = self
                 .c
                 .members
