@@ -31,6 +31,8 @@ const REQUEST_QUEUE: usize = 4096;
 const REPORT_QUEUE: usize = 1024;
 const STREAM_WINDOW: u32 = 1 << 20;
 const CONNECTION_WINDOW: u32 = 64 << 20;
+/// HTTP/2 streams one connection may hold open on the peer port.
+const MAX_PEER_STREAMS: u32 = 1024;
 
 async fn bind(flag: &str, addr: SocketAddr) -> anyhow::Result<TcpListener> {
     TcpListener::bind(addr)
@@ -245,6 +247,9 @@ pub fn incoming(
 /// of a peer together, so a stalled lane never starves the others.
 pub fn peer_server() -> Server {
     Server::builder()
+        // A peer needs a handful of streams (lanes, a snapshot, forwarded client
+        // requests); without a bound one connection could open unlimited ones.
+        .max_concurrent_streams(Some(MAX_PEER_STREAMS))
         .initial_stream_window_size(STREAM_WINDOW)
         .initial_connection_window_size(CONNECTION_WINDOW)
         .http2_keepalive_interval(Some(std::time::Duration::from_secs(10)))
