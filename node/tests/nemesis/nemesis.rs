@@ -14,10 +14,11 @@ use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 use tonic::Code;
 
-use crate::common::Cluster;
+use crate::common::{Cluster, ELECTION};
+use crate::history::History;
 use crate::mesh::Mesh;
 use crate::schedule::{Fault, Planned, Shape, Step, Target};
-use crate::workload::Endpoints;
+use crate::workload::{put_until_acknowledged, Endpoints};
 
 /// Bound on any one admin call the nemesis makes.
 const ADMIN_TIMEOUT: Duration = Duration::from_secs(6);
@@ -26,6 +27,8 @@ const STATUS_TIMEOUT: Duration = Duration::from_secs(1);
 const MAX_VOTERS: usize = 4;
 /// The harness can move a member to at most this many fresh addresses.
 const MAX_READDRESSES: u32 = 14;
+/// Client numbers of writability probes start here, clear of the workload's.
+const PROBE_CLIENTS: usize = 1_000;
 
 #[derive(Debug, Default, Clone)]
 pub struct ChangeCounts {
@@ -104,14 +107,19 @@ pub struct Nemesis {
     /// Members whose last change got no answer: it may or may not apply. Settled
     /// from the agreed leader's view once it has no change pending.
     uncertain: BTreeSet<u64>,
+    history: Arc<History>,
+    /// Broken promises seen during the run (the run fails on any).
+    pub violations: Vec<String>,
     readdresses: BTreeMap<u64, u32>,
+    /// Writability probes made so far (each writes as a client of its own).
+    probes: usize,
     next_id: u64,
     pub counts: Counts,
 }
 
 impl Nemesis {
     /// `voters` initial voters, every peer link through a proxy.
-    pub async fn start(seed: u64, voters: u64, extra: &[&str]) -> Nemesis {
+    pub async fn start(seed: u64, voters: u64, extra: &[&str], history: Arc<History>) -> Nemesis {
         let c = Cluster::prepare(voters, extra);
         let mut n = Nemesis {
             c,
@@ -125,7 +133,10 @@ impl Nemesis {
             voters: (1..=voters).collect(),
             learners: BTreeSet::new(),
             uncertain: BTreeSet::new(),
+            history,
+            violations: Vec::new(),
             readdresses: BTreeMap::new(),
+            probes: 0,
             next_id: voters + 1,
             counts: Counts::default(),
         };
@@ -382,7 +393,7 @@ impl Nemesis {
                 Some(r) if self.rng.gen_bool(0.7) => Change::Readd(r),
                 _ => Change::Add(self.next_id),
             }
-        } else if self.rng.gen_bool(0.2) {
+        } else if self.rng.gen_bool(0.3) {
             Change::RemoveLeader(leader)
         } else {
             let followers: Vec<u64> = self
@@ -454,7 +465,11 @@ impl Nemesis {
         }
         if applied {
             match change {
-                Change::Remove(id) | Change::RemoveLeader(id) => self.retire(id),
+                Change::RemoveLeader(id) => {
+                    self.writable_without(id).await;
+                    self.retire(id);
+                }
+                Change::Remove(id) => self.retire(id),
                 Change::Add(id) | Change::Readd(id) => {
                     self.joining.remove(&id);
                     self.learners.insert(id);
@@ -485,6 +500,30 @@ impl Nemesis {
         self.upsert_everywhere(id).await;
         self.joining.insert(id);
         self.launch(id, Vec::new());
+    }
+
+    /// After the leader's own removal applied, the others must take a write
+    /// within two election timeouts (plus slack for a loaded machine), while
+    /// the removed member still runs.
+    async fn writable_without(&mut self, removed: u64) {
+        let others: BTreeMap<u64, String> = self
+            .endpoints
+            .read()
+            .expect("endpoints poisoned")
+            .iter()
+            .filter(|(id, _)| **id != removed)
+            .map(|(id, a)| (*id, a.clone()))
+            .collect();
+        let within = ELECTION * 2 + Duration::from_secs(3);
+        self.probes += 1;
+        let writer = PROBE_CLIENTS + self.probes;
+        let key = "key-after-leader-removal";
+        let endpoints = Arc::new(RwLock::new(others));
+        if !put_until_acknowledged(writer, key, endpoints, self.history.clone(), within).await {
+            self.violations.push(format!(
+                "no write acknowledged within {within:?} after leader {removed}'s removal applied"
+            ));
+        }
     }
 
     /// Waits (bounded) until `id` applied what the leader had committed.

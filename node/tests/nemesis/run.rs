@@ -26,7 +26,7 @@ pub struct RunReport {
     pub counts: nemesis::Counts,
     pub anomalies: Vec<Anomaly>,
     pub undecided: Vec<(String, usize)>,
-    /// Every member's view once converged, or what disagreed.
+    /// Every member's view once converged, or what disagreed or broke.
     pub views: Result<String, String>,
     /// The members' log tails, kept when the run failed.
     pub logs: Option<String>,
@@ -94,7 +94,7 @@ impl RunReport {
 pub async fn run(seed: u64, nemesis_for: Duration) -> RunReport {
     let started = Instant::now();
     let history = Arc::new(History::new());
-    let mut n = Nemesis::start(seed, 3, &["--request-timeout-ms", "2000"]).await;
+    let mut n = Nemesis::start(seed, 3, &["--request-timeout-ms", "2000"], history.clone()).await;
     let views = match n.wait_leader(Duration::from_secs(30)).await {
         None => Err("no leader within 30 s of the start".to_string()),
         Some(_) => {
@@ -119,9 +119,14 @@ pub async fn run(seed: u64, nemesis_for: Duration) -> RunReport {
                 Duration::from_secs(10),
             )
             .await;
+            let mut broken = n.violations.clone();
+            if !writable {
+                broken.push("no write acknowledged within 10 s of healing".into());
+            }
             let views = match views {
-                Ok(_) if !writable => Err("no write acknowledged within 10 s of healing".into()),
-                v => v,
+                Ok(v) if broken.is_empty() => Ok(v),
+                Ok(v) => Err(format!("{}; views: {v}", broken.join("; "))),
+                Err(e) => Err(broken.into_iter().chain([e]).collect::<Vec<_>>().join("; ")),
             };
             // The final state, read through every member.
             let members: Vec<(u64, String)> = n
