@@ -3,7 +3,7 @@ SHELL := /bin/bash
 CARGO ?= cargo
 STATE ?= .raftlane
 
-.PHONY: all build release test lint fmt unit bench soak crds manifests images e2e-kind run down clean
+.PHONY: all build release test lint fmt unit bench soak crds manifests images e2e-kind e2e-controlplane controlplane run down clean
 
 all: build
 
@@ -68,6 +68,20 @@ images:
 # Prints one skip line and passes where kind, docker, kubectl or helm is missing.
 e2e-kind:
 	RAFTLANE_E2E_KIND=1 $(CARGO) test -p raftlane-e2e --test kind -- --nocapture
+
+# kube-apiserver, kube-controller-manager and etcd built from their Go modules
+# (scripts/controlplane/go.mod) into .tools/controlplane/<go.sum hash>/bin;
+# reused when already built. Cold: ~10 min on 2 cores.
+controlplane:
+	bash scripts/controlplane.sh >/dev/null
+
+# The operator scenarios against that real control plane on this machine,
+# pods run as local processes by the suite's process kubelet, the operator
+# installed with kubectl and helm (see e2e/README.md). No Docker needed.
+e2e-controlplane: controlplane
+	bash scripts/tools.sh
+	$(CARGO) build -p raft-node -p raft-operator
+	RAFTLANE_E2E_CONTROLPLANE=1 $(CARGO) test -p raftlane-e2e --test controlplane -- --nocapture
 
 # The embedded default: the cluster of examples/raftcluster.yaml as local
 # processes, reconciled until Ctrl-C (edit `replicas` in the file to scale).

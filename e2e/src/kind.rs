@@ -3,7 +3,7 @@
 //! `kubectl port-forward` since pod IPs are not routable from the host.
 //! [`KindEnv`] sets up and tears down the cluster around it.
 
-mod cmd;
+pub(crate) mod cmd;
 mod env;
 mod forward;
 

@@ -2,6 +2,7 @@
 //! implements it (`local.rs`), and so does a kind cluster driven through kubectl
 //! (`kind.rs`) where kind and Docker exist. Every wait is bounded in time.
 
+pub mod controlplane;
 pub mod kind;
 pub mod local;
 pub mod scenarios;

@@ -26,7 +26,7 @@ fn manifest(replicas: u32) -> String {
 }
 
 /// Where cargo put this workspace's binaries (next to the test's `deps/`).
-fn bin_dir() -> anyhow::Result<PathBuf> {
+pub(crate) fn bin_dir() -> anyhow::Result<PathBuf> {
     let exe = std::env::current_exe()?;
     let dir = exe
         .parent()

@@ -1,0 +1,182 @@
+//! [`Target`] on the real control plane: user actions through kubectl
+//! (`kubectl scale`, `kubectl patch`, `kubectl delete pod --force`), reads
+//! through the API. Members are reached at their pod IPs (127.1.x.y), which
+//! are routable here, so no port-forward is needed.
+
+use anyhow::Context;
+use k8s_openapi::api::core::v1::Pod;
+use kube::api::Api;
+use kube::Client;
+use raft_operator::crd::{RaftCluster, RaftClusterStatus};
+
+use super::env::NAMESPACE;
+use super::kubectl::Kubectl;
+use crate::kind::ScaleBy;
+use crate::Target;
+
+const CLIENT_PORT: u16 = 7001;
+const ADMIN_PORT: u16 = 7002;
+
+/// Member `id`'s pod: `<cluster>-<ordinal>` with ordinal = id - 1.
+pub fn pod_name(cluster: &str, id: u64) -> String {
+    format!("{cluster}-{}", id - 1)
+}
+
+/// Phase Running, not being deleted, with an IP: its ports answer.
+fn running_ip(p: &Pod) -> Option<String> {
+    let s = p.status.as_ref()?;
+    (s.phase.as_deref() == Some("Running") && p.metadata.deletion_timestamp.is_none())
+        .then(|| s.pod_ip.clone())
+        .flatten()
+}
+
+fn restarts(p: &Pod) -> i32 {
+    p.status
+        .as_ref()
+        .and_then(|s| s.container_statuses.as_ref())
+        .map_or(0, |cs| cs.iter().map(|c| c.restart_count).sum())
+}
+
+/// One RaftCluster on the control plane.
+pub struct ControlPlaneTarget {
+    client: Client,
+    kube: Kubectl,
+    pub name: String,
+    /// The way the next [`Target::scale`] edits the resource.
+    pub scale_by: ScaleBy,
+}
+
+impl ControlPlaneTarget {
+    pub fn new(client: Client, kube: Kubectl, name: &str) -> ControlPlaneTarget {
+        ControlPlaneTarget {
+            client,
+            kube,
+            name: name.into(),
+            scale_by: ScaleBy::Subresource,
+        }
+    }
+
+    fn pods(&self) -> Api<Pod> {
+        Api::namespaced(self.client.clone(), NAMESPACE)
+    }
+
+    pub async fn pod(&self, id: u64) -> anyhow::Result<Option<Pod>> {
+        Ok(self.pods().get_opt(&pod_name(&self.name, id)).await?)
+    }
+
+    async fn member_addr(&self, id: u64, port: u16) -> anyhow::Result<Option<String>> {
+        Ok(self
+            .pod(id)
+            .await?
+            .as_ref()
+            .and_then(running_ip)
+            .map(|ip| format!("{ip}:{port}")))
+    }
+}
+
+impl Target for ControlPlaneTarget {
+    async fn scale(&mut self, replicas: u32) -> anyhow::Result<()> {
+        let resource = format!("raftcluster/{}", self.name);
+        match self.scale_by {
+            ScaleBy::Subresource => {
+                let n = format!("--replicas={replicas}");
+                self.kube.call(&["scale", &resource, &n]).await?
+            }
+            ScaleBy::Patch => {
+                let patch = format!(r#"{{"spec":{{"replicas":{replicas}}}}}"#);
+                self.kube
+                    .call(&["patch", &resource, "--type=merge", "--patch", &patch])
+                    .await?
+            }
+        };
+        Ok(())
+    }
+
+    async fn status(&self) -> anyhow::Result<Option<RaftClusterStatus>> {
+        let api: Api<RaftCluster> = Api::namespaced(self.client.clone(), NAMESPACE);
+        let rc = api
+            .get_opt(&self.name)
+            .await?
+            .with_context(|| format!("RaftCluster {} not found", self.name))?;
+        Ok(rc.status)
+    }
+
+    /// In the order of the status' members; a member without a running pod
+    /// gets a port nothing listens on, which the client passes over.
+    async fn endpoints(&self) -> anyhow::Result<Vec<String>> {
+        let members = self.status().await?.unwrap_or_default().members;
+        let mut out = Vec::new();
+        for m in &members {
+            let addr = self.member_addr(m.id, CLIENT_PORT).await?;
+            out.push(addr.unwrap_or_else(|| "127.0.0.1:1".into()));
+        }
+        Ok(out)
+    }
+
+    async fn admin(&self, id: u64) -> anyhow::Result<String> {
+        self.member_addr(id, ADMIN_PORT)
+            .await?
+            .with_context(|| format!("member {id}: no running pod"))
+    }
+
+    async fn kill_member(&mut self, id: u64) -> anyhow::Result<()> {
+        let pod = pod_name(&self.name, id);
+        let args = [
+            "delete",
+            "pod",
+            &pod,
+            "--grace-period=0",
+            "--force",
+            "--wait=false",
+        ];
+        self.kube.call(&args).await?;
+        Ok(())
+    }
+
+    /// Deletes the member's PVC (it goes once its pod is gone), then the pod.
+    async fn lose_member(&mut self, id: u64) -> anyhow::Result<()> {
+        let pod = self
+            .pod(id)
+            .await?
+            .with_context(|| format!("member {id} has no pod"))?;
+        let claim = pod
+            .spec
+            .iter()
+            .flat_map(|s| s.volumes.iter().flatten())
+            .find_map(|v| v.persistent_volume_claim.as_ref())
+            .map(|c| c.claim_name.clone())
+            .with_context(|| format!("member {id}'s pod has no volume claim"))?;
+        self.kube
+            .call(&["delete", "pvc", &claim, "--wait=false"])
+            .await?;
+        self.kill_member(id).await
+    }
+
+    /// The pod's UID and its containers' restart count.
+    async fn incarnation(&self, id: u64) -> anyhow::Result<Option<String>> {
+        Ok(self.pod(id).await?.map(|p| {
+            format!(
+                "{}/{}",
+                p.metadata.uid.clone().unwrap_or_default(),
+                restarts(&p)
+            )
+        }))
+    }
+
+    async fn restart_operator(&mut self, failpoint: Option<&str>) -> anyhow::Result<()> {
+        anyhow::ensure!(
+            failpoint.is_none(),
+            "failpoints are local-runtime only: the Kubernetes runtime has none"
+        );
+        let deployment = format!("deployment/{}", super::env::RELEASE);
+        self.kube.call(&["rollout", "restart", &deployment]).await?;
+        self.kube
+            .call(&["rollout", "status", &deployment, "--timeout=50s"])
+            .await?;
+        Ok(())
+    }
+
+    async fn operator_exited(&mut self) -> anyhow::Result<bool> {
+        anyhow::bail!("not observable: the Deployment restarts the operator")
+    }
+}

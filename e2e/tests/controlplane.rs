@@ -1,0 +1,136 @@
+//! The operator scenarios against a real control plane on this machine:
+//! etcd, kube-apiserver and kube-controller-manager built from their Go
+//! modules, pods run as local processes by the process kubelet, the operator
+//! installed with `kubectl apply -f crds/` and `helm install`. The same
+//! scenario functions as tests/local.rs and tests/kind.rs. Runs with
+//! RAFTLANE_E2E_CONTROLPLANE=1 (`make e2e-controlplane`); otherwise it prints
+//! one skip line and passes.
+
+use std::time::{Duration, Instant};
+
+use k8s_openapi::api::core::v1::{Pod, Secret};
+use kube::api::{Api, DeleteParams, ListParams};
+use raft_operator::crd::RaftCluster;
+use raftlane_e2e::controlplane::env::NAMESPACE;
+use raftlane_e2e::controlplane::servers::client_from;
+use raftlane_e2e::controlplane::ControlPlaneEnv;
+use raftlane_e2e::kind::ScaleBy;
+use raftlane_e2e::scenarios;
+
+/// Bounds the whole suite, the Go build of a cold machine included.
+const WHOLE_RUN: Duration = Duration::from_secs(80 * 60);
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn operator_scenarios_on_a_real_control_plane() {
+    tokio::time::timeout(WHOLE_RUN, scenarios_on_control_plane())
+        .await
+        .expect("the controlplane suite did not finish within 80 minutes");
+}
+
+fn forbidden<T: std::fmt::Debug>(r: Result<T, kube::Error>, what: &str) {
+    match r {
+        Err(kube::Error::Api(e)) if e.code == 403 => {
+            eprintln!("rbac: {what}: denied by the API server ({})", e.message)
+        }
+        other => panic!("{what}: expected 403 Forbidden, got {other:?}"),
+    }
+}
+
+/// The operator's own ServiceAccount token (the one the kubelet projected
+/// into its pod) may do what the chart's Role allows and nothing else.
+async fn operator_rbac(env: &ControlPlaneEnv) {
+    let pods: Api<Pod> = Api::namespaced(env.client.clone(), NAMESPACE);
+    let selector = "app.kubernetes.io/instance=raft-operator";
+    let op = pods
+        .list(&ListParams::default().labels(selector))
+        .await
+        .unwrap();
+    let op = op.items.first().expect("the operator's pod");
+    let uid = op.metadata.uid.clone().unwrap();
+    let sa = op
+        .spec
+        .as_ref()
+        .unwrap()
+        .service_account_name
+        .clone()
+        .unwrap();
+    // The kubeconfig the kubelet wrote for the operator names its projected
+    // token file.
+    let kubeconfig = env.pod_dir(&uid).join("operator.kubeconfig");
+    let client = client_from(&kubeconfig).await.unwrap();
+    let as_operator = |c: &kube::Client| -> Api<Pod> { Api::namespaced(c.clone(), NAMESPACE) };
+    as_operator(&client)
+        .list(&ListParams::default())
+        .await
+        .expect("the Role allows listing pods");
+    eprintln!("rbac: as system:serviceaccount:{NAMESPACE}:{sa}: list pods allowed");
+    let secrets: Api<Secret> = Api::namespaced(client.clone(), NAMESPACE);
+    forbidden(
+        secrets.list(&ListParams::default()).await,
+        "list secrets (not in the Role)",
+    );
+    let clusters: Api<RaftCluster> = Api::namespaced(client.clone(), NAMESPACE);
+    forbidden(
+        clusters.delete("e2e", &DeleteParams::default()).await,
+        "delete a RaftCluster (the Role has no delete on raftclusters)",
+    );
+    let elsewhere: Api<Pod> = Api::namespaced(client.clone(), "default");
+    forbidden(
+        elsewhere.list(&ListParams::default()).await,
+        "list pods outside the watched namespace",
+    );
+}
+
+async fn scenarios_on_control_plane() {
+    let suite = Instant::now();
+    let Some(env) = ControlPlaneEnv::start().await.unwrap() else {
+        return;
+    };
+    for (step, took) in &env.timings {
+        eprintln!("measured: {step}: {took:?}");
+    }
+
+    let created = Instant::now();
+    let mut t = env.create_cluster("e2e", 3).await.unwrap();
+    scenarios::wait_settled(&t, 3).await.unwrap();
+    eprintln!(
+        "measured: RaftCluster created to Available with 3 voters: {:?}",
+        created.elapsed()
+    );
+    let keys = scenarios::create_three(&t).await.unwrap();
+
+    operator_rbac(&env).await;
+
+    t.scale_by = ScaleBy::Subresource;
+    let took = scenarios::scale_up_to_five(&mut t, &keys).await.unwrap();
+    eprintln!("measured: kubectl scale 3 to 5 voting members (1000 keys): {took:?}");
+    t.scale_by = ScaleBy::Patch;
+    scenarios::scale_down_to_three(&mut t, &keys).await.unwrap();
+
+    let took = scenarios::kill_member_comes_back(&mut t, false, &keys)
+        .await
+        .unwrap();
+    eprintln!("measured: follower pod deleted to peers updated in place and the leader streaming to its new IP: {took:?}");
+    let took = scenarios::kill_member_comes_back(&mut t, true, &keys)
+        .await
+        .unwrap();
+    eprintln!("measured: leader pod deleted to peers updated in place and the leader streaming to its new IP: {took:?}");
+
+    let took = scenarios::lost_member_rejoins_empty(&mut t, &keys)
+        .await
+        .unwrap();
+    eprintln!("measured: PVC and pod deleted to three healthy voters again: {took:?}");
+
+    let took = scenarios::all_members_killed_recover(&mut t, &keys)
+        .await
+        .unwrap();
+    eprintln!("measured: every pod deleted to all back and agreeing on a leader: {took:?}");
+
+    let deleted = Instant::now();
+    env.delete_cluster(&t.name).await.unwrap();
+    eprintln!(
+        "measured: kubectl delete raftcluster to every pod gone: {:?}",
+        deleted.elapsed()
+    );
+    eprintln!("measured: suite wall time: {:?}", suite.elapsed());
+}
