@@ -297,7 +297,7 @@ impl Nemesis {
                         let Some((l, s)) = self.leader().await else {
                             return (Held::Nothing, Duration::ZERO);
                         };
-                        // The leader and the fewest others that stay a minority.
+                        // The leader, with as many others as still leaves its side a minority.
                         let others: Vec<u64> =
                             s.voters.iter().copied().filter(|v| *v != l).collect();
                         let minority = (s.voters.len() - 1) / 2;
@@ -577,15 +577,7 @@ impl Nemesis {
         }
         self.sync_peers().await;
     }
-}
 
-/// The node refused the change as invalid or unsafe (rather than "ask the leader").
-fn refused(code: Code, message: &str) -> bool {
-    let redirect = message.contains("not the leader") || message.contains("already in progress");
-    matches!(code, Code::FailedPrecondition | Code::InvalidArgument) && !redirect
-}
-
-impl Nemesis {
     /// Waits until one leader is followed by every member of its configuration,
     /// each member's own Status shows the leader's voters and learners, and each
     /// applied the leader's commit index. Returns every member's view, or what
@@ -703,4 +695,10 @@ fn describe(all: &BTreeMap<u64, StatusResponse>) -> String {
         })
         .collect::<Vec<_>>()
         .join("; ")
+}
+
+/// The node refused the change as invalid or unsafe (rather than "ask the leader").
+fn refused(code: Code, message: &str) -> bool {
+    let redirect = message.contains("not the leader") || message.contains("already in progress");
+    matches!(code, Code::FailedPrecondition | Code::InvalidArgument) && !redirect
 }

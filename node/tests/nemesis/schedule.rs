@@ -20,7 +20,7 @@ pub enum Target {
 pub enum Shape {
     /// One member cut off from every other.
     Isolate(Target),
-    /// A minority holding the leader, the majority without it.
+    /// The leader's side a minority (with 3 or 4 voters: the leader alone).
     SplitLeaderInMinority,
 }
 
