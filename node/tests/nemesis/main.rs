@@ -37,6 +37,16 @@ const DEFAULT_SECS: u64 = 20;
 /// The seeds to run, from `RAFTLANE_NEMESIS_SEEDS`.
 fn seeds() -> Vec<u64> {
     let spec = std::env::var("RAFTLANE_NEMESIS_SEEDS").unwrap_or_default();
+    let clock = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .expect("clock after 1970")
+        .as_nanos() as u64;
+    parse_seeds(&spec, clock ^ ((std::process::id() as u64) << 32))
+}
+
+/// A count (`5`) draws that many seeds from `entropy`; a hex seed (`0x1f`) or a
+/// comma-separated list (`0x1f,42`) replays exactly those.
+fn parse_seeds(spec: &str, entropy: u64) -> Vec<u64> {
     let spec = spec.trim();
     let parse = |s: &str| {
         let s = s.trim();
@@ -58,14 +68,10 @@ fn seeds() -> Vec<u64> {
     } else {
         parse(spec) as usize
     };
-    let mut x = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .expect("clock after 1970")
-        .as_nanos() as u64
-        ^ ((std::process::id() as u64) << 32);
+    let mut x = entropy;
     (0..count)
         .map(|_| {
-            // splitmix64: distinct, well-spread seeds from one clock reading.
+            // splitmix64: distinct, well-spread seeds from one reading.
             x = x.wrapping_add(0x9e37_79b9_7f4a_7c15);
             let mut z = x;
             z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
@@ -73,6 +79,17 @@ fn seeds() -> Vec<u64> {
             z ^ (z >> 31)
         })
         .collect()
+}
+
+#[test]
+fn a_seed_count_draws_fresh_seeds_and_a_printed_seed_replays_itself() {
+    let fresh = parse_seeds("3", 1);
+    assert_eq!(fresh.len(), 3);
+    assert_ne!(fresh, parse_seeds("3", 2));
+    assert_eq!(parse_seeds("", 1).len(), DEFAULT_SEEDS);
+    let printed = format!("{:#x}", fresh[1]);
+    assert_eq!(parse_seeds(&printed, 9), vec![fresh[1]]);
+    assert_eq!(parse_seeds("0x2a, 7", 9), vec![42, 7]);
 }
 
 fn nemesis_secs() -> Duration {

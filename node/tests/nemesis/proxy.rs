@@ -67,7 +67,58 @@ async fn pump(mut inbound: TcpStream, target: String, mut cut: watch::Receiver<b
     let _ = outbound.set_nodelay(true);
     let _ = inbound.set_nodelay(true);
     tokio::select! {
-        _ = tokio::io::copy_bidirectional(&mut inbound, &mut outbound) => {}
+        biased; // a cut wins over bytes waiting to be copied
         _ = cut.wait_for(|c| *c) => {}
+        _ = tokio::io::copy_bidirectional(&mut inbound, &mut outbound) => {}
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+    /// An echo server on loopback; returns its address.
+    async fn echo() -> String {
+        let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = l.local_addr().unwrap().to_string();
+        tokio::spawn(async move {
+            while let Ok((mut s, _)) = l.accept().await {
+                tokio::spawn(async move {
+                    let (mut r, mut w) = s.split();
+                    let _ = tokio::io::copy(&mut r, &mut w).await;
+                });
+            }
+        });
+        addr
+    }
+
+    /// Sends `ping` and reads the answer; `None` if the connection closed.
+    async fn ping(s: &mut TcpStream) -> Option<[u8; 4]> {
+        s.write_all(b"ping").await.ok()?;
+        let mut buf = [0u8; 4];
+        let read = tokio::time::timeout(Duration::from_secs(5), s.read_exact(&mut buf));
+        read.await.expect("no answer within 5 s").ok()?;
+        Some(buf)
+    }
+
+    #[tokio::test]
+    async fn a_cut_proxy_drops_open_connections_and_closes_new_ones_until_healed() {
+        let p = Proxy::start("127.0.0.1", echo().await).await;
+        let mut open = TcpStream::connect(&p.addr).await.unwrap();
+        assert_eq!(ping(&mut open).await, Some(*b"ping"));
+
+        p.cut();
+        assert_eq!(
+            ping(&mut open).await,
+            None,
+            "the open connection was dropped"
+        );
+        let mut fresh = TcpStream::connect(&p.addr).await.unwrap();
+        assert_eq!(ping(&mut fresh).await, None, "a new connection is closed");
+
+        p.heal();
+        let mut healed = TcpStream::connect(&p.addr).await.unwrap();
+        assert_eq!(ping(&mut healed).await, Some(*b"ping"));
     }
 }
