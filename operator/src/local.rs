@@ -10,10 +10,9 @@ use std::time::{Duration, SystemTime};
 use anyhow::Context;
 
 use crate::crd::{parse_cluster, RaftCluster, RaftClusterStatus};
-use crate::plan::{plan, Action};
-use crate::reconcile::{act, observe, AdminClients};
+use crate::plan::{Action, Observed};
+use crate::reconcile::{pass, AdminClients, Host, PassError};
 use crate::runtime::local::LocalRuntime;
-use crate::status;
 
 /// Time between reconcile passes.
 const PASS_EVERY: Duration = Duration::from_millis(300);
@@ -38,10 +37,6 @@ fn cluster_dir(opts: &LocalOptions, c: &RaftCluster) -> anyhow::Result<PathBuf> 
         .clone()
         .context("metadata.name is required")?;
     Ok(opts.state_dir.join(name))
-}
-
-fn now_rfc3339() -> String {
-    jiff::Timestamp::now().to_string()
 }
 
 /// Writes a file whole and durably: temporary file, fsync, rename, fsync dir.
@@ -73,7 +68,8 @@ pub async fn run(opts: LocalOptions) -> anyhow::Result<()> {
         opts.node_bin.clone(),
         cluster.spec.raft.clone(),
     )?;
-    let status_path = dir.join("status.yaml");
+    let mut host = LocalHost { dir: dir.clone() };
+    let status_path = host.status_path();
     // A status that exists but cannot be read stops the operator: guessing
     // could bootstrap a cluster that already holds data.
     let mut current: RaftClusterStatus = match std::fs::read_to_string(&status_path) {
@@ -84,7 +80,6 @@ pub async fn run(opts: LocalOptions) -> anyhow::Result<()> {
     };
     let mut admins = AdminClients::default();
     let mut last_summary = String::new();
-    let mut last_wait = None;
     println!(
         "reconciling {name} ({} replicas) from {}; state in {}",
         cluster.spec.replicas,
@@ -115,60 +110,24 @@ pub async fn run(opts: LocalOptions) -> anyhow::Result<()> {
             }
         }
 
-        let seen = match observe(&mut rt, &mut admins, &name, &current).await {
-            Ok(seen) => seen,
-            Err(e) => {
+        let outcome = pass(
+            &mut rt,
+            &mut host,
+            &mut admins,
+            &cluster,
+            &name,
+            current.clone(),
+        )
+        .await;
+        match outcome {
+            Ok(o) => current = o.status,
+            Err(PassError::Observe(e)) => {
                 eprintln!("observing members failed (retried next pass): {e:#}");
                 continue;
             }
-        };
-        // Formed: from now on no member is ever started with initial voters.
-        if current.bootstrap_voters.is_some() && seen.observed.reports.values().any(|r| r.is_leader)
-        {
-            current.bootstrap_voters = None;
-            write_atomic(&status_path, serde_yaml::to_string(&current)?.as_bytes())?;
-        }
-        let p = plan(u64::from(cluster.spec.replicas), &seen.observed);
-        // The bootstrap set is recorded before any member is started with it.
-        if current.bootstrap_voters.is_none() {
-            if let Some(Action::Create {
-                initial_voters: Some(v),
-                ..
-            }) = p.actions.first()
-            {
-                current.bootstrap_voters = Some(v.iter().copied().collect());
-                write_atomic(&status_path, serde_yaml::to_string(&current)?.as_bytes())?;
-            }
-        }
-        if p.waiting != last_wait {
-            if let Some(w) = &p.waiting {
-                println!("waiting: {w}");
-            }
-            last_wait = p.waiting.clone();
-        }
-        for a in &p.actions {
-            match act(&mut rt, &mut admins, &seen, a).await {
-                Ok(done) => {
-                    println!("{done}");
-                    crash_point(a);
-                }
-                Err(e) => eprintln!("{a:?} failed (retried next pass): {e:#}"),
-            }
-        }
-
-        let next = status::compute(&name, &seen, &p, &current, &now_rfc3339());
-        if status::changed(&current, &next) {
-            write_atomic(&status_path, serde_yaml::to_string(&next)?.as_bytes())?;
-            let endpoints: Vec<&str> = seen
-                .members
-                .values()
-                .filter_map(|m| Some(m.addrs.as_ref()?.client.as_str()))
-                .collect();
-            write_atomic(
-                &dir.join("endpoints"),
-                format!("{}\n", endpoints.join(",")).as_bytes(),
-            )?;
-            current = next;
+            // Reported by the host; the next pass plans it again.
+            Err(PassError::Step(_)) => continue,
+            Err(e) => return Err(e.into()),
         }
         let summary = summarize(&current);
         if summary != last_summary {
@@ -179,6 +138,58 @@ pub async fn run(opts: LocalOptions) -> anyhow::Result<()> {
     let stopped = rt.stop_all()?;
     println!("stopped members {stopped:?}");
     Ok(())
+}
+
+/// The pass's host here: status in `status.yaml` with the client endpoints
+/// beside it, steps and waits printed, failures on stderr. One operator runs
+/// per state dir, so it may always act.
+struct LocalHost {
+    dir: PathBuf,
+}
+
+impl LocalHost {
+    fn status_path(&self) -> PathBuf {
+        self.dir.join("status.yaml")
+    }
+}
+
+impl Host for LocalHost {
+    async fn save_status(
+        &mut self,
+        status: &RaftClusterStatus,
+        seen: &Observed,
+    ) -> anyhow::Result<()> {
+        write_atomic(
+            &self.status_path(),
+            serde_yaml::to_string(status)?.as_bytes(),
+        )?;
+        let endpoints: Vec<&str> = seen
+            .running
+            .values()
+            .filter_map(|m| Some(m.addrs.as_ref()?.client.as_str()))
+            .collect();
+        write_atomic(
+            &self.dir.join("endpoints"),
+            format!("{}\n", endpoints.join(",")).as_bytes(),
+        )
+    }
+
+    async fn step_done(&mut self, step: &Action, done: &str) {
+        println!("{done}");
+        crash_point(step);
+    }
+
+    async fn step_failed(&mut self, step: &Action, error: &anyhow::Error) {
+        eprintln!("{step:?} failed (retried next pass): {error:#}");
+    }
+
+    async fn waiting(&mut self, why: &str, _blocked: bool) {
+        println!("waiting: {why}");
+    }
+
+    fn may_act(&self) -> bool {
+        true
+    }
 }
 
 /// Test hook: `RAFTLANE_FAILPOINT=after-add-learner` ends the operator right

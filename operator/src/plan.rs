@@ -22,12 +22,40 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 
-/// What the runtime knows about one member (a process, or a pod).
+/// A member the runtime has now (a process, or a pod), and where it listens
+/// once it has an address. The planner reads only its peer address; the
+/// pass uses the rest to reach it.
 #[derive(Clone, Debug, PartialEq, Eq)]
-pub struct RuntimeMember {
+pub struct Member {
     pub id: u64,
-    /// Where its peer port listens now; None until it has one.
-    pub peer_addr: Option<String>,
+    /// None while it exists without an address (a pod being scheduled or
+    /// terminating): it is neither missing nor reachable.
+    pub addrs: Option<Addrs>,
+}
+
+/// Where one member listens.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Addrs {
+    pub peer: String,
+    pub client: String,
+    pub admin: String,
+}
+
+impl Member {
+    pub fn at(id: u64, peer: String, client: String, admin: String) -> Member {
+        Member {
+            id,
+            addrs: Some(Addrs {
+                peer,
+                client,
+                admin,
+            }),
+        }
+    }
+
+    pub fn peer_addr(&self) -> Option<&str> {
+        self.addrs.as_ref().map(|a| a.peer.as_str())
+    }
 }
 
 /// What one member reported about itself and the cluster (admin `Status`).
@@ -50,7 +78,7 @@ pub struct MemberReport {
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct Observed {
     /// Members that exist in the runtime, by id.
-    pub running: BTreeMap<u64, RuntimeMember>,
+    pub running: BTreeMap<u64, Member>,
     /// Members that answered `Status`, by id.
     pub reports: BTreeMap<u64, MemberReport>,
     /// Members whose data (dir, volume) holds state, running or not.
@@ -80,6 +108,29 @@ impl Observed {
             .values()
             .filter(|r| r.is_leader)
             .max_by_key(|r| r.term)
+    }
+
+    /// A healthy member runs and follows the newest leader in that leader's
+    /// term. The planner's guards and the status's health both read this.
+    pub fn healthy(&self, id: u64) -> bool {
+        let Some(leader) = self.leader() else {
+            return false;
+        };
+        self.running.contains_key(&id)
+            && self
+                .reports
+                .get(&id)
+                .is_some_and(|r| r.leader_id == leader.id && r.term == leader.term)
+    }
+
+    /// How many of `voters` are healthy.
+    pub fn healthy_voters(&self, voters: &BTreeSet<u64>) -> usize {
+        voters.iter().filter(|v| self.healthy(**v)).count()
+    }
+
+    /// True when a quorum of `voters` is healthy (never for no voters).
+    pub fn has_quorum(&self, voters: &BTreeSet<u64>) -> bool {
+        self.healthy_voters(voters) >= quorum(voters.len())
     }
 }
 
@@ -258,29 +309,19 @@ pub fn plan(replicas: u64, obs: &Observed) -> Plan {
         p.wait("a membership change is being applied".into());
         return p;
     }
-    let healthy = |id: &u64| {
-        obs.running.contains_key(id)
-            && obs
-                .reports
-                .get(id)
-                .is_some_and(|r| r.leader_id == leader.id && r.term == leader.term)
-    };
-    let healthy_voters = |vs: &BTreeSet<u64>| vs.iter().filter(|v| healthy(v)).count();
     // A removal commits under the current voters and must leave a quorum of
     // the rest: both need enough healthy voters.
     let can_remove = |id: u64| {
         let mut after = voters.clone();
         after.remove(&id);
-        !after.is_empty()
-            && healthy_voters(&voters) >= quorum(voters.len())
-            && healthy_voters(&after) >= quorum(after.len())
+        !after.is_empty() && obs.has_quorum(&voters) && obs.has_quorum(&after)
     };
     // Members that left the membership (as the leader has applied it, with no
     // change in flight) are deleted, once a quorum follows that leader: its
     // view of the membership is then the current one.
     for id in obs.running.keys() {
         if !members.contains(id) && !desired.contains(id) {
-            if healthy_voters(&voters) >= quorum(voters.len()) {
+            if obs.has_quorum(&voters) {
                 p.actions.push(Action::Delete { id: *id });
             } else {
                 p.block(format!(
@@ -313,7 +354,7 @@ pub fn plan(replicas: u64, obs: &Observed) -> Plan {
         if caught_up(id) {
             let mut after = voters.clone();
             after.insert(*id);
-            if healthy_voters(&after) >= quorum(after.len()) {
+            if obs.has_quorum(&after) {
                 p.actions.push(Action::Promote {
                     via: leader.id,
                     id: *id,
@@ -333,7 +374,7 @@ pub fn plan(replicas: u64, obs: &Observed) -> Plan {
             match voters
                 .iter()
                 .rev()
-                .find(|v| **v != id && desired.contains(v) && healthy(v))
+                .find(|v| **v != id && desired.contains(v) && obs.healthy(**v))
             {
                 Some(to) => p.actions.push(Action::TransferLeader {
                     via: leader.id,
@@ -360,9 +401,9 @@ pub fn plan(replicas: u64, obs: &Observed) -> Plan {
                 id,
                 initial_voters: None,
             }),
-            Some(m) if m.peer_addr.is_none() => p.wait(format!("member {id} has no address yet")),
+            Some(m) if m.addrs.is_none() => p.wait(format!("member {id} has no address yet")),
             Some(_) if leader_knows(leader, obs, id) => {
-                if healthy_voters(&voters) >= quorum(voters.len()) {
+                if obs.has_quorum(&voters) {
                     p.actions.push(Action::AddLearner { via: leader.id, id });
                 } else {
                     p.block(format!("adding {id} needs a healthy quorum first"));
@@ -376,8 +417,8 @@ pub fn plan(replicas: u64, obs: &Observed) -> Plan {
 
 /// True when the leader's peer table has `id` at its current address.
 fn leader_knows(leader: &MemberReport, obs: &Observed, id: u64) -> bool {
-    let current = obs.running.get(&id).and_then(|m| m.peer_addr.as_ref());
-    current.is_some() && leader.peers.get(&id) == current
+    let current = obs.running.get(&id).and_then(Member::peer_addr);
+    current.is_some() && leader.peers.get(&id).map(String::as_str) == current
 }
 
 /// Every member that answers learns the current address of each other member
@@ -386,7 +427,7 @@ fn push_addresses(obs: &Observed, p: &mut Plan) {
     let current: BTreeMap<u64, String> = obs
         .running
         .values()
-        .filter_map(|m| Some((m.id, m.peer_addr.clone()?)))
+        .filter_map(|m| Some((m.id, m.peer_addr()?.to_string())))
         .collect();
     for (on, report) in &obs.reports {
         if !obs.running.contains_key(on) {

@@ -1,6 +1,9 @@
 //! One reconcile pass, the same for every runtime: observe the members and ask
-//! each for its raft `Status`, plan, then act. Waiting is never done here: a
-//! step that must wait is simply planned again on the next pass.
+//! each for its raft `Status`, plan, act, then save the status. Waiting is
+//! never done here: a step that must wait is simply planned again on the next
+//! pass. A runtime plugs in its members ([`Runtime`]) and its [`Host`]: where
+//! status is saved, where steps, waits and failures are reported, and whether
+//! this process may act.
 
 use std::collections::{BTreeMap, HashMap};
 use std::time::Duration;
@@ -9,9 +12,10 @@ use raftlane_proto::admin::node_admin_client::NodeAdminClient;
 use raftlane_proto::admin::{MemberRequest, StatusRequest, UpsertPeersRequest};
 use tonic::transport::{Channel, Endpoint};
 
-use crate::crd::RaftClusterStatus;
-use crate::plan::{Action, MemberReport, Observed, RuntimeMember};
-use crate::runtime::{Member, Runtime};
+use crate::crd::{RaftCluster, RaftClusterStatus};
+use crate::plan::{plan, Action, Member, MemberReport, Observed};
+use crate::runtime::Runtime;
+use crate::status;
 
 /// Admin calls to members are bounded: an unresponsive member is unhealthy,
 /// not a reason to stall the pass.
@@ -38,21 +42,143 @@ impl AdminClients {
     }
 }
 
-/// What one pass saw: the planner's input plus where each member listens.
-pub struct Observation {
-    pub observed: Observed,
-    pub members: BTreeMap<u64, Member>,
+/// What a pass needs from the process it runs in.
+#[allow(async_fn_in_trait)]
+pub trait Host {
+    /// Saves `status`; `seen` is the observation it was made from.
+    async fn save_status(
+        &mut self,
+        status: &RaftClusterStatus,
+        seen: &Observed,
+    ) -> anyhow::Result<()>;
+    /// Reports a step carried out; `done` says what was done.
+    async fn step_done(&mut self, step: &Action, done: &str);
+    /// Reports a step that failed (the pass stops there).
+    async fn step_failed(&mut self, step: &Action, error: &anyhow::Error);
+    /// Reports a new wait; `blocked` when a safety guard refuses a step.
+    async fn waiting(&mut self, why: &str, blocked: bool);
+    /// False once this process may no longer act (another may lead).
+    fn may_act(&self) -> bool;
+}
+
+/// Why a pass stopped early; every cause is retried by the next pass.
+#[derive(Debug, thiserror::Error)]
+pub enum PassError {
+    /// Members could not be listed or their status not read.
+    #[error("{0:#}")]
+    Observe(anyhow::Error),
+    /// A step failed; the host has reported it.
+    #[error("{0:#}")]
+    Step(anyhow::Error),
+    /// The runtime's own store (the API server, the state dir) failed.
+    #[error("{0:#}")]
+    Store(anyhow::Error),
+    #[error("this process may no longer act")]
+    NotLeading,
+}
+
+/// How a pass ended.
+pub struct Outcome {
+    /// The status as last saved (or as found, when nothing changed).
+    pub status: RaftClusterStatus,
+    /// Steps were taken or are waiting: the next pass should come soon.
+    pub busy: bool,
+}
+
+/// One pass over `cluster`, whose members carry `cluster_id`, from the
+/// status `previous` the last pass saved.
+pub async fn pass<R: Runtime, H: Host>(
+    rt: &mut R,
+    host: &mut H,
+    admins: &mut AdminClients,
+    cluster: &RaftCluster,
+    cluster_id: &str,
+    previous: RaftClusterStatus,
+) -> Result<Outcome, PassError> {
+    let name = cluster.metadata.name.clone().unwrap_or_default();
+    let seen = observe(rt, admins, cluster_id, &previous)
+        .await
+        .map_err(PassError::Observe)?;
+    rt.record_state(&seen.reports.keys().copied().collect())
+        .await
+        .map_err(PassError::Store)?;
+    let mut current = previous;
+    // Formed: from now on no member is ever started with initial voters, and
+    // that is saved before any step, so a later pass cannot read it forming.
+    if current.bootstrap_voters.is_some() && seen.leader().is_some() {
+        current.bootstrap_voters = None;
+        save(host, &current, &seen).await?;
+    }
+    let p = plan(u64::from(cluster.spec.replicas), &seen);
+    // The voters a new cluster forms with are recorded before its first
+    // member starts, so a pass after a crash gives the rest the same set.
+    if let Some(Action::Create {
+        initial_voters: Some(v),
+        ..
+    }) = p.actions.first()
+    {
+        if current.bootstrap_voters.is_none() {
+            current.bootstrap_voters = Some(v.iter().copied().collect());
+            save(host, &current, &seen).await?;
+        }
+    }
+    // The wait in flight is the status's operation: each is reported once.
+    if let Some(why) = p
+        .waiting
+        .as_deref()
+        .filter(|w| current.operation.as_deref() != Some(*w))
+    {
+        host.waiting(why, p.blocked).await;
+    }
+    for step in &p.actions {
+        if !host.may_act() {
+            return Err(PassError::NotLeading);
+        }
+        match act(rt, admins, &seen, step).await {
+            Ok(done) => host.step_done(step, &done).await,
+            Err(e) => {
+                host.step_failed(step, &e).await;
+                return Err(PassError::Step(e));
+            }
+        }
+    }
+    let mut next = status::compute(
+        &name,
+        &seen,
+        &p,
+        &current,
+        &jiff::Timestamp::now().to_string(),
+    );
+    next.observed_generation = cluster.metadata.generation;
+    if status::changed(&current, &next) {
+        save(host, &next, &seen).await?;
+        current = next;
+    }
+    Ok(Outcome {
+        status: current,
+        busy: !p.actions.is_empty() || p.waiting.is_some(),
+    })
+}
+
+async fn save<H: Host>(
+    host: &mut H,
+    status: &RaftClusterStatus,
+    seen: &Observed,
+) -> Result<(), PassError> {
+    host.save_status(status, seen)
+        .await
+        .map_err(PassError::Store)
 }
 
 /// Lists members and asks each for its status; `history` is the status the
 /// last pass wrote (what it says the cluster has been through).
-pub async fn observe<R: Runtime>(
+async fn observe<R: Runtime>(
     rt: &mut R,
     admins: &mut AdminClients,
     cluster_id: &str,
     history: &RaftClusterStatus,
-) -> anyhow::Result<Observation> {
-    let members: BTreeMap<u64, Member> = rt.list().await?.into_iter().map(|m| (m.id, m)).collect();
+) -> anyhow::Result<Observed> {
+    let running: BTreeMap<u64, Member> = rt.list().await?.into_iter().map(|m| (m.id, m)).collect();
     let mut observed = Observed {
         bootstrapped: history
             .bootstrap_voters
@@ -64,14 +190,7 @@ pub async fn observe<R: Runtime>(
         with_storage: rt.with_storage()?,
         ..Default::default()
     };
-    for m in members.values() {
-        observed.running.insert(
-            m.id,
-            RuntimeMember {
-                id: m.id,
-                peer_addr: m.peer_addr().map(str::to_string),
-            },
-        );
+    for m in running.values() {
         let Some(addrs) = &m.addrs else { continue };
         let mut admin = admins.get(&addrs.admin)?;
         if let Ok(Ok(s)) = tokio::time::timeout(ADMIN_TIMEOUT, admin.status(StatusRequest {})).await
@@ -99,18 +218,19 @@ pub async fn observe<R: Runtime>(
             );
         }
     }
-    Ok(Observation { observed, members })
+    observed.running = running;
+    Ok(observed)
 }
 
 /// Carries out one planned action; returns what was done, for progress output.
-pub async fn act<R: Runtime>(
+async fn act<R: Runtime>(
     rt: &mut R,
     admins: &mut AdminClients,
-    seen: &Observation,
+    seen: &Observed,
     action: &Action,
 ) -> anyhow::Result<String> {
     let admin_of = |id: u64| -> anyhow::Result<String> {
-        seen.members
+        seen.running
             .get(&id)
             .and_then(|m| Some(m.addrs.as_ref()?.admin.clone()))
             .ok_or_else(|| anyhow::anyhow!("member {id} is not reachable"))
@@ -118,7 +238,7 @@ pub async fn act<R: Runtime>(
     Ok(match action {
         Action::Create { id, initial_voters } => {
             let peers: BTreeMap<u64, String> = seen
-                .members
+                .running
                 .values()
                 .filter_map(|m| Some((m.id, m.peer_addr()?.to_string())))
                 .collect();
@@ -170,4 +290,188 @@ pub async fn act<R: Runtime>(
             format!("member {id} stopped (its data retired)")
         }
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use std::cell::RefCell;
+    use std::collections::BTreeSet;
+    use std::rc::Rc;
+
+    use super::*;
+
+    type Log = Rc<RefCell<Vec<String>>>;
+
+    /// Members that never get an address (so no admin call is made), with
+    /// every runtime and host call written to one log.
+    struct Fake {
+        log: Log,
+        members: Vec<Member>,
+        refuse_create: bool,
+        may_act: bool,
+    }
+
+    fn fake() -> Fake {
+        Fake {
+            log: Log::default(),
+            members: Vec::new(),
+            refuse_create: false,
+            may_act: true,
+        }
+    }
+
+    impl Fake {
+        fn note(&self, line: String) {
+            self.log.borrow_mut().push(line);
+        }
+    }
+
+    impl Runtime for Fake {
+        async fn list(&mut self) -> anyhow::Result<Vec<Member>> {
+            Ok(self.members.clone())
+        }
+        async fn create(
+            &mut self,
+            id: u64,
+            _: Option<&BTreeSet<u64>>,
+            _: &BTreeMap<u64, String>,
+        ) -> anyhow::Result<Member> {
+            self.note(format!("create {id}"));
+            anyhow::ensure!(!self.refuse_create, "no room for member {id}");
+            let m = Member { id, addrs: None };
+            self.members.push(m.clone());
+            Ok(m)
+        }
+        async fn delete(&mut self, id: u64) -> anyhow::Result<()> {
+            self.note(format!("delete {id}"));
+            Ok(())
+        }
+        async fn record_state(&mut self, _: &BTreeSet<u64>) -> anyhow::Result<()> {
+            Ok(())
+        }
+        fn with_data(&self) -> anyhow::Result<BTreeSet<u64>> {
+            Ok(BTreeSet::new())
+        }
+        fn with_storage(&self) -> anyhow::Result<BTreeSet<u64>> {
+            Ok(self.members.iter().map(|m| m.id).collect())
+        }
+    }
+
+    struct FakeHost {
+        log: Log,
+        may_act: bool,
+    }
+
+    impl Host for FakeHost {
+        async fn save_status(&mut self, s: &RaftClusterStatus, _: &Observed) -> anyhow::Result<()> {
+            let progressing = s.conditions.iter().any(|c| c.type_ == "Progressing");
+            let what = if progressing { "status" } else { "record" };
+            let line = format!("save {what}, voters {:?}", s.bootstrap_voters);
+            self.log.borrow_mut().push(line);
+            Ok(())
+        }
+        async fn step_done(&mut self, _: &Action, done: &str) {
+            self.log.borrow_mut().push(format!("done: {done}"));
+        }
+        async fn step_failed(&mut self, step: &Action, error: &anyhow::Error) {
+            self.log
+                .borrow_mut()
+                .push(format!("failed {step:?}: {error}"));
+        }
+        async fn waiting(&mut self, why: &str, _: bool) {
+            self.log.borrow_mut().push(format!("waiting: {why}"));
+        }
+        fn may_act(&self) -> bool {
+            self.may_act
+        }
+    }
+
+    fn cluster(replicas: u32) -> RaftCluster {
+        crate::crd::parse_cluster(&format!(
+            "apiVersion: raftlane.io/v1alpha1\nkind: RaftCluster\nmetadata:\n  name: demo\n\
+             spec:\n  replicas: {replicas}\n"
+        ))
+        .unwrap()
+    }
+
+    /// Runs one pass from `previous`; returns its result and the log.
+    async fn run(
+        mut rt: Fake,
+        previous: RaftClusterStatus,
+    ) -> (Result<Outcome, PassError>, Vec<String>) {
+        let mut host = FakeHost {
+            log: rt.log.clone(),
+            may_act: rt.may_act,
+        };
+        let mut admins = AdminClients::default();
+        let c = cluster(2);
+        let r = pass(&mut rt, &mut host, &mut admins, &c, "demo", previous).await;
+        let log = rt.log.borrow().clone();
+        (r, log)
+    }
+
+    #[tokio::test]
+    async fn a_new_clusters_voters_are_saved_before_its_first_member_is_created() {
+        let (r, log) = run(fake(), RaftClusterStatus::default()).await;
+        assert!(r.unwrap().busy);
+        assert_eq!(
+            log,
+            [
+                "save record, voters Some([1, 2])",
+                "create 1",
+                "done: created member 1",
+                "create 2",
+                "done: created member 2",
+                "save status, voters Some([1, 2])",
+            ]
+        );
+    }
+
+    #[tokio::test]
+    async fn a_failed_step_stops_the_pass_before_the_next_step_and_the_status() {
+        let rt = Fake {
+            refuse_create: true,
+            ..fake()
+        };
+        let (r, log) = run(rt, RaftClusterStatus::default()).await;
+        assert!(matches!(r, Err(PassError::Step(_))));
+        assert_eq!(
+            log,
+            [
+                "save record, voters Some([1, 2])",
+                "create 1",
+                "failed Create { id: 1, initial_voters: Some({1, 2}) }: no room for member 1",
+            ]
+        );
+    }
+
+    #[tokio::test]
+    async fn no_step_is_taken_once_this_process_may_not_act() {
+        let rt = Fake {
+            may_act: false,
+            ..fake()
+        };
+        let (r, log) = run(rt, RaftClusterStatus::default()).await;
+        assert!(matches!(r, Err(PassError::NotLeading)));
+        assert!(!log.iter().any(|l| l.starts_with("create")), "{log:?}");
+    }
+
+    #[tokio::test]
+    async fn a_wait_is_reported_once_while_it_lasts() {
+        // Two members forming, neither answering yet.
+        let members = vec![Member { id: 1, addrs: None }, Member { id: 2, addrs: None }];
+        let rt = Fake {
+            members: members.clone(),
+            ..fake()
+        };
+        let previous = RaftClusterStatus {
+            bootstrap_voters: Some(vec![1, 2]),
+            ..Default::default()
+        };
+        let (r, log) = run(rt, previous).await;
+        assert_eq!(log[0], "waiting: no member answers yet");
+        let again = Fake { members, ..fake() };
+        let (_, log) = run(again, r.unwrap().status).await;
+        assert!(log.is_empty(), "{log:?}");
+    }
 }

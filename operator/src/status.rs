@@ -5,8 +5,7 @@
 use std::collections::BTreeSet;
 
 use crate::crd::{Condition, MemberRole, MemberStatus, RaftClusterStatus};
-use crate::plan::Plan;
-use crate::reconcile::Observation;
+use crate::plan::{Observed, Plan};
 
 /// True when `next` is worth writing over `previous`: applied indexes move
 /// with every client write, so alone they never cause a write (they are
@@ -23,26 +22,18 @@ pub fn changed(previous: &RaftClusterStatus, next: &RaftClusterStatus) -> bool {
 /// Builds the status; conditions keep their transition time while unchanged.
 pub fn compute(
     name: &str,
-    seen: &Observation,
+    obs: &Observed,
     plan: &Plan,
     previous: &RaftClusterStatus,
     now: &str,
 ) -> RaftClusterStatus {
-    let obs = &seen.observed;
     let leader = obs.leader();
-    let healthy = |id: u64| {
-        leader.is_some_and(|l| {
-            obs.reports
-                .get(&id)
-                .is_some_and(|r| r.leader_id == l.id && r.term == l.term)
-        })
-    };
     let (voters, learners): (BTreeSet<u64>, BTreeSet<u64>) = match leader {
         Some(l) => (l.voters.clone(), l.learners.clone()),
         None => (BTreeSet::new(), BTreeSet::new()),
     };
-    let members: Vec<MemberStatus> = seen
-        .members
+    let members: Vec<MemberStatus> = obs
+        .running
         .values()
         .filter(|m| voters.contains(&m.id) || learners.contains(&m.id))
         .map(|m| MemberStatus {
@@ -54,14 +45,14 @@ pub fn compute(
             } else {
                 MemberRole::Voter
             },
-            healthy: healthy(m.id),
+            healthy: obs.healthy(m.id),
             applied_index: obs.reports.get(&m.id).map_or(0, |r| r.applied_index),
         })
         .collect();
-    let healthy_voters = voters.iter().filter(|v| healthy(**v)).count();
-    let available = leader.is_some() && healthy_voters > voters.len() / 2;
+    let healthy_voters = obs.healthy_voters(&voters);
+    let available = leader.is_some() && obs.has_quorum(&voters);
     let progressing = !plan.actions.is_empty() || plan.waiting.is_some();
-    let missing = leader.is_none() || voters.iter().any(|v| !seen.members.contains_key(v));
+    let missing = leader.is_none() || voters.iter().any(|v| !obs.running.contains_key(v));
     let degraded = missing || members.iter().any(|m| !m.healthy);
     let cond = |type_: &str, on: bool, reason: &str, message: String| {
         let status = if on { "True" } else { "False" }.to_string();
@@ -80,7 +71,7 @@ pub fn compute(
     };
     RaftClusterStatus {
         observed_generation: previous.observed_generation,
-        replicas: seen.members.len() as u32,
+        replicas: obs.running.len() as u32,
         ready_replicas: members.iter().filter(|m| m.healthy).count() as u32,
         selector: format!("app.kubernetes.io/name=raft-node,app.kubernetes.io/instance={name}"),
         leader: leader.map(|l| format!("{name}-{}", l.id - 1)),
@@ -144,18 +135,13 @@ pub fn compute(
 
 #[cfg(test)]
 mod tests {
-    use std::collections::BTreeMap;
-
     use super::*;
-    use crate::plan::{MemberReport, Observed, Plan};
-    use crate::reconcile::Observation;
-    use crate::runtime::Member;
+    use crate::plan::{Member, MemberReport};
 
-    fn seen(leader: u64, up: &[u64]) -> Observation {
+    fn seen(leader: u64, up: &[u64]) -> Observed {
         let mut observed = Observed::default();
-        let mut members = BTreeMap::new();
         for &id in up {
-            members.insert(
+            observed.running.insert(
                 id,
                 Member::at(
                     id,
@@ -176,7 +162,7 @@ mod tests {
                 },
             );
         }
-        Observation { observed, members }
+        observed
     }
 
     fn cond<'a>(s: &'a RaftClusterStatus, t: &str) -> &'a Condition {

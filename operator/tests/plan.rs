@@ -4,10 +4,16 @@
 use std::collections::{BTreeMap, BTreeSet};
 
 use proptest::prelude::*;
-use raft_operator::plan::{plan, Action, MemberReport, Observed, RuntimeMember};
+use raft_operator::plan::{plan, Action, Member, MemberReport, Observed};
 
 fn addr(id: u64, generation: u64) -> String {
     format!("127.0.{generation}.{id}:7000")
+}
+
+/// Member `id` as the runtime lists it, its peer port at `peer`.
+fn listed(id: u64, peer: String) -> Member {
+    let port = |p: &str| peer.replace(":7000", p);
+    Member::at(id, port(":7000"), port(":7001"), port(":7002"))
 }
 
 fn set(ids: &[u64]) -> BTreeSet<u64> {
@@ -24,13 +30,7 @@ fn cluster(voters: &[u64], learners: &[u64], leader: u64) -> Observed {
         ..Default::default()
     };
     for &id in &all {
-        obs.running.insert(
-            id,
-            RuntimeMember {
-                id,
-                peer_addr: Some(addr(id, 0)),
-            },
-        );
+        obs.running.insert(id, listed(id, addr(id, 0)));
         obs.reports.insert(
             id,
             MemberReport {
@@ -94,13 +94,7 @@ fn scale_up_is_create_then_addresses_then_learner_then_promote() {
 
     // Step 2: it runs; nobody knows its address yet.
     let mut obs = obs;
-    obs.running.insert(
-        4,
-        RuntimeMember {
-            id: 4,
-            peer_addr: Some(addr(4, 0)),
-        },
-    );
+    obs.running.insert(4, listed(4, addr(4, 0)));
     let p = plan(5, &obs);
     for on in 1..=3 {
         let peers = BTreeMap::from([(4, addr(4, 0))]);
@@ -179,13 +173,7 @@ fn scale_down_moves_leadership_then_removes_then_deletes_highest_first() {
 
     // 5 left the membership: its process goes, and 4 is next.
     let mut obs = cluster(&[1, 2, 3, 4], &[], 1);
-    obs.running.insert(
-        5,
-        RuntimeMember {
-            id: 5,
-            peer_addr: Some(addr(5, 0)),
-        },
-    );
+    obs.running.insert(5, listed(5, addr(5, 0)));
     let p = plan(3, &obs);
     assert!(p.actions.contains(&Action::Delete { id: 5 }));
     assert!(p.actions.contains(&Action::RemoveMember { via: 1, id: 4 }));
@@ -300,13 +288,7 @@ fn a_forming_cluster_restarts_a_missing_member_with_the_same_initial_voters() {
         ..Default::default()
     };
     for id in [1, 2] {
-        obs.running.insert(
-            id,
-            RuntimeMember {
-                id,
-                peer_addr: Some(addr(id, 0)),
-            },
-        );
+        obs.running.insert(id, listed(id, addr(id, 0)));
     }
     let p = plan(3, &obs);
     assert_eq!(
@@ -321,13 +303,7 @@ fn a_forming_cluster_restarts_a_missing_member_with_the_same_initial_voters() {
 #[test]
 fn a_new_address_is_pushed_to_every_other_member_in_one_pass() {
     let mut obs = cluster(&[1, 2, 3], &[], 1);
-    obs.running.insert(
-        2,
-        RuntimeMember {
-            id: 2,
-            peer_addr: Some(addr(2, 1)),
-        },
-    );
+    obs.running.insert(2, listed(2, addr(2, 1)));
     let p = plan(3, &obs);
     let peers = BTreeMap::from([(2, addr(2, 1))]);
     assert_eq!(
@@ -537,13 +513,7 @@ fn any_state() -> impl Strategy<Value = (u64, Observed)> {
                     if role == 0 || !running || !stored(&id) {
                         continue;
                     }
-                    obs.running.insert(
-                        id,
-                        RuntimeMember {
-                            id,
-                            peer_addr: Some(addr(id, generation)),
-                        },
-                    );
+                    obs.running.insert(id, listed(id, addr(id, generation)));
                     // A member that runs has data.
                     obs.with_data.insert(id);
                     obs.with_storage.insert(id);
@@ -674,8 +644,8 @@ proptest! {
                     let l = leader.unwrap();
                     prop_assert_eq!(*via, l.id);
                     prop_assert!(desired.contains(id) && !l.voters.contains(id) && !l.learners.contains(id));
-                    let current = obs.running.get(id).and_then(|m| m.peer_addr.as_ref());
-                    prop_assert!(current.is_some() && l.peers.get(id) == current, "learner the leader cannot reach");
+                    let current = obs.running.get(id).and_then(Member::peer_addr);
+                    prop_assert!(current.is_some() && l.peers.get(id).map(String::as_str) == current, "learner the leader cannot reach");
                 }
                 Action::Promote { id, .. } => {
                     let l = leader.unwrap();
@@ -713,7 +683,7 @@ proptest! {
                 Action::PushAddresses { on, peers } => {
                     prop_assert!(!peers.contains_key(on));
                     for (id, a) in peers {
-                        prop_assert_eq!(obs.running[id].peer_addr.as_ref(), Some(a));
+                        prop_assert_eq!(obs.running[id].peer_addr(), Some(a.as_str()));
                     }
                 }
             }

@@ -1,5 +1,6 @@
-//! The RaftCluster controller: one reconcile pass per trigger, running the
-//! same observe → plan → act core as the local runtime. Triggers: a change to
+//! The RaftCluster controller: one reconcile pass per trigger, the pass of
+//! `reconcile.rs` that the local runtime runs too, hosted here by the API
+//! server (status), events and the Lease. Triggers: a change to
 //! the cluster, to a Pod, Service or PVC it owns (volumes kept past the
 //! cluster's deletion are not owned), or a requeue. A pass never waits: a
 //! step that must wait is planned again after a short requeue.
@@ -22,9 +23,8 @@ use crate::crd::{RaftCluster, RaftClusterStatus, Retention};
 use crate::k8s::metrics::{ClusterLabel, FailureLabel, Metrics};
 use crate::k8s::resources::{client_service, disruption_budget, peer_service, RETIRED_LABEL};
 use crate::k8s::runtime::{cluster_volumes, delete_gone, retire, KubeRuntime};
-use crate::plan::{plan, Action as Step};
-use crate::reconcile::{act, observe, AdminClients};
-use crate::status;
+use crate::plan::{Action as Step, Observed};
+use crate::reconcile::{self, AdminClients, Host, PassError};
 
 /// Finalizer that retires or deletes volumes per `whenDeleted` before the
 /// RaftCluster goes (owner references cannot honour a retention policy).
@@ -306,10 +306,19 @@ async fn apply(cached: &RaftCluster, ctx: &Context) -> Result<Action, Error> {
 
     let mut rt = KubeRuntime::new(ctx.client.clone(), rc);
     let mut admins = ctx.admins.lock().await.remove(&uid).unwrap_or_default();
-    let result = pass(rc, ctx, &mut rt, &mut admins, &previous).await;
+    let mut host = KubeHost { rc, ctx };
+    let result = reconcile::pass(&mut rt, &mut host, &mut admins, rc, &uid, previous).await;
     ctx.admins.lock().await.insert(uid, admins);
-    let (members, busy) = result?;
+    let outcome = result.map_err(|e| match e {
+        PassError::Observe(e) | PassError::Step(e) => Error::Member(e),
+        PassError::Store(e) => match e.downcast::<kube::Error>() {
+            Ok(e) => Error::Kube(e),
+            Err(e) => Error::Member(e),
+        },
+        PassError::NotLeading => Error::NotLeader,
+    })?;
 
+    let members = &outcome.status.members;
     let label = ClusterLabel {
         namespace: rc.namespace().unwrap_or_default(),
         name,
@@ -327,78 +336,54 @@ async fn apply(cached: &RaftCluster, ctx: &Context) -> Result<Action, Error> {
         .learners
         .get_or_create(&label)
         .set(count(crate::crd::MemberRole::Learner));
-    Ok(Action::requeue(if busy {
+    Ok(Action::requeue(if outcome.busy {
         BUSY_REQUEUE
     } else {
         IDLE_REQUEUE
     }))
 }
 
-/// Observe, plan, act, write the status: returns the members in the status
-/// and whether work remains.
-async fn pass(
-    rc: &RaftCluster,
-    ctx: &Context,
-    rt: &mut KubeRuntime,
-    admins: &mut AdminClients,
-    previous: &RaftClusterStatus,
-) -> Result<(Vec<crate::crd::MemberStatus>, bool), Error> {
-    let uid = rc.uid().unwrap_or_default();
-    let mut current = previous.clone();
-    let seen = observe(rt, admins, &uid, previous)
-        .await
-        .map_err(Error::Member)?;
-    rt.record_state(seen.observed.reports.keys().copied())
-        .await?;
-    if seen.observed.reports.values().any(|r| r.is_leader) {
-        current.bootstrap_voters = None;
+/// The pass's host on Kubernetes: status in the status subresource, steps,
+/// waits and failures as events, and steps only while the Lease is held.
+struct KubeHost<'a> {
+    rc: &'a RaftCluster,
+    ctx: &'a Context,
+}
+
+impl Host for KubeHost<'_> {
+    async fn save_status(
+        &mut self,
+        status: &RaftClusterStatus,
+        _: &Observed,
+    ) -> anyhow::Result<()> {
+        Ok(apply_status(self.rc, &self.ctx.client, status).await?)
     }
-    let p = plan(u64::from(rc.spec.replicas), &seen.observed);
-    // The voters a new cluster forms with are recorded before its first
-    // member starts, so a pass after a crash gives the rest the same set.
-    if let Some(Step::Create {
-        initial_voters: Some(v),
-        ..
-    }) = p.actions.first()
-    {
-        if current.bootstrap_voters.is_none() {
-            current.bootstrap_voters = Some(v.iter().copied().collect());
-            apply_status(rc, &ctx.client, &current).await?;
-        }
+
+    async fn step_done(&mut self, step: &Step, done: &str) {
+        let reason = reason(step);
+        self.ctx
+            .event(self.rc, EventType::Normal, reason, done.into())
+            .await;
     }
-    if p.waiting.is_some() && p.waiting != previous.operation {
-        let note = p.waiting.clone().unwrap_or_default();
-        match p.blocked {
-            true => ctx.event(rc, EventType::Warning, "Blocked", note).await,
-            false => ctx.event(rc, EventType::Normal, "Waiting", note).await,
-        }
+
+    async fn step_failed(&mut self, step: &Step, error: &anyhow::Error) {
+        let note = format!("{step:?}: {error:#}");
+        self.ctx
+            .event(self.rc, EventType::Warning, "StepFailed", note)
+            .await;
     }
-    for step in &p.actions {
-        if !ctx.leading() {
-            return Err(Error::NotLeader);
-        }
-        match act(rt, admins, &seen, step).await {
-            Ok(done) => ctx.event(rc, EventType::Normal, reason(step), done).await,
-            Err(e) => {
-                let note = format!("{step:?}: {e:#}");
-                ctx.event(rc, EventType::Warning, "StepFailed", note).await;
-                return Err(Error::Member(e));
-            }
-        }
+
+    async fn waiting(&mut self, why: &str, blocked: bool) {
+        let (type_, reason) = match blocked {
+            true => (EventType::Warning, "Blocked"),
+            false => (EventType::Normal, "Waiting"),
+        };
+        self.ctx.event(self.rc, type_, reason, why.into()).await;
     }
-    let mut next = status::compute(
-        &rc.name_any(),
-        &seen,
-        &p,
-        &current,
-        &jiff::Timestamp::now().to_string(),
-    );
-    next.observed_generation = rc.metadata.generation;
-    if status::changed(previous, &next) {
-        apply_status(rc, &ctx.client, &next).await?;
+
+    fn may_act(&self) -> bool {
+        self.ctx.leading()
     }
-    let busy = !p.actions.is_empty() || p.waiting.is_some();
-    Ok((next.members, busy))
 }
 
 /// Before the RaftCluster goes: every volume of this cluster, retired ones

@@ -11,6 +11,7 @@ use kube::{Resource, ResourceExt};
 use serde_json::json;
 
 use crate::crd::{RaftCluster, Retention};
+use crate::runtime::launch::{Launch, Listen};
 
 pub const PEER_PORT: u16 = 7000;
 pub const CLIENT_PORT: u16 = 7001;
@@ -191,37 +192,34 @@ pub fn member_pod(
 ) -> Pod {
     let name = rc.name_any();
     let spec = &rc.spec;
-    let raft = &spec.raft;
-    let others = (1..=u64::from(spec.replicas).max(id)).filter(|p| *p != id);
-    let peers: Vec<String> = others.map(|p| format!("{p}={}", peer_dns(rc, p))).collect();
-    let mut env = vec![
-        json!({"name": "RAFTLANE_ID", "value": id.to_string()}),
-        json!({"name": "RAFTLANE_CLUSTER_ID", "value": rc.uid().unwrap_or_default()}),
-        json!({"name": "RAFTLANE_DATA_DIR", "value": DATA_DIR}),
-        json!({"name": "RAFTLANE_PEER_ADDR", "value": format!("0.0.0.0:{PEER_PORT}")}),
-        // Peers learn an unknown sender's address from its traffic: the stable
-        // name is right for the pod's whole life (and needs no IPv6 brackets).
-        json!({"name": "RAFTLANE_ADVERTISE_ADDR", "value": peer_dns(rc, id)}),
-        json!({"name": "RAFTLANE_CLIENT_ADDR", "value": format!("0.0.0.0:{CLIENT_PORT}")}),
-        json!({"name": "RAFTLANE_ADMIN_ADDR", "value": format!("0.0.0.0:{ADMIN_PORT}")}),
-        json!({"name": "RAFTLANE_METRICS_ADDR", "value": format!("0.0.0.0:{METRICS_PORT}")}),
-        json!({"name": "RAFTLANE_TICK_MS", "value": raft.tick_ms.to_string()}),
-        json!({"name": "RAFTLANE_ELECTION_TICKS", "value": raft.election_ticks.to_string()}),
-        json!({"name": "RAFTLANE_HEARTBEAT_TICKS", "value": raft.heartbeat_ticks.to_string()}),
-        json!({"name": "RAFTLANE_SNAPSHOT_ENTRIES", "value": raft.snapshot_entries.to_string()}),
-        json!({"name": "RAFTLANE_LANES", "value": raft.lanes.to_string()}),
-    ];
-    // A one-member cluster has no peers, and an empty list is not a valid value.
-    if !peers.is_empty() {
-        env.push(json!({"name": "RAFTLANE_PEERS", "value": peers.join(",")}));
-    }
-    if let Some(v) = initial_voters {
-        let v: Vec<String> = v.iter().map(u64::to_string).collect();
-        env.push(json!({"name": "RAFTLANE_INITIAL_VOTERS", "value": v.join(",")}));
-    }
-    if expect_state {
-        env.push(json!({"name": "RAFTLANE_EXPECT_STATE", "value": "true"}));
-    }
+    let peers: BTreeMap<u64, String> = (1..=u64::from(spec.replicas).max(id))
+        .map(|p| (p, peer_dns(rc, p)))
+        .collect();
+    let uid = rc.uid().unwrap_or_default();
+    let launch = Launch {
+        id,
+        cluster_id: &uid,
+        data_dir: DATA_DIR.into(),
+        listen: Listen {
+            peer: format!("0.0.0.0:{PEER_PORT}"),
+            client: format!("0.0.0.0:{CLIENT_PORT}"),
+            admin: format!("0.0.0.0:{ADMIN_PORT}"),
+            metrics: format!("0.0.0.0:{METRICS_PORT}"),
+            // Peers learn an unknown sender's address from its traffic: the
+            // stable name is right for the pod's whole life (and needs no
+            // IPv6 brackets).
+            advertise: Some(peer_dns(rc, id)),
+        },
+        peers: &peers,
+        initial_voters,
+        expect_state,
+        raft: &spec.raft,
+    };
+    let env: Vec<serde_json::Value> = launch
+        .env()
+        .into_iter()
+        .map(|(name, value)| json!({"name": name, "value": value}))
+        .collect();
     let probe = |path: &str, period: u32, failures: u32| {
         json!({
             "httpGet": {"path": path, "port": "metrics"},

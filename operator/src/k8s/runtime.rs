@@ -19,7 +19,8 @@ use crate::k8s::resources::{
     member_pod, pod_name, selector, volume_claim, ADMIN_PORT, CLIENT_PORT, CLUSTER_UID_LABEL,
     CONTAINER, HOLDS_STATE_ANNOTATION, MEMBER_ID_LABEL, PEER_PORT, RETIRED_LABEL,
 };
-use crate::runtime::{Member, Runtime, WIPED_EXIT_CODE};
+use crate::plan::Member;
+use crate::runtime::{Runtime, WIPED_EXIT_CODE};
 
 /// Members of one RaftCluster as Pods and PVCs in its namespace.
 pub struct KubeRuntime {
@@ -139,26 +140,6 @@ impl KubeRuntime {
         pod.owner_references()
             .iter()
             .any(|o| o.controller == Some(true) && Some(&o.uid) == uid.as_ref())
-    }
-}
-
-impl KubeRuntime {
-    /// Marks the volumes of members that answered as holding state, once each
-    /// (one annotation write in a volume's life). Until then a volume counts
-    /// as empty, so a member of a forming cluster whose pod never ran still
-    /// gets the initial voters; raft-node ignores them on a volume with state.
-    pub async fn record_state(&mut self, answered: impl Iterator<Item = u64>) -> kube::Result<()> {
-        for id in answered {
-            let Some(v) = self.volumes.get_mut(&id).filter(|v| !v.holds_state) else {
-                continue;
-            };
-            let patch = json!({"metadata": {"annotations": {HOLDS_STATE_ANNOTATION: "true"}}});
-            self.claims
-                .patch(&v.name, &PatchParams::default(), &Patch::Merge(&patch))
-                .await?;
-            v.holds_state = true;
-        }
-        Ok(())
     }
 
     /// Fails unless the existing pod `name` is this cluster's own.
@@ -319,6 +300,24 @@ impl Runtime for KubeRuntime {
             }
         }
         delete_gone(&self.pods, &pod_name(&self.cluster.name_any(), id)).await?;
+        Ok(())
+    }
+
+    /// Marks the volumes of members that answered as holding state, once each
+    /// (one annotation write in a volume's life). Until then a volume counts
+    /// as empty, so a member of a forming cluster whose pod never ran still
+    /// gets the initial voters; raft-node ignores them on a volume with state.
+    async fn record_state(&mut self, answered: &BTreeSet<u64>) -> anyhow::Result<()> {
+        for id in answered {
+            let Some(v) = self.volumes.get_mut(id).filter(|v| !v.holds_state) else {
+                continue;
+            };
+            let patch = json!({"metadata": {"annotations": {HOLDS_STATE_ANNOTATION: "true"}}});
+            self.claims
+                .patch(&v.name, &PatchParams::default(), &Patch::Merge(&patch))
+                .await?;
+            v.holds_state = true;
+        }
         Ok(())
     }
 

@@ -21,8 +21,10 @@ use std::process::{Child, Command, Stdio};
 use anyhow::Context;
 use serde::{Deserialize, Serialize};
 
-use super::{Member, Runtime, WIPED_EXIT_CODE};
+use super::launch::{Launch, Listen};
+use super::{Runtime, WIPED_EXIT_CODE};
 use crate::crd::RaftSettings;
+use crate::plan::Member;
 
 /// What is recorded of a started member.
 #[derive(Serialize, Deserialize, Clone, Debug)]
@@ -198,17 +200,6 @@ impl LocalRuntime {
         Ok(())
     }
 
-    /// Records every member whose data dir holds raft state, once.
-    fn mark_state(&self) -> anyhow::Result<()> {
-        for id in self.stored_ids()? {
-            let marker = self.marker_path(id);
-            if !marker.exists() && has_raft_state(&self.data_dir(id)) {
-                fs::write(&marker, b"").with_context(|| format!("writing {}", marker.display()))?;
-            }
-        }
-        Ok(())
-    }
-
     /// Stops every member (SIGTERM) and waits for them; for Ctrl-C and `local down`.
     pub fn stop_all(&mut self) -> anyhow::Result<Vec<u64>> {
         let mut stopped = Vec::new();
@@ -255,7 +246,6 @@ fn terminate(pid: u32) {
 impl Runtime for LocalRuntime {
     async fn list(&mut self) -> anyhow::Result<Vec<Member>> {
         self.reap()?;
-        self.mark_state()?;
         Ok(self
             .records()?
             .into_iter()
@@ -286,45 +276,24 @@ impl Runtime for LocalRuntime {
             .create(true)
             .append(true)
             .open(self.dir.join(format!("member-{id}.log")))?;
+        let launch = Launch {
+            id,
+            cluster_id: &self.cluster_id,
+            data_dir: self.data_dir(id).display().to_string(),
+            listen: Listen {
+                peer: addr(rec_addrs[0]),
+                client: addr(rec_addrs[1]),
+                admin: addr(rec_addrs[2]),
+                metrics: addr(rec_addrs[3]),
+                advertise: None,
+            },
+            peers,
+            initial_voters,
+            expect_state: self.marker_path(id).exists(),
+            raft: &self.raft,
+        };
         let mut cmd = Command::new(&self.node_bin);
-        cmd.args(["--id", &id.to_string(), "--cluster-id", &self.cluster_id])
-            .arg("--data-dir")
-            .arg(self.data_dir(id))
-            .args([
-                "--peer-addr",
-                &addr(rec_addrs[0]),
-                "--client-addr",
-                &addr(rec_addrs[1]),
-            ])
-            .args([
-                "--admin-addr",
-                &addr(rec_addrs[2]),
-                "--metrics-addr",
-                &addr(rec_addrs[3]),
-            ])
-            .args(["--tick-ms", &self.raft.tick_ms.to_string()])
-            .args(["--election-ticks", &self.raft.election_ticks.to_string()])
-            .args(["--heartbeat-ticks", &self.raft.heartbeat_ticks.to_string()])
-            .args([
-                "--snapshot-entries",
-                &self.raft.snapshot_entries.to_string(),
-            ])
-            .args(["--lanes", &self.raft.lanes.to_string()]);
-        if let Some(v) = initial_voters {
-            let v: Vec<String> = v.iter().map(u64::to_string).collect();
-            cmd.args(["--initial-voters", &v.join(",")]);
-        }
-        if self.marker_path(id).exists() {
-            cmd.arg("--expect-state");
-        }
-        let peers: Vec<String> = peers
-            .iter()
-            .filter(|(p, _)| **p != id)
-            .map(|(p, a)| format!("{p}={a}"))
-            .collect();
-        if !peers.is_empty() {
-            cmd.args(["--peers", &peers.join(",")]);
-        }
+        cmd.args(launch.args());
         let child = cmd
             .stdin(Stdio::null())
             .stdout(Stdio::null())
@@ -358,6 +327,18 @@ impl Runtime for LocalRuntime {
         retire_data(&self.data_dir(id))?;
         remove_if_present(&self.marker_path(id))?;
         remove_if_present(&self.record_path(id))?;
+        Ok(())
+    }
+
+    /// Marks by the data dirs themselves: a member that answered has written
+    /// its log there, and one that has but did not answer in time is marked too.
+    async fn record_state(&mut self, _answered: &BTreeSet<u64>) -> anyhow::Result<()> {
+        for id in self.stored_ids()? {
+            let marker = self.marker_path(id);
+            if !marker.exists() && has_raft_state(&self.data_dir(id)) {
+                fs::write(&marker, b"").with_context(|| format!("writing {}", marker.display()))?;
+            }
+        }
         Ok(())
     }
 
@@ -406,11 +387,13 @@ mod tests {
         LocalRuntime::new(dir, "c", node_bin(), RaftSettings::default()).unwrap()
     }
 
-    /// Lists until `done` holds (bounded): listing is what observes members.
+    /// Observes as a pass does (list, then record which members hold state)
+    /// until `done` holds (bounded).
     async fn list_until(rt: &mut LocalRuntime, what: &str, done: impl Fn(&LocalRuntime) -> bool) {
         let deadline = Instant::now() + Duration::from_secs(20);
         loop {
             rt.list().await.unwrap();
+            rt.record_state(&BTreeSet::new()).await.unwrap();
             if done(rt) {
                 return;
             }

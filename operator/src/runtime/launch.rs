@@ -1,0 +1,216 @@
+//! raft-node's launch settings for one member, built in one place for every
+//! runtime: the local runtime renders them as flags, the Kubernetes runtime as
+//! the pod's environment (raft-node reads each flag `--x-y` from
+//! `RAFTLANE_X_Y` too), so the two cannot drift apart.
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use crate::crd::RaftSettings;
+
+/// One raft-node flag and its value; a switch has none.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Setting {
+    /// The flag without its dashes, e.g. `peer-addr`.
+    pub name: &'static str,
+    pub value: Option<String>,
+}
+
+impl Setting {
+    fn new(name: &'static str, value: impl ToString) -> Setting {
+        Setting {
+            name,
+            value: Some(value.to_string()),
+        }
+    }
+
+    pub fn flag(&self) -> String {
+        format!("--{}", self.name)
+    }
+
+    /// The environment variable raft-node reads when the flag is absent.
+    pub fn env_name(&self) -> String {
+        format!("RAFTLANE_{}", self.name.replace('-', "_").to_uppercase())
+    }
+}
+
+/// Where a member listens, and the peer address it gives others when that is
+/// not its listen address (listening on 0.0.0.0 in a pod).
+pub struct Listen {
+    pub peer: String,
+    pub client: String,
+    pub admin: String,
+    pub metrics: String,
+    pub advertise: Option<String>,
+}
+
+/// Everything one start of member `id` is given.
+pub struct Launch<'a> {
+    pub id: u64,
+    pub cluster_id: &'a str,
+    pub data_dir: String,
+    pub listen: Listen,
+    /// Other members' peer addresses (an entry for `id` itself is skipped).
+    pub peers: &'a BTreeMap<u64, String>,
+    /// Set only for the members that form a new cluster.
+    pub initial_voters: Option<&'a BTreeSet<u64>>,
+    /// Set once the member's storage has held state: raft-node then refuses
+    /// an empty data dir (a wiped volume) instead of rejoining empty.
+    pub expect_state: bool,
+    pub raft: &'a RaftSettings,
+}
+
+impl Launch<'_> {
+    pub fn settings(&self) -> Vec<Setting> {
+        let l = &self.listen;
+        let raft = self.raft;
+        let mut out = vec![
+            Setting::new("id", self.id),
+            Setting::new("cluster-id", self.cluster_id),
+            Setting::new("data-dir", &self.data_dir),
+            Setting::new("peer-addr", &l.peer),
+        ];
+        if let Some(a) = &l.advertise {
+            out.push(Setting::new("advertise-addr", a));
+        }
+        out.extend([
+            Setting::new("client-addr", &l.client),
+            Setting::new("admin-addr", &l.admin),
+            Setting::new("metrics-addr", &l.metrics),
+            Setting::new("tick-ms", raft.tick_ms),
+            Setting::new("election-ticks", raft.election_ticks),
+            Setting::new("heartbeat-ticks", raft.heartbeat_ticks),
+            Setting::new("snapshot-entries", raft.snapshot_entries),
+            Setting::new("lanes", raft.lanes),
+        ]);
+        let peers: Vec<String> = self
+            .peers
+            .iter()
+            .filter(|(p, _)| **p != self.id)
+            .map(|(p, a)| format!("{p}={a}"))
+            .collect();
+        // A one-member cluster has no peers, and an empty list is not a value.
+        if !peers.is_empty() {
+            out.push(Setting::new("peers", peers.join(",")));
+        }
+        if let Some(v) = self.initial_voters {
+            let v: Vec<String> = v.iter().map(u64::to_string).collect();
+            out.push(Setting::new("initial-voters", v.join(",")));
+        }
+        if self.expect_state {
+            out.push(Setting {
+                name: "expect-state",
+                value: None,
+            });
+        }
+        out
+    }
+
+    /// The settings as a command line.
+    pub fn args(&self) -> Vec<String> {
+        self.settings()
+            .into_iter()
+            .flat_map(|s| std::iter::once(s.flag()).chain(s.value))
+            .collect()
+    }
+
+    /// The settings as environment variables; a switch reads as "true".
+    pub fn env(&self) -> Vec<(String, String)> {
+        self.settings()
+            .into_iter()
+            .map(|s| (s.env_name(), s.value.unwrap_or_else(|| "true".into())))
+            .collect()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use clap::{CommandFactory, Parser};
+    use raft_node::config::NodeConfig;
+
+    use super::*;
+
+    /// A start that sets every setting there is.
+    fn every_setting<'a>(
+        peers: &'a BTreeMap<u64, String>,
+        voters: &'a BTreeSet<u64>,
+        raft: &'a RaftSettings,
+    ) -> Launch<'a> {
+        Launch {
+            id: 2,
+            cluster_id: "c",
+            data_dir: "/data".into(),
+            listen: Listen {
+                peer: "0.0.0.0:7000".into(),
+                client: "0.0.0.0:7001".into(),
+                admin: "0.0.0.0:7002".into(),
+                metrics: "0.0.0.0:7003".into(),
+                advertise: Some("demo-1.demo-peers.ns.svc:7000".into()),
+            },
+            peers,
+            initial_voters: Some(voters),
+            expect_state: true,
+            raft,
+        }
+    }
+
+    #[test]
+    fn every_setting_is_a_raft_node_flag_whose_env_fallback_is_the_name_used() {
+        let peers = BTreeMap::from([(1, "127.0.0.1:7000".to_string())]);
+        let (voters, raft) = (BTreeSet::from([1, 2]), RaftSettings::default());
+        let node = NodeConfig::command();
+        for s in every_setting(&peers, &voters, &raft).settings() {
+            let arg = node
+                .get_arguments()
+                .find(|a| a.get_long() == Some(s.name))
+                .unwrap_or_else(|| panic!("raft-node has no {}", s.flag()));
+            assert_eq!(
+                arg.get_env().and_then(|e| e.to_str()),
+                Some(s.env_name().as_str()),
+                "{}",
+                s.flag()
+            );
+        }
+    }
+
+    #[test]
+    fn the_flags_are_a_command_line_raft_node_accepts() {
+        let peers = BTreeMap::from([
+            (1, "127.0.0.1:7000".to_string()),
+            (2, "127.0.0.2:7000".to_string()),
+            (3, "127.0.0.3:7000".to_string()),
+        ]);
+        let voters = BTreeSet::from([1, 2, 3]);
+        let raft = RaftSettings {
+            lanes: 1,
+            ..RaftSettings::default()
+        };
+        let launch = every_setting(&peers, &voters, &raft);
+        let cfg =
+            NodeConfig::try_parse_from(["raft-node".to_string()].into_iter().chain(launch.args()))
+                .expect("raft-node parses the flags");
+        assert_eq!(cfg.id, 2);
+        assert_eq!(cfg.initial_voters, [1, 2, 3]);
+        assert_eq!(
+            cfg.peers,
+            [(1, "127.0.0.1:7000".into()), (3, "127.0.0.3:7000".into())],
+            "its own entry is skipped"
+        );
+        assert!(cfg.expect_state);
+        assert_eq!(cfg.advertise(), "demo-1.demo-peers.ns.svc:7000");
+        assert_eq!(cfg.snapshot_entries, raft.snapshot_entries);
+    }
+
+    #[test]
+    fn a_switch_reads_true_in_the_environment_and_empty_lists_are_left_out() {
+        let (peers, voters, raft) = (BTreeMap::new(), BTreeSet::new(), RaftSettings::default());
+        let mut launch = every_setting(&peers, &voters, &raft);
+        launch.initial_voters = None;
+        let env = launch.env();
+        assert!(env.contains(&("RAFTLANE_EXPECT_STATE".into(), "true".into())));
+        assert!(env
+            .iter()
+            .all(|(k, _)| k != "RAFTLANE_PEERS" && k != "RAFTLANE_INITIAL_VOTERS"));
+        launch.expect_state = false;
+        assert!(!launch.args().contains(&"--expect-state".to_string()));
+    }
+}
