@@ -15,6 +15,7 @@
 //! which a member could dial a peer by name before the push is empty here.
 
 pub mod certs;
+pub mod checks;
 pub mod env;
 pub mod kubectl;
 pub mod kubelet;

@@ -13,7 +13,7 @@ use kube::api::{Api, DeleteParams, ListParams};
 use raft_operator::crd::RaftCluster;
 use raftlane_e2e::controlplane::env::NAMESPACE;
 use raftlane_e2e::controlplane::servers::client_from;
-use raftlane_e2e::controlplane::ControlPlaneEnv;
+use raftlane_e2e::controlplane::{checks, ControlPlaneEnv};
 use raftlane_e2e::kind::ScaleBy;
 use raftlane_e2e::scenarios;
 
@@ -99,6 +99,11 @@ async fn scenarios_on_control_plane() {
     );
     let keys = scenarios::create_three(&t).await.unwrap();
 
+    checks::printer_columns(&env, &t.name).await.unwrap();
+    checks::describe_shows_conditions_and_events(&env, &t.name)
+        .await
+        .unwrap();
+    checks::invalid_cluster_refused(&env).await.unwrap();
     operator_rbac(&env).await;
 
     t.scale_by = ScaleBy::Subresource;
@@ -126,8 +131,19 @@ async fn scenarios_on_control_plane() {
         .unwrap();
     eprintln!("measured: every pod deleted to all back and agreeing on a leader: {took:?}");
 
+    let took = checks::two_operators_hand_over(&env).await.unwrap();
+    eprintln!(
+        "measured: Lease holder's pod deleted to the other operator holding the Lease: {took:?}"
+    );
+    // The new holder acts: a deleted member is repaired in place again.
+    let took = scenarios::kill_member_comes_back(&mut t, false, &keys)
+        .await
+        .unwrap();
+    eprintln!("measured: (new operator) follower pod deleted to peers updated in place: {took:?}");
+
     let deleted = Instant::now();
     env.delete_cluster(&t.name).await.unwrap();
+    checks::nothing_left_of(&env, &t.name).await.unwrap();
     eprintln!(
         "measured: kubectl delete raftcluster to every pod gone: {:?}",
         deleted.elapsed()

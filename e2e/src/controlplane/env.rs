@@ -187,6 +187,16 @@ impl ControlPlaneEnv {
         Ok(Some(env))
     }
 
+    /// A file in the suite's state directory.
+    pub fn state_file(&self, name: &str) -> PathBuf {
+        self.dir().join(name)
+    }
+
+    /// The repository (charts/, crds/).
+    pub fn root(&self) -> PathBuf {
+        repo_root()
+    }
+
     fn dir(&self) -> &Path {
         self.dir.as_ref().expect("set until drop").path()
     }

@@ -1,0 +1,238 @@
+//! What only a real API server can show, checked the way a user sees it:
+//! the CRD's validation naming the field, `kubectl get raft` columns,
+//! `kubectl describe` events and conditions, leader election between two
+//! operator replicas, and what `kubectl delete raftcluster` leaves behind.
+
+use std::time::{Duration, Instant};
+
+use k8s_openapi::api::coordination::v1::Lease;
+use k8s_openapi::api::core::v1::{PersistentVolumeClaim, Pod, Service};
+use k8s_openapi::api::policy::v1::PodDisruptionBudget;
+use kube::api::{Api, ListParams};
+
+use super::env::{ControlPlaneEnv, NAMESPACE, RELEASE};
+use crate::kind::cmd::{blocking, output};
+use crate::wait_for;
+
+const HANDOVER: Duration = Duration::from_secs(60);
+
+/// `kubectl apply` of an invalid RaftCluster fails, naming the field and
+/// the CRD rule's message.
+pub async fn invalid_cluster_refused(env: &ControlPlaneEnv) -> anyhow::Result<()> {
+    let path = env.state_file("invalid.yaml");
+    std::fs::write(
+        &path,
+        "apiVersion: raftlane.io/v1alpha1\nkind: RaftCluster\nmetadata:\n  name: invalid\nspec:\n  \
+         replicas: 0\n  image: raftlane/raft-node:e2e\n  storage:\n    size: 256Mi\n",
+    )?;
+    let mut apply = env
+        .kube
+        .command(&["apply", "-f", &path.display().to_string()]);
+    let err = blocking(move || output(&mut apply, Duration::from_secs(60)))
+        .await
+        .err()
+        .ok_or_else(|| anyhow::anyhow!("a RaftCluster with replicas: 0 was accepted"))?;
+    let msg = format!("{err:#}");
+    anyhow::ensure!(
+        msg.contains("spec.replicas") && msg.contains("replicas must be at least 1"),
+        "refusal does not name spec.replicas and its rule: {msg}"
+    );
+    eprintln!(
+        "checked: replicas: 0 refused by the API server: {}",
+        msg.rsplit("is invalid: ").next().unwrap_or_default().trim()
+    );
+    Ok(())
+}
+
+/// `kubectl get raft` (the short name) prints the printer columns, filled.
+pub async fn printer_columns(env: &ControlPlaneEnv, name: &str) -> anyhow::Result<()> {
+    let out = env.kube.call(&["get", "raft", name]).await?;
+    let mut lines = out.lines();
+    let header: Vec<&str> = lines
+        .next()
+        .unwrap_or_default()
+        .split_whitespace()
+        .collect();
+    for col in ["NAME", "REPLICAS", "READY", "LEADER", "AGE"] {
+        anyhow::ensure!(header.contains(&col), "no {col} column: {header:?}");
+    }
+    let row: Vec<&str> = lines
+        .next()
+        .unwrap_or_default()
+        .split_whitespace()
+        .collect();
+    let cell = |col: &str| {
+        let i = header.iter().position(|h| *h == col)?;
+        row.get(i).copied()
+    };
+    anyhow::ensure!(
+        row.len() == header.len()
+            && cell("NAME") == Some(name)
+            && cell("REPLICAS") == Some("3")
+            && cell("READY") == Some("3")
+            && cell("LEADER").is_some_and(|l| l.starts_with(name)),
+        "row {row:?} under {header:?}"
+    );
+    eprintln!("checked: kubectl get raft:\n{}", out.trim_end());
+    Ok(())
+}
+
+/// `kubectl describe raftcluster` shows the conditions and the operator's events.
+pub async fn describe_shows_conditions_and_events(
+    env: &ControlPlaneEnv,
+    name: &str,
+) -> anyhow::Result<()> {
+    let out = env.kube.call(&["describe", "raftcluster", name]).await?;
+    anyhow::ensure!(out.contains("Conditions:"), "no conditions:\n{out}");
+    for cond in ["Available", "Progressing", "Degraded"] {
+        anyhow::ensure!(out.contains(cond), "no {cond} condition:\n{out}");
+    }
+    let events = out.split("Events:").nth(1).unwrap_or_default();
+    let rows: Vec<&str> = events
+        .lines()
+        .filter(|l| l.trim_start().starts_with("Normal") || l.trim_start().starts_with("Warning"))
+        .collect();
+    anyhow::ensure!(!rows.is_empty(), "no events in describe:\n{out}");
+    eprintln!(
+        "checked: kubectl describe shows the conditions and {} events, e.g. {}",
+        rows.len(),
+        rows[0].split_whitespace().collect::<Vec<_>>().join(" ")
+    );
+    Ok(())
+}
+
+async fn holder(env: &ControlPlaneEnv) -> anyhow::Result<Option<String>> {
+    let leases: Api<Lease> = Api::namespaced(env.client.clone(), NAMESPACE);
+    Ok(leases
+        .get_opt(RELEASE)
+        .await?
+        .and_then(|l| l.spec)
+        .and_then(|s| s.holder_identity))
+}
+
+async fn operator_pods(env: &ControlPlaneEnv) -> anyhow::Result<Vec<Pod>> {
+    let pods: Api<Pod> = Api::namespaced(env.client.clone(), NAMESPACE);
+    let selector = format!("app.kubernetes.io/instance={RELEASE}");
+    let list = pods.list(&ListParams::default().labels(&selector)).await?;
+    Ok(list
+        .items
+        .into_iter()
+        .filter(|p| p.metadata.deletion_timestamp.is_none())
+        .collect())
+}
+
+/// `raft_operator_is_leader` of one operator pod, from its metrics port.
+async fn is_leader(pod: &Pod) -> anyhow::Result<Option<bool>> {
+    let Some(ip) = pod.status.as_ref().and_then(|s| s.pod_ip.clone()) else {
+        return Ok(None);
+    };
+    let addr = format!("{ip}:8080");
+    let body = tokio::time::timeout(Duration::from_secs(5), async move {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let mut s = tokio::net::TcpStream::connect(&addr).await?;
+        let req = format!("GET /metrics HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n");
+        s.write_all(req.as_bytes()).await?;
+        let mut body = String::new();
+        s.read_to_string(&mut body).await?;
+        anyhow::Ok(body)
+    })
+    .await;
+    let Ok(Ok(body)) = body else { return Ok(None) };
+    Ok(body
+        .lines()
+        .find_map(|l| l.strip_prefix("raft_operator_is_leader "))
+        .map(|v| v.trim() == "1"))
+}
+
+/// Two operator replicas (helm upgrade --set replicaCount=2): the Lease
+/// holder alone reports itself leader; the holder's pod deleted, the other
+/// takes the Lease. Returns the handover time.
+pub async fn two_operators_hand_over(env: &ControlPlaneEnv) -> anyhow::Result<Duration> {
+    let mut helm = env.kube.helm(&["upgrade", RELEASE]);
+    helm.arg(env.root().join("charts/raft-operator"))
+        .args(["--reuse-values", "--set", "replicaCount=2"])
+        .args(["--wait", "--timeout", "3m"]);
+    blocking(move || output(&mut helm, Duration::from_secs(4 * 60))).await?;
+    let first = wait_for("two operator pods, one leading", HANDOVER, || async {
+        let pods = operator_pods(env).await?;
+        let Some(h) = holder(env).await? else {
+            return Ok(None);
+        };
+        if pods.len() != 2 {
+            return Ok(None);
+        }
+        let mut leaders = Vec::new();
+        for p in &pods {
+            match is_leader(p).await? {
+                Some(l) => leaders.push((p.metadata.name.clone().unwrap_or_default(), l)),
+                None => return Ok(None),
+            }
+        }
+        let leading: Vec<&String> = leaders.iter().filter(|(_, l)| *l).map(|(n, _)| n).collect();
+        anyhow::ensure!(
+            leading.len() <= 1,
+            "two operators lead at once: {leaders:?}"
+        );
+        Ok((leading == [&h]).then_some(h))
+    })
+    .await?;
+    eprintln!("checked: two operator replicas, only the Lease holder {first} leads");
+    let killed = Instant::now();
+    env.kube
+        .call(&[
+            "delete",
+            "pod",
+            &first,
+            "--grace-period=0",
+            "--force",
+            "--wait=false",
+        ])
+        .await?;
+    let second = wait_for("the other operator holding the Lease", HANDOVER, || async {
+        Ok(holder(env).await?.filter(|h| h != &first))
+    })
+    .await?;
+    let took = killed.elapsed();
+    eprintln!("checked: holder {first} killed, {second} took the Lease");
+    Ok(took)
+}
+
+/// After `kubectl delete raftcluster` (retention whenDeleted: Delete): no
+/// pod, PVC, Service or PDB of the cluster is left (finalizer, then garbage
+/// collection by owner references).
+pub async fn nothing_left_of(env: &ControlPlaneEnv, name: &str) -> anyhow::Result<()> {
+    let selector = format!("app.kubernetes.io/instance={name}");
+    let lp = ListParams::default().labels(&selector);
+    let ns = NAMESPACE;
+    wait_for(
+        "the cluster's objects collected",
+        Duration::from_secs(90),
+        || async {
+            let c = &env.client;
+            let pods = Api::<Pod>::namespaced(c.clone(), ns)
+                .list(&lp)
+                .await?
+                .items
+                .len();
+            let pvcs = Api::<PersistentVolumeClaim>::namespaced(c.clone(), ns)
+                .list(&lp)
+                .await?
+                .items
+                .len();
+            let svcs = Api::<Service>::namespaced(c.clone(), ns)
+                .list(&lp)
+                .await?
+                .items
+                .len();
+            let pdbs = Api::<PodDisruptionBudget>::namespaced(c.clone(), ns)
+                .list(&lp)
+                .await?
+                .items
+                .len();
+            Ok((pods + pvcs + svcs + pdbs == 0).then_some(()))
+        },
+    )
+    .await?;
+    eprintln!("checked: kubectl delete raftcluster left no pod, PVC, Service or PDB");
+    Ok(())
+}
