@@ -4,7 +4,10 @@
 //! reads them all from the leader. Prints one line: how regularly the leader kept
 //! sending heartbeats to a follower meanwhile (intervals between increments of
 //! its heartbeat-lane sent counter, sampled from /metrics every 10 ms, so the
-//! resolution is about 10 ms) and how many elections (term changes) happened.
+//! resolution is about 10 ms), how long the raft loop took to answer a `Status`
+//! request (sent every 10 ms on one admin connection; the loop answers it
+//! between its other work, so this is the stall a client or admin request sees),
+//! and how many elections (term changes) happened.
 //!
 //! The program uses only the test harness and the `raftctl` and `raft-node`
 //! binaries of the tree it is built in, so the same file measures an older
@@ -20,6 +23,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use common::{Cluster, ELECTION};
+use raftlane_proto::admin::StatusRequest;
 
 const TIMING: [&str; 6] = [
     "--tick-ms",
@@ -105,9 +109,28 @@ async fn heartbeat_intervals(
     gaps
 }
 
+/// Round trips of `Status` requests to `leader`'s raft loop, one every 10 ms
+/// until `stop`.
+async fn loop_latencies(c: &Cluster, leader: u64, stop: Arc<AtomicBool>) -> Vec<Duration> {
+    let mut admin = c.admin(leader).await;
+    let mut out = Vec::new();
+    while !stop.load(Ordering::Relaxed) {
+        let t = Instant::now();
+        if admin.status(StatusRequest {}).await.is_ok() {
+            out.push(t.elapsed());
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    out
+}
+
+fn ms(d: Option<&Duration>) -> f64 {
+    d.map_or(f64::NAN, |d| d.as_secs_f64() * 1e3)
+}
+
 fn pct(sorted: &[Duration], p: f64) -> f64 {
     let i = ((sorted.len() as f64 * p) as usize).min(sorted.len().saturating_sub(1));
-    sorted.get(i).map_or(f64::NAN, |d| d.as_secs_f64() * 1e3)
+    ms(sorted.get(i))
 }
 
 struct ScanRun {
@@ -177,6 +200,7 @@ fn main() {
             let stop = stop.clone();
             async { heartbeat_intervals(&c, leader, follower, stop).await }
         };
+        let status = loop_latencies(&c, leader, stop.clone());
         let scan = async {
             let run = tokio::task::spawn_blocking(move || scan_all(&ep))
                 .await
@@ -185,22 +209,27 @@ fn main() {
             stop.store(true, Ordering::Relaxed);
             run
         };
-        let (mut gaps, run) = tokio::join!(sampler, scan);
+        let (mut gaps, mut answers, run) = tokio::join!(sampler, status, scan);
         let elections = max_term(&c).await - term_before;
         gaps.sort();
+        answers.sort();
         println!(
             "load: {load}{}",
             if synced { "" } else { " (followers not caught up within 120 s)" }
         );
         println!(
-            "scan {} of {keys} pairs in {:.1} s ({}): heartbeat interval leader->follower p50 {:.0} ms p99 {:.0} ms max {:.0} ms ({} intervals), elections {elections}",
+            "scan {} of {keys} pairs in {:.1} s ({}): heartbeat interval leader->follower p50 {:.0} ms p99 {:.0} ms max {:.0} ms ({} intervals); leader loop Status p50 {:.1} ms p99 {:.1} ms max {:.1} ms ({} requests); elections {elections}",
             run.pairs,
             run.secs,
             run.outcome,
             pct(&gaps, 0.50),
             pct(&gaps, 0.99),
-            gaps.last().map_or(f64::NAN, |d| d.as_secs_f64() * 1e3),
+            ms(gaps.last()),
             gaps.len(),
+            pct(&answers, 0.50),
+            pct(&answers, 0.99),
+            ms(answers.last()),
+            answers.len(),
         );
     });
 }

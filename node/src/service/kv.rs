@@ -87,19 +87,21 @@ struct Leader {
 }
 
 impl Leader {
-    /// The leader's answer; a refusal of the identity check becomes UNAVAILABLE,
-    /// since the write was not applied and another member may reach the leader.
     fn relay<T>(&self, answer: Result<Response<T>, Status>) -> Result<Response<T>, Status> {
-        answer.map_err(|s| match s.code() {
-            Code::FailedPrecondition => Status::unavailable(format!(
-                "the peer address {} of leader {} refused the forwarded write, which was \
-                 not applied: {}; retry",
-                self.addr,
-                self.id,
-                s.message()
-            )),
-            _ => s,
-        })
+        answer.map_err(|s| refused_forward(self.id, &self.addr, s))
+    }
+}
+
+/// The leader's refusal of a forward's identity becomes UNAVAILABLE: the write
+/// was not applied, and another member may still reach the real leader.
+fn refused_forward(leader: u64, addr: &str, s: Status) -> Status {
+    match s.code() {
+        Code::FailedPrecondition => Status::unavailable(format!(
+            "the peer address {addr} of leader {leader} refused the forwarded write, which \
+             was not applied: {}; retry",
+            s.message()
+        )),
+        _ => s,
     }
 }
 
@@ -290,6 +292,26 @@ mod tests {
             scan_range(req(MAX_SCAN_LIMIT)).unwrap().limit,
             MAX_SCAN_LIMIT as usize
         );
+    }
+
+    #[test]
+    fn a_refused_forward_is_relayed_as_unavailable_and_other_answers_unchanged() {
+        let s = refused_forward(
+            3,
+            "127.0.0.3:7000",
+            Status::failed_precondition("forwarded request for member 3 reached member 5"),
+        );
+        assert_eq!(s.code(), Code::Unavailable);
+        for part in [
+            "127.0.0.3:7000",
+            "leader 3",
+            "not applied",
+            "reached member 5",
+        ] {
+            assert!(s.message().contains(part), "lacks {part}: {}", s.message());
+        }
+        let s = refused_forward(3, "127.0.0.3:7000", Status::invalid_argument("key"));
+        assert_eq!((s.code(), s.message()), (Code::InvalidArgument, "key"));
     }
 
     #[test]
