@@ -3,7 +3,7 @@
 //! the nemesis schedule; then heal, converge, read every key through every
 //! member, and judge the history and every member's own configuration view.
 
-use std::sync::Arc;
+use std::sync::{Arc, RwLock};
 use std::time::{Duration, Instant};
 
 use crate::checker::{self, Anomaly};
@@ -109,38 +109,7 @@ pub async fn run(seed: u64, nemesis_for: Duration) -> RunReport {
             }
             n.heal_everything().await;
             clients.stop().await;
-            let views = n.converge(CONVERGE_WITHIN).await;
-            // Healed and agreed, the cluster must take writes again.
-            let writable = workload::put_until_acknowledged(
-                CLIENTS,
-                "key-final",
-                n.endpoints.clone(),
-                history.clone(),
-                Duration::from_secs(10),
-            )
-            .await;
-            let mut broken = n.violations.clone();
-            if !writable {
-                broken.push("no write acknowledged within 10 s of healing".into());
-            }
-            let views = match views {
-                Ok(v) if broken.is_empty() => Ok(v),
-                Ok(v) => Err(format!("{}; views: {v}", broken.join("; "))),
-                Err(e) => Err(broken.into_iter().chain([e]).collect::<Vec<_>>().join("; ")),
-            };
-            // The final state, read through every member.
-            let members: Vec<(u64, String)> = n
-                .endpoints
-                .read()
-                .expect("endpoints poisoned")
-                .iter()
-                .map(|(id, a)| (*id, a.clone()))
-                .collect();
-            for (i, (id, addr)) in members.into_iter().enumerate() {
-                let only = Arc::new(std::sync::RwLock::new([(id, addr)].into()));
-                workload::read_every_key(CLIENTS + 1 + i, KEYS, only, history.clone()).await;
-            }
-            views
+            judge_cluster(&mut n, &history).await
         }
     };
     let records = history.records();
@@ -163,4 +132,39 @@ pub async fn run(seed: u64, nemesis_for: Duration) -> RunReport {
         r.logs = Some(n.c.logs_tail());
     }
     r
+}
+
+/// After healing: every member's own view agrees with the leader's, the
+/// cluster takes a write, and every member answers a read of every key (those
+/// reads join the history). Returns the views, or everything that broke.
+async fn judge_cluster(n: &mut Nemesis, history: &Arc<History>) -> Result<String, String> {
+    let views = n.converge(CONVERGE_WITHIN).await;
+    let writable = workload::put_until_acknowledged(
+        CLIENTS,
+        "key-final",
+        n.endpoints.clone(),
+        history.clone(),
+        Duration::from_secs(10),
+    )
+    .await;
+    let mut broken = n.violations.clone();
+    if !writable {
+        broken.push("no write acknowledged within 10 s of healing".into());
+    }
+    let members: Vec<(u64, String)> = n
+        .endpoints
+        .read()
+        .expect("endpoints poisoned")
+        .iter()
+        .map(|(id, a)| (*id, a.clone()))
+        .collect();
+    for (i, (id, addr)) in members.into_iter().enumerate() {
+        let only = Arc::new(RwLock::new([(id, addr)].into()));
+        workload::read_every_key(CLIENTS + 1 + i, KEYS, only, history.clone()).await;
+    }
+    match views {
+        Ok(v) if broken.is_empty() => Ok(v),
+        Ok(v) => Err(format!("{}; views: {v}", broken.join("; "))),
+        Err(e) => Err(broken.into_iter().chain([e]).collect::<Vec<_>>().join("; ")),
+    }
 }
