@@ -247,6 +247,7 @@ impl Nemesis {
 
     pub async fn run_step(&mut self, p: Planned) {
         tokio::time::sleep(p.gap).await;
+        self.note_exits();
         match p.step {
             Step::Fault(f) => {
                 let (held, hold) = self.begin(f).await;
@@ -264,6 +265,21 @@ impl Nemesis {
             Step::Membership => self.membership().await,
         }
         self.sync_peers().await;
+    }
+
+    /// A member that exited without being killed (a divergence stops a member
+    /// loudly) is a violation; it is restarted when everything is healed.
+    fn note_exits(&mut self) {
+        for m in self.c.members.values_mut() {
+            let Some(child) = m.child.as_mut() else {
+                continue;
+            };
+            if let Ok(Some(code)) = child.try_wait() {
+                self.violations
+                    .push(format!("member {} exited on its own ({code})", m.id));
+                m.child = None;
+            }
+        }
     }
 
     fn count(&mut self, fault: &'static str) {
@@ -562,6 +578,7 @@ impl Nemesis {
     /// Heals every link, resumes every paused member, restarts any member of
     /// the configuration that is down, and stops joiners that never got in.
     pub async fn heal_everything(&mut self) {
+        self.note_exits();
         self.mesh.heal_all();
         for id in std::mem::take(&mut self.paused) {
             self.c.signal(id, "CONT");
