@@ -1,6 +1,8 @@
 //! End-to-end scenarios, written once against [`Target`]: the local runtime
-//! implements it (`local.rs`), and so does a kind cluster driven through kubectl
-//! (`kind.rs`) where kind and Docker exist. Every wait is bounded in time.
+//! implements it (`local.rs`), so does a real control plane built from Go
+//! modules with a process kubelet (`controlplane.rs`), and a kind cluster
+//! driven through kubectl (`kind.rs`) where kind and Docker exist. Every wait
+//! is bounded in time.
 
 pub mod controlplane;
 pub mod kind;

@@ -83,7 +83,7 @@ async fn operator_rbac(env: &ControlPlaneEnv) {
 
 async fn scenarios_on_control_plane() {
     let suite = Instant::now();
-    let Some(env) = ControlPlaneEnv::start().await.unwrap() else {
+    let Some(mut env) = ControlPlaneEnv::start().await.unwrap() else {
         return;
     };
     for (step, took) in &env.timings {
@@ -149,4 +149,5 @@ async fn scenarios_on_control_plane() {
         deleted.elapsed()
     );
     eprintln!("measured: suite wall time: {:?}", suite.elapsed());
+    env.passed();
 }

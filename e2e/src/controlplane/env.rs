@@ -101,6 +101,9 @@ pub struct ControlPlaneEnv {
     dir: Option<tempfile::TempDir>,
     /// Wall time of each setup step, printed by the suite.
     pub timings: Vec<(String, Duration)>,
+    /// Set by [`ControlPlaneEnv::passed`]; dropped without it (a panic, the
+    /// suite's overall timeout), the environment prints its diagnostics.
+    passed: bool,
 }
 
 impl ControlPlaneEnv {
@@ -148,6 +151,7 @@ impl ControlPlaneEnv {
             cp: Some(cp),
             dir: Some(dir),
             timings,
+            passed: false,
         };
         let images = BTreeMap::from([
             (
@@ -177,7 +181,7 @@ impl ControlPlaneEnv {
             .push(("process kubelet's Node Ready".into(), t.elapsed()));
         let t = Instant::now();
         if let Err(e) = env.install(&root).await {
-            env.print_diagnostics().await;
+            tokio::task::block_in_place(|| env.print_diagnostics());
             return Err(e);
         }
         env.timings.push((
@@ -185,6 +189,11 @@ impl ControlPlaneEnv {
             t.elapsed(),
         ));
         Ok(Some(env))
+    }
+
+    /// Marks the run as passed: no diagnostics on drop.
+    pub fn passed(&mut self) {
+        self.passed = true;
     }
 
     /// A file in the suite's state directory.
@@ -277,14 +286,15 @@ impl ControlPlaneEnv {
         self.cp.as_mut().context("stopped")?.check_running()
     }
 
-    /// What a failed run leaves to read: resources, events, every log.
-    pub async fn print_diagnostics(&self) {
+    /// What a failed run leaves to read: resources, events, the operator's,
+    /// members' and servers' logs. Blocking (each kubectl call bounded).
+    pub fn print_diagnostics(&self) {
         for args in [
             &["get", "raftclusters,pods,pvc,pv,nodes", "--output=wide"][..],
             &["get", "raftclusters", "--output=yaml"],
             &["get", "events", "--sort-by=.metadata.creationTimestamp"],
         ] {
-            match self.kube.call(args).await {
+            match self.kube.run(args) {
                 Ok(out) => eprintln!("--- kubectl {} ---\n{out}", args.join(" ")),
                 Err(e) => eprintln!("--- kubectl {}: {e:#}", args.join(" ")),
             }
@@ -300,13 +310,8 @@ impl ControlPlaneEnv {
 
 impl Drop for ControlPlaneEnv {
     fn drop(&mut self) {
-        if std::thread::panicking() {
-            if let Some(k) = &self.kubelet {
-                eprintln!("{}", k.log_tails(150));
-            }
-            if let Some(cp) = &self.cp {
-                eprintln!("{}", cp.log_tails(60));
-            }
+        if !self.passed {
+            self.print_diagnostics();
         }
         drop(self.kubelet.take());
         drop(self.cp.take());
