@@ -1,7 +1,8 @@
 //! One seeded run: a young three-voter cluster (default --snapshot-entries, so
-//! nothing is compacted and every joiner catches up by log replay), clients,
-//! the nemesis schedule; then heal, converge, read every key through every
-//! member, and judge the history and every member's own configuration view.
+//! nothing is compacted during the run: where joiners once replayed the log
+//! from index 1 and missed the initial voters), clients, the nemesis schedule;
+//! then heal, converge, read every key through every member, and judge the
+//! history and every member's own configuration view.
 
 use std::sync::{Arc, RwLock};
 use std::time::{Duration, Instant};
@@ -21,6 +22,8 @@ const CONVERGE_WITHIN: Duration = Duration::from_secs(30);
 
 pub struct RunReport {
     pub seed: u64,
+    /// Seconds of faults the run was given.
+    pub secs: u64,
     pub wall: Duration,
     pub ops: Counts,
     pub counts: nemesis::Counts,
@@ -84,8 +87,8 @@ impl RunReport {
             out += logs;
         }
         out += &format!(
-            "  replay: RAFTLANE_NEMESIS_SEEDS={:#x} cargo test -p raft-node --test nemesis -- --nocapture\n",
-            self.seed
+            "  replay: RAFTLANE_NEMESIS_SEEDS={:#x} RAFTLANE_NEMESIS_SECS={} cargo test -p raft-node --test nemesis -- --nocapture seeded\n",
+            self.seed, self.secs
         );
         out
     }
@@ -116,6 +119,7 @@ pub async fn run(seed: u64, nemesis_for: Duration) -> RunReport {
     let report = checker::check(&History::checker_ops(&records), MAX_STATES);
     let mut r = RunReport {
         seed,
+        secs: nemesis_for.as_secs(),
         wall: started.elapsed(),
         ops: history.counts(),
         counts: n.counts.clone(),
