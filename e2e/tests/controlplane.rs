@@ -145,9 +145,12 @@ async fn scenarios_on_control_plane() {
     env.delete_cluster(&t.name).await.unwrap();
     checks::nothing_left_of(&env, &t.name).await.unwrap();
     eprintln!(
-        "measured: kubectl delete raftcluster to every pod gone: {:?}",
+        "measured: kubectl delete raftcluster to nothing of it left: {:?}",
         deleted.elapsed()
     );
+    checks::retained_volume_survives_deletion(&env)
+        .await
+        .unwrap();
     eprintln!("measured: suite wall time: {:?}", suite.elapsed());
     env.passed();
 }

@@ -236,3 +236,49 @@ pub async fn nothing_left_of(env: &ControlPlaneEnv, name: &str) -> anyhow::Resul
     eprintln!("checked: kubectl delete raftcluster left no pod, PVC, Service or PDB");
     Ok(())
 }
+
+/// A RaftCluster with `whenDeleted: Retain`, deleted: its pods go, its
+/// volume stays, Bound, marked `raftlane.io/retired=true` and owned by
+/// nothing (so garbage collection keeps it). The volume is deleted after.
+pub async fn retained_volume_survives_deletion(env: &ControlPlaneEnv) -> anyhow::Result<()> {
+    let name = "kept";
+    let yaml = format!(
+        "apiVersion: raftlane.io/v1alpha1\nkind: RaftCluster\nmetadata:\n  name: {name}\nspec:\n  \
+         replicas: 1\n  image: raftlane/raft-node:e2e\n  storage:\n    size: 64Mi\n    \
+         retentionPolicy:\n      whenScaled: Delete\n      whenDeleted: Retain\n"
+    );
+    let t = env.create_cluster_from(name, &yaml).await?;
+    crate::scenarios::wait_settled(&t, 1).await?;
+    env.delete_cluster(name).await?;
+    let claims: Api<PersistentVolumeClaim> = Api::namespaced(env.client.clone(), NAMESPACE);
+    let selector = format!("app.kubernetes.io/instance={name}");
+    let left = claims
+        .list(&ListParams::default().labels(&selector))
+        .await?
+        .items;
+    anyhow::ensure!(
+        left.len() == 1,
+        "expected the one volume kept, found {}",
+        left.len()
+    );
+    let pvc = &left[0];
+    let labels = pvc.metadata.labels.clone().unwrap_or_default();
+    let phase = pvc.status.as_ref().and_then(|s| s.phase.clone());
+    anyhow::ensure!(
+        labels.get("raftlane.io/retired").map(String::as_str) == Some("true")
+            && pvc
+                .metadata
+                .owner_references
+                .as_ref()
+                .is_none_or(|o| o.is_empty())
+            && phase.as_deref() == Some("Bound"),
+        "kept volume: labels {labels:?}, owners {:?}, phase {phase:?}",
+        pvc.metadata.owner_references
+    );
+    let pvc_name = pvc.metadata.name.clone().unwrap_or_default();
+    eprintln!("checked: whenDeleted: Retain kept {pvc_name}, Bound, retired, owned by nothing");
+    env.kube
+        .call(&["delete", "pvc", &pvc_name, "--timeout=60s"])
+        .await?;
+    Ok(())
+}

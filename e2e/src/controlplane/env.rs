@@ -247,8 +247,17 @@ impl ControlPlaneEnv {
         name: &str,
         replicas: u32,
     ) -> anyhow::Result<ControlPlaneTarget> {
-        self.apply_text(&format!("{name}.yaml"), &manifest(name, replicas))
-            .await?;
+        self.create_cluster_from(name, &manifest(name, replicas))
+            .await
+    }
+
+    /// Creates RaftCluster `name` from its manifest.
+    pub async fn create_cluster_from(
+        &self,
+        name: &str,
+        yaml: &str,
+    ) -> anyhow::Result<ControlPlaneTarget> {
+        self.apply_text(&format!("{name}.yaml"), yaml).await?;
         Ok(ControlPlaneTarget::new(
             self.client.clone(),
             self.kube.clone(),
