@@ -66,6 +66,10 @@ pub struct RaftClusterSpec {
     /// Pod placement overrides (Kubernetes runtime only).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub placement: Option<Placement>,
+    /// While true the operator only observes and writes the status (condition
+    /// ReconciliationPaused): no member is created, changed or deleted.
+    #[serde(default)]
+    pub paused: bool,
 }
 
 pub fn default_image() -> String {
@@ -207,7 +211,7 @@ pub struct RaftClusterStatus {
     #[serde(default)]
     #[schemars(extend("x-kubernetes-list-type" = "map", "x-kubernetes-list-map-keys" = ["id"]))]
     pub members: Vec<MemberStatus>,
-    /// Available, Progressing, Degraded.
+    /// Available, Progressing, Degraded, ReconciliationPaused.
     #[serde(default)]
     #[schemars(extend("x-kubernetes-list-type" = "map", "x-kubernetes-list-map-keys" = ["type"]))]
     pub conditions: Vec<Condition>,

@@ -223,17 +223,23 @@ fn summarize(s: &RaftClusterStatus) -> String {
             format!("{}{lead} {role} {}{health}", m.id, m.address)
         })
         .collect();
-    let available = s
-        .conditions
-        .iter()
-        .any(|c| c.type_ == "Available" && c.status == "True");
+    let on = |t: &str| {
+        s.conditions
+            .iter()
+            .any(|c| c.type_ == t && c.status == "True")
+    };
     format!(
-        "term {} | {} | {}",
+        "term {} | {}{} | {}",
         s.term,
-        if available {
+        if on("Available") {
             "available"
         } else {
             "NOT available"
+        },
+        if on("ReconciliationPaused") {
+            " | paused (spec.paused)"
+        } else {
+            ""
         },
         members.join(", ")
     )

@@ -188,9 +188,18 @@ pub struct Plan {
     /// The wait is a safety guard refusing a step (no leader, no healthy
     /// quorum), not progress that will finish by itself.
     pub blocked: bool,
+    /// Set while reconciliation is paused: the steps held back, not taken.
+    pub held: Option<Vec<Action>>,
 }
 
 impl Plan {
+    /// This plan with every step held back (`spec.paused`): nothing is done,
+    /// and what would be done is kept to be shown in the status.
+    pub fn pause(mut self) -> Plan {
+        self.held = Some(std::mem::take(&mut self.actions));
+        self
+    }
+
     /// Holds a step back until it can proceed by itself.
     fn wait(&mut self, why: String) {
         self.waiting = Some(why);

@@ -13,7 +13,7 @@ use raftlane_proto::admin::{MemberRequest, StatusRequest, UpsertPeersRequest};
 use tonic::transport::{Channel, Endpoint};
 
 use crate::crd::{RaftCluster, RaftClusterStatus};
-use crate::plan::{plan, Action, Member, MemberReport, Observed};
+use crate::plan::{plan, Action, Member, MemberReport, Observed, Plan};
 use crate::runtime::Runtime;
 use crate::status;
 
@@ -86,7 +86,8 @@ pub struct Outcome {
 }
 
 /// One pass over `cluster`, whose members carry `cluster_id`, from the
-/// status `previous` the last pass saved.
+/// status `previous` the last pass saved. While `spec.paused` holds, the pass
+/// observes and saves the status, and writes nothing else.
 pub async fn pass<R: Runtime, H: Host>(
     rt: &mut R,
     host: &mut H,
@@ -95,10 +96,14 @@ pub async fn pass<R: Runtime, H: Host>(
     cluster_id: &str,
     previous: RaftClusterStatus,
 ) -> Result<Outcome, PassError> {
-    let name = cluster.metadata.name.clone().unwrap_or_default();
-    let seen = observe(rt, admins, cluster_id, &previous)
+    let paused = cluster.spec.paused;
+    let seen = observe(rt, admins, cluster_id, &previous, !paused)
         .await
         .map_err(PassError::Observe)?;
+    let planned = plan(u64::from(cluster.spec.replicas), &seen);
+    if paused {
+        return finish(host, cluster, &seen, &planned.pause(), previous).await;
+    }
     rt.record_state(&seen.reports.keys().copied().collect())
         .await
         .map_err(PassError::Store)?;
@@ -109,7 +114,7 @@ pub async fn pass<R: Runtime, H: Host>(
         current.bootstrap_voters = None;
         save(host, &current, &seen).await?;
     }
-    let p = plan(u64::from(cluster.spec.replicas), &seen);
+    let p = planned;
     // The voters a new cluster forms with are recorded before its first
     // member starts, so a pass after a crash gives the rest the same set.
     if let Some(Action::Create {
@@ -142,22 +147,31 @@ pub async fn pass<R: Runtime, H: Host>(
             }
         }
     }
-    let mut next = status::compute(
-        &name,
-        &seen,
-        &p,
-        &current,
-        &jiff::Timestamp::now().to_string(),
-    );
+    finish(host, cluster, &seen, &p, current).await
+}
+
+/// Computes the status from what the pass saw and planned, and saves it when
+/// it changed from `current`, the one saved.
+async fn finish<H: Host>(
+    host: &mut H,
+    cluster: &RaftCluster,
+    seen: &Observed,
+    p: &Plan,
+    current: RaftClusterStatus,
+) -> Result<Outcome, PassError> {
+    let name = cluster.metadata.name.clone().unwrap_or_default();
+    let now = jiff::Timestamp::now().to_string();
+    let mut next = status::compute(&name, seen, p, &current, &now);
     next.observed_generation = cluster.metadata.generation;
-    if status::changed(&current, &next) {
-        save(host, &next, &seen).await?;
-        current = next;
+    let busy = p.held.is_none() && (!p.actions.is_empty() || p.waiting.is_some());
+    if !status::changed(&current, &next) {
+        return Ok(Outcome {
+            status: current,
+            busy,
+        });
     }
-    Ok(Outcome {
-        status: current,
-        busy: !p.actions.is_empty() || p.waiting.is_some(),
-    })
+    save(host, &next, seen).await?;
+    Ok(Outcome { status: next, busy })
 }
 
 async fn save<H: Host>(
@@ -170,15 +184,22 @@ async fn save<H: Host>(
         .map_err(PassError::Store)
 }
 
-/// Lists members and asks each for its status; `history` is the status the
-/// last pass wrote (what it says the cluster has been through).
+/// Lists members (repairing on the way, see [`Runtime::list`]) and asks each
+/// for its status; `history` is the status the last pass wrote (what it says
+/// the cluster has been through).
 async fn observe<R: Runtime>(
     rt: &mut R,
     admins: &mut AdminClients,
     cluster_id: &str,
     history: &RaftClusterStatus,
+    repair: bool,
 ) -> anyhow::Result<Observed> {
-    let running: BTreeMap<u64, Member> = rt.list().await?.into_iter().map(|m| (m.id, m)).collect();
+    let running: BTreeMap<u64, Member> = rt
+        .list(repair)
+        .await?
+        .into_iter()
+        .map(|m| (m.id, m))
+        .collect();
     let mut observed = Observed {
         bootstrapped: history
             .bootstrap_voters
@@ -309,6 +330,8 @@ mod tests {
         members: Vec<Member>,
         refuse_create: bool,
         may_act: bool,
+        /// The spec's `paused`.
+        paused: bool,
     }
 
     fn fake() -> Fake {
@@ -317,6 +340,7 @@ mod tests {
             members: Vec::new(),
             refuse_create: false,
             may_act: true,
+            paused: false,
         }
     }
 
@@ -327,7 +351,7 @@ mod tests {
     }
 
     impl Runtime for Fake {
-        async fn list(&mut self) -> anyhow::Result<Vec<Member>> {
+        async fn list(&mut self, _: bool) -> anyhow::Result<Vec<Member>> {
             Ok(self.members.clone())
         }
         async fn create(
@@ -364,8 +388,16 @@ mod tests {
 
     impl Host for FakeHost {
         async fn save_status(&mut self, s: &RaftClusterStatus, _: &Observed) -> anyhow::Result<()> {
-            let progressing = s.conditions.iter().any(|c| c.type_ == "Progressing");
-            let what = if progressing { "status" } else { "record" };
+            let on = |t: &str| {
+                s.conditions
+                    .iter()
+                    .any(|c| c.type_ == t && c.status == "True")
+            };
+            let what = match s.conditions.is_empty() {
+                true => "record",
+                false if on("ReconciliationPaused") => "paused status",
+                false => "status",
+            };
             let line = format!("save {what}, voters {:?}", s.bootstrap_voters);
             self.log.borrow_mut().push(line);
             Ok(())
@@ -386,10 +418,10 @@ mod tests {
         }
     }
 
-    fn cluster(replicas: u32) -> RaftCluster {
+    fn cluster(replicas: u32, paused: bool) -> RaftCluster {
         crate::crd::parse_cluster(&format!(
             "apiVersion: raftlane.io/v1alpha1\nkind: RaftCluster\nmetadata:\n  name: demo\n\
-             spec:\n  replicas: {replicas}\n"
+             spec:\n  replicas: {replicas}\n  paused: {paused}\n"
         ))
         .unwrap()
     }
@@ -404,7 +436,7 @@ mod tests {
             may_act: rt.may_act,
         };
         let mut admins = AdminClients::default();
-        let c = cluster(2);
+        let c = cluster(2, rt.paused);
         let r = pass(&mut rt, &mut host, &mut admins, &c, "demo", previous).await;
         let log = rt.log.borrow().clone();
         (r, log)
@@ -473,5 +505,35 @@ mod tests {
         let again = Fake { members, ..fake() };
         let (_, log) = run(again, r.unwrap().status).await;
         assert!(log.is_empty(), "{log:?}");
+    }
+
+    #[tokio::test]
+    async fn a_paused_pass_takes_no_step_and_saves_only_the_status() {
+        let rt = Fake {
+            paused: true,
+            ..fake()
+        };
+        let (r, log) = run(rt, RaftClusterStatus::default()).await;
+        let outcome = r.unwrap();
+        assert!(!outcome.busy, "nothing is underway while paused");
+        assert_eq!(log, ["save paused status, voters None"]);
+        let paused = outcome.status.conditions.iter();
+        let paused = paused
+            .filter(|c| c.type_ == "ReconciliationPaused")
+            .map(|c| c.message.as_str())
+            .collect::<Vec<_>>();
+        assert!(paused[0].contains("2 held back"), "{paused:?}");
+
+        // The same again: nothing changed, nothing is written.
+        let again = Fake {
+            paused: true,
+            ..fake()
+        };
+        let (r2, log) = run(again, outcome.status.clone()).await;
+        assert!(log.is_empty(), "{log:?}");
+
+        // Resumed, the held steps are taken.
+        let (_, log) = run(fake(), r2.unwrap().status).await;
+        assert!(log.contains(&"create 1".to_string()), "{log:?}");
     }
 }

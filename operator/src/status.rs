@@ -5,7 +5,7 @@
 use std::collections::BTreeSet;
 
 use crate::crd::{Condition, MemberRole, MemberStatus, RaftClusterStatus};
-use crate::plan::{Observed, Plan};
+use crate::plan::{Action, Observed, Plan};
 
 /// True when `next` is worth writing over `previous`: applied indexes move
 /// with every client write, so alone they never cause a write (they are
@@ -51,7 +51,8 @@ pub fn compute(
         .collect();
     let healthy_voters = obs.healthy_voters(&voters);
     let available = leader.is_some() && obs.has_quorum(&voters);
-    let progressing = !plan.actions.is_empty() || plan.waiting.is_some();
+    let paused = plan.held.as_ref();
+    let progressing = paused.is_none() && (!plan.actions.is_empty() || plan.waiting.is_some());
     let missing = leader.is_none() || voters.iter().any(|v| !obs.running.contains_key(v));
     let degraded = missing || members.iter().any(|m| !m.healthy);
     let cond = |type_: &str, on: bool, reason: &str, message: String| {
@@ -101,7 +102,9 @@ pub fn compute(
             cond(
                 "Progressing",
                 progressing,
-                if progressing {
+                if paused.is_some() {
+                    "Paused"
+                } else if progressing {
                     "Reconciling"
                 } else {
                     "Settled"
@@ -122,6 +125,16 @@ pub fn compute(
                 },
                 String::new(),
             ),
+            cond(
+                "ReconciliationPaused",
+                paused.is_some(),
+                if paused.is_some() {
+                    "Paused"
+                } else {
+                    "Reconciling"
+                },
+                paused.map_or_else(String::new, |held| held_message(held)),
+            ),
         ],
         operation: plan.waiting.clone().or_else(|| {
             plan.actions
@@ -130,6 +143,15 @@ pub fn compute(
                 .map(|a| format!("{a:?}"))
         }),
         bootstrap_voters: previous.bootstrap_voters.clone(),
+    }
+}
+
+/// What a paused pass tells the user: that nothing is done, and what would be.
+fn held_message(held: &[Action]) -> String {
+    let why = "spec.paused is true: members are observed, no step is taken";
+    match held {
+        [] => format!("{why}; none is due"),
+        [first, ..] => format!("{why}; {} held back, first {first:?}", held.len()),
     }
 }
 
@@ -193,9 +215,46 @@ mod tests {
         assert_eq!(cond(&s3, "Available").last_transition_time, "t3");
         assert_eq!(cond(&s3, "Degraded").status, "True");
 
+        assert_eq!(cond(&s3, "ReconciliationPaused").status, "False");
+
         // No leader at all: Degraded, reason NoLeader.
         let s4 = compute("demo", &seen(0, &[1, 2, 3]), &plan, &s3, "t4");
         assert_eq!(cond(&s4, "Degraded").reason, "NoLeader");
         assert_eq!(cond(&s4, "Available").status, "False");
+    }
+
+    #[test]
+    fn a_paused_plan_reads_as_paused_not_progressing_and_names_what_it_holds() {
+        let held = Plan {
+            actions: vec![Action::Create {
+                id: 4,
+                initial_voters: None,
+            }],
+            ..Plan::default()
+        }
+        .pause();
+        let s = compute(
+            "demo",
+            &seen(1, &[1, 2, 3]),
+            &held,
+            &RaftClusterStatus::default(),
+            "t1",
+        );
+        let paused = cond(&s, "ReconciliationPaused");
+        assert_eq!(
+            (paused.status.as_str(), paused.reason.as_str()),
+            ("True", "Paused")
+        );
+        assert!(
+            paused.message.contains("1 held back, first Create { id: 4"),
+            "{}",
+            paused.message
+        );
+        let progressing = cond(&s, "Progressing");
+        assert_eq!(
+            (progressing.status.as_str(), progressing.reason.as_str()),
+            ("False", "Paused")
+        );
+        assert_eq!(cond(&s, "Available").status, "True", "still observed");
     }
 }

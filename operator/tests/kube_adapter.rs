@@ -629,6 +629,56 @@ async fn idle_cluster_only_reads_even_under_client_writes() {
 }
 
 #[tokio::test]
+async fn a_paused_cluster_is_read_and_its_status_written_and_nothing_else() {
+    let (api, ctx, _members) = running_cluster(3).await;
+    // Paused, then scaled, and a member's pod lost: neither is acted on.
+    api.update(&clusters_path(), "demo", |rc| {
+        rc["spec"]["paused"] = json!(true);
+        rc["spec"]["replicas"] = json!(4);
+        rc["metadata"]["generation"] = json!(2);
+    });
+    api.remove(&pods_path(), "demo-2");
+    let paused_reads = [
+        get(clusters_path(), "demo"),
+        format!("GET {}", claims_path()),
+        format!("GET {}", pods_path()),
+    ];
+    let (action, calls) = pass(&api, &ctx).await;
+    let mut want = paused_reads.to_vec();
+    want.push(format!("PATCH {}/demo/status", clusters_path()));
+    assert_eq!(lines(&calls), want);
+    assert_eq!(action, Action::requeue(Duration::from_secs(60)));
+    let conditions = calls[3].body["status"]["conditions"].as_array().unwrap();
+    let paused = conditions
+        .iter()
+        .find(|c| c["type"] == "ReconciliationPaused")
+        .unwrap();
+    assert_eq!(paused["status"], "True");
+    assert_eq!(paused["reason"], "Paused");
+    assert!(
+        paused["message"].as_str().unwrap().contains("held back"),
+        "{paused}"
+    );
+
+    // While nothing changes, a paused pass only reads.
+    let (_, calls) = pass(&api, &ctx).await;
+    assert_eq!(lines(&calls), paused_reads);
+
+    // Resumed: the lost pod is created again.
+    api.update(&clusters_path(), "demo", |rc| {
+        rc["spec"]["paused"] = json!(false);
+    });
+    let (_, calls) = pass(&api, &ctx).await;
+    assert!(
+        calls
+            .iter()
+            .any(|c| c.line() == format!("POST {}", pods_path())),
+        "{:?}",
+        lines(&calls)
+    );
+}
+
+#[tokio::test]
 async fn a_pass_on_a_stale_cached_object_uses_the_stored_status() {
     let (api, client) = FakeApi::start();
     let ctx = context(client);

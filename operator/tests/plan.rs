@@ -597,6 +597,15 @@ proptest! {
     })]
 
     #[test]
+    fn a_paused_plan_takes_no_action_and_holds_back_every_step((replicas, obs) in any_state()) {
+        let p = plan(replicas, &obs);
+        let paused = p.clone().pause();
+        prop_assert!(paused.actions.is_empty());
+        prop_assert_eq!(paused.held, Some(p.actions));
+        prop_assert_eq!(paused.waiting, p.waiting);
+    }
+
+    #[test]
     fn no_plan_breaks_the_safety_rules((replicas, obs) in any_state()) {
         let p = plan(replicas, &obs);
         let desired: BTreeSet<u64> = (1..=replicas).collect();

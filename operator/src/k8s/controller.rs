@@ -295,14 +295,17 @@ async fn apply(cached: &RaftCluster, ctx: &Context) -> Result<Action, Error> {
     let uid = rc.uid().unwrap_or_default();
     let previous = rc.status.clone().unwrap_or_default();
     let members_now = previous.members.len() as u32;
-    if previous.observed_generation.is_some()
-        && previous.observed_generation != rc.metadata.generation
-        && members_now != rc.spec.replicas
-    {
-        let note = format!("{members_now} → {} members", rc.spec.replicas);
-        ctx.event(rc, EventType::Normal, "Scaling", note).await;
+    // Paused: the pass reads and at most writes the status, nothing else.
+    if !rc.spec.paused {
+        if previous.observed_generation.is_some()
+            && previous.observed_generation != rc.metadata.generation
+            && members_now != rc.spec.replicas
+        {
+            let note = format!("{members_now} → {} members", rc.spec.replicas);
+            ctx.event(rc, EventType::Normal, "Scaling", note).await;
+        }
+        ensure_cluster_objects(rc, &ctx.client).await?;
     }
-    ensure_cluster_objects(rc, &ctx.client).await?;
 
     let mut rt = KubeRuntime::new(ctx.client.clone(), rc);
     let mut admins = ctx.admins.lock().await.remove(&uid).unwrap_or_default();

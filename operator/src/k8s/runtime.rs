@@ -154,7 +154,7 @@ impl KubeRuntime {
 }
 
 impl Runtime for KubeRuntime {
-    async fn list(&mut self) -> anyhow::Result<Vec<Member>> {
+    async fn list(&mut self, repair: bool) -> anyhow::Result<Vec<Member>> {
         let name = self.cluster.name_any();
         let uid = self.cluster.uid().unwrap_or_default();
         // Volumes first: a pod on a retired volume is no member.
@@ -212,11 +212,10 @@ impl Runtime for KubeRuntime {
             let deleting = pod.metadata.deletion_timestamp.is_some();
             // Volume first, as in `delete`: after a crash in between, the pod
             // is found on a retired volume and deleted.
-            let wiped = self
-                .volumes
-                .get(&id)
-                .map(|v| v.name.clone())
-                .filter(|v| !deleting && claim_of(pod) == Some(v) && refused_wiped(pod));
+            let wiped =
+                self.volumes.get(&id).map(|v| v.name.clone()).filter(|v| {
+                    repair && !deleting && claim_of(pod) == Some(v) && refused_wiped(pod)
+                });
             if let Some(volume) = wiped {
                 tracing::warn!(
                     member = id,
@@ -229,7 +228,7 @@ impl Runtime for KubeRuntime {
                 delete_gone(&self.pods, &pod.name_any()).await?;
                 continue;
             }
-            if (ended || on_retired) && !deleting {
+            if (ended || on_retired) && !deleting && repair {
                 delete_gone(&self.pods, &pod.name_any()).await?;
             }
             let ip = status

@@ -174,18 +174,19 @@ impl LocalRuntime {
     /// storage of each that refused an empty data dir under `--expect-state`:
     /// data dir first, marker last, so a crash in between is finished by the
     /// next refusal. (A member adopted from an earlier operator is not a
-    /// child, but it started already: only a start can be refused.)
-    fn reap(&mut self) -> anyhow::Result<()> {
+    /// child, but it started already: only a start can be refused.) Without
+    /// `repair` a refused child is kept, to be retired by a pass that repairs.
+    fn reap(&mut self, repair: bool) -> anyhow::Result<()> {
         let mut wiped = Vec::new();
         self.children.retain(|id, c| match c.try_wait() {
             Ok(None) => true,
-            Ok(Some(status)) => {
-                if status.code() == Some(WIPED_EXIT_CODE) {
+            Ok(Some(status)) if status.code() == Some(WIPED_EXIT_CODE) => {
+                if repair {
                     wiped.push(*id);
                 }
-                false
+                !repair
             }
-            Err(_) => false,
+            Ok(Some(_)) | Err(_) => false,
         });
         for id in wiped {
             tracing::warn!(
@@ -244,8 +245,8 @@ fn terminate(pid: u32) {
 }
 
 impl Runtime for LocalRuntime {
-    async fn list(&mut self) -> anyhow::Result<Vec<Member>> {
-        self.reap()?;
+    async fn list(&mut self, repair: bool) -> anyhow::Result<Vec<Member>> {
+        self.reap(repair)?;
         Ok(self
             .records()?
             .into_iter()
@@ -392,7 +393,7 @@ mod tests {
     async fn list_until(rt: &mut LocalRuntime, what: &str, done: impl Fn(&LocalRuntime) -> bool) {
         let deadline = Instant::now() + Duration::from_secs(20);
         loop {
-            rt.list().await.unwrap();
+            rt.list(true).await.unwrap();
             rt.record_state(&BTreeSet::new()).await.unwrap();
             if done(rt) {
                 return;
@@ -420,7 +421,7 @@ mod tests {
         for sub in ["raft", "snapshots"] {
             fs::remove_dir_all(rt.data_dir(1).join(sub)).unwrap();
         }
-        assert!(rt.list().await.unwrap().is_empty());
+        assert!(rt.list(true).await.unwrap().is_empty());
         assert!(rt.with_storage().unwrap().contains(&1), "it held state");
 
         // Started again, it refuses; the runtime retires its storage.
@@ -461,7 +462,7 @@ mod tests {
             has_raft_state(&rt.data_dir(1))
         })
         .await;
-        assert_eq!(rt.list().await.unwrap().len(), 1, "it runs");
+        assert_eq!(rt.list(true).await.unwrap().len(), 1, "it runs");
         rt.stop_all().unwrap();
     }
 }

@@ -17,8 +17,10 @@ pub const WIPED_EXIT_CODE: i32 = 66;
 /// How members are started and stopped.
 #[allow(async_fn_in_trait)]
 pub trait Runtime {
-    /// Members that exist now (a member that exited is not listed).
-    async fn list(&mut self) -> anyhow::Result<Vec<Member>>;
+    /// Members that exist now (a member that exited is not listed). With
+    /// `repair`, what can never run again is cleared on the way (an ended
+    /// pod, storage a member refused as wiped); a paused pass lists without.
+    async fn list(&mut self, repair: bool) -> anyhow::Result<Vec<Member>>;
     /// Starts member `id` with its data; `peers` are the others' current addresses.
     async fn create(
         &mut self,
