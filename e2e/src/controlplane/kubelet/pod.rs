@@ -466,3 +466,111 @@ pub enum Which {
     Liveness,
     Readiness,
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn pod_running(script: &str, policy: &str, dir: &std::path::Path) -> PodRun {
+        let liveness = json!({"tcpSocket": {"port": 1}, "failureThreshold": 2, "periodSeconds": 1});
+        let pod: Pod = serde_json::from_value(json!({
+            "metadata": {"name": "p", "namespace": "ns", "uid": "u1"},
+            "spec": {
+                "restartPolicy": policy,
+                "terminationGracePeriodSeconds": 1,
+                "containers": [{"name": "c", "image": "sh", "livenessProbe": liveness}],
+            },
+        }))
+        .unwrap();
+        let spec = pod.spec.as_ref().unwrap().containers[0].clone();
+        let launch = Launch {
+            program: "sh".into(),
+            args: vec!["-c".into(), script.into()],
+            env: vec![("PATH".into(), "/usr/bin:/bin".into())],
+            cwd: dir.to_path_buf(),
+        };
+        let c = ContainerRun::new(spec, launch, dir.join("c.log"));
+        PodRun::new(
+            &pod,
+            Ipv4Addr::new(127, 1, 0, 2),
+            dir.to_path_buf(),
+            vec![c],
+        )
+    }
+
+    fn sync_for(run: &mut PodRun, pgids: &super::super::Pgids, d: Duration) {
+        let until = Instant::now() + d;
+        while Instant::now() < until {
+            run.sync(pgids);
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    #[test]
+    fn always_restarts_a_failing_container_and_counts_it() {
+        let dir = tempfile::tempdir().unwrap();
+        let pgids = super::super::Pgids::default();
+        let mut run = pod_running("exit 3", "Always", dir.path());
+        sync_for(&mut run, &pgids, Duration::from_millis(1600));
+        let s = run.status();
+        assert_eq!(s["phase"], "Running", "{s}");
+        let c = &s["containerStatuses"][0];
+        assert!(c["restartCount"].as_u64().unwrap() >= 1, "{c}");
+        assert_eq!(c["lastState"]["terminated"]["exitCode"], 3, "{c}");
+        run.kill(&pgids);
+    }
+
+    #[test]
+    fn a_failed_liveness_probe_restarts_the_container() {
+        let dir = tempfile::tempdir().unwrap();
+        let pgids = super::super::Pgids::default();
+        let mut run = pod_running("sleep 30", "Always", dir.path());
+        sync_for(&mut run, &pgids, Duration::from_millis(100));
+        assert_eq!(run.due_probes(Instant::now()).len(), 1);
+        run.probed(0, Which::Liveness, false);
+        assert!(
+            run.containers[0].stopping.is_none(),
+            "one failure is below the threshold"
+        );
+        run.probed(0, Which::Liveness, false);
+        assert!(run.containers[0].stopping.is_some());
+        sync_for(&mut run, &pgids, Duration::from_millis(1500));
+        let c = &run.status()["containerStatuses"][0];
+        assert_eq!(c["restartCount"], 1, "{c}");
+        assert!(c["state"]["running"].is_object(), "{c}");
+        run.kill(&pgids);
+    }
+
+    #[test]
+    fn never_leaves_a_failed_pod_failed() {
+        let dir = tempfile::tempdir().unwrap();
+        let pgids = super::super::Pgids::default();
+        let mut run = pod_running("exit 1", "Never", dir.path());
+        sync_for(&mut run, &pgids, Duration::from_millis(500));
+        let s = run.status();
+        assert_eq!(s["phase"], "Failed", "{s}");
+        assert_eq!(s["containerStatuses"][0]["restartCount"], 0);
+    }
+
+    #[test]
+    fn termination_sends_sigterm_then_kills_after_the_grace_period() {
+        let dir = tempfile::tempdir().unwrap();
+        let pgids = super::super::Pgids::default();
+        // Ignores SIGTERM: only the SIGKILL after the grace period ends it.
+        let mut run = pod_running(
+            "trap '' TERM; while :; do sleep 0.1; done",
+            "Always",
+            dir.path(),
+        );
+        sync_for(&mut run, &pgids, Duration::from_millis(200));
+        let started = Instant::now();
+        run.terminate(Duration::from_millis(500));
+        while !run.stopped(&pgids) {
+            assert!(started.elapsed() < Duration::from_secs(5), "not stopped");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        assert!(started.elapsed() >= Duration::from_millis(450));
+        assert!(pgids.lock().unwrap().is_empty());
+        assert_eq!(run.status()["conditions"][2]["status"], "False");
+    }
+}
