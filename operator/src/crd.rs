@@ -50,8 +50,11 @@ use serde::{Deserialize, Serialize};
 )]
 #[serde(rename_all = "camelCase")]
 pub struct RaftClusterSpec {
-    /// Members of the cluster (ids 1..=replicas). Scale by changing it.
-    #[x_kube(validation = Rule::new("self >= 1").message("replicas must be at least 1"))]
+    /// Members of the cluster (ids 1..=replicas), at most 254. Scale by changing it.
+    #[x_kube(
+        validation = Rule::new("self >= 1").message("replicas must be at least 1"),
+        validation = Rule::new("self <= 254").message("spec.replicas must be at most 254")
+    )]
     pub replicas: u32,
     /// Container image of raft-node (Kubernetes runtime only).
     #[serde(default = "default_image")]
@@ -71,6 +74,11 @@ pub struct RaftClusterSpec {
     #[serde(default)]
     pub paused: bool,
 }
+
+/// The most members a cluster may have, in every runtime: the local runtime
+/// puts member `id` on 127.0.0.`id` (1 to 254). The CRD rule on
+/// `spec.replicas` says the same number.
+pub const MAX_REPLICAS: u32 = 254;
 
 pub fn default_image() -> String {
     "ghcr.io/raftlane/raft-node:latest".into()

@@ -1,6 +1,7 @@
 //! The `raft-operator run` command line: without any Kubernetes configuration
 //! it stops at once with an error saying so (it never hangs or panics), and
-//! its flags read the environment the Helm chart sets.
+//! its flags read the environment the Helm chart sets; `validate` names the
+//! field of a manifest it refuses.
 
 use std::process::Command;
 
@@ -55,4 +56,21 @@ fn run_flags_come_from_the_charts_environment() {
             );
         }
     }
+}
+
+#[test]
+fn validate_refuses_more_replicas_than_a_runtime_can_run_naming_the_field() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("huge.yaml");
+    let manifest = "apiVersion: raftlane.io/v1alpha1\nkind: RaftCluster\nmetadata:\n  name: huge\n\
+                    spec:\n  replicas: 4000000000\n";
+    std::fs::write(&file, manifest).unwrap();
+    let out = Command::new(env!("CARGO_BIN_EXE_raft-operator"))
+        .arg("validate")
+        .arg(&file)
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("spec.replicas must be at most 254"), "{err}");
 }

@@ -2,7 +2,7 @@
 //! examples must pass its schema and rules, and each bad spec must be refused
 //! with its field named.
 
-use raft_operator::crd::{crd_yaml, parse_cluster, RaftCluster};
+use raft_operator::crd::{crd_yaml, parse_cluster, RaftCluster, MAX_REPLICAS};
 
 fn repo(path: &str) -> std::path::PathBuf {
     std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
@@ -46,6 +46,10 @@ fn bad_specs_are_refused_naming_their_field() {
         ("  replicas: 0\n", "replicas must be at least 1"),
         ("  replicas: three\n", "spec.replicas"),
         ("  replicas: -1\n", "spec.replicas"),
+        (
+            "  replicas: 4000000000\n",
+            "spec.replicas must be at most 254",
+        ),
         ("  image: x\n", "replicas"),
         (
             "  replicas: 3\n  raft:\n    lanes: 3\n",
@@ -112,4 +116,12 @@ fn chart_crd_is_the_generated_one() {
         generated == chart,
         "charts/raft-operator/crds/raftcluster.yaml differs from crds/raftcluster.yaml: run `make crds`"
     );
+}
+
+#[test]
+fn the_crd_allows_exactly_the_replicas_every_runtime_can_run() {
+    let replicas = |n: u32| parse_cluster(&manifest(&format!("  replicas: {n}\n")));
+    assert_eq!(replicas(MAX_REPLICAS).unwrap().spec.replicas, MAX_REPLICAS);
+    let err = replicas(MAX_REPLICAS + 1).unwrap_err();
+    assert!(err.contains("spec.replicas must be at most 254"), "{err}");
 }

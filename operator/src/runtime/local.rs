@@ -23,7 +23,7 @@ use serde::{Deserialize, Serialize};
 
 use super::launch::{Launch, Listen};
 use super::{Runtime, WIPED_EXIT_CODE};
-use crate::crd::RaftSettings;
+use crate::crd::{RaftSettings, MAX_REPLICAS};
 use crate::plan::Member;
 
 /// What is recorded of a started member.
@@ -262,7 +262,7 @@ impl Runtime for LocalRuntime {
         peers: &BTreeMap<u64, String>,
     ) -> anyhow::Result<Member> {
         anyhow::ensure!(
-            (1..=254).contains(&id),
+            (1..=u64::from(MAX_REPLICAS)).contains(&id),
             "member id {id} has no 127.0.0.x address"
         );
         let ip = format!("127.0.0.{id}");
