@@ -35,6 +35,9 @@ const NODE_IMAGE: &str = "raftlane/raft-node:e2e";
 const GO_BUILD: Duration = Duration::from_secs(60 * 60);
 const PODS_GONE: Duration = Duration::from_secs(120);
 
+/// Where kube-controller-manager's host-path provisioner makes PV directories.
+const HOSTPATH_PV_DIR: &str = "/tmp/hostpath_pv/";
+
 /// The default StorageClass: PVCs bind to host-path PVs that
 /// kube-controller-manager's host-path provisioner makes under /tmp/hostpath_pv.
 const STORAGE_CLASS: &str = "apiVersion: storage.k8s.io/v1
@@ -322,10 +325,27 @@ impl Drop for ControlPlaneEnv {
         if !self.passed {
             self.print_diagnostics();
         }
+        // The host-path PVs still there: kube-controller-manager's deleter
+        // would remove their directories, but it stops with the rest.
+        let pv_dirs = self
+            .kube
+            .run(&[
+                "get",
+                "pv",
+                "--output=jsonpath={.items[*].spec.hostPath.path}",
+            ])
+            .unwrap_or_default();
         drop(self.kubelet.take());
         drop(self.cp.take());
+        let keep = flag("RAFTLANE_CONTROLPLANE_KEEP");
+        for dir in pv_dirs.split_whitespace() {
+            // Only what the host-path provisioner makes.
+            if dir.starts_with(HOSTPATH_PV_DIR) && !dir.contains("..") && !keep {
+                let _ = std::fs::remove_dir_all(dir);
+            }
+        }
         if let Some(dir) = self.dir.take() {
-            if flag("RAFTLANE_CONTROLPLANE_KEEP") {
+            if keep {
                 eprintln!("e2e-controlplane: kept {}", dir.path().display());
             }
         }
