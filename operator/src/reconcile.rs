@@ -5,7 +5,7 @@
 //! status is saved, where steps, waits and failures are reported, and whether
 //! this process may act.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::time::Duration;
 
 use raftlane_proto::admin::node_admin_client::NodeAdminClient;
@@ -21,13 +21,25 @@ use crate::status;
 /// not a reason to stall the pass.
 const ADMIN_TIMEOUT: Duration = Duration::from_secs(2);
 
-/// Admin clients by address, connected lazily.
+/// Admin clients by address, connected lazily, and kept only for addresses
+/// members listen on now: every restart on a new address (a rescheduled pod)
+/// would otherwise leave a channel behind for the operator's lifetime.
 #[derive(Default)]
 pub struct AdminClients {
     by_addr: HashMap<String, NodeAdminClient<Channel>>,
 }
 
 impl AdminClients {
+    /// Drops the clients of addresses no member in `running` listens on.
+    fn keep_only(&mut self, running: &BTreeMap<u64, Member>) {
+        let current: HashSet<&str> = running
+            .values()
+            .filter_map(|m| Some(m.addrs.as_ref()?.admin.as_str()))
+            .collect();
+        self.by_addr
+            .retain(|addr, _| current.contains(addr.as_str()));
+    }
+
     fn get(&mut self, addr: &str) -> anyhow::Result<NodeAdminClient<Channel>> {
         if let Some(c) = self.by_addr.get(addr) {
             return Ok(c.clone());
@@ -57,7 +69,8 @@ pub trait Host {
     async fn step_failed(&mut self, step: &Action, error: &anyhow::Error);
     /// Reports a new wait; `blocked` when a safety guard refuses a step.
     async fn waiting(&mut self, why: &str, blocked: bool);
-    /// False once this process may no longer act (another may lead).
+    /// False once this process may no longer act (another may lead): no
+    /// step is taken and no status saved from then on.
     fn may_act(&self) -> bool;
 }
 
@@ -174,11 +187,16 @@ async fn finish<H: Host>(
     Ok(Outcome { status: next, busy })
 }
 
+/// Saves the status, unless this process may no longer act: a status from a
+/// replica that lost the Lease could overwrite its successor's.
 async fn save<H: Host>(
     host: &mut H,
     status: &RaftClusterStatus,
     seen: &Observed,
 ) -> Result<(), PassError> {
+    if !host.may_act() {
+        return Err(PassError::NotLeading);
+    }
     host.save_status(status, seen)
         .await
         .map_err(PassError::Store)
@@ -211,6 +229,7 @@ async fn observe<R: Runtime>(
         with_storage: rt.with_storage()?,
         ..Default::default()
     };
+    admins.keep_only(&running);
     for m in running.values() {
         let Some(addrs) = &m.addrs else { continue };
         let mut admin = admins.get(&addrs.admin)?;
@@ -478,14 +497,17 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn no_step_is_taken_once_this_process_may_not_act() {
-        let rt = Fake {
-            may_act: false,
-            ..fake()
-        };
-        let (r, log) = run(rt, RaftClusterStatus::default()).await;
-        assert!(matches!(r, Err(PassError::NotLeading)));
-        assert!(!log.iter().any(|l| l.starts_with("create")), "{log:?}");
+    async fn nothing_is_written_once_this_process_may_not_act() {
+        for paused in [false, true] {
+            let rt = Fake {
+                may_act: false,
+                paused,
+                ..fake()
+            };
+            let (r, log) = run(rt, RaftClusterStatus::default()).await;
+            assert!(matches!(r, Err(PassError::NotLeading)));
+            assert!(log.is_empty(), "paused {paused}: {log:?}");
+        }
     }
 
     #[tokio::test]
@@ -535,5 +557,21 @@ mod tests {
         // Resumed, the held steps are taken.
         let (_, log) = run(fake(), r2.unwrap().status).await;
         assert!(log.contains(&"create 1".to_string()), "{log:?}");
+    }
+
+    #[tokio::test]
+    async fn admin_clients_are_kept_only_for_addresses_members_listen_on() {
+        let mut admins = AdminClients::default();
+        for addr in ["127.0.0.1:7002", "127.0.0.2:7002", "127.0.0.2:9999"] {
+            admins.get(addr).unwrap();
+        }
+        let at = |id, admin: &str| Member::at(id, String::new(), String::new(), admin.into());
+        let running = BTreeMap::from([
+            (2, at(2, "127.0.0.2:9999")),
+            (3, Member { id: 3, addrs: None }),
+        ]);
+        admins.keep_only(&running);
+        let kept: Vec<&String> = admins.by_addr.keys().collect();
+        assert_eq!(kept, ["127.0.0.2:9999"]);
     }
 }

@@ -679,6 +679,32 @@ async fn a_paused_cluster_is_read_and_its_status_written_and_nothing_else() {
 }
 
 #[tokio::test]
+async fn a_replica_that_lost_the_lease_writes_nothing() {
+    let (api, ctx, _members) = running_cluster(3).await;
+    let (lost_tx, lost) = tokio::sync::watch::channel(false);
+    let reporter = Reporter {
+        controller: "raft-operator".into(),
+        instance: None,
+    };
+    let client = ctx.client.clone();
+    let ctx = Arc::new(Context::new(client, reporter, Metrics::default()).leading_while(lost));
+    lost_tx.send(true).unwrap();
+    scale(&api, 4);
+    api.remove(&pods_path(), "demo-2");
+    let stored = api.get(&clusters_path(), "demo").unwrap();
+    let guard: DeserializeGuard<RaftCluster> = serde_json::from_value(stored).unwrap();
+    let err = reconcile(Arc::new(guard), ctx).await.unwrap_err();
+    assert!(err.to_string().contains("no longer holds"), "{err}");
+    let writes: Vec<String> = api
+        .take_calls()
+        .iter()
+        .filter(|c| c.is_write())
+        .map(Call::line)
+        .collect();
+    assert!(writes.is_empty(), "{writes:?}");
+}
+
+#[tokio::test]
 async fn a_pass_on_a_stale_cached_object_uses_the_stored_status() {
     let (api, client) = FakeApi::start();
     let ctx = context(client);

@@ -77,7 +77,7 @@ pub struct Context {
     /// Consecutive failures per cluster UID, for the backoff.
     failures: std::sync::Mutex<HashMap<String, u32>>,
     /// Turns true when the leader-election Lease is lost: no further step is
-    /// taken, even by a pass already running.
+    /// taken and no status written, even by a pass already running.
     lost: Option<tokio::sync::watch::Receiver<bool>>,
 }
 
@@ -93,7 +93,7 @@ impl Context {
         }
     }
 
-    /// Steps are taken only while `lost` stays false.
+    /// Steps are taken and status written only while `lost` stays false.
     pub fn leading_while(mut self, lost: tokio::sync::watch::Receiver<bool>) -> Context {
         self.lost = Some(lost);
         self
@@ -283,6 +283,9 @@ async fn apply_status(
 }
 
 async fn apply(cached: &RaftCluster, ctx: &Context) -> Result<Action, Error> {
+    if !ctx.leading() {
+        return Err(Error::NotLeader);
+    }
     // The pass works from a fresh read, not the watch cache: the status it
     // starts from (bootstrap voters above all) must be the last one written.
     let api: Api<RaftCluster> =
