@@ -113,9 +113,9 @@ pub async fn pass<R: Runtime, H: Host>(
     let seen = observe(rt, admins, cluster_id, &previous, !paused)
         .await
         .map_err(PassError::Observe)?;
-    let planned = plan(u64::from(cluster.spec.replicas), &seen);
+    let p = plan(u64::from(cluster.spec.replicas), &seen);
     if paused {
-        return finish(host, cluster, &seen, &planned.pause(), previous).await;
+        return finish(host, cluster, &seen, &p.pause(), previous).await;
     }
     rt.record_state(&seen.reports.keys().copied().collect())
         .await
@@ -127,7 +127,6 @@ pub async fn pass<R: Runtime, H: Host>(
         current.bootstrap_voters = None;
         save(host, &current, &seen).await?;
     }
-    let p = planned;
     // The voters a new cluster forms with are recorded before its first
     // member starts, so a pass after a crash gives the rest the same set.
     if let Some(Action::Create {
@@ -544,7 +543,7 @@ mod tests {
             .filter(|c| c.type_ == "ReconciliationPaused")
             .map(|c| c.message.as_str())
             .collect::<Vec<_>>();
-        assert!(paused[0].contains("2 held back"), "{paused:?}");
+        assert!(paused[0].contains("steps held back: 2"), "{paused:?}");
 
         // The same again: nothing changed, nothing is written.
         let again = Fake {

@@ -151,7 +151,10 @@ fn held_message(held: &[Action]) -> String {
     let why = "spec.paused is true: members are observed, no step is taken";
     match held {
         [] => format!("{why}; none is due"),
-        [first, ..] => format!("{why}; {} held back, first {first:?}", held.len()),
+        [first, ..] => format!(
+            "{why}; steps held back: {}, the first {first:?}",
+            held.len()
+        ),
     }
 }
 
@@ -246,7 +249,9 @@ mod tests {
             ("True", "Paused")
         );
         assert!(
-            paused.message.contains("1 held back, first Create { id: 4"),
+            paused
+                .message
+                .contains("steps held back: 1, the first Create { id: 4"),
             "{}",
             paused.message
         );
