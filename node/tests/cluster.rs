@@ -234,9 +234,10 @@ async fn reads_around_an_election_are_answered_not_timed_out() {
     let mut readers = Vec::new();
     for id in &survivors {
         for _ in 0..4 {
-            let ch = tonic::transport::Endpoint::from_shared(format!("http://{}", c.members[id].client))
-                .unwrap()
-                .connect_lazy();
+            let ch =
+                tonic::transport::Endpoint::from_shared(format!("http://{}", c.members[id].client))
+                    .unwrap()
+                    .connect_lazy();
             let mut kv = KvClient::new(ch);
             readers.push(tokio::spawn(async move {
                 let (mut ok, mut unavailable, mut timed_out) = (0u32, 0u32, 0u32);
@@ -264,7 +265,9 @@ async fn reads_around_an_election_are_answered_not_timed_out() {
         let (o, u, t) = r.await.unwrap();
         (ok, unavailable, timed_out) = (ok + o, unavailable + u, timed_out + t);
     }
-    eprintln!("reads around the election: {ok} ok, {unavailable} unavailable, {timed_out} timed out");
+    eprintln!(
+        "reads around the election: {ok} ok, {unavailable} unavailable, {timed_out} timed out"
+    );
     assert_eq!(timed_out, 0, "reads waited into their deadline");
     let new_leader = c.wait_leader(ELECTION * 10).await;
     assert_ne!(new_leader, leader);

@@ -41,7 +41,11 @@ async fn remove(c: &Cluster, leader: u64, id: u64) -> Result<u64, tonic::Status>
 fn assert_refused(r: Result<u64, tonic::Status>, says: &str) {
     let err = r.expect_err("change refused");
     assert_eq!(err.code(), Code::FailedPrecondition, "{err:?}");
-    assert!(err.message().contains(says), "{:?} lacks {says:?}", err.message());
+    assert!(
+        err.message().contains(says),
+        "{:?} lacks {says:?}",
+        err.message()
+    );
 }
 
 /// The split brain found on 2a0427e: member 4 joined a young cluster, replayed
@@ -70,7 +74,10 @@ async fn a_member_joining_a_young_cluster_learns_every_voter_and_never_leads_alo
     while stalled.elapsed() < ELECTION * 8 {
         attempts += 1;
         let r = kv4.put(b"split-brain", b"acknowledged-by-4-alone").await;
-        assert!(r.is_err(), "member 4 acknowledged a write with 1-3 paused: {r:?}");
+        assert!(
+            r.is_err(),
+            "member 4 acknowledged a write with 1-3 paused: {r:?}"
+        );
     }
     let s4 = c.status(4).await.expect("member 4 answers");
     assert_ne!(s4.role, "leader", "member 4 elected itself: {s4:?}");
@@ -118,12 +125,17 @@ async fn removing_the_leader_is_refused_and_the_cluster_stays_writable() {
         .expect("transfer");
     let new_leader = c.wait_leader(ELECTION * 10).await;
     assert_eq!(new_leader, next);
-    remove(&c, new_leader, leader).await.expect("remove the old leader");
+    remove(&c, new_leader, leader)
+        .await
+        .expect("remove the old leader");
     let removed_at = Instant::now();
     let rest: Vec<u64> = (1..=3).filter(|i| *i != leader).collect();
     write_keys(&c.kv(&rest), "after-removal-", 0..10).await;
     let took = removed_at.elapsed();
-    assert!(took < ELECTION * 2 + Duration::from_secs(5), "writable again after {took:?}");
+    assert!(
+        took < ELECTION * 2 + Duration::from_secs(5),
+        "writable again after {took:?}"
+    );
     let mut expected = rest.clone();
     expected.sort_unstable();
     wait_every_view(&c, &rest, &expected, &[]).await;
@@ -145,13 +157,17 @@ async fn a_removal_that_leaves_no_healthy_quorum_is_refused_naming_the_members()
     rest.sort_unstable();
     assert_refused(
         remove(&c, leader, healthy).await,
-        &format!("removing member {healthy} would leave voters {rest:?} with only [{leader}] healthy"),
+        &format!(
+            "removing member {healthy} would leave voters {rest:?} with only [{leader}] healthy"
+        ),
     );
     assert_refused(
         remove(&c, leader, healthy).await,
         &format!("members [{dead}] have not been heard from"),
     );
-    remove(&c, leader, dead).await.expect("removing the dead member keeps a healthy quorum");
+    remove(&c, leader, dead)
+        .await
+        .expect("removing the dead member keeps a healthy quorum");
     let mut two = vec![leader, healthy];
     two.sort_unstable();
     wait_every_view(&c, &two, &two, &[]).await;
@@ -163,7 +179,14 @@ async fn a_removal_that_leaves_no_healthy_quorum_is_refused_naming_the_members()
 async fn promoting_a_stopped_or_lagging_learner_is_refused() {
     // A 3 s election timeout, so a paused learner still counts as heard from
     // while it falls behind.
-    let timing = ["--tick-ms", "100", "--election-ticks", "30", "--max-promote-lag", "10"];
+    let timing = [
+        "--tick-ms",
+        "100",
+        "--election-ticks",
+        "30",
+        "--max-promote-lag",
+        "10",
+    ];
     let mut c = Cluster::start(3, &timing);
     let leader = c.wait_leader(Duration::from_secs(60)).await;
     c.add_learner_and_wait(leader, 4).await;
@@ -178,7 +201,10 @@ async fn promoting_a_stopped_or_lagging_learner_is_refused() {
 
     c.kill9(4);
     tokio::time::sleep(Duration::from_secs(7)).await;
-    assert_refused(promote(&c, leader, 4).await, "learner 4 has not been heard from");
+    assert_refused(
+        promote(&c, leader, 4).await,
+        "learner 4 has not been heard from",
+    );
 
     // Running again: promoted once the leader hears from it (the refusal says
     // to retry then).

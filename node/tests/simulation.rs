@@ -261,8 +261,10 @@ fn partitioned_leader_steps_down_and_the_same_seed_replays_the_same_events() {
 async fn removed_leader_scenario(seed: u64) -> Vec<String> {
     let mut sim = Sim::new(seed);
     sim.net.set_drop_rate(0.0);
-    sim.until("first leader", |all| Sim::leader_of(all, &[1, 2, 3]).is_some())
-        .await;
+    sim.until("first leader", |all| {
+        Sim::leader_of(all, &[1, 2, 3]).is_some()
+    })
+    .await;
     let old = sim.last.iter().position(|l| l.0 == "leader").unwrap() as u64 + 1;
     sim.node(old).write(put("before")).await.unwrap();
     // The next leader: the other member with the shortest election timeout.
@@ -292,10 +294,15 @@ async fn removed_leader_scenario(seed: u64) -> Vec<String> {
 
     sim.net.heal();
     let (a, b) = (old.min(survivor), old.max(survivor));
-    sim.until("the remaining voters elect a leader and agree", move |all| {
-        Sim::leader_of(all, &[a, b]).is_some()
-            && all.iter().all(|s| s.voters == vec![a, b] && !s.conf_change_pending)
-    })
+    sim.until(
+        "the remaining voters elect a leader and agree",
+        move |all| {
+            Sim::leader_of(all, &[a, b]).is_some()
+                && all
+                    .iter()
+                    .all(|s| s.voters == vec![a, b] && !s.conf_change_pending)
+        },
+    )
     .await;
     let leader = sim.last.iter().position(|l| l.0 == "leader").unwrap() as u64 + 1;
     assert_ne!(leader, victim);

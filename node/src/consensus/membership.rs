@@ -139,7 +139,11 @@ mod tests {
     }
 
     /// Leader 1 at last index 100; `peers` are (id, matched, active).
-    fn check(c: &ConfState, peers: &[(u64, u64, bool)], change: MembershipChange) -> Result<ConfChangeType, NodeError> {
+    fn check(
+        c: &ConfState,
+        peers: &[(u64, u64, bool)],
+        change: MembershipChange,
+    ) -> Result<ConfChangeType, NodeError> {
         let peers: BTreeMap<u64, PeerHealth> = peers
             .iter()
             .map(|&(id, matched, active)| (id, PeerHealth { matched, active }))
@@ -188,7 +192,11 @@ mod tests {
     #[test]
     fn the_leader_is_never_removed() {
         let err = check(&cs(&[1, 2, 3], &[]), HEALTHY, Remove(1)).unwrap_err();
-        assert!(err.to_string().contains("member 1 is the leader; transfer leadership"), "{err}");
+        assert!(
+            err.to_string()
+                .contains("member 1 is the leader; transfer leadership"),
+            "{err}"
+        );
         let err = check(&cs(&[1], &[]), &[], Remove(1)).unwrap_err();
         assert!(err.to_string().contains("is the leader"), "{err}");
     }
@@ -196,12 +204,33 @@ mod tests {
     #[test]
     fn a_lagging_or_silent_learner_is_not_promoted() {
         let c = cs(&[1, 2, 3], &[4]);
-        let err = check(&c, &[(2, 100, true), (3, 100, true), (4, 50, true)], Promote(4)).unwrap_err();
-        assert!(err.to_string().contains("learner 4 is 50 entries behind"), "{err}");
-        let err = check(&c, &[(2, 100, true), (3, 100, true), (4, 100, false)], Promote(4)).unwrap_err();
-        assert!(err.to_string().contains("learner 4 has not been heard from"), "{err}");
+        let err = check(
+            &c,
+            &[(2, 100, true), (3, 100, true), (4, 50, true)],
+            Promote(4),
+        )
+        .unwrap_err();
+        assert!(
+            err.to_string().contains("learner 4 is 50 entries behind"),
+            "{err}"
+        );
+        let err = check(
+            &c,
+            &[(2, 100, true), (3, 100, true), (4, 100, false)],
+            Promote(4),
+        )
+        .unwrap_err();
+        assert!(
+            err.to_string()
+                .contains("learner 4 has not been heard from"),
+            "{err}"
+        );
         let err = check(&c, &[(2, 100, true), (3, 100, true)], Promote(4)).unwrap_err();
-        assert!(err.to_string().contains("learner 4 has not been heard from"), "{err}");
+        assert!(
+            err.to_string()
+                .contains("learner 4 has not been heard from"),
+            "{err}"
+        );
     }
 
     #[test]
@@ -212,16 +241,37 @@ mod tests {
         let err = check(&c, down3, Remove(2)).unwrap_err();
         assert!(matches!(err, NodeError::UnsafeChange(_)));
         let msg = err.to_string();
-        assert!(msg.contains("removing member 2 would leave voters [1, 3] with only [1] healthy"), "{msg}");
-        assert!(msg.contains("members [3] have not been heard from"), "{msg}");
+        assert!(
+            msg.contains("removing member 2 would leave voters [1, 3] with only [1] healthy"),
+            "{msg}"
+        );
+        assert!(
+            msg.contains("members [3] have not been heard from"),
+            "{msg}"
+        );
         // Removing the unhealthy member keeps a healthy quorum: allowed.
         assert_eq!(check(&c, down3, Remove(3)), Ok(ConfChangeType::RemoveNode));
         // 5 voters with 2 down: promoting a 6th makes 6 voters, 4 healthy = quorum 4: allowed;
         // with 3 down it is refused.
         let c5 = cs(&[1, 2, 3, 4, 5], &[6]);
-        let two_down = &[(2, 100, true), (3, 100, true), (4, 100, false), (5, 100, false), (6, 100, true)];
-        assert_eq!(check(&c5, two_down, Promote(6)), Ok(ConfChangeType::AddNode));
-        let three_down = &[(2, 100, true), (3, 100, false), (4, 100, false), (5, 100, false), (6, 100, true)];
+        let two_down = &[
+            (2, 100, true),
+            (3, 100, true),
+            (4, 100, false),
+            (5, 100, false),
+            (6, 100, true),
+        ];
+        assert_eq!(
+            check(&c5, two_down, Promote(6)),
+            Ok(ConfChangeType::AddNode)
+        );
+        let three_down = &[
+            (2, 100, true),
+            (3, 100, false),
+            (4, 100, false),
+            (5, 100, false),
+            (6, 100, true),
+        ];
         let err = check(&c5, three_down, Promote(6)).unwrap_err();
         assert!(err.to_string().contains("promoting member 6 would leave voters [1, 2, 3, 4, 5, 6] with only [1, 2, 6] healthy, below a quorum of 4"), "{err}");
         // Learners never count: removing one needs no quorum check.

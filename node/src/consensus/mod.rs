@@ -476,8 +476,17 @@ impl RaftLoop {
             .iter()
             .filter(|(id, _)| **id != self.cfg.id)
             .map(|(id, pr)| {
-                let active = self.last_heard.get(id).is_some_and(|t| t.elapsed() < window);
-                (*id, PeerHealth { matched: pr.matched, active })
+                let active = self
+                    .last_heard
+                    .get(id)
+                    .is_some_and(|t| t.elapsed() < window);
+                (
+                    *id,
+                    PeerHealth {
+                        matched: pr.matched,
+                        active,
+                    },
+                )
             })
             .collect();
         let view = LeaderView {

@@ -26,9 +26,7 @@ pub fn to_status(e: NodeError) -> Status {
         NodeError::NotLeader { .. }
         | NodeError::ChangeInProgress
         | NodeError::InvalidChange(_)
-        | NodeError::UnsafeChange(_) => {
-            Status::failed_precondition(e.to_string())
-        }
+        | NodeError::UnsafeChange(_) => Status::failed_precondition(e.to_string()),
         NodeError::TransferFailed(_) => Status::aborted(e.to_string()),
         NodeError::Storage(_) => Status::internal(e.to_string()),
     };

@@ -360,7 +360,9 @@ mod tests {
         ));
         // The snapshot's body is a real, empty state machine.
         let snapshots = SnapshotStore::open(&dir.path().join("snapshots")).unwrap();
-        let mut body = snapshots.open_body(BOOTSTRAP_TERM, BOOTSTRAP_INDEX).unwrap();
+        let mut body = snapshots
+            .open_body(BOOTSTRAP_TERM, BOOTSTRAP_INDEX)
+            .unwrap();
         assert!(KvStateMachine::load(&mut body).unwrap().is_empty());
     }
 
@@ -379,8 +381,14 @@ mod tests {
             s.engine.write(&mut batch, true).unwrap();
             s.append(&[entry(1, 1)], None, true).unwrap();
         }
-        let err = LogStore::open(dir.path()).err().expect("old layout refused");
-        assert!(err.to_string().contains("configuration of its cluster at index 0"), "{err}");
+        let err = LogStore::open(dir.path())
+            .err()
+            .expect("old layout refused");
+        assert!(
+            err.to_string()
+                .contains("configuration of its cluster at index 0"),
+            "{err}"
+        );
     }
 
     #[test]
