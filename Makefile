@@ -28,7 +28,7 @@ unit:
 		$(CARGO) test --workspace --no-fail-fast; \
 	fi
 
-test: lint unit manifests
+test: lint unit manifests e2e-controlplane
 
 # Benchmark programs (release build): each prints figures measured side by side.
 # RAFTLANE_BENCH_SECS shortens the 60 s RTT-tolerance runs.
@@ -77,7 +77,8 @@ controlplane:
 
 # The operator scenarios against that real control plane on this machine,
 # pods run as local processes by the suite's process kubelet, the operator
-# installed with kubectl and helm (see e2e/README.md). No Docker needed.
+# installed with kubectl and helm (see e2e/README.md). No Docker needed; part
+# of `make test` (~1.5 min, plus the Go build the first time).
 e2e-controlplane: controlplane
 	bash scripts/tools.sh
 	$(CARGO) build -p raft-node -p raft-operator
