@@ -679,6 +679,49 @@ async fn a_paused_cluster_is_read_and_its_status_written_and_nothing_else() {
 }
 
 #[tokio::test]
+async fn a_volume_refused_as_wiped_is_retired_only_once_the_cluster_resumes() {
+    let (api, ctx, mut members) = running_cluster(3).await;
+    api.update(&clusters_path(), "demo", |rc| {
+        rc["spec"]["paused"] = json!(true)
+    });
+    members.lose(3);
+    let rc = typed(&api.get(&clusters_path(), "demo").unwrap());
+    let ip = members.ip(3, 0);
+    let (code, _) = refusal(&members, &rc, 3, &ip);
+    api.update(&pods_path(), "demo-2", |p| {
+        p["status"] = json!({
+            "phase": "Running",
+            "podIP": ip,
+            "containerStatuses": [{
+                "name": "raft-node", "image": "raftlane/raft-node:test", "imageID": "",
+                "ready": false, "restartCount": 1,
+                "state": {"waiting": {"reason": "CrashLoopBackOff"}},
+                "lastState": {"terminated": {"exitCode": code, "reason": "Error"}},
+            }],
+        });
+    });
+    let (_, calls) = pass(&api, &ctx).await;
+    let writes: Vec<String> = calls
+        .iter()
+        .filter(|c| c.is_write())
+        .map(Call::line)
+        .collect();
+    assert_eq!(writes, [format!("PATCH {}/demo/status", clusters_path())]);
+
+    api.update(&clusters_path(), "demo", |rc| {
+        rc["spec"]["paused"] = json!(false)
+    });
+    let (_, calls) = pass(&api, &ctx).await;
+    let lines = lines(&calls);
+    let retired = format!("PATCH {}/data-demo-2-seed", claims_path());
+    let deleted = format!("DELETE {}/demo-2", pods_path());
+    assert!(
+        lines.contains(&retired) && lines.contains(&deleted),
+        "{lines:?}"
+    );
+}
+
+#[tokio::test]
 async fn a_replica_that_lost_the_lease_writes_nothing() {
     let (api, ctx, _members) = running_cluster(3).await;
     let (lost_tx, lost) = tokio::sync::watch::channel(false);

@@ -404,7 +404,8 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn a_member_whose_data_dir_was_wiped_is_refused_and_its_storage_retired() {
+    async fn a_member_whose_data_dir_was_wiped_is_refused_and_its_storage_retired_by_a_list_that_repairs(
+    ) {
         let tmp = tempfile::tempdir().unwrap();
         let mut rt = runtime(tmp.path());
         let voters = BTreeSet::from([1]);
@@ -424,8 +425,23 @@ mod tests {
         assert!(rt.list(true).await.unwrap().is_empty());
         assert!(rt.with_storage().unwrap().contains(&1), "it held state");
 
-        // Started again, it refuses; the runtime retires its storage.
+        // Started again, it refuses. Listed without repair (a paused pass),
+        // its storage stays; listed with, the runtime retires it.
         rt.create(1, None, &BTreeMap::new()).await.unwrap();
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while rt
+            .children
+            .get_mut(&1)
+            .unwrap()
+            .try_wait()
+            .unwrap()
+            .is_none()
+        {
+            assert!(Instant::now() < deadline, "member 1 did not refuse in 20 s");
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        assert!(rt.list(false).await.unwrap().is_empty());
+        assert!(rt.with_storage().unwrap().contains(&1) && rt.data_dir(1).exists());
         list_until(&mut rt, "member 1's storage retired", |rt| {
             !rt.with_storage().unwrap().contains(&1)
         })
