@@ -103,6 +103,9 @@ pub async fn run(opts: LocalOptions) -> anyhow::Result<()> {
                         if c.spec.replicas != cluster.spec.replicas {
                             println!("replicas {} -> {}", cluster.spec.replicas, c.spec.replicas);
                         }
+                        if c.spec.paused != cluster.spec.paused {
+                            println!("paused {} -> {}", cluster.spec.paused, c.spec.paused);
+                        }
                         cluster = c;
                     }
                     Err(e) => eprintln!("ignoring the edit, keeping the last good spec: {e:#}"),
