@@ -18,7 +18,8 @@
 //!   without data: a formed cluster is never bootstrapped again (that could split
 //!   it in two), not even when all of its data is gone;
 //! - a membership removal needs a healthy quorum of the voters before and after;
-//! - a member whose address changed has it pushed to every other member, in place.
+//! - a member whose address changed has it pushed to every other member, in place;
+//! - while paused (`spec.paused`), no step at all: [`Plan::pause`] holds them back.
 
 use std::collections::{BTreeMap, BTreeSet};
 
