@@ -42,7 +42,7 @@ if [[ -f "$STAMP" && -x "$BIN/kube-apiserver" && -x "$BIN/kube-controller-manage
 fi
 
 mkdir -p "$BIN"
-log "building kubernetes $K8S_VERSION and etcd $ETCD_VERSION into $BIN (cold: tens of minutes on 2 cores)"
+log "building kubernetes $K8S_VERSION and etcd $ETCD_VERSION into $BIN (cold: 7-10 min on 2 cores)"
 
 pkg="k8s.io/component-base/version"
 k8s_ldflags="-s -w -X $pkg.gitVersion=$K8S_VERSION -X $pkg.gitMajor=$MAJOR -X $pkg.gitMinor=$MINOR \
