@@ -49,13 +49,8 @@ async fn bind(flag: &str, addr: SocketAddr) -> anyhow::Result<TcpListener> {
 fn open_storage(cfg: &NodeConfig) -> anyhow::Result<(LogStore, SnapshotStore)> {
     let raft_dir = cfg.data_dir.join("raft");
     if cfg.expect_state {
-        // raft-node writes raft/ before it can answer or join: without an
-        // entry in it, this member never had (or has lost) its state.
-        let has_state = match std::fs::read_dir(&raft_dir) {
-            Ok(mut entries) => entries.next().is_some(),
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => false,
-            Err(e) => return Err(e).with_context(|| format!("--data-dir {}", raft_dir.display())),
-        };
+        let has_state = crate::storage::holds_raft_state(&cfg.data_dir)
+            .with_context(|| format!("--data-dir {}", raft_dir.display()))?;
         if !has_state {
             eprintln!(
                 "raft-node: --expect-state is set but --data-dir {} holds no raft state: \

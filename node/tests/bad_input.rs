@@ -28,6 +28,7 @@ fn message(t: MessageType, from: u64, to: u64) -> Message {
     m.set_msg_type(t);
     m.from = from;
     m.to = to;
+    m.term = 6;
     m
 }
 
@@ -209,6 +210,21 @@ async fn refuses_bad_envelopes_and_keeps_serving() {
             env(&good, 7, 1, vec![msg(MessageType::MsgSnapshot, 7, 1)]),
             Code::InvalidArgument,
             "MsgSnapshot is not accepted on this call",
+        ),
+        (
+            "a term-0 message (raft-rs would step it as local)",
+            env(
+                &good,
+                7,
+                1,
+                vec![{
+                    let mut m = message(MessageType::MsgHeartbeat, 7, 1);
+                    m.term = 0;
+                    m.write_to_bytes().unwrap()
+                }],
+            ),
+            Code::InvalidArgument,
+            "MsgHeartbeat with term 0 (only MsgReadIndex may omit it)",
         ),
         (
             "message for another member",

@@ -155,20 +155,25 @@ async fn learner_catches_up_by_snapshot_then_is_promoted_and_removed(lanes: &[&s
         .promote_learner(raftlane_proto::admin::MemberRequest { id: 4 })
         .await
         .expect("promote");
-    c.wait_status(leader, ELECTION * 10, "4 votes", |s| {
-        s.voters.contains(&4) && !s.conf_change_pending
-    })
-    .await;
+    // Every member's own view, the newcomer's included.
+    for id in 1..=4 {
+        c.wait_status(id, ELECTION * 10, "4 votes", |s| {
+            s.voters == vec![1, 2, 3, 4] && s.learners.is_empty()
+        })
+        .await;
+    }
     assert_keys(&c.kv(&[4]), &keys).await;
 
     admin
         .remove_member(raftlane_proto::admin::MemberRequest { id: 4 })
         .await
         .expect("remove");
-    c.wait_status(leader, ELECTION * 10, "4 removed", |s| {
-        s.voters == vec![1, 2, 3] && s.learners.is_empty()
-    })
-    .await;
+    for id in 1..=3 {
+        c.wait_status(id, ELECTION * 10, "4 removed", |s| {
+            s.voters == vec![1, 2, 3] && s.learners.is_empty()
+        })
+        .await;
+    }
     c.kill9(4);
 
     stop.store(true, std::sync::atomic::Ordering::Relaxed);

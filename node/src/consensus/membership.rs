@@ -21,6 +21,8 @@ pub struct PeerHealth {
     pub matched: u64,
     /// Heard from within the last election timeout.
     pub active: bool,
+    /// The leader is sending it a snapshot (raft's Snapshot state).
+    pub snapshot_pending: bool,
 }
 
 /// The leader's view a change is checked against.
@@ -80,11 +82,21 @@ pub fn to_conf_change(
             let peer = view.peers.get(&id).copied().unwrap_or(PeerHealth {
                 matched: 0,
                 active: false,
+                snapshot_pending: false,
             });
             if !peer.active {
                 return Err(NodeError::UnsafeChange(format!(
                     "learner {id} has not been heard from within an election timeout; \
                      promote it once it is running"
+                )));
+            }
+            // A learner that holds nothing yet would look caught up by the lag
+            // alone while the leader's log is short (a young cluster).
+            if peer.matched == 0 || peer.snapshot_pending {
+                return Err(NodeError::UnsafeChange(format!(
+                    "learner {id} is still catching up (it has not installed the leader's \
+                     snapshot yet; matched {}); retry once it has",
+                    peer.matched
                 )));
             }
             let lag = view.last_index.saturating_sub(peer.matched);
@@ -146,7 +158,14 @@ mod tests {
     ) -> Result<ConfChangeType, NodeError> {
         let peers: BTreeMap<u64, PeerHealth> = peers
             .iter()
-            .map(|&(id, matched, active)| (id, PeerHealth { matched, active }))
+            .map(|&(id, matched, active)| {
+                let health = PeerHealth {
+                    matched,
+                    active,
+                    snapshot_pending: false,
+                };
+                (id, health)
+            })
             .collect();
         let view = LeaderView {
             leader: 1,
@@ -199,6 +218,42 @@ mod tests {
         );
         let err = check(&cs(&[1], &[]), &[], Remove(1)).unwrap_err();
         assert!(err.to_string().contains("is the leader"), "{err}");
+    }
+
+    /// The young-cluster case: the leader's log is shorter than the allowed lag,
+    /// so a learner that has received nothing (matched 0, snapshot pending)
+    /// would look caught up by the lag alone.
+    #[test]
+    fn a_learner_still_waiting_for_its_snapshot_is_not_promoted() {
+        let healthy = PeerHealth {
+            matched: 8,
+            active: true,
+            snapshot_pending: false,
+        };
+        let waiting = PeerHealth {
+            matched: 0,
+            active: true,
+            snapshot_pending: true,
+        };
+        let peers = BTreeMap::from([(2, healthy), (3, healthy), (4, waiting)]);
+        let view = LeaderView {
+            leader: 1,
+            last_index: 8,
+            max_promote_lag: 1000,
+            peers: &peers,
+        };
+        let err = to_conf_change(Promote(4), &cs(&[1, 2, 3], &[4]), &view).unwrap_err();
+        assert!(matches!(err, NodeError::UnsafeChange(_)));
+        assert!(
+            err.to_string().contains("learner 4 is still catching up"),
+            "{err}"
+        );
+        let peers = BTreeMap::from([(2, healthy), (3, healthy), (4, healthy)]);
+        let view = LeaderView {
+            peers: &peers,
+            ..view
+        };
+        assert!(to_conf_change(Promote(4), &cs(&[1, 2, 3], &[4]), &view).is_ok());
     }
 
     #[test]

@@ -20,7 +20,7 @@ use protobuf::Message as _;
 use raft::prelude::{
     ConfChange, ConfChangeV2, ConfState, Entry, EntryType, Message, Snapshot, SnapshotMetadata,
 };
-use raft::{RawNode, ReadOnlyOption, StateRole, Storage};
+use raft::{ProgressState, RawNode, ReadOnlyOption, StateRole, Storage};
 use raftlane_proto::kv::LogCommand;
 use tokio::sync::{mpsc, oneshot, watch};
 use tokio::time::MissedTickBehavior;
@@ -29,7 +29,7 @@ use tokio_util::sync::CancellationToken;
 use self::membership::{LeaderView, PeerHealth};
 use crate::metrics::{Kind, Metrics};
 use crate::state_machine::{Applied, KvStateMachine};
-use crate::storage::{LogStore, SnapshotStore, StagedSnapshot};
+use crate::storage::{member_ids, LogStore, SnapshotStore, StagedSnapshot};
 use crate::transport::inbox::InboxReceiver;
 use crate::transport::report::Report;
 use crate::transport::Transport;
@@ -81,20 +81,6 @@ fn parse_context(c: &[u8]) -> Option<(u64, u64, u64)> {
         ))
     };
     Some((word(0)?, word(1)?, word(2)?))
-}
-
-/// Every id a configuration names.
-fn member_set(cs: &ConfState) -> BTreeSet<u64> {
-    [
-        &cs.voters,
-        &cs.learners,
-        &cs.voters_outgoing,
-        &cs.learners_next,
-    ]
-    .into_iter()
-    .flatten()
-    .copied()
-    .collect()
 }
 
 fn storage_err(e: impl std::fmt::Display) -> NodeError {
@@ -200,7 +186,7 @@ impl RaftLoop {
         let conf_state = store.initial_state()?.conf_state;
         let node = RawNode::new(&rc, store, &logger)?;
         let (dump_done, dump_results) = mpsc::channel(1);
-        let members = watch::Sender::new(member_set(&conf_state));
+        let members = watch::Sender::new(member_ids(&conf_state));
         Ok(RaftLoop {
             cfg,
             node,
@@ -256,13 +242,16 @@ impl RaftLoop {
             tokio::select! {
                 biased;
                 _ = shutdown.cancelled() => break,
+                // First: a tick is due at most once per interval, and a steady flow of
+                // heartbeat-lane traffic must never hold back heartbeats, check-quorum,
+                // read retries or transfer deadlines.
+                _ = ticker.tick() => self.on_tick(),
                 Some(m) = inbox.priority.recv() => {
                     self.step(m);
                     for _ in 0..MAX_DRAIN {
                         match inbox.priority.try_recv() { Ok(m) => self.step(m), Err(_) => break }
                     }
                 }
-                _ = ticker.tick() => self.on_tick(),
                 Some(done) = dump_results.recv() => self.on_dump_done(done)?,
                 Some(r) = reports.recv() => self.on_report(r),
                 Some(m) = inbox.bulk.recv() => {
@@ -311,6 +300,7 @@ impl RaftLoop {
             self.writes.retain(|_, w| !w.reply.is_closed());
             self.changes.retain(|_, r| !r.is_closed());
             self.reads.retain(|_, r| !r.reply.is_closed());
+            self.ready_reads.retain(|(_, _, reply)| !reply.is_closed());
         }
         if self.ticks.is_multiple_of(READ_RETRY_TICKS) {
             self.retry_reads();
@@ -485,6 +475,7 @@ impl RaftLoop {
                     PeerHealth {
                         matched: pr.matched,
                         active,
+                        snapshot_pending: pr.state == ProgressState::Snapshot,
                     },
                 )
             })
@@ -508,17 +499,15 @@ impl RaftLoop {
         let r = &self.node.raft;
         let id = self.cfg.id;
         let cs = &self.conf_state;
-        let role = if cs.learners.contains(&id) {
-            "learner"
-        } else if !cs.voters.contains(&id) {
-            "non-member"
-        } else {
-            match r.state {
-                StateRole::Leader => "leader",
-                StateRole::Follower => "follower",
-                StateRole::Candidate => "candidate",
-                StateRole::PreCandidate => "pre-candidate",
-            }
+        // The raft role comes first: a member that leads is reported as the
+        // leader even if the configuration no longer names it.
+        let role = match r.state {
+            StateRole::Leader => "leader",
+            _ if cs.learners.contains(&id) => "learner",
+            _ if !cs.voters.contains(&id) => "non-member",
+            StateRole::Follower => "follower",
+            StateRole::Candidate => "candidate",
+            StateRole::PreCandidate => "pre-candidate",
         };
         let store = self.node.store();
         let sorted = |ids: &[u64]| {
@@ -736,7 +725,10 @@ impl RaftLoop {
     }
 
     fn set_conf_state(&mut self, cs: ConfState) {
-        self.members.send_replace(member_set(&cs));
+        let members = member_ids(&cs);
+        // A removed id forgets its liveness: re-added, it must be heard anew.
+        self.last_heard.retain(|id, _| members.contains(id));
+        self.members.send_replace(members);
         self.conf_state = cs;
     }
 

@@ -1,6 +1,7 @@
 //! raft-rs `Storage` on raft-engine: entries, hard state and the metadata of the
 //! latest snapshot, with every write that raft depends on fsynced.
 
+use std::collections::BTreeSet;
 use std::path::Path;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
@@ -16,6 +17,21 @@ use crate::state_machine::KvStateMachine;
 /// starts from (the values TiKV uses for the same purpose).
 pub const BOOTSTRAP_INDEX: u64 = 5;
 pub const BOOTSTRAP_TERM: u64 = 5;
+
+/// Every id a configuration names: voters, learners and those of a joint
+/// configuration's other half.
+pub fn member_ids(cs: &ConfState) -> BTreeSet<u64> {
+    [
+        &cs.voters,
+        &cs.learners,
+        &cs.voters_outgoing,
+        &cs.learners_next,
+    ]
+    .into_iter()
+    .flatten()
+    .copied()
+    .collect()
+}
 
 /// The single raft group this member stores.
 const GROUP: u64 = 1;
@@ -298,15 +314,7 @@ impl Storage for LogStore {
     /// again.
     fn snapshot(&self, request_index: u64, to: u64) -> raft::Result<Snapshot> {
         let meta = &self.snapshot_meta;
-        let cs = meta.get_conf_state();
-        let includes_to = [
-            &cs.voters,
-            &cs.learners,
-            &cs.voters_outgoing,
-            &cs.learners_next,
-        ]
-        .iter()
-        .any(|ids| ids.contains(&to));
+        let includes_to = member_ids(meta.get_conf_state()).contains(&to);
         if meta.index == 0 || meta.index < request_index || !includes_to {
             self.snapshot_wanted.store(true, Ordering::Relaxed);
             return Err(raft::Error::Store(

@@ -143,9 +143,13 @@ impl Receiver {
     }
 
     /// Records where a sender listens, once all it sent has passed every check,
-    /// if it is a current member (an unknown id must not grow the peer table).
+    /// if it is a current member (an unknown id must not grow the peer table), or
+    /// while this member knows no configuration yet: a joiner started without
+    /// `--peers` must learn where its leader is to answer it (the table's cap
+    /// still holds).
     fn learn(&self, from: u64, from_addr: &str) {
-        if !from_addr.is_empty() && self.members.borrow().contains(&from) {
+        let members = self.members.borrow();
+        if !from_addr.is_empty() && (members.is_empty() || members.contains(&from)) {
             self.peers.learn_peer(from, from_addr);
         }
     }
@@ -200,6 +204,10 @@ impl Receiver {
             Some(format!(
                 "{t:?} is local to a member and never crosses the network"
             ))
+        } else if m.term == 0 && t != MessageType::MsgReadIndex {
+            // raft-rs steps a term-0 message as a local one, skipping its term
+            // checks; only a forwarded ReadIndex legitimately travels without one.
+            Some(format!("{t:?} with term 0 (only MsgReadIndex may omit it)"))
         } else if (t == MessageType::MsgSnapshot) != allow_snapshot {
             Some(format!("{t:?} is not accepted on this call"))
         } else {
@@ -326,9 +334,9 @@ impl Receiver {
                 )),
             ));
         }
-        let _space = self.reserve(size)?;
         self.learn(h.from, &h.from_addr);
-
+        // Space is reserved only once a slot is held: a receive waiting in line
+        // must not make the one running look short of space.
         let _slot = tokio::time::timeout(self.limits.idle, self.snapshot_slots.acquire())
             .await
             .map_err(|_| {
@@ -340,6 +348,7 @@ impl Receiver {
                 )
             })?
             .map_err(|_| Status::unavailable("shutting down"))?;
+        let _space = self.reserve(size)?;
         let total = Some((started + self.limits.total(size), size));
         let (file, tmp) = self
             .snapshots
