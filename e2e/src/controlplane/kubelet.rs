@@ -394,7 +394,10 @@ impl Loop {
                 if done {
                     self.runs.remove(uid);
                     self.ips.remove(uid);
-                    self.delete_finally(&ns, &name, uid).await?;
+                    // Tried again next pass while the pod is still there.
+                    if let Err(e) = self.delete_finally(&ns, &name, uid).await {
+                        eprintln!("kubelet: {e:#}");
+                    }
                 }
                 continue;
             }
@@ -403,11 +406,16 @@ impl Loop {
                 if matches!(phase, Some("Succeeded" | "Failed")) {
                     continue;
                 }
-                match self.prepare(pod).await? {
-                    Some(run) => {
+                match self.prepare(pod).await {
+                    Ok(Some(run)) => {
                         self.runs.insert(uid.clone(), run);
                     }
-                    None => continue,
+                    Ok(None) => continue,
+                    // One pod's trouble does not hold up the others.
+                    Err(e) => {
+                        eprintln!("kubelet: pod {ns}/{name}: {e:#}");
+                        continue;
+                    }
                 }
             }
             if let Some(run) = self.runs.get_mut(uid) {
