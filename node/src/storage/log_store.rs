@@ -5,6 +5,7 @@ use std::collections::BTreeSet;
 use std::path::Path;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 use raft::prelude::{ConfState, Entry, HardState, Snapshot, SnapshotMetadata};
 use raft::{GetEntriesContext, RaftState, Storage, StorageError};
@@ -61,6 +62,32 @@ pub struct LogStore {
     snapshot_wanted: AtomicBool,
 }
 
+/// How long to wait for the log's lock file: a member recreated on its volume
+/// (a replaced pod, a restarted process) can start while the old process is
+/// still exiting and holds it.
+const LOCK_WAIT: Duration = Duration::from_secs(15);
+
+/// Opens raft-engine, waiting a bounded time for another process to release
+/// the directory's lock; every other error is returned at once.
+fn open_engine(cfg: EngineConfig) -> raft::Result<Engine> {
+    let deadline = Instant::now() + LOCK_WAIT;
+    let mut logged = false;
+    loop {
+        match Engine::open(cfg.clone()) {
+            Ok(engine) => return Ok(engine),
+            Err(e)
+                if e.to_string().contains("Failed to lock file") && Instant::now() < deadline =>
+            {
+                if !std::mem::replace(&mut logged, true) {
+                    tracing::warn!(dir = %cfg.dir, error = %e, "raft log locked by another process; waiting up to {LOCK_WAIT:?}");
+                }
+                std::thread::sleep(Duration::from_millis(100));
+            }
+            Err(e) => return Err(engine_err(e)),
+        }
+    }
+}
+
 fn engine_err(e: raft_engine::Error) -> raft::Error {
     raft::Error::Store(StorageError::Other(Box::new(e)))
 }
@@ -72,7 +99,7 @@ impl LogStore {
             dir: dir.to_string_lossy().into_owned(),
             ..EngineConfig::default()
         };
-        let engine = Arc::new(Engine::open(cfg).map_err(engine_err)?);
+        let engine = Arc::new(open_engine(cfg)?);
         let hard_state = engine
             .get_message::<HardState>(GROUP, KEY_HARD_STATE)
             .map_err(engine_err)?
@@ -397,6 +424,21 @@ mod tests {
                 .contains("configuration of its cluster at index 0"),
             "{err}"
         );
+    }
+
+    #[test]
+    fn opening_waits_for_a_lock_held_by_a_process_that_is_exiting() {
+        let dir = tempfile::tempdir().unwrap();
+        let held = LogStore::open(dir.path()).unwrap();
+        let release = std::thread::spawn(move || {
+            std::thread::sleep(Duration::from_millis(500));
+            drop(held);
+        });
+        let started = Instant::now();
+        let reopened = LogStore::open(dir.path());
+        release.join().unwrap();
+        assert!(reopened.is_ok(), "{:?}", reopened.err());
+        assert!(started.elapsed() >= Duration::from_millis(400));
     }
 
     #[test]
