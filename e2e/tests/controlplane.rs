@@ -131,6 +131,11 @@ async fn scenarios_on_control_plane() {
         .unwrap();
     eprintln!("measured: every pod deleted to all back and agreeing on a leader: {took:?}");
 
+    let took = checks::wiped_volume_is_replaced(&env, &mut t, &keys)
+        .await
+        .unwrap();
+    eprintln!("measured: follower's volume wiped to three healthy voters again: {took:?}");
+
     let took = checks::two_operators_hand_over(&env).await.unwrap();
     eprintln!(
         "measured: Lease holder's pod deleted to the other operator holding the Lease: {took:?}"

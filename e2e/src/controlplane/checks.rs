@@ -15,6 +15,8 @@ use crate::kind::cmd::{blocking, output};
 use crate::wait_for;
 
 const HANDOVER: Duration = Duration::from_secs(60);
+/// As long as a scenario gives a membership operation.
+const OPERATION: Duration = Duration::from_secs(90);
 
 /// `kubectl apply` of an invalid RaftCluster fails, naming the field and
 /// the CRD rule's message.
@@ -281,4 +283,93 @@ pub async fn retained_volume_survives_deletion(env: &ControlPlaneEnv) -> anyhow:
         .call(&["delete", "pvc", &pvc_name, "--timeout=60s"])
         .await?;
     Ok(())
+}
+
+/// A follower's volume wiped under it (its host-path PV directory emptied)
+/// and its pod deleted: the new pod's raft-node refuses the empty data dir
+/// (exit 66, reported by the kubelet as the container's last state), the
+/// operator retires that volume, and the member comes back on a fresh one
+/// with every key. Returns the time from the wipe to three healthy voters.
+pub async fn wiped_volume_is_replaced(
+    env: &ControlPlaneEnv,
+    t: &mut super::ControlPlaneTarget,
+    keys: &[String],
+) -> anyhow::Result<Duration> {
+    use crate::Target;
+    let s = crate::scenarios::wait_settled(t, 3).await?;
+    let leader = s.leader.clone().unwrap_or_default();
+    let victim = s
+        .members
+        .iter()
+        .find(|m| m.name != leader)
+        .map(|m| m.id)
+        .ok_or_else(|| anyhow::anyhow!("no follower"))?;
+    let pod = t
+        .pod(victim)
+        .await?
+        .ok_or_else(|| anyhow::anyhow!("member {victim} has no pod"))?;
+    let claim = pod
+        .spec
+        .iter()
+        .flat_map(|s| s.volumes.iter().flatten())
+        .find_map(|v| v.persistent_volume_claim.as_ref())
+        .map(|c| c.claim_name.clone())
+        .ok_or_else(|| anyhow::anyhow!("no claim"))?;
+    let claims: Api<PersistentVolumeClaim> = Api::namespaced(env.client.clone(), NAMESPACE);
+    let pv = claims
+        .get(&claim)
+        .await?
+        .spec
+        .and_then(|s| s.volume_name)
+        .ok_or_else(|| anyhow::anyhow!("{claim} not bound"))?;
+    let pvs: Api<k8s_openapi::api::core::v1::PersistentVolume> = Api::all(env.client.clone());
+    let dir = pvs
+        .get(&pv)
+        .await?
+        .spec
+        .and_then(|s| s.host_path)
+        .map(|h| std::path::PathBuf::from(h.path))
+        .ok_or_else(|| anyhow::anyhow!("{pv} is not host-path"))?;
+    anyhow::ensure!(
+        dir.starts_with("/tmp/hostpath_pv"),
+        "unexpected PV dir {dir:?}"
+    );
+    let wiped = Instant::now();
+    for entry in std::fs::read_dir(&dir)? {
+        let p = entry?.path();
+        if p.is_dir() {
+            std::fs::remove_dir_all(&p)?;
+        } else {
+            std::fs::remove_file(&p)?;
+        }
+    }
+    t.kill_member(victim).await?;
+    wait_for("the wiped volume retired", OPERATION, || async {
+        let c = claims.get_opt(&claim).await?;
+        Ok(c.filter(|c| {
+            c.metadata.deletion_timestamp.is_some()
+                || c.metadata
+                    .labels
+                    .as_ref()
+                    .is_some_and(|l| l.contains_key("raftlane.io/retired"))
+        })
+        .map(|_| ()))
+    })
+    .await?;
+    wait_for("a fresh volume for the member", OPERATION, || async {
+        let p = t.pod(victim).await?;
+        Ok(p.and_then(|p| p.spec)
+            .and_then(|s| s.volumes)
+            .into_iter()
+            .flatten()
+            .find_map(|v| v.persistent_volume_claim)
+            .filter(|c| c.claim_name != claim)
+            .map(|_| ()))
+    })
+    .await?;
+    crate::scenarios::wait_settled(t, 3).await?;
+    let took = wiped.elapsed();
+    crate::scenarios::check_keys(t, &[victim], keys).await?;
+    eprintln!("checked: member {victim}'s wiped volume {claim} refused, retired and replaced");
+    Ok(took)
 }
