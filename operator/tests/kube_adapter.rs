@@ -304,6 +304,8 @@ async fn create_cluster_writes_services_budget_volumes_pods_then_status() {
         assert_eq!(c["securityContext"]["readOnlyRootFilesystem"], true);
         assert_eq!(c["securityContext"]["allowPrivilegeEscalation"], false);
         assert_eq!(pod["spec"]["securityContext"]["runAsNonRoot"], true);
+        // Members never call the Kubernetes API: no ServiceAccount token inside.
+        assert_eq!(pod["spec"]["automountServiceAccountToken"], false);
         assert_eq!(calls[11 + 3 * i].body["reason"], "MemberCreated");
     }
     let status = &calls[18].body["status"];

@@ -241,6 +241,8 @@ pub fn member_pod(
             "restartPolicy": "Always",
             "terminationGracePeriodSeconds": 30,
             "enableServiceLinks": false,
+            // Members never call the Kubernetes API: no token to steal.
+            "automountServiceAccountToken": false,
             "securityContext": {
                 "runAsNonRoot": true,
                 "runAsUser": RUN_AS,
