@@ -295,6 +295,11 @@ async fn create_cluster_writes_services_budget_volumes_pods_then_status() {
             .map(|p| format!("{p}=demo-{}.demo-peers.{NS}.svc:{PEER_PORT}", p - 1))
             .collect();
         assert_eq!(env(pod, "RAFTLANE_PEERS"), Some(others.join(",").as_str()));
+        // The unspecified address of both families: IPv6-only clusters work.
+        assert_eq!(env(pod, "RAFTLANE_PEER_ADDR"), Some("[::]:7000"));
+        assert_eq!(env(pod, "RAFTLANE_CLIENT_ADDR"), Some("[::]:7001"));
+        assert_eq!(env(pod, "RAFTLANE_ADMIN_ADDR"), Some("[::]:7002"));
+        assert_eq!(env(pod, "RAFTLANE_METRICS_ADDR"), Some("[::]:7003"));
         let c = &pod["spec"]["containers"][0];
         assert_eq!(c["image"], "raftlane/raft-node:test");
         // A refusal's message (raft-node's last stderr lines) shows in the pod.
@@ -819,7 +824,7 @@ fn pod_process(members: &Members, pod: &Value, ip: &str, data: &Path) -> std::pr
     let mut cmd = std::process::Command::new(members.bin());
     cmd.env_clear()
         .envs(pod_env(pod).into_iter().map(|(k, v)| {
-            let v = v.replace("0.0.0.0", ip);
+            let v = v.replace("[::]", ip);
             match k.as_str() {
                 "RAFTLANE_DATA_DIR" => (k, data.display().to_string()),
                 _ => (k, v),

@@ -200,11 +200,13 @@ pub fn member_pod(
         id,
         cluster_id: &uid,
         data_dir: DATA_DIR.into(),
+        // `[::]` is the unspecified address of both families on Linux
+        // (IPV6_V6ONLY off): the pod's IP may be IPv4 or IPv6.
         listen: Listen {
-            peer: format!("0.0.0.0:{PEER_PORT}"),
-            client: format!("0.0.0.0:{CLIENT_PORT}"),
-            admin: format!("0.0.0.0:{ADMIN_PORT}"),
-            metrics: format!("0.0.0.0:{METRICS_PORT}"),
+            peer: format!("[::]:{PEER_PORT}"),
+            client: format!("[::]:{CLIENT_PORT}"),
+            admin: format!("[::]:{ADMIN_PORT}"),
+            metrics: format!("[::]:{METRICS_PORT}"),
             // Peers learn an unknown sender's address from its traffic: the
             // stable name is right for the pod's whole life (and needs no
             // IPv6 brackets).
