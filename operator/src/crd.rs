@@ -56,9 +56,18 @@ pub struct RaftClusterSpec {
         validation = Rule::new("self <= 254").message("spec.replicas must be at most 254")
     )]
     pub replicas: u32,
-    /// Container image of raft-node (Kubernetes runtime only).
+    /// Container image of raft-node (Kubernetes runtime only); defaults to the
+    /// release of raft-node matching this operator's version.
     #[serde(default = "default_image")]
     pub image: String,
+    /// Pull policy of the members' image: Always, IfNotPresent or Never; unset
+    /// means Kubernetes' default (Always for `:latest`, else IfNotPresent).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub image_pull_policy: Option<ImagePullPolicy>,
+    /// Secrets in the cluster's namespace for pulling the members' image, as
+    /// in a Pod: `[{name: regcred}]`.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub image_pull_secrets: Vec<PullSecret>,
     /// Resources of each member's container (Kubernetes runtime only).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub resources: Option<ResourceRequirements>,
@@ -80,8 +89,25 @@ pub struct RaftClusterSpec {
 /// `spec.replicas` says the same number.
 pub const MAX_REPLICAS: u32 = 254;
 
+/// raft-node's image of this operator's own version, as the release
+/// workflow (.github/workflows/release.yml) publishes it.
 pub fn default_image() -> String {
-    "ghcr.io/raftlane/raft-node:latest".into()
+    format!("ghcr.io/raftlane/raft-node:{}", env!("CARGO_PKG_VERSION"))
+}
+
+/// A container's image pull policy (the Pod field `imagePullPolicy`).
+#[derive(JsonSchema, Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ImagePullPolicy {
+    Always,
+    IfNotPresent,
+    Never,
+}
+
+/// A Secret holding registry credentials, by name (a Pod's
+/// `imagePullSecrets` entry).
+#[derive(JsonSchema, Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
+pub struct PullSecret {
+    pub name: String,
 }
 
 /// Each member's volume.

@@ -2,7 +2,7 @@
 //! examples must pass its schema and rules, and each bad spec must be refused
 //! with its field named.
 
-use raft_operator::crd::{crd_yaml, parse_cluster, RaftCluster, MAX_REPLICAS};
+use raft_operator::crd::{crd_yaml, parse_cluster, ImagePullPolicy, RaftCluster, MAX_REPLICAS};
 
 fn repo(path: &str) -> std::path::PathBuf {
     std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
@@ -68,6 +68,14 @@ fn bad_specs_are_refused_naming_their_field() {
             "snapshotEntries must be at least 1",
         ),
         (
+            "  replicas: 3\n  imagePullPolicy: Sometimes\n",
+            "spec.imagePullPolicy",
+        ),
+        (
+            "  replicas: 3\n  imagePullSecrets: [regcred]\n",
+            "spec.imagePullSecrets",
+        ),
+        (
             "  replicas: 3\n  storage:\n    retentionPolicy:\n      whenScaled: Maybe\n",
             "spec.storage.retentionPolicy.whenScaled",
         ),
@@ -124,4 +132,25 @@ fn the_crd_allows_exactly_the_replicas_every_runtime_can_run() {
     assert_eq!(replicas(MAX_REPLICAS).unwrap().spec.replicas, MAX_REPLICAS);
     let err = replicas(MAX_REPLICAS + 1).unwrap_err();
     assert!(err.contains("spec.replicas must be at most 254"), "{err}");
+}
+
+#[test]
+fn members_default_to_the_operators_own_version_and_take_pull_settings() {
+    let rc = parse_cluster(&manifest("  replicas: 3\n")).unwrap();
+    let version = env!("CARGO_PKG_VERSION");
+    assert_eq!(
+        rc.spec.image,
+        format!("ghcr.io/raftlane/raft-node:{version}")
+    );
+    let crd = std::fs::read_to_string(repo("crds/raftcluster.yaml")).unwrap();
+    assert!(
+        crd.contains(&format!("default: ghcr.io/raftlane/raft-node:{version}")),
+        "the CRD's default image is not raft-node {version}"
+    );
+    let rc = parse_cluster(&manifest(
+        "  replicas: 3\n  imagePullPolicy: Never\n  imagePullSecrets:\n  - name: regcred\n",
+    ))
+    .unwrap();
+    assert_eq!(rc.spec.image_pull_policy, Some(ImagePullPolicy::Never));
+    assert_eq!(rc.spec.image_pull_secrets[0].name, "regcred");
 }

@@ -38,7 +38,10 @@ fn cluster(replicas: u32, storage: Value) -> Value {
             "name": "demo", "namespace": NS, "uid": UID, "generation": 1,
             "finalizers": [FINALIZER],
         },
-        "spec": {"replicas": replicas, "storage": storage, "image": "raftlane/raft-node:test"},
+        "spec": {
+            "replicas": replicas, "storage": storage, "image": "raftlane/raft-node:test",
+            "imagePullPolicy": "IfNotPresent", "imagePullSecrets": [{"name": "regcred"}],
+        },
     })
 }
 
@@ -302,6 +305,11 @@ async fn create_cluster_writes_services_budget_volumes_pods_then_status() {
         assert_eq!(env(pod, "RAFTLANE_METRICS_ADDR"), Some("[::]:7003"));
         let c = &pod["spec"]["containers"][0];
         assert_eq!(c["image"], "raftlane/raft-node:test");
+        assert_eq!(c["imagePullPolicy"], "IfNotPresent");
+        assert_eq!(
+            pod["spec"]["imagePullSecrets"],
+            json!([{"name": "regcred"}])
+        );
         // A refusal's message (raft-node's last stderr lines) shows in the pod.
         assert_eq!(c["terminationMessagePolicy"], "FallbackToLogsOnError");
         assert_eq!(c["readinessProbe"]["httpGet"]["path"], "/readyz");

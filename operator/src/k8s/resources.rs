@@ -284,6 +284,12 @@ pub fn member_pod(
     if let Some(r) = &spec.resources {
         pod["spec"]["containers"][0]["resources"] = json!(r);
     }
+    if let Some(policy) = spec.image_pull_policy {
+        pod["spec"]["containers"][0]["imagePullPolicy"] = json!(policy);
+    }
+    if !spec.image_pull_secrets.is_empty() {
+        pod["spec"]["imagePullSecrets"] = json!(spec.image_pull_secrets);
+    }
     if let Some(p) = &spec.placement {
         pod["spec"]["nodeSelector"] = json!(p.node_selector);
         pod["spec"]["tolerations"] = json!(p.tolerations);
