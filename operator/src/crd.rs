@@ -114,16 +114,31 @@ pub struct PullSecret {
 #[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
 #[serde(rename_all = "camelCase")]
 pub struct StorageSpec {
-    /// Volume size (a Kubernetes quantity); it may grow, never shrink.
+    /// Volume size (a Kubernetes quantity such as 1Gi); it may grow, never
+    /// shrink. At least 512Mi plus twice the data kept: raft-node's log is
+    /// written in 128 MiB files, of which up to three may be on disk, and a
+    /// snapshot is written beside the previous one. The default 1Gi leaves
+    /// room for about 250 MiB of data.
     #[serde(default = "default_storage_size")]
-    #[x_kube(validation = Rule::new("quantity(self).compareTo(quantity(oldSelf)) >= 0")
-        .message("storage size cannot shrink"))]
+    // The pattern is the quantity grammar of the schema check (`make
+    // manifests`); the CEL rule says the same to `raft-operator validate`.
+    #[schemars(regex(pattern = QUANTITY_PATTERN))]
+    #[x_kube(
+        validation = Rule::new("isQuantity(self) && quantity(self).sign() > 0")
+            .message("storage.size must be a positive quantity such as 1Gi or 500Mi"),
+        validation = Rule::new("quantity(self).compareTo(quantity(oldSelf)) >= 0")
+            .message("storage size cannot shrink")
+    )]
     pub size: String,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub storage_class_name: Option<String>,
     #[serde(default)]
     pub retention_policy: RetentionPolicy,
 }
+
+/// A Kubernetes quantity, as `resource.Quantity` parses it (no sign: a
+/// volume's size is positive).
+const QUANTITY_PATTERN: &str = r"^(([0-9]+(\.[0-9]*)?)|(\.[0-9]+))(([KMGTPE]i)|[numkMGTPE]|([eE](\+|-)?(([0-9]+(\.[0-9]*)?)|(\.[0-9]+))))?$";
 
 fn default_storage_size() -> String {
     "1Gi".into()

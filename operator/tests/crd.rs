@@ -116,6 +116,35 @@ fn storage_size_may_grow_but_never_shrink() {
 }
 
 #[test]
+fn storage_size_must_be_a_positive_quantity() {
+    let sized = |size: &str| {
+        parse_cluster(&manifest(&format!(
+            "  replicas: 3\n  storage:\n    size: \"{size}\"\n"
+        )))
+    };
+    for bad in ["1GB", "1 Gi", "Gi", "", "-1Gi", "0"] {
+        let err = sized(bad).expect_err(bad);
+        assert!(
+            err.contains("storage.size must be a positive quantity"),
+            "{bad:?}: {err}"
+        );
+    }
+    for good in ["1Gi", "500Mi", "2G", "1.5Gi", "1e9"] {
+        assert_eq!(sized(good).expect(good).spec.storage.size, good);
+    }
+    // The schema's pattern (what `make manifests` and the API server check
+    // before any CEL) refuses it too.
+    let crd = std::fs::read_to_string(repo("crds/raftcluster.yaml")).unwrap();
+    let schema: serde_yaml::Value = serde_yaml::from_str(&crd).unwrap();
+    let size = &schema["spec"]["versions"][0]["schema"]["openAPIV3Schema"]["properties"]["spec"]
+        ["properties"]["storage"]["properties"]["size"];
+    assert!(
+        size["pattern"].as_str().is_some(),
+        "no pattern on storage.size"
+    );
+}
+
+#[test]
 fn chart_crd_is_the_generated_one() {
     let generated = std::fs::read(repo("crds/raftcluster.yaml")).expect("crds/raftcluster.yaml");
     let chart = std::fs::read(repo("charts/raft-operator/crds/raftcluster.yaml"))
