@@ -129,11 +129,13 @@ fn transport(
     )
 }
 
+/// A message as a peer sends it: with its term (the receiver refuses term 0).
 fn msg(t: MessageType, commit: u64) -> Message {
     let mut m = Message::default();
     m.set_msg_type(t);
     m.from = 1;
     m.to = 2;
+    m.term = 6;
     m.commit = commit;
     m
 }

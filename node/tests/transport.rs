@@ -286,11 +286,13 @@ fn sender_as(id: u64, lanes: LaneMode, send_timeout: Duration) -> Sender {
     }
 }
 
+/// A message as a peer sends it: with its term (the receiver refuses term 0).
 fn msg(t: MessageType, to: u64, seq: u64) -> Message {
     let mut m = Message::default();
     m.set_msg_type(t);
     m.from = 1;
     m.to = to;
+    m.term = 6;
     m.commit = seq;
     m
 }
