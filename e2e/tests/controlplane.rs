@@ -146,6 +146,15 @@ async fn scenarios_on_control_plane() {
         .unwrap();
     eprintln!("measured: (new operator) follower pod deleted to peers updated in place: {took:?}");
 
+    let crashed = Instant::now();
+    scenarios::operator_crash_between_add_and_promote(&mut t)
+        .await
+        .unwrap();
+    eprintln!(
+        "measured: operator killed between add-learner and promote to 4 voters by the next one: {:?}",
+        crashed.elapsed()
+    );
+
     let deleted = Instant::now();
     env.delete_cluster(&t.name).await.unwrap();
     checks::nothing_left_of(&env, &t.name).await.unwrap();

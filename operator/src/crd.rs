@@ -124,7 +124,7 @@ pub struct StorageSpec {
     // manifests`); the CEL rule says the same to `raft-operator validate`.
     #[schemars(regex(pattern = QUANTITY_PATTERN))]
     #[x_kube(
-        validation = Rule::new("isQuantity(self) && quantity(self).sign() > 0")
+        validation = Rule::new("isQuantity(self) && quantity(self).isGreaterThan(quantity('0'))")
             .message("storage.size must be a positive quantity such as 1Gi or 500Mi"),
         validation = Rule::new("quantity(self).compareTo(quantity(oldSelf)) >= 0")
             .message("storage size cannot shrink")

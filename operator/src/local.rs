@@ -177,9 +177,8 @@ impl Host for LocalHost {
         )
     }
 
-    async fn step_done(&mut self, step: &Action, done: &str) {
+    async fn step_done(&mut self, _: &Action, done: &str) {
         println!("{done}");
-        crash_point(step);
     }
 
     async fn step_failed(&mut self, step: &Action, error: &anyhow::Error) {
@@ -192,19 +191,6 @@ impl Host for LocalHost {
 
     fn may_act(&self) -> bool {
         true
-    }
-}
-
-/// Test hook: `RAFTLANE_FAILPOINT=after-add-learner` ends the operator right
-/// after a learner was added, before it is promoted, as a crash there would;
-/// members keep running. End-to-end tests use it to prove the next operator
-/// resumes the operation.
-fn crash_point(done: &Action) {
-    if matches!(done, Action::AddLearner { .. })
-        && std::env::var("RAFTLANE_FAILPOINT").is_ok_and(|f| f == "after-add-learner")
-    {
-        println!("failpoint after-add-learner: exiting");
-        std::process::exit(3);
     }
 }
 

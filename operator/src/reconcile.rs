@@ -152,7 +152,10 @@ pub async fn pass<R: Runtime, H: Host>(
             return Err(PassError::NotLeading);
         }
         match act(rt, admins, &seen, step).await {
-            Ok(done) => host.step_done(step, &done).await,
+            Ok(done) => {
+                host.step_done(step, &done).await;
+                crash_point(step);
+            }
             Err(e) => {
                 host.step_failed(step, &e).await;
                 return Err(PassError::Step(e));
@@ -160,6 +163,19 @@ pub async fn pass<R: Runtime, H: Host>(
         }
     }
     finish(host, cluster, &seen, &p, current).await
+}
+
+/// Test hook, in both runtimes: `RAFTLANE_FAILPOINT=after-add-learner` ends the
+/// operator right after a learner was added, before it is promoted, as a crash
+/// there would; members keep running. End-to-end tests use it to prove the next
+/// operator resumes the operation.
+fn crash_point(done: &Action) {
+    if matches!(done, Action::AddLearner { .. })
+        && std::env::var("RAFTLANE_FAILPOINT").is_ok_and(|f| f == "after-add-learner")
+    {
+        println!("failpoint after-add-learner: exiting");
+        std::process::exit(3);
+    }
 }
 
 /// Computes the status from what the pass saw and planned, and saves it when

@@ -37,6 +37,10 @@ fn restarts(p: &Pod) -> i32 {
         .map_or(0, |cs| cs.iter().map(|c| c.restart_count).sum())
 }
 
+/// The operator's failpoint switch and the exit code it ends the process with.
+const FAILPOINT_ENV: &str = "RAFTLANE_FAILPOINT";
+const FAILPOINT_EXIT_CODE: i32 = 3;
+
 /// One RaftCluster on the control plane.
 pub struct ControlPlaneTarget {
     client: Client,
@@ -163,20 +167,45 @@ impl Target for ControlPlaneTarget {
         }))
     }
 
+    /// Rolls the operator's Deployment, setting or clearing the failpoint in
+    /// its pod template (the chart's operator reads `RAFTLANE_FAILPOINT` in
+    /// the same reconcile pass as the local runtime).
     async fn restart_operator(&mut self, failpoint: Option<&str>) -> anyhow::Result<()> {
-        anyhow::ensure!(
-            failpoint.is_none(),
-            "failpoints are local-runtime only: the Kubernetes runtime has none"
-        );
         let deployment = format!("deployment/{}", super::env::RELEASE);
+        let env = match failpoint {
+            Some(f) => format!("{FAILPOINT_ENV}={f}"),
+            None => format!("{FAILPOINT_ENV}-"),
+        };
+        self.kube.call(&["set", "env", &deployment, &env]).await?;
         self.kube.call(&["rollout", "restart", &deployment]).await?;
         self.kube
-            .call(&["rollout", "status", &deployment, "--timeout=50s"])
+            .call(&["rollout", "status", &deployment, "--timeout=90s"])
             .await?;
         Ok(())
     }
 
+    /// The Deployment restarts an operator that exits, so the sign is an
+    /// operator container whose current or last run ended with the
+    /// failpoint's exit code.
     async fn operator_exited(&mut self) -> anyhow::Result<bool> {
-        anyhow::bail!("not observable: the Deployment restarts the operator")
+        let selector = format!("app.kubernetes.io/instance={}", super::env::RELEASE);
+        let list = self
+            .pods()
+            .list(&kube::api::ListParams::default().labels(&selector))
+            .await?;
+        Ok(list.items.iter().any(|p| {
+            let statuses = p
+                .status
+                .as_ref()
+                .and_then(|s| s.container_statuses.as_ref());
+            statuses.into_iter().flatten().any(|c| {
+                let ended = |s: &Option<k8s_openapi::api::core::v1::ContainerState>| {
+                    s.as_ref()
+                        .and_then(|s| s.terminated.as_ref())
+                        .is_some_and(|t| t.exit_code == FAILPOINT_EXIT_CODE)
+                };
+                ended(&c.state) || ended(&c.last_state)
+            })
+        }))
     }
 }
