@@ -70,14 +70,7 @@ pub async fn run(opts: LocalOptions) -> anyhow::Result<()> {
     )?;
     let mut host = LocalHost { dir: dir.clone() };
     let status_path = host.status_path();
-    // A status that exists but cannot be read stops the operator: guessing
-    // could bootstrap a cluster that already holds data.
-    let mut current: RaftClusterStatus = match std::fs::read_to_string(&status_path) {
-        Ok(t) => serde_yaml::from_str(&t)
-            .with_context(|| format!("{}: unreadable", status_path.display()))?,
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => RaftClusterStatus::default(),
-        Err(e) => return Err(e).with_context(|| format!("{}", status_path.display())),
-    };
+    let mut current = load_status(&status_path)?;
     let mut admins = AdminClients::default();
     let mut last_summary = String::new();
     println!(
@@ -128,8 +121,13 @@ pub async fn run(opts: LocalOptions) -> anyhow::Result<()> {
                 eprintln!("observing members failed (retried next pass): {e:#}");
                 continue;
             }
-            // Reported by the host; the next pass plans it again.
-            Err(PassError::Step(_)) => continue,
+            // Reported by the host; the next pass plans it again, from the
+            // status this pass may have saved before the step (the voters a
+            // forming cluster starts with).
+            Err(PassError::Step(_)) => {
+                current = load_status(&status_path)?;
+                continue;
+            }
             Err(e) => return Err(e.into()),
         }
         let summary = summarize(&current);
@@ -141,6 +139,19 @@ pub async fn run(opts: LocalOptions) -> anyhow::Result<()> {
     let stopped = rt.stop_all()?;
     println!("stopped members {stopped:?}");
     Ok(())
+}
+
+/// The saved status, or the empty one before the first save. A status that
+/// exists but cannot be read stops the operator: guessing could bootstrap a
+/// cluster that already holds data.
+fn load_status(path: &std::path::Path) -> anyhow::Result<RaftClusterStatus> {
+    match std::fs::read_to_string(path) {
+        Ok(t) => {
+            serde_yaml::from_str(&t).with_context(|| format!("{}: unreadable", path.display()))
+        }
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(RaftClusterStatus::default()),
+        Err(e) => Err(e).with_context(|| format!("{}", path.display())),
+    }
 }
 
 /// The pass's host here: status in `status.yaml` with the client endpoints

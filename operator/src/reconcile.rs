@@ -110,12 +110,17 @@ pub async fn pass<R: Runtime, H: Host>(
     previous: RaftClusterStatus,
 ) -> Result<Outcome, PassError> {
     let paused = cluster.spec.paused;
-    let seen = observe(rt, admins, cluster_id, &previous, !paused)
+    // Repairs during observation write (a pod deleted, a volume retired): only
+    // a process that may act makes them.
+    let seen = observe(rt, admins, cluster_id, &previous, !paused && host.may_act())
         .await
         .map_err(PassError::Observe)?;
     let p = plan(u64::from(cluster.spec.replicas), &seen);
     if paused {
         return finish(host, cluster, &seen, &p.pause(), previous).await;
+    }
+    if !host.may_act() {
+        return Err(PassError::NotLeading);
     }
     rt.record_state(&seen.reports.keys().copied().collect())
         .await

@@ -8,7 +8,9 @@ use std::time::Duration;
 
 use crate::kind::cmd::{blocking, output};
 
-const CALL: Duration = Duration::from_secs(60);
+/// Bound on one kubectl call: above the longest `--timeout` a call passes
+/// (120 s), so kubectl's own timeout speaks first.
+const CALL: Duration = Duration::from_secs(150);
 
 #[derive(Clone, Debug)]
 pub struct Kubectl {
