@@ -34,7 +34,7 @@ impl Setting {
 }
 
 /// Where a member listens, and the peer address it gives others when that is
-/// not its listen address (listening on 0.0.0.0 in a pod).
+/// not its listen address (listening on `[::]` in a pod).
 pub struct Listen {
     pub peer: String,
     pub client: String,
