@@ -94,7 +94,7 @@ async fn serve(sink: Sink) -> String {
     tokio::spawn(
         raft_node::node::peer_server()
             .add_service(RaftTransportServer::new(sink).max_decoding_message_size(64 << 20))
-            .serve_with_incoming(raft_node::node::incoming(l)),
+            .serve_with_incoming(raft_node::node::incoming(l, None)),
     );
     addr
 }
@@ -122,6 +122,7 @@ fn transport(
             unary_only: unary,
             max_batch,
             channel: ChannelSettings::default(),
+            dialer: raftlane_tls::Dialer::Plaintext,
         },
         tx,
         snapshots.clone(),

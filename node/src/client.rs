@@ -9,7 +9,8 @@ use std::time::{Duration, Instant};
 
 use raftlane_proto::kv::kv_client::KvClient as GrpcKv;
 use raftlane_proto::kv::{DeleteRequest, GetRequest, KeyValue, PutRequest, ScanRequest};
-use tonic::transport::{Channel, Endpoint};
+use raftlane_tls::{Dialer, Expect};
+use tonic::transport::Channel;
 use tonic::{Code, Status};
 
 use crate::service::LEADER_PEER_ADDR_HEADER;
@@ -35,16 +36,22 @@ fn retryable(s: &Status) -> bool {
 }
 
 impl KvClient {
-    /// `endpoints` are `host:port` client addresses; connections are made lazily.
-    pub fn new(endpoints: &[String], deadline: Duration) -> anyhow::Result<KvClient> {
+    /// `endpoints` are `host:port` client addresses, each a member of the
+    /// cluster `dialer` trusts; connections are made lazily.
+    pub fn new(
+        endpoints: &[String],
+        deadline: Duration,
+        dialer: &Dialer,
+    ) -> anyhow::Result<KvClient> {
         anyhow::ensure!(!endpoints.is_empty(), "no endpoints given");
         let mut out = Vec::new();
         for e in endpoints {
             validate_peer_addr(e).map_err(|err| anyhow::anyhow!("endpoint: {err}"))?;
-            let ch = Endpoint::from_shared(format!("http://{e}"))?
+            let endpoint = dialer
+                .endpoint(e)?
                 .connect_timeout(Duration::from_secs(2))
-                .timeout(deadline)
-                .connect_lazy();
+                .timeout(deadline);
+            let ch = dialer.channel(endpoint, Expect::AnyMember);
             let client = GrpcKv::new(ch).max_decoding_message_size(MAX_RESPONSE_BYTES);
             out.push((e.clone(), client));
         }

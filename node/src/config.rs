@@ -119,6 +119,30 @@ pub struct NodeConfig {
           default_value_t = snapshot::MIN_SNAPSHOT_TIMEOUT.as_millis() as u64,
           value_parser = clap::value_parser!(u64).range(1..))]
     pub snapshot_timeout_ms: u64,
+    /// This member's certificate (PEM, the chain first), naming it
+    /// `raftlane://<cluster-id>/member/<id>` in a URI SAN. Every port serves it;
+    /// re-read when the file changes.
+    #[arg(long, env = "RAFTLANE_TLS_CERT", requires_all = ["tls_key", "tls_ca"])]
+    pub tls_cert: Option<PathBuf>,
+    /// The private key of --tls-cert (PEM).
+    #[arg(long, env = "RAFTLANE_TLS_KEY", requires = "tls_cert")]
+    pub tls_key: Option<PathBuf>,
+    /// The cluster's CA bundle (PEM; old and new CA while one is rotated).
+    #[arg(long, env = "RAFTLANE_TLS_CA", requires = "tls_cert")]
+    pub tls_ca: Option<PathBuf>,
+    /// Require a client certificate of this cluster on the client port too
+    /// (the peer and admin ports always require one).
+    #[arg(long, env = "RAFTLANE_TLS_CLIENT_AUTH", requires = "tls_cert")]
+    pub tls_client_auth: bool,
+    /// How often the TLS files are checked for changes, milliseconds.
+    #[arg(long, env = "RAFTLANE_TLS_RELOAD_MS", default_value_t = 2_000,
+          value_parser = clap::value_parser!(u64).range(100..))]
+    pub tls_reload_ms: u64,
+    /// Serve every port without TLS or authentication: any process that
+    /// reaches a port can read and change the cluster. For benchmarks and
+    /// isolated test networks only; without it the --tls-* flags are required.
+    #[arg(long, env = "RAFTLANE_INSECURE_PLAINTEXT", conflicts_with = "tls_cert")]
+    pub insecure_plaintext: bool,
 }
 
 /// The exit code of `--expect-state` on an empty data dir (stated in its help):
@@ -164,6 +188,11 @@ impl NodeConfig {
                 "--initial-voters ({:?}) must include this member's --id ({})",
                 self.initial_voters, self.id
             ));
+        }
+        if self.tls_cert.is_none() && !self.insecure_plaintext {
+            return Err("TLS is required: give --tls-cert, --tls-key and --tls-ca \
+                 (or --insecure-plaintext to serve every port unauthenticated)"
+                .into());
         }
         let addrs = [
             ("--peer-addr", self.peer_addr),
@@ -221,6 +250,7 @@ mod tests {
         "127.0.0.1:3",
         "--metrics-addr",
         "127.0.0.1:4",
+        "--insecure-plaintext",
     ];
 
     fn parse(extra: &[&str]) -> Result<NodeConfig, String> {
@@ -264,6 +294,45 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(err.contains("--id"), "{err}");
+    }
+
+    #[test]
+    fn tls_is_required_unless_plaintext_is_chosen_and_its_flags_go_together() {
+        let base: Vec<&str> = BASE
+            .iter()
+            .copied()
+            .filter(|a| *a != "--insecure-plaintext")
+            .collect();
+        let cfg = NodeConfig::try_parse_from(&base).unwrap();
+        let err = cfg.validate().unwrap_err();
+        assert!(
+            err.contains("--tls-cert") && err.contains("--insecure-plaintext"),
+            "{err}"
+        );
+        let with = |extra: &[&str]| {
+            NodeConfig::try_parse_from(base.iter().chain(extra))
+                .map_err(|e| e.to_string())
+                .and_then(|c| c.validate().map(|_| c))
+        };
+        let err = with(&["--tls-cert", "/c"]).unwrap_err();
+        assert!(
+            err.contains("--tls-key") && err.contains("--tls-ca"),
+            "{err}"
+        );
+        let err = with(&[
+            "--tls-cert",
+            "/c",
+            "--tls-key",
+            "/k",
+            "--tls-ca",
+            "/a",
+            "--insecure-plaintext",
+        ])
+        .unwrap_err();
+        assert!(err.contains("--insecure-plaintext"), "{err}");
+        let c = with(&["--tls-cert", "/c", "--tls-key", "/k", "--tls-ca", "/a"]).unwrap();
+        assert_eq!(c.tls_ca.as_deref(), Some(std::path::Path::new("/a")));
+        assert!(!c.tls_client_auth);
     }
 
     #[test]

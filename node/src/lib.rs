@@ -10,4 +10,5 @@ pub mod node;
 pub mod service;
 pub mod state_machine;
 pub mod storage;
+pub mod tls;
 pub mod transport;

@@ -37,6 +37,11 @@ pub struct SendError {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct Port {
+    pub port: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct Kind {
     pub kind: &'static str,
 }
@@ -79,6 +84,12 @@ pub struct Metrics {
     pub proposal_seconds: Histogram,
     /// Snapshots taken locally.
     pub snapshots_taken: Counter,
+    /// Connections refused by TLS (handshake failed, identity not admitted), by port.
+    pub tls_refused: Family<Port, Counter>,
+    /// Changed TLS files that could not be used (the previous ones stayed).
+    pub tls_reload_failures: Counter,
+    /// New TLS material taken into use without a restart.
+    pub tls_reloads: Counter,
 }
 
 impl Default for Metrics {
@@ -112,7 +123,25 @@ impl Metrics {
             proposals: Family::default(),
             proposal_seconds: Histogram::new(exponential_buckets(0.0005, 2.0, 16)),
             snapshots_taken: Counter::default(),
+            tls_refused: Family::default(),
+            tls_reload_failures: Counter::default(),
+            tls_reloads: Counter::default(),
         };
+        r.register(
+            "tls_refused_connections",
+            "Connections refused by TLS: failed handshakes and identities not admitted",
+            m.tls_refused.clone(),
+        );
+        r.register(
+            "tls_reload_failures",
+            "Changed TLS files that could not be used",
+            m.tls_reload_failures.clone(),
+        );
+        r.register(
+            "tls_reloads",
+            "New TLS material taken into use without a restart",
+            m.tls_reloads.clone(),
+        );
         r.register(
             "transport_sent_messages",
             "Raft messages sent to a peer",

@@ -11,13 +11,14 @@ use raftlane_proto::kv::kv_server::KvServer;
 use raftlane_proto::transport::raft_transport_server::RaftTransportServer;
 use tokio::net::TcpListener;
 use tokio::sync::mpsc;
-use tokio_stream::wrappers::TcpListenerStream;
 use tokio_util::sync::CancellationToken;
 use tonic::transport::Server;
 
 use crate::config::{NodeConfig, TransportMode};
 use crate::consensus::{LoopConfig, NodeHandle, RaftLoop};
 use crate::metrics::{self, Metrics};
+use raftlane_tls::Dialer;
+
 use crate::service::{admin::AdminService, forward::Identity, kv::KvService};
 use crate::storage::{LogStore, SnapshotStore};
 use crate::transport::channels::ChannelSettings;
@@ -94,12 +95,17 @@ pub async fn run(cfg: NodeConfig) -> anyhow::Result<()> {
     let client_l = bind("--client-addr", cfg.client_addr).await?;
     let admin_l = bind("--admin-addr", cfg.admin_addr).await?;
     let metrics_l = bind("--metrics-addr", cfg.metrics_addr).await?;
+    let tls = crate::tls::open(&cfg)?;
     let (store, snapshots) = open_storage(&cfg)?;
 
     let metrics = Metrics::new();
+    let dialer = match &tls {
+        Some(src) => Dialer::Tls(src.clone()),
+        None => Dialer::Plaintext,
+    };
     let (reports_tx, reports_rx) =
         ReportSender::channel(REPORT_QUEUE, metrics.reports_lost.clone());
-    let transport: Arc<dyn Transport> = Arc::new(GrpcTransport::new(
+    let grpc = Arc::new(GrpcTransport::new(
         GrpcConfig {
             cluster_id: cfg.cluster_id.clone(),
             id: cfg.id,
@@ -113,11 +119,13 @@ pub async fn run(cfg: NodeConfig) -> anyhow::Result<()> {
                 connect_timeout: NodeConfig::ms(cfg.connect_timeout_ms),
                 ..ChannelSettings::default()
             },
+            dialer: dialer.clone(),
         },
         reports_tx,
         snapshots.clone(),
         metrics.clone(),
     ));
+    let transport: Arc<dyn Transport> = grpc.clone();
     for (id, addr) in &cfg.peers {
         if *id != cfg.id {
             transport.upsert_peer(*id, addr)?;
@@ -169,7 +177,12 @@ pub async fn run(cfg: NodeConfig) -> anyhow::Result<()> {
             cluster_id: cfg.cluster_id.clone(),
             id: cfg.id,
         },
+        dialer,
     );
+    let port_tls = |port| {
+        tls.as_ref()
+            .map(|src| crate::tls::port(src, port, &cfg, &metrics))
+    };
     let peer_srv = peer_server()
         .add_service(
             RaftTransportServer::new(ReceiverService(receiver))
@@ -178,10 +191,16 @@ pub async fn run(cfg: NodeConfig) -> anyhow::Result<()> {
         )
         // Followers forward client writes here.
         .add_service(KvServer::new(kv.clone().serving_peers()))
-        .serve_with_incoming_shutdown(incoming(peer_l), shutdown.clone().cancelled_owned());
+        .serve_with_incoming_shutdown(
+            incoming(peer_l, port_tls("peer")),
+            shutdown.clone().cancelled_owned(),
+        );
     let client_srv = Server::builder()
         .add_service(KvServer::new(kv))
-        .serve_with_incoming_shutdown(incoming(client_l), shutdown.clone().cancelled_owned());
+        .serve_with_incoming_shutdown(
+            incoming(client_l, port_tls("client")),
+            shutdown.clone().cancelled_owned(),
+        );
     let admin_srv = Server::builder()
         .add_service(NodeAdminServer::new(AdminService {
             node: handle.clone(),
@@ -189,8 +208,12 @@ pub async fn run(cfg: NodeConfig) -> anyhow::Result<()> {
             cluster_id: cfg.cluster_id.clone(),
             id: cfg.id,
             timeout,
+            tls: tls.is_some(),
         }))
-        .serve_with_incoming_shutdown(incoming(admin_l), shutdown.clone().cancelled_owned());
+        .serve_with_incoming_shutdown(
+            incoming(admin_l, port_tls("admin")),
+            shutdown.clone().cancelled_owned(),
+        );
 
     let loop_task = tokio::spawn(raft_loop.run(
         inbox_rx,
@@ -200,7 +223,14 @@ pub async fn run(cfg: NodeConfig) -> anyhow::Result<()> {
         shutdown.clone(),
     ));
     let servers = tokio::spawn(async move { tokio::try_join!(peer_srv, client_srv, admin_srv) });
+    let tls_task = tls.clone().map(|src| {
+        let every = NodeConfig::ms(cfg.tls_reload_ms);
+        tokio::spawn(crate::tls::watch(src, every, metrics.clone(), grpc.clone()))
+    });
     let metrics_task = tokio::spawn(metrics::serve(metrics_l, metrics, ready));
+    if tls.is_none() {
+        tracing::warn!("--insecure-plaintext: every port is unauthenticated and unencrypted");
+    }
     tracing::info!(
         id = cfg.id,
         cluster = %cfg.cluster_id,
@@ -208,6 +238,7 @@ pub async fn run(cfg: NodeConfig) -> anyhow::Result<()> {
         client = %cfg.client_addr,
         admin = %cfg.admin_addr,
         metrics = %cfg.metrics_addr,
+        tls = tls.is_some(),
         "raft-node started"
     );
 
@@ -220,22 +251,14 @@ pub async fn run(cfg: NodeConfig) -> anyhow::Result<()> {
     };
     shutdown.cancel();
     metrics_task.abort();
+    if let Some(t) = tls_task {
+        t.abort();
+    }
     let _ = tokio::time::timeout(std::time::Duration::from_secs(5), servers).await;
     result
 }
 
-/// Accepted connections with Nagle's algorithm off: small gRPC frames (a
-/// heartbeat, a window update) must not wait for the peer's delayed ACK (~40 ms).
-pub fn incoming(
-    listener: TcpListener,
-) -> impl futures::Stream<Item = std::io::Result<tokio::net::TcpStream>> {
-    use futures::StreamExt;
-    TcpListenerStream::new(listener).map(|conn| {
-        let conn = conn?;
-        conn.set_nodelay(true)?;
-        Ok(conn)
-    })
-}
+pub use raftlane_tls::server::incoming;
 
 /// HTTP/2 windows of the peer port. A lane that stops being read can hold at
 /// most its stream window; the connection window is far larger than all lanes
@@ -277,9 +300,12 @@ mod tests {
     async fn accepted_connections_have_nagle_off() {
         let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = l.local_addr().unwrap();
-        let mut incoming = Box::pin(super::incoming(l));
+        let mut incoming = Box::pin(super::incoming(l, None));
         let _client = tokio::net::TcpStream::connect(addr).await.unwrap();
         let conn = incoming.next().await.unwrap().unwrap();
-        assert!(conn.nodelay().unwrap());
+        let raftlane_tls::server::Conn::Plain(tcp) = conn else {
+            panic!("plaintext listener gave a TLS connection")
+        };
+        assert!(tcp.nodelay().unwrap());
     }
 }

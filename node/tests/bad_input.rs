@@ -16,7 +16,10 @@ use tonic::Code;
 
 /// Flags of the member under attack: small snapshot limits, so the tests can
 /// reach them.
+/// Plaintext: malformed traffic is sent as a peer would, without a member
+/// certificate (the receiver's checks are the same either way).
 const FLAGS: &[&str] = &[
+    "--insecure-plaintext",
     "--max-snapshot-bytes",
     "4096",
     "--snapshot-idle-timeout-ms",

@@ -19,8 +19,13 @@ fn raft_node(args: &[&str]) -> (i32, String) {
 }
 
 fn raftctl(args: &[&str]) -> (i32, String, String) {
+    raftctl_env(args, &[])
+}
+
+fn raftctl_env(args: &[&str], env: &[(&str, std::path::PathBuf)]) -> (i32, String, String) {
     let out = Command::new(env!("CARGO_BIN_EXE_raftctl"))
         .args(args)
+        .envs(env.iter().map(|(k, v)| (k, v)))
         .output()
         .unwrap();
     (
@@ -47,6 +52,7 @@ fn malformed_flags_are_refused_naming_the_flag() {
         "127.0.0.1:0",
         "--metrics-addr",
         "127.0.0.1:0",
+        "--insecure-plaintext",
     ];
     let cases: &[(&[&str], &str)] = &[
         (&["--id", "0"], "--id"),
@@ -77,6 +83,15 @@ fn malformed_flags_are_refused_naming_the_flag() {
     let (code, err) = raft_node(&["--cluster-id", "c"]);
     assert_ne!(code, 0);
     assert!(err.contains("--id"), "{err}");
+    // Secure by default: no TLS files and no --insecure-plaintext is refused.
+    let mut args: Vec<&str> = base[..base.len() - 1].to_vec();
+    args.extend_from_slice(&["--id", "1"]);
+    let (code, err) = raft_node(&args);
+    assert_ne!(code, 0);
+    assert!(
+        err.contains("--tls-cert") && err.contains("--insecure-plaintext"),
+        "{err}"
+    );
 
     // A port already taken is named with its flag.
     let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
@@ -94,6 +109,14 @@ async fn raftctl_data_admin_and_bench_commands() {
     let leader = c.wait_leader(ELECTION * 20).await;
     let eps = c.endpoints(&[1, 2, 3]).join(",");
     let admin = c.members[&leader].admin.clone();
+    // The admin certificate, through raftctl's environment fallbacks.
+    let dir = c.tls_dir();
+    let env = [
+        ("RAFTCTL_CACERT", dir.join("ca.crt")),
+        ("RAFTCTL_CERT", dir.join("admin.crt")),
+        ("RAFTCTL_KEY", dir.join("admin.key")),
+    ];
+    let raftctl = |args: &[&str]| raftctl_env(args, &env);
 
     let (code, out, _) = raftctl(&["--endpoints", &eps, "put", "greeting", "hello"]);
     assert_eq!(code, 0, "{out}");
@@ -183,6 +206,71 @@ async fn raftctl_data_admin_and_bench_commands() {
     }
 }
 
+/// Without flags raftctl uses the one local-runtime cluster under
+/// --state-dir; without any certificate it says what to give; a client
+/// certificate may read but not change a member.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn raftctl_finds_the_local_state_dirs_certificate_and_a_client_one_may_not_administer() {
+    let c = Cluster::start(1, &[]);
+    c.wait_leader(ELECTION * 20).await;
+    let (eps, admin) = (c.endpoints(&[1]).join(","), c.members[&1].admin.clone());
+    let state = c.tmp.path().join("state");
+    let tls = state.join("demo").join("tls");
+    std::fs::create_dir_all(&tls).unwrap();
+    for f in ["ca.crt", "admin.crt", "admin.key"] {
+        std::fs::copy(c.tls_dir().join(f), tls.join(f)).unwrap();
+    }
+    let state_flag = state.display().to_string();
+    let (code, out, err) = raftctl(&[
+        "--state-dir",
+        &state_flag,
+        "--endpoints",
+        &eps,
+        "put",
+        "k",
+        "v",
+    ]);
+    assert_eq!(code, 0, "{out}{err}");
+    let (code, _, err) = raftctl(&[
+        "--state-dir",
+        "/nonexistent",
+        "--endpoints",
+        &eps,
+        "get",
+        "k",
+    ]);
+    assert_ne!(code, 0);
+    assert!(
+        err.contains("--cacert") && err.contains("--insecure-plaintext"),
+        "{err}"
+    );
+
+    c.write_cert(
+        "alice",
+        &raftlane_tls::Identity::client(&c.cluster_id, "alice"),
+    );
+    let dir = c.tls_dir();
+    let env = [
+        ("RAFTCTL_CACERT", dir.join("ca.crt")),
+        ("RAFTCTL_CERT", dir.join("alice.crt")),
+        ("RAFTCTL_KEY", dir.join("alice.key")),
+    ];
+    let (code, out, _) = raftctl_env(&["--endpoints", &eps, "get", "k"], &env);
+    assert_eq!((code, out.trim()), (0, "v"));
+    let (code, _, _) = raftctl_env(&["--admin", &admin, "status"], &env);
+    assert_eq!(code, 0, "any certificate of the cluster reads the status");
+    let (code, _, err) = raftctl_env(&["--admin", &admin, "snapshot"], &env);
+    assert_ne!(code, 0);
+    assert!(
+        err.contains("PermissionDenied") || err.contains("may not change"),
+        "{err}"
+    );
+    assert!(
+        err.contains("raftlane://") && err.contains("/client/alice"),
+        "{err}"
+    );
+}
+
 #[test]
 fn expect_state_on_an_empty_data_dir_exits_with_its_code_naming_flag_and_dir() {
     let tmp = tempfile::tempdir().unwrap();
@@ -207,6 +295,7 @@ fn expect_state_on_an_empty_data_dir_exits_with_its_code_naming_flag_and_dir() {
             "127.0.0.1:0",
             "--metrics-addr",
             "127.0.0.1:0",
+            "--insecure-plaintext",
             "--expect-state",
         ]);
         assert_eq!(code, raft_node::config::EXPECT_STATE_EXIT_CODE, "{err}");

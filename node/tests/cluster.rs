@@ -121,12 +121,11 @@ async fn learner_catches_up_by_snapshot_then_is_promoted_and_removed(lanes: &[&s
     .await;
 
     // Writes keep going in the background through the whole membership dance.
-    let endpoints = c.endpoints(&[1, 2, 3]);
+    let kv = c.kv(&[1, 2, 3]);
     let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
     let writer = {
         let stop = stop.clone();
         tokio::spawn(async move {
-            let kv = raft_node::client::KvClient::new(&endpoints, Duration::from_secs(15)).unwrap();
             let mut acked = Vec::new();
             let mut i = 0u64;
             while !stop.load(std::sync::atomic::Ordering::Relaxed) && i < 100_000 {
@@ -239,11 +238,7 @@ async fn reads_around_an_election_are_answered_not_timed_out() {
     let mut readers = Vec::new();
     for id in &survivors {
         for _ in 0..4 {
-            let ch =
-                tonic::transport::Endpoint::from_shared(format!("http://{}", c.members[id].client))
-                    .unwrap()
-                    .connect_lazy();
-            let mut kv = KvClient::new(ch);
+            let mut kv = KvClient::new(c.channel(&c.members[id].client, Duration::from_secs(30)));
             readers.push(tokio::spawn(async move {
                 let (mut ok, mut unavailable, mut timed_out) = (0u32, 0u32, 0u32);
                 while Instant::now() < stop_at {

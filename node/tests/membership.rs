@@ -73,7 +73,9 @@ async fn a_member_joining_a_young_cluster_learns_every_voter_and_never_leads_alo
     for id in 1..=3 {
         c.signal(id, "STOP");
     }
-    let kv4 = raft_node::client::KvClient::new(&c.endpoints(&[4]), Duration::from_secs(3)).unwrap();
+    let kv4 =
+        raft_node::client::KvClient::new(&c.endpoints(&[4]), Duration::from_secs(3), &c.dialer())
+            .unwrap();
     let stalled = Instant::now();
     let mut attempts = 0;
     while stalled.elapsed() < ELECTION * 8 {

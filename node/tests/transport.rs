@@ -272,6 +272,7 @@ fn sender_as(id: u64, lanes: LaneMode, send_timeout: Duration) -> Sender {
             unary_only: false,
             max_batch: 256,
             channel: ChannelSettings::default(),
+            dialer: raftlane_tls::Dialer::Plaintext,
         },
         tx,
         snapshots.clone(),

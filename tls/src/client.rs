@@ -117,6 +117,16 @@ fn connector(
                 .trim_end_matches(']')
                 .to_string();
             let port = uri.port_u16().ok_or("no port in the address")?;
+            if let Some(c) = &src.current().credentials {
+                if c.not_after < std::time::SystemTime::now() {
+                    let at = time::OffsetDateTime::from(c.not_after);
+                    return Err(format!(
+                        "this party's certificate ({}) expired at {at}: renew it",
+                        c.identity
+                    )
+                    .into());
+                }
+            }
             let tcp = TcpStream::connect((host.as_str(), port)).await?;
             tcp.set_nodelay(true)?;
             let cfg = client_config(&src, expect)?;

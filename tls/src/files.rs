@@ -1,14 +1,15 @@
 //! Certificate, key and CA files, and the material read from them.
 //!
 //! A [`TlsSource`] holds the current material and re-reads the files when
-//! their bytes change (a Kubernetes Secret volume swaps them atomically;
-//! the local runtime rewrites them), so a renewed certificate is used without
-//! a restart. Subscribers learn of each new generation and re-dial.
+//! their bytes change and [`TlsSource::reload`] is called (a Kubernetes
+//! Secret volume swaps them atomically; the local runtime rewrites them), so
+//! a renewed certificate is used without a restart. Subscribers learn of each
+//! new generation and re-dial.
 
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
-use std::time::Duration;
+use std::time::{Duration, SystemTime};
 
 use rustls::RootCertStore;
 use rustls_pki_types::pem::PemObject;
@@ -25,6 +26,9 @@ pub struct TlsFiles {
     pub key: Option<PathBuf>,
     /// The CA bundle that is trusted (during a CA rotation, old and new).
     pub ca: PathBuf,
+    /// The identity the certificate must name, if known (a member's own):
+    /// files naming another are refused, at start and on reload.
+    pub expect: Option<Identity>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -44,6 +48,8 @@ pub struct Credentials {
     pub chain: Vec<CertificateDer<'static>>,
     pub key: PrivateKeyDer<'static>,
     pub identity: Identity,
+    /// When the certificate stops being valid.
+    pub not_after: SystemTime,
 }
 
 /// Everything one TLS config needs.
@@ -95,10 +101,14 @@ impl Material {
                 let identity = Identity::of_cert(leaf).map_err(|e| invalid(what, e.to_string()))?;
                 let key = PrivateKeyDer::from_pem_slice(key)
                     .map_err(|e| invalid(kwhat, format!("no private key: {e}")))?;
+                let (_, x509) = x509_parser::parse_x509_certificate(leaf)
+                    .map_err(|e| invalid(what, e.to_string()))?;
+                let secs = x509.validity().not_after.timestamp().max(0) as u64;
                 Some(Credentials {
                     chain,
                     key,
                     identity,
+                    not_after: SystemTime::UNIX_EPOCH + Duration::from_secs(secs),
                 })
             }
             _ => {
@@ -151,11 +161,21 @@ impl TlsFiles {
             label("--tls-key", &self.key),
         );
         let ca = label("--tls-ca", &Some(self.ca.clone()));
-        Material::parse(
+        let m = Material::parse(
             bytes[0].as_deref().map(|b| (b, c.as_str())),
             bytes[1].as_deref().map(|b| (b, k.as_str())),
             (bytes[2].as_deref().unwrap_or_default(), ca.as_str()),
-        )
+        )?;
+        if let Some(want) = &self.expect {
+            if m.identity() != Some(want) {
+                return Err(FilesError::Invalid(format!(
+                    "{c}: the certificate is {}, but this is {want}",
+                    m.identity()
+                        .map_or("without identity".into(), |g| g.to_string())
+                )));
+            }
+        }
+        Ok(m)
     }
 }
 
@@ -229,30 +249,5 @@ impl TlsSource {
             self.reload_failures.fetch_add(1, Ordering::Relaxed);
         }
         result
-    }
-
-    /// Checks the files every `every` until the source is dropped elsewhere.
-    pub fn watch(self: &Arc<Self>, every: Duration) -> tokio::task::JoinHandle<()> {
-        let weak = Arc::downgrade(self);
-        tokio::spawn(async move {
-            let mut tick = tokio::time::interval(every);
-            tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-            tick.tick().await;
-            loop {
-                tick.tick().await;
-                let Some(src) = weak.upgrade() else { return };
-                match src.reload() {
-                    Ok(true) => {
-                        let who = src.current().identity().map(|i| i.to_string());
-                        tracing::info!(identity = ?who, "TLS files changed: new certificate in use");
-                    }
-                    Ok(false) => {}
-                    Err(e) => tracing::error!(
-                        error = %e,
-                        "TLS files changed but cannot be used; the previous certificate stays in use"
-                    ),
-                }
-            }
-        })
     }
 }

@@ -1,6 +1,7 @@
 //! raftctl: the command-line client of a raftlane cluster.
 
 use std::io::Write as _;
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
@@ -13,8 +14,9 @@ use raftlane_proto::admin::node_admin_client::NodeAdminClient;
 use raftlane_proto::admin::{
     MemberRequest, SnapshotRequest, StatusRequest, StatusResponse, UpsertPeersRequest,
 };
+use raftlane_tls::{Dialer, Expect, TlsFiles, TlsSource};
 use serde_json::json;
-use tonic::transport::{Channel, Endpoint};
+use tonic::transport::Channel;
 
 #[derive(Parser)]
 #[command(name = "raftctl", version, about = "Client of a raftlane cluster")]
@@ -28,6 +30,36 @@ struct Cli {
     /// Overall deadline of one command, milliseconds (retries included).
     #[arg(long, default_value_t = 10_000, global = true)]
     timeout_ms: u64,
+    /// The cluster's CA bundle (PEM). Without --cacert, the admin certificate
+    /// of the one cluster under --state-dir is used.
+    #[arg(long, env = "RAFTCTL_CACERT", global = true)]
+    cacert: Option<PathBuf>,
+    /// Client certificate (PEM): an admin certificate for admin commands; a
+    /// client one suffices for data commands.
+    #[arg(long, env = "RAFTCTL_CERT", global = true, requires = "tls_key")]
+    cert: Option<PathBuf>,
+    /// The key of --cert (PEM).
+    #[arg(
+        long = "key",
+        id = "tls_key",
+        env = "RAFTCTL_KEY",
+        global = true,
+        requires = "cert"
+    )]
+    tls_key: Option<PathBuf>,
+    /// The local runtime's state dir (`raft-operator local --state-dir`),
+    /// searched for `<cluster>/tls/` when --cacert is not given.
+    #[arg(
+        long,
+        env = "RAFTCTL_STATE_DIR",
+        default_value = ".raftlane",
+        global = true
+    )]
+    state_dir: PathBuf,
+    /// Talk to members started with --insecure-plaintext.
+    #[arg(long, env = "RAFTCTL_INSECURE_PLAINTEXT", global = true,
+          conflicts_with_all = ["cacert", "cert"])]
+    insecure_plaintext: bool,
     #[command(subcommand)]
     cmd: Cmd,
 }
@@ -97,12 +129,74 @@ async fn main() -> ExitCode {
     }
 }
 
+/// The local runtime's certificate files of the one cluster under `state`.
+fn local_files(state: &Path) -> anyhow::Result<TlsFiles> {
+    let found: Vec<PathBuf> = std::fs::read_dir(state)
+        .into_iter()
+        .flatten()
+        .flatten()
+        .map(|e| e.path().join("tls"))
+        .filter(|tls| tls.join("admin.crt").exists())
+        .collect();
+    match found.as_slice() {
+        [tls] => Ok(TlsFiles {
+            cert: Some(tls.join("admin.crt")),
+            key: Some(tls.join("admin.key")),
+            ca: tls.join("ca.crt"),
+            expect: None,
+        }),
+        [] => anyhow::bail!(
+            "no certificates: give --cacert (and --cert/--key), or --state-dir of a local \
+             runtime (none found under {}), or --insecure-plaintext",
+            state.display()
+        ),
+        many => anyhow::bail!(
+            "several clusters under --state-dir {} ({}): choose with --cacert/--cert/--key",
+            state.display(),
+            many.iter()
+                .map(|p| p.display().to_string())
+                .collect::<Vec<_>>()
+                .join(", ")
+        ),
+    }
+}
+
+/// How members are dialled, from the TLS flags.
+fn dialer(cli: &Cli) -> anyhow::Result<Dialer> {
+    if cli.insecure_plaintext {
+        return Ok(Dialer::Plaintext);
+    }
+    let files = match &cli.cacert {
+        Some(ca) => TlsFiles {
+            cert: cli.cert.clone(),
+            key: cli.tls_key.clone(),
+            ca: ca.clone(),
+            expect: None,
+        },
+        None => local_files(&cli.state_dir)?,
+    };
+    let src = TlsSource::open(files).map_err(|e| {
+        anyhow::anyhow!(
+            "{}",
+            e.to_string()
+                .replace("--tls-ca", "--cacert")
+                .replace("--tls-cert", "--cert")
+                .replace("--tls-key", "--key")
+        )
+    })?;
+    Ok(Dialer::Tls(src))
+}
+
 fn kv(cli: &Cli) -> anyhow::Result<KvClient> {
     anyhow::ensure!(
         !cli.endpoints.is_empty(),
         "--endpoints is required for this command"
     );
-    KvClient::new(&cli.endpoints, Duration::from_millis(cli.timeout_ms))
+    KvClient::new(
+        &cli.endpoints,
+        Duration::from_millis(cli.timeout_ms),
+        &dialer(cli)?,
+    )
 }
 
 async fn admin(cli: &Cli) -> anyhow::Result<NodeAdminClient<Channel>> {
@@ -111,13 +205,27 @@ async fn admin(cli: &Cli) -> anyhow::Result<NodeAdminClient<Channel>> {
         .as_deref()
         .ok_or_else(|| anyhow::anyhow!("--admin is required for this command"))?;
     raft_node::transport::validate_peer_addr(addr).map_err(|e| anyhow::anyhow!("--admin: {e}"))?;
-    let ch = Endpoint::from_shared(format!("http://{addr}"))?
+    let dialer = dialer(cli)?;
+    let endpoint = dialer
+        .endpoint(addr)?
         .connect_timeout(Duration::from_secs(2))
-        .timeout(Duration::from_millis(cli.timeout_ms))
-        .connect()
+        .timeout(Duration::from_millis(cli.timeout_ms));
+    let ch = dialer
+        .connect(endpoint, Expect::AnyMember)
         .await
-        .map_err(|e| anyhow::anyhow!("--admin {addr}: cannot connect: {e}"))?;
+        .map_err(|e| anyhow::anyhow!("--admin {addr}: cannot connect: {}", chain(&e)))?;
     Ok(NodeAdminClient::new(ch))
+}
+
+/// An error with its causes: a refused handshake's reason is in a source.
+fn chain(e: &dyn std::error::Error) -> String {
+    let mut out = e.to_string();
+    let mut cur = e.source();
+    while let Some(c) = cur {
+        out.push_str(&format!(": {c}"));
+        cur = c.source();
+    }
+    out
 }
 
 fn status_json(s: &StatusResponse) -> serde_json::Value {

@@ -1,5 +1,7 @@
 //! `NodeAdmin` service: status, the peer table, and membership changes (which the
-//! leader alone accepts, one at a time).
+//! leader alone accepts, one at a time). With TLS, any certificate of the
+//! cluster may read the status; only the operator's or an admin's may change
+//! anything.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -9,6 +11,7 @@ use raftlane_proto::admin::{
     AdminResponse, MemberRequest, PeerIdRequest, SnapshotRequest, StatusRequest, StatusResponse,
     UpsertPeersRequest, UpsertPeersResponse,
 };
+use raftlane_tls::Caller;
 use tonic::{Request, Response, Status};
 
 use super::bounded;
@@ -21,9 +24,27 @@ pub struct AdminService {
     pub cluster_id: String,
     pub id: u64,
     pub timeout: Duration,
+    /// Callers are authenticated (TLS): mutating calls are authorized by role.
+    pub tls: bool,
 }
 
 impl AdminService {
+    /// Refuses `call` unless the caller's certificate may administer.
+    fn authorize<T>(&self, req: &Request<T>, call: &str) -> Result<(), Status> {
+        if !self.tls {
+            return Ok(());
+        }
+        match Caller::of(req).and_then(|c| c.identity.as_ref()) {
+            Some(who) if who.may_administer() => Ok(()),
+            Some(who) => Err(Status::permission_denied(format!(
+                "{call}: {who} may not change this member; the operator's or an admin certificate is needed"
+            ))),
+            None => Err(Status::permission_denied(format!(
+                "{call}: no client certificate; the operator's or an admin certificate is needed"
+            ))),
+        }
+    }
+
     async fn change(&self, c: MembershipChange) -> Result<Response<AdminResponse>, Status> {
         let index = bounded(
             self.timeout,
@@ -64,6 +85,7 @@ impl NodeAdmin for AdminService {
         &self,
         req: Request<UpsertPeersRequest>,
     ) -> Result<Response<UpsertPeersResponse>, Status> {
+        self.authorize(&req, "UpsertPeers")?;
         let peers = req.into_inner().peers;
         // All or nothing: a bad entry changes no address.
         for (id, addr) in &peers {
@@ -92,6 +114,7 @@ impl NodeAdmin for AdminService {
         &self,
         req: Request<PeerIdRequest>,
     ) -> Result<Response<AdminResponse>, Status> {
+        self.authorize(&req, "RemovePeer")?;
         let id = req.into_inner().id;
         self.transport.remove_peer(id);
         Ok(Response::new(AdminResponse {
@@ -104,6 +127,7 @@ impl NodeAdmin for AdminService {
         &self,
         req: Request<MemberRequest>,
     ) -> Result<Response<AdminResponse>, Status> {
+        self.authorize(&req, "AddLearner")?;
         self.change(MembershipChange::AddLearner(req.into_inner().id))
             .await
     }
@@ -112,6 +136,7 @@ impl NodeAdmin for AdminService {
         &self,
         req: Request<MemberRequest>,
     ) -> Result<Response<AdminResponse>, Status> {
+        self.authorize(&req, "PromoteLearner")?;
         self.change(MembershipChange::Promote(req.into_inner().id))
             .await
     }
@@ -120,6 +145,7 @@ impl NodeAdmin for AdminService {
         &self,
         req: Request<MemberRequest>,
     ) -> Result<Response<AdminResponse>, Status> {
+        self.authorize(&req, "RemoveMember")?;
         self.change(MembershipChange::Remove(req.into_inner().id))
             .await
     }
@@ -128,6 +154,7 @@ impl NodeAdmin for AdminService {
         &self,
         req: Request<MemberRequest>,
     ) -> Result<Response<AdminResponse>, Status> {
+        self.authorize(&req, "TransferLeader")?;
         let to = req.into_inner().id;
         bounded(
             self.timeout,
@@ -143,8 +170,9 @@ impl NodeAdmin for AdminService {
 
     async fn snapshot(
         &self,
-        _: Request<SnapshotRequest>,
+        req: Request<SnapshotRequest>,
     ) -> Result<Response<AdminResponse>, Status> {
+        self.authorize(&req, "Snapshot")?;
         let index = bounded(self.timeout, "snapshot", self.node.snapshot()).await?;
         Ok(Response::new(AdminResponse {
             index,

@@ -15,7 +15,8 @@ use raftlane_proto::kv::{
     log_command::Op, DeleteRequest, DeleteResponse, GetRequest, GetResponse, LogCommand,
     PutRequest, PutResponse, ScanRequest, ScanResponse,
 };
-use tonic::transport::{Channel, Endpoint};
+use raftlane_tls::{Dialer, Expect};
+use tonic::transport::Channel;
 use tonic::{Code, Request, Response, Status};
 
 use super::bounded;
@@ -41,9 +42,14 @@ pub struct KvService {
     metrics: Metrics,
     me: Identity,
     listener: Listener,
-    /// One lazily connected client per leader address.
-    leaders: Arc<Mutex<HashMap<String, KvClient<Channel>>>>,
+    /// Dials leaders' peer ports (with TLS, verifying the leader's member id).
+    dialer: Dialer,
+    /// One lazily connected client per leader id and address.
+    leaders: Arc<Mutex<HashMap<LeaderKey, KvClient<Channel>>>>,
 }
+
+/// A leader's member id and peer address: with TLS a client verifies the id.
+type LeaderKey = (u64, String);
 
 fn require_key(key: &[u8]) -> Result<(), Status> {
     if key.is_empty() {
@@ -113,6 +119,7 @@ impl KvService {
         timeout: Duration,
         metrics: Metrics,
         me: Identity,
+        dialer: Dialer,
     ) -> KvService {
         KvService {
             node,
@@ -121,6 +128,7 @@ impl KvService {
             metrics,
             me,
             listener: Listener::Client,
+            dialer,
             leaders: Arc::default(),
         }
     }
@@ -171,21 +179,21 @@ impl KvService {
 
     fn leader_client(&self, id: u64, addr: String) -> Result<Leader, Status> {
         let mut map = self.leaders.lock().expect("leader clients poisoned");
-        if let Some(c) = map.get(&addr) {
+        if let Some(c) = map.get(&(id, addr.clone())) {
             return Ok(Leader {
                 id,
                 addr,
                 client: c.clone(),
             });
         }
-        let ch = Endpoint::from_shared(format!("http://{addr}"))
+        let endpoint = self
+            .dialer
+            .endpoint(&addr)
             .map_err(|e| Status::unavailable(format!("leader {id}'s peer address {addr:?}: {e}")))?
             .connect_timeout(Duration::from_secs(3))
-            .timeout(self.timeout)
-            .tcp_nodelay(true)
-            .connect_lazy();
-        let client = KvClient::new(ch);
-        map.insert(addr.clone(), client.clone());
+            .timeout(self.timeout);
+        let client = KvClient::new(self.dialer.channel(endpoint, Expect::Member(id)));
+        map.insert((id, addr.clone()), client.clone());
         Ok(Leader { id, addr, client })
     }
 

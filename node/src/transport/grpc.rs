@@ -11,6 +11,7 @@ use std::time::Duration;
 use raft::prelude::{Message, MessageType};
 use raftlane_proto::admin::PeerStatus;
 use raftlane_proto::transport::RaftEnvelope;
+use raftlane_tls::Dialer;
 use tokio::sync::Semaphore;
 
 use super::channels::{ChannelPool, ChannelSettings};
@@ -54,6 +55,8 @@ pub struct GrpcConfig {
     /// Most raft messages packed into one envelope when a lane has a backlog.
     pub max_batch: usize,
     pub channel: ChannelSettings,
+    /// How peers are dialled: TLS verifying each peer's member id, or plaintext.
+    pub dialer: Dialer,
 }
 
 pub struct GrpcTransport {
@@ -124,7 +127,7 @@ impl GrpcTransport {
     ) -> GrpcTransport {
         GrpcTransport {
             shared: Arc::new(Shared {
-                pool: ChannelPool::new(cfg.channel.clone()),
+                pool: ChannelPool::new(cfg.channel.clone(), cfg.dialer.clone()),
                 cfg,
                 peers: Mutex::default(),
                 reports,
@@ -133,6 +136,32 @@ impl GrpcTransport {
                 snapshot_slots: Arc::new(Semaphore::new(MAX_CONCURRENT_SNAPSHOT_SENDS)),
             }),
         }
+    }
+
+    /// Closes every peer's streams and channel and dials again: after a TLS
+    /// reload, so that streams run on the new certificate.
+    pub fn redial_all(&self) {
+        let sh = &self.shared;
+        let mut peers = sh.peers.lock().expect("peer table poisoned");
+        let table: Vec<(u64, String)> = peers.iter().map(|(id, p)| (*id, p.addr.clone())).collect();
+        for (id, addr) in &table {
+            if let Some(old) = peers.remove(id) {
+                old.close();
+                sh.pool.release(addr, *id);
+            }
+        }
+        for (id, addr) in table {
+            match sh.pool.acquire(&addr, id) {
+                Ok(channel) => {
+                    peers.insert(id, Peer::spawn(sh, id, &addr, channel));
+                }
+                Err(e) => tracing::error!(peer = id, error = %e, "cannot dial again"),
+            }
+        }
+        tracing::info!(
+            peers = peers.len(),
+            "peer streams rebuilt on the new certificate"
+        );
     }
 
     /// Ids using a live channel to `addr` (for tests of shared connections).
@@ -153,10 +182,10 @@ impl GrpcTransport {
         if peers.get(&id).is_some_and(|p| p.addr == addr) {
             return Ok(false);
         }
-        let channel = sh.pool.acquire(addr)?;
+        let channel = sh.pool.acquire(addr, id)?;
         if let Some(old) = peers.remove(&id) {
             old.close();
-            sh.pool.release(&old.addr);
+            sh.pool.release(&old.addr, id);
             tracing::info!(peer = id, old = %old.addr, new = %addr, "peer address changed: streams rebuilt");
         }
         peers.insert(id, Peer::spawn(sh, id, addr, channel));
@@ -215,7 +244,7 @@ impl Transport for GrpcTransport {
         let sh = &self.shared;
         if let Some(old) = sh.peers.lock().expect("peer table poisoned").remove(&id) {
             old.close();
-            sh.pool.release(&old.addr);
+            sh.pool.release(&old.addr, id);
         }
     }
 

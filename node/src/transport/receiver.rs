@@ -21,6 +21,7 @@ use protobuf::Message as _;
 use raft::prelude::{Message, MessageType};
 use raftlane_proto::transport::raft_transport_server::RaftTransport;
 use raftlane_proto::transport::{Ack, RaftEnvelope, SnapshotChunk};
+use raftlane_tls::Caller;
 use tokio::io::AsyncWriteExt;
 use tokio::sync::{watch, Mutex as AsyncMutex};
 use tokio::time::Instant;
@@ -110,7 +111,23 @@ impl Receiver {
         status
     }
 
-    fn check_identity(&self, cluster_id: &str, from: u64, to: u64) -> Result<(), Status> {
+    /// `sender` is the member id the connection's certificate proved (none
+    /// on plaintext): with TLS it, not the envelope's strings, says who sent.
+    fn check_identity(
+        &self,
+        sender: Option<u64>,
+        cluster_id: &str,
+        from: u64,
+        to: u64,
+    ) -> Result<(), Status> {
+        if let Some(proved) = sender.filter(|p| *p != from) {
+            return Err(self.reject(
+                "certificate",
+                Status::permission_denied(format!(
+                    "envelope says it is from member {from}, but the connection's certificate is member {proved}'s"
+                )),
+            ));
+        }
         if cluster_id != self.cluster_id {
             return Err(self.reject(
                 "cluster_id",
@@ -221,8 +238,12 @@ impl Receiver {
 
     /// Checks and queues one envelope; returns (accepted, dropped). Nothing of
     /// an envelope reaches raft unless all of it is valid.
-    pub async fn accept_envelope(&self, env: RaftEnvelope) -> Result<(u64, u64), Status> {
-        self.check_identity(&env.cluster_id, env.from, env.to)?;
+    pub async fn accept_envelope(
+        &self,
+        sender: Option<u64>,
+        env: RaftEnvelope,
+    ) -> Result<(u64, u64), Status> {
+        self.check_identity(sender, &env.cluster_id, env.from, env.to)?;
         if env.messages.len() > MAX_ENVELOPE_MESSAGES {
             return Err(self.reject(
                 "envelope_size",
@@ -314,6 +335,7 @@ impl Receiver {
     /// reports Finish on this answer.
     pub async fn accept_snapshot(
         &self,
+        sender: Option<u64>,
         mut stream: Streaming<SnapshotChunk>,
     ) -> Result<Ack, Status> {
         let started = Instant::now();
@@ -322,7 +344,7 @@ impl Receiver {
         let h = asm
             .header(first)
             .map_err(|e| self.reject("snapshot_frame", e.into()))?;
-        self.check_identity(&h.cluster_id, h.from, h.to)?;
+        self.check_identity(sender, &h.cluster_id, h.from, h.to)?;
         let m = self.decode(&h.message, h.from, true, &mut 0)?;
         let meta = m.get_snapshot().get_metadata();
         let (term, index, size) = (meta.term, meta.index, h.total_size);
@@ -469,6 +491,12 @@ impl Drop for PartialFile {
     }
 }
 
+/// The member id a TLS connection's certificate proved; the peer port admits
+/// only members, so with TLS there always is one.
+fn sender<T>(req: &Request<T>) -> Option<u64> {
+    Caller::of(req)?.identity.as_ref()?.member_id()
+}
+
 /// The gRPC face of a [`Receiver`].
 #[derive(Clone)]
 pub struct ReceiverService(pub Arc<Receiver>);
@@ -476,7 +504,8 @@ pub struct ReceiverService(pub Arc<Receiver>);
 #[tonic::async_trait]
 impl RaftTransport for ReceiverService {
     async fn send(&self, req: Request<RaftEnvelope>) -> Result<Response<Ack>, Status> {
-        let (accepted, dropped) = self.0.accept_envelope(req.into_inner()).await?;
+        let sender = sender(&req);
+        let (accepted, dropped) = self.0.accept_envelope(sender, req.into_inner()).await?;
         Ok(Response::new(Ack { accepted, dropped }))
     }
 
@@ -484,10 +513,11 @@ impl RaftTransport for ReceiverService {
         &self,
         req: Request<Streaming<RaftEnvelope>>,
     ) -> Result<Response<Ack>, Status> {
+        let sender = sender(&req);
         let mut stream = req.into_inner();
         let mut ack = Ack::default();
         while let Some(env) = stream.message().await? {
-            let (a, d) = self.0.accept_envelope(env).await?;
+            let (a, d) = self.0.accept_envelope(sender, env).await?;
             ack.accepted += a;
             ack.dropped += d;
         }
@@ -498,8 +528,9 @@ impl RaftTransport for ReceiverService {
         &self,
         req: Request<Streaming<SnapshotChunk>>,
     ) -> Result<Response<Ack>, Status> {
+        let sender = sender(&req);
         self.0
-            .accept_snapshot(req.into_inner())
+            .accept_snapshot(sender, req.into_inner())
             .await
             .map(Response::new)
     }

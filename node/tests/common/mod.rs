@@ -1,5 +1,8 @@
 //! Test harness: real `raft-node` processes on distinct loopback addresses, each
 //! with its own data dir and log file, killed with SIGKILL when the test ends.
+//! Members run with mutual TLS (a CA of the test's own, a certificate per
+//! member, an admin certificate for the harness's clients) unless the cluster's
+//! extra flags say `--insecure-plaintext`.
 
 #![allow(dead_code)]
 
@@ -12,7 +15,12 @@ use std::time::{Duration, Instant};
 use raft_node::client::KvClient;
 use raftlane_proto::admin::node_admin_client::NodeAdminClient;
 use raftlane_proto::admin::{StatusRequest, StatusResponse, UpsertPeersRequest};
-use tonic::transport::{Channel, Endpoint};
+use raftlane_tls::issue::Authority;
+use raftlane_tls::{Dialer, Expect, Identity, TlsFiles, TlsSource};
+use tonic::transport::Channel;
+
+/// Lifetime of the harness's certificates.
+const CERT_VALIDITY: Duration = Duration::from_secs(86_400);
 
 pub const TICK_MS: u64 = 50;
 pub const ELECTION_TICKS: u64 = 10;
@@ -39,6 +47,8 @@ pub struct Cluster {
     pub extra: Vec<String>,
     /// Where members reach a peer, when not at its own address (a proxy).
     pub reach: BTreeMap<u64, String>,
+    /// The cluster's CA; none on plaintext.
+    pub ca: Option<Authority>,
     net: (u8, u8),
 }
 
@@ -77,8 +87,17 @@ impl Cluster {
             members: BTreeMap::new(),
             extra: extra.iter().map(|s| s.to_string()).collect(),
             reach: BTreeMap::new(),
+            ca: None,
             net: pick_net(),
         };
+        if !c.extra.iter().any(|a| a == "--insecure-plaintext") {
+            let ca = Authority::generate(&c.cluster_id, 1, CERT_VALIDITY).unwrap();
+            std::fs::create_dir_all(c.tls_dir()).unwrap();
+            std::fs::write(c.tls_dir().join("ca.crt"), ca.cert_pem()).unwrap();
+            let admin = Identity::admin(&c.cluster_id);
+            c.ca = Some(ca);
+            c.write_cert("admin", &admin);
+        }
         for id in 1..=n {
             c.add_member(id);
         }
@@ -138,6 +157,63 @@ impl Cluster {
             .join(",")
     }
 
+    /// Where the CA bundle and certificates are.
+    pub fn tls_dir(&self) -> PathBuf {
+        self.tmp.path().join("tls")
+    }
+
+    /// Issues `who` a certificate as `<name>.crt` and `<name>.key` under `tls_dir`.
+    pub fn write_cert(&self, name: &str, who: &Identity) {
+        let ca = self.ca.as_ref().expect("a TLS cluster");
+        let issued = ca.issue(who, &["localhost".into()], CERT_VALIDITY).unwrap();
+        let dir = self.tls_dir();
+        std::fs::write(dir.join(format!("{name}.crt")), issued.cert_pem).unwrap();
+        std::fs::write(dir.join(format!("{name}.key")), issued.key_pem).unwrap();
+    }
+
+    /// How the harness dials members: as an admin of the cluster, or plaintext.
+    pub fn dialer(&self) -> Dialer {
+        self.dialer_as("admin")
+    }
+
+    /// A dialer presenting certificate `<name>` from `tls_dir`.
+    pub fn dialer_as(&self, name: &str) -> Dialer {
+        if self.ca.is_none() {
+            return Dialer::Plaintext;
+        }
+        let dir = self.tls_dir();
+        Dialer::Tls(
+            TlsSource::open(TlsFiles {
+                cert: Some(dir.join(format!("{name}.crt"))),
+                key: Some(dir.join(format!("{name}.key"))),
+                ca: dir.join("ca.crt"),
+                expect: None,
+            })
+            .unwrap(),
+        )
+    }
+
+    /// The TLS flags of member `id`, issuing its certificate on first use.
+    fn tls_flags(&self, id: u64) -> Vec<String> {
+        if self.ca.is_none() {
+            return Vec::new();
+        }
+        let name = format!("member-{id}");
+        let dir = self.tls_dir();
+        if !dir.join(format!("{name}.crt")).exists() {
+            self.write_cert(&name, &Identity::member(&self.cluster_id, id));
+        }
+        let path = |ext: &str| dir.join(format!("{name}.{ext}")).display().to_string();
+        vec![
+            "--tls-cert".into(),
+            path("crt"),
+            "--tls-key".into(),
+            path("key"),
+            "--tls-ca".into(),
+            dir.join("ca.crt").display().to_string(),
+        ]
+    }
+
     pub fn log_path(&self, id: u64) -> PathBuf {
         self.tmp.path().join(format!("member-{id}.log"))
     }
@@ -162,6 +238,7 @@ impl Cluster {
         } else {
             &fast
         };
+        let tls = self.tls_flags(id);
         let m = self.members.get_mut(&id).expect("known member");
         let child = Command::new(env!("CARGO_BIN_EXE_raft-node"))
             .args(["--id", &id.to_string(), "--cluster-id", &self.cluster_id])
@@ -171,6 +248,7 @@ impl Cluster {
             .args(["--admin-addr", &m.admin, "--metrics-addr", &m.metrics])
             .args(["--peers", &peers])
             .args(timing)
+            .args(&tls)
             .args(&self.extra)
             .args(args)
             .env("RAFTLANE_LOG", "info")
@@ -220,15 +298,25 @@ impl Cluster {
 
     /// A client over the given members (retrying across them).
     pub fn kv(&self, ids: &[u64]) -> KvClient {
-        KvClient::new(&self.endpoints(ids), Duration::from_secs(15)).unwrap()
+        KvClient::new(
+            &self.endpoints(ids),
+            Duration::from_secs(15),
+            &self.dialer(),
+        )
+        .unwrap()
+    }
+
+    /// A lazily connected channel to `addr`, any member of the cluster.
+    pub fn channel(&self, addr: &str, timeout: Duration) -> Channel {
+        let d = self.dialer();
+        d.channel(
+            d.endpoint(addr).unwrap().timeout(timeout),
+            Expect::AnyMember,
+        )
     }
 
     pub async fn admin(&self, id: u64) -> NodeAdminClient<Channel> {
-        let ch = Endpoint::from_shared(format!("http://{}", self.members[&id].admin))
-            .unwrap()
-            .timeout(Duration::from_secs(5))
-            .connect_lazy();
-        NodeAdminClient::new(ch)
+        NodeAdminClient::new(self.channel(&self.members[&id].admin, Duration::from_secs(5)))
     }
 
     pub async fn status(&self, id: u64) -> Option<StatusResponse> {

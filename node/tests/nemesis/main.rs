@@ -191,7 +191,7 @@ async fn a_real_history_with_reads_served_from_a_stale_cache_is_reported_as_an_a
         ReadPath::Linearizable,
         ReadPath::Linearizable,
     ];
-    let clients = Workload::start(7, &paths, 2, endpoints, history.clone());
+    let clients = Workload::start(7, &paths, 2, endpoints, history.clone(), &c.dialer());
     let deadline = Instant::now() + Duration::from_secs(60);
     while provably_stale(&history.records()).is_none() && Instant::now() < deadline {
         tokio::time::sleep(Duration::from_millis(200)).await;

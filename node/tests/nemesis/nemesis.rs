@@ -535,7 +535,17 @@ impl Nemesis {
         let writer = PROBE_CLIENTS + self.probes;
         let key = "key-after-leader-removal";
         let endpoints = Arc::new(RwLock::new(others));
-        if !put_until_acknowledged(writer, key, endpoints, self.history.clone(), within).await {
+        let dialer = self.c.dialer();
+        if !put_until_acknowledged(
+            writer,
+            key,
+            endpoints,
+            self.history.clone(),
+            within,
+            &dialer,
+        )
+        .await
+        {
             self.violations.push(format!(
                 "no write acknowledged within {within:?} after leader {removed}'s removal applied"
             ));

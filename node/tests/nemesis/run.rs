@@ -102,7 +102,14 @@ pub async fn run(seed: u64, nemesis_for: Duration) -> RunReport {
         None => Err("no leader within 30 s of the start".to_string()),
         Some(_) => {
             let paths = [ReadPath::Linearizable; CLIENTS];
-            let clients = Workload::start(seed, &paths, KEYS, n.endpoints.clone(), history.clone());
+            let clients = Workload::start(
+                seed,
+                &paths,
+                KEYS,
+                n.endpoints.clone(),
+                history.clone(),
+                &n.c.dialer(),
+            );
             let until = Instant::now() + nemesis_for;
             for step in schedule(seed, 10_000) {
                 if Instant::now() >= until {
@@ -149,6 +156,7 @@ async fn judge_cluster(n: &mut Nemesis, history: &Arc<History>) -> Result<String
         n.endpoints.clone(),
         history.clone(),
         Duration::from_secs(10),
+        &n.c.dialer(),
     )
     .await;
     let mut broken = n.violations.clone();
@@ -164,7 +172,7 @@ async fn judge_cluster(n: &mut Nemesis, history: &Arc<History>) -> Result<String
         .collect();
     for (i, (id, addr)) in members.into_iter().enumerate() {
         let only = Arc::new(RwLock::new([(id, addr)].into()));
-        workload::read_every_key(CLIENTS + 1 + i, KEYS, only, history.clone()).await;
+        workload::read_every_key(CLIENTS + 1 + i, KEYS, only, history.clone(), &n.c.dialer()).await;
     }
     match views {
         Ok(v) if broken.is_empty() => Ok(v),

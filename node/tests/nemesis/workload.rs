@@ -8,9 +8,10 @@ use std::time::Duration;
 
 use raftlane_proto::kv::kv_client::KvClient;
 use raftlane_proto::kv::{GetRequest, PutRequest};
+use raftlane_tls::{Dialer, Expect};
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
-use tonic::transport::{Channel, Endpoint};
+use tonic::transport::Channel;
 
 use crate::history::{write_error, History, Outcome, Record};
 
@@ -49,6 +50,7 @@ impl Workload {
         keys: usize,
         endpoints: Endpoints,
         history: Arc<History>,
+        dialer: &Dialer,
     ) -> Workload {
         let stop = Arc::new(AtomicBool::new(false));
         let clients = paths
@@ -56,7 +58,7 @@ impl Workload {
             .enumerate()
             .map(|(i, path)| {
                 let seed = seed ^ (0x9e37_79b9 * (i as u64 + 1));
-                let client = Client::new(i, seed, *path, keys, &endpoints, &history);
+                let client = Client::new(i, seed, *path, keys, &endpoints, &history, dialer);
                 tokio::spawn(client.run(stop.clone()))
             })
             .collect();
@@ -73,8 +75,22 @@ impl Workload {
 }
 
 /// One linearizable get of each key through `endpoints`, recorded as client `id`.
-pub async fn read_every_key(id: usize, keys: usize, endpoints: Endpoints, history: Arc<History>) {
-    let mut reader = Client::new(id, 0, ReadPath::Linearizable, keys, &endpoints, &history);
+pub async fn read_every_key(
+    id: usize,
+    keys: usize,
+    endpoints: Endpoints,
+    history: Arc<History>,
+    dialer: &Dialer,
+) {
+    let mut reader = Client::new(
+        id,
+        0,
+        ReadPath::Linearizable,
+        keys,
+        &endpoints,
+        &history,
+        dialer,
+    );
     for k in 0..keys {
         reader.get(key(k)).await;
     }
@@ -88,6 +104,7 @@ pub async fn put_until_acknowledged(
     endpoints: Endpoints,
     history: Arc<History>,
     within: Duration,
+    dialer: &Dialer,
 ) -> bool {
     let mut writer = Client::new(
         id,
@@ -96,6 +113,7 @@ pub async fn put_until_acknowledged(
         1,
         &endpoints,
         &history,
+        dialer,
     );
     let deadline = std::time::Instant::now() + within;
     for seq in 0..1_000 {
@@ -118,6 +136,7 @@ struct Client {
     keys: usize,
     endpoints: Endpoints,
     history: Arc<History>,
+    dialer: Dialer,
     channels: HashMap<String, KvClient<Channel>>,
     cache: HashMap<String, Option<String>>,
 }
@@ -130,6 +149,7 @@ impl Client {
         keys: usize,
         endpoints: &Endpoints,
         history: &Arc<History>,
+        dialer: &Dialer,
     ) -> Client {
         Client {
             id,
@@ -138,6 +158,7 @@ impl Client {
             keys,
             endpoints: endpoints.clone(),
             history: history.clone(),
+            dialer: dialer.clone(),
             channels: HashMap::new(),
             cache: HashMap::new(),
         }
@@ -171,13 +192,14 @@ impl Client {
             return None;
         }
         let addr = addrs[self.rng.gen_range(0..addrs.len())].clone();
+        let dialer = &self.dialer;
         let c = self.channels.entry(addr.clone()).or_insert_with(|| {
-            let ch = Endpoint::from_shared(format!("http://{addr}"))
+            let endpoint = dialer
+                .endpoint(&addr)
                 .expect("endpoint")
                 .connect_timeout(Duration::from_secs(1))
-                .timeout(OP_TIMEOUT)
-                .connect_lazy();
-            KvClient::new(ch)
+                .timeout(OP_TIMEOUT);
+            KvClient::new(dialer.channel(endpoint, Expect::AnyMember))
         });
         Some(c.clone())
     }
