@@ -5,7 +5,12 @@
 #      each charts/raft-operator/ci/*-values.yaml;
 #   2. helm template of each of those value sets, every object validated by
 #      kubernetes-validate --strict at each Kubernetes version in KUBE_VERSIONS,
-#      then cross-checked (selectors, named ports, bindings, service accounts);
+#      then cross-checked (selectors, named ports, bindings, service accounts)
+#      and checked for what the values promise: the members' NetworkPolicy
+#      (on by default; admin port 7002 from the operator pods only, 7001 from
+#      clientFrom, 7003 from metricsFrom, the peer port 7000 left to the
+#      operator's per-cluster policy), Secrets granted to the operator alone,
+#      the operator's ServiceAccount token mounted;
 #   3. examples/*.yaml valid against the CRD's openAPIV3Schema, and every
 #      examples/invalid/*.yaml rejected by it at the field it names;
 #   4. every value in values.yaml commented and listed in the chart README.
@@ -74,7 +79,15 @@ for label in "${labels[@]}"; do
 	fi
 	kv=()
 	for v in "${KUBE_VERSIONS[@]}"; do kv+=(-k "$v"); done
-	check k8s --label "$label" "${kv[@]}" "$rendered" || failed=1
+	# The values the render was made with, for the security checks.
+	vals=(--values "$CHART/values.yaml")
+	case "$label" in
+	default) ;;
+	all-options-set) vals+=(--set "$ALL_OPTIONS") ;;
+	*) vals+=(--values "$CHART/ci/$label.yaml") ;;
+	esac
+	check k8s --label "$label" "${kv[@]}" --namespace "$NAMESPACE" \
+		--member-labels operator/src/k8s/resources.rs "${vals[@]}" "$rendered" || failed=1
 done
 
 step "helm template refuses contradictory values"

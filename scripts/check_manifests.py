@@ -2,13 +2,24 @@
 """Offline checks of the Kubernetes manifests, run by scripts/check-manifests.sh
 with the interpreter of .tools/venv (kubernetes-validate, jsonschema, PyYAML).
 
-  k8s --label L -k 1.33 [-k ...] FILE
+  k8s --label L -k 1.33 [-k ...] --namespace NS --member-labels RS
+      [--values FILE ...] [--set K=V,...] FILE
       Validates every object of a rendered chart with kubernetes-validate in
       strict mode (unknown fields are errors) at each Kubernetes version, then
       cross-checks the objects against each other (selectors, named ports,
       role bindings, service accounts). A kind with no bundled schema fails,
       except the ones in NO_SCHEMA below, which are named on a SKIP line and
       checked against a minimal schema of the fields the chart uses.
+      Then the security of the render, against the values it was made with
+      (--values files merged in order, then --set): the members' NetworkPolicy
+      is rendered when networkPolicy.enabled, in the namespaces it must cover,
+      selects member pods by labels the operator sets (read from RS, its
+      resources.rs), names the ports 7001, 7002, 7003 and leaves the peer port
+      7000 to the operator's per-cluster policy, admits the admin port 7002
+      from the operator pods only, 7001 from clientFrom and 7003 from
+      metricsFrom (default the release namespace); Secrets are granted only to
+      roles bound to the operator's ServiceAccount alone; the operator pods
+      mount their ServiceAccount token.
 
   crd CRD EXAMPLES_DIR INVALID_DIR
       Validates examples/*.yaml against the CRD's openAPIV3Schema (with
@@ -242,6 +253,192 @@ def cross_check(label, objs):
         ok(f"{label}: {ident(m)}: selects {', '.join(ident(s) for s in svcs)} and its port names")
 
 
+# --------------------------------------------------------------------------
+# k8s: the security of a render (NetworkPolicy, Secrets, the operator's token)
+
+PEER_PORT, CLIENT_PORT, ADMIN_PORT, METRICS_PORT = 7000, 7001, 7002, 7003
+
+
+def chart_values(files, sets):
+    """The values a render was made with: the files deep-merged in order, then
+    --set KEY=VALUE pairs (dotted keys; true/false and integers as YAML)."""
+    def merge(a, b):
+        for k, v in b.items():
+            if isinstance(v, dict) and isinstance(a.get(k), dict):
+                merge(a[k], v)
+            else:
+                a[k] = v
+    values = {}
+    for path in files:
+        with open(path) as f:
+            merge(values, yaml.safe_load(f) or {})
+    for pairs in sets:
+        for pair in pairs.split(","):
+            key, _, raw = pair.partition("=")
+            node = values
+            *parents, leaf = key.split(".")
+            for k in parents:
+                node = node.setdefault(k, {})
+            node[leaf] = yaml.safe_load(raw)
+    return values
+
+
+def operator_member_labels(path):
+    """The label pairs the operator sets on member objects, from the
+    `("key".into(), "value".into())` and `l.insert("key".into(), "value".into())`
+    lines of operator/src/k8s/resources.rs."""
+    with open(path) as f:
+        src = f.read()
+    return dict(re.findall(r'"([a-z0-9.]+/[a-z0-9-]+)"\.into\(\),\s*"([a-z0-9-]+)"\.into\(\)', src))
+
+
+def rule_ports(rule):
+    return [p.get("port") for p in rule.get("ports") or []]
+
+
+def security_check(label, objs, args):
+    values = chart_values(args.values or [], args.set or [])
+    np_values = values.get("networkPolicy") or {}
+    watch = values.get("watch") or {}
+    release_ns = args.namespace
+    if watch.get("allNamespaces"):
+        want_ns = sorted(np_values.get("namespaces") or [release_ns])
+    else:
+        want_ns = [watch.get("namespace") or release_ns]
+    enabled = bool(np_values.get("enabled"))
+
+    operators = [d for d in objs if d["kind"] == "Deployment"]
+    if len(operators) != 1:
+        fail(f"{label}: expected one operator Deployment, rendered {len(operators)}")
+        return
+    op = operators[0]
+    op_labels = op["spec"]["template"]["metadata"].get("labels", {})
+    op_ns = op["metadata"]["namespace"]
+    member_labels = operator_member_labels(args.member_labels)
+    if member_labels.get("app.kubernetes.io/name") != "raft-node":
+        fail(f"{label}: {args.member_labels}: no app.kubernetes.io/name=raft-node label found "
+             f"(found {member_labels})")
+        return
+
+    # The operator pods need their token; members have none (set by the operator).
+    pod_spec = op["spec"]["template"]["spec"]
+    sa_name = pod_spec.get("serviceAccountName", "default")
+    sas = [o for o in objs if o["kind"] == "ServiceAccount"
+           and o["metadata"]["name"] == sa_name and o["metadata"].get("namespace") == op_ns]
+    if pod_spec.get("automountServiceAccountToken") is False or any(
+            sa.get("automountServiceAccountToken") is False and pod_spec.get("automountServiceAccountToken") is not True
+            for sa in sas):
+        fail(f"{label}: {ident(op)}: the operator pods do not mount their ServiceAccount token")
+    else:
+        ok(f"{label}: {ident(op)}: the operator pods mount their ServiceAccount token")
+
+    # Secrets: only in roles whose every binding names the operator's SA alone.
+    operator_sa = {"kind": "ServiceAccount", "name": sa_name, "namespace": op_ns}
+    for r in [o for o in objs if o["kind"] in ("Role", "ClusterRole")]:
+        grants = [rule for rule in r.get("rules") or []
+                  if set(rule.get("apiGroups") or []) & {"", "*"}
+                  and set(rule.get("resources") or []) & {"secrets", "*"}]
+        if not grants:
+            continue
+        ns = r["metadata"].get("namespace")
+        bindings = [b for b in objs if b["kind"] in ("RoleBinding", "ClusterRoleBinding")
+                    and b["roleRef"]["kind"] == r["kind"] and b["roleRef"]["name"] == r["metadata"]["name"]
+                    and (r["kind"] == "ClusterRole" or b["metadata"].get("namespace") == ns)]
+        if any(k.startswith("rbac.authorization.k8s.io/aggregate-to-") for k in r["metadata"].get("labels") or {}):
+            fail(f"{label}: {ident(r)}: grants secrets and aggregates into other roles")
+        bad = [b for b in bindings if b.get("subjects") != [operator_sa]]
+        if not bindings or bad:
+            fail(f"{label}: {ident(r)}: grants secrets but is bound to "
+                 f"{[b.get('subjects') for b in bindings] or 'nothing'}, not the operator's ServiceAccount alone")
+        else:
+            ok(f"{label}: {ident(r)}: secrets granted to ServiceAccount {op_ns}/{sa_name} only")
+
+    # The members' NetworkPolicy.
+    policies = [o for o in objs if o["kind"] == "NetworkPolicy"]
+    if not enabled:
+        if policies:
+            fail(f"{label}: networkPolicy.enabled is false but {', '.join(map(ident, policies))} rendered")
+        else:
+            ok(f"{label}: networkPolicy.enabled=false: no NetworkPolicy rendered")
+        return
+    got_ns = sorted(p["metadata"]["namespace"] for p in policies)
+    if got_ns != want_ns:
+        fail(f"{label}: NetworkPolicies rendered in {got_ns or 'no namespace'}, expected one in each of {want_ns}")
+    else:
+        ok(f"{label}: a NetworkPolicy in each of {want_ns}")
+
+    def operator_only(peer, ns):
+        """Is this NetworkPolicyPeer exactly the operator pods?"""
+        sel = (peer.get("podSelector") or {})
+        if set(peer) - {"podSelector", "namespaceSelector"} or set(sel) != {"matchLabels"}:
+            return False
+        ml = sel["matchLabels"]
+        if not matches(ml, op_labels) or not matches(op["spec"]["selector"]["matchLabels"], ml) \
+                or matches(ml, member_labels):
+            return False
+        want_nss = {"matchLabels": {"kubernetes.io/metadata.name": op_ns}}
+        if "namespaceSelector" in peer:
+            return peer["namespaceSelector"] == want_nss
+        return ns == op_ns
+
+    for p in policies:
+        ns = p["metadata"]["namespace"]
+        spec = p["spec"]
+        sel = (spec.get("podSelector") or {}).get("matchLabels") or {}
+        if set(spec.get("podSelector") or {}) != {"matchLabels"} or not matches(sel, member_labels) \
+                or sel.get("app.kubernetes.io/name") != "raft-node":
+            fail(f"{ident(p)}: podSelector {spec.get('podSelector')} does not select the member pods "
+                 f"(labels set by the operator: {member_labels})")
+        if spec.get("policyTypes") != ["Ingress"]:
+            fail(f"{ident(p)}: policyTypes {spec.get('policyTypes')}, expected [Ingress]")
+        rules = spec.get("ingress") or []
+        by_port = {}
+        for i, rule in enumerate(rules):
+            ports = rule_ports(rule)
+            if not ports:
+                fail(f"{label}: {ident(p)}: ingress[{i}] names no port: it opens every port")
+            for pt in rule.get("ports") or []:
+                if pt.get("protocol", "TCP") != "TCP" or "endPort" in pt:
+                    fail(f"{label}: {ident(p)}: ingress[{i}]: port {pt} is not one TCP port")
+            for port in ports:
+                if port in by_port:
+                    fail(f"{label}: {ident(p)}: port {port} is in two ingress rules")
+                by_port[port] = (i, rule)
+        named = sorted(map(str, by_port))
+        if sorted(by_port, key=str) != [CLIENT_PORT, ADMIN_PORT, METRICS_PORT]:
+            fail(f"{label}: {ident(p)}: names ports {named}, expected exactly "
+                 f"{CLIENT_PORT}, {ADMIN_PORT}, {METRICS_PORT} (and not the peer port {PEER_PORT}, "
+                 f"which the operator's per-cluster policy opens: policies add up)")
+            continue
+        ok(f"{label}: {ident(p)}: selects members by {sel}; names ports {CLIENT_PORT}, {ADMIN_PORT}, "
+           f"{METRICS_PORT}; peer port {PEER_PORT} not opened (left to `<cluster>-peers`)")
+
+        i, admin = by_port[ADMIN_PORT]
+        frm = admin.get("from") or []
+        if rule_ports(admin) != [ADMIN_PORT] or not frm or not all(operator_only(f, ns) for f in frm):
+            fail(f"{label}: {ident(p)}: admin port {ADMIN_PORT} (ingress[{i}]) is not from the operator "
+                 f"pods only ({op_ns}, {op['spec']['selector']['matchLabels']}): ports {rule_ports(admin)}, from {frm}")
+        else:
+            ok(f"{label}: {ident(p)}: admin port {ADMIN_PORT} from the operator pods in {op_ns} only")
+
+        i, client = by_port[CLIENT_PORT]
+        want = np_values.get("clientFrom") or None
+        if rule_ports(client) != [CLIENT_PORT] or client.get("from") != want:
+            fail(f"{label}: {ident(p)}: client port {CLIENT_PORT} (ingress[{i}]): from {client.get('from')}, "
+                 f"expected networkPolicy.clientFrom {want}")
+        else:
+            ok(f"{label}: {ident(p)}: client port {CLIENT_PORT} from {want or 'anywhere'} (clientFrom)")
+
+        i, metrics = by_port[METRICS_PORT]
+        want = np_values.get("metricsFrom") or [
+            {"namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": release_ns}}}]
+        if rule_ports(metrics) != [METRICS_PORT] or metrics.get("from") != want:
+            fail(f"{label}: {ident(p)}: metrics port {METRICS_PORT} (ingress[{i}]): from {metrics.get('from')}, "
+                 f"expected {want} (networkPolicy.metricsFrom, default the release namespace)")
+        else:
+            ok(f"{label}: {ident(p)}: metrics port {METRICS_PORT} from {want}")
+
+
 def cmd_k8s(args):
     import kubernetes_validate  # noqa: imported late so `crd` runs without it
 
@@ -278,6 +475,8 @@ def cmd_k8s(args):
             ok(f"{args.label}: {ident(o)}: kubernetes-validate --strict, Kubernetes {', '.join(passed)}")
     if not FAILED:
         cross_check(args.label, objs)
+    if not FAILED:
+        security_check(args.label, objs, args)
 
 
 # --------------------------------------------------------------------------
@@ -420,6 +619,10 @@ def main():
     k = sub.add_parser("k8s")
     k.add_argument("--label", required=True)
     k.add_argument("-k", "--kube-version", action="append", required=True)
+    k.add_argument("--namespace", required=True, help="the release namespace")
+    k.add_argument("--member-labels", required=True, help="operator/src/k8s/resources.rs")
+    k.add_argument("--values", action="append", help="values files of the render, in order")
+    k.add_argument("--set", action="append", help="--set pairs of the render")
     k.add_argument("file")
     c = sub.add_parser("crd")
     c.add_argument("crd")

@@ -59,6 +59,46 @@ app.kubernetes.io/instance: {{ .Release.Name }}
 {{- end }}
 
 {{/*
+Labels of the operator pods as a NetworkPolicy selects them: the Deployment's
+selector plus its component label (both set on the pod template).
+*/}}
+{{- define "raft-operator.operatorPodLabels" -}}
+{{ include "raft-operator.selectorLabels" . }}
+app.kubernetes.io/component: operator
+{{- end }}
+
+{{/*
+Labels the operator sets on every member pod of every RaftCluster (see
+operator/src/k8s/resources.rs): the chart's NetworkPolicy selects the members
+by these. The operator adds app.kubernetes.io/instance=<cluster name>, which
+its per-cluster NetworkPolicy `<cluster>-peers` selects on.
+*/}}
+{{- define "raft-operator.memberPodLabels" -}}
+app.kubernetes.io/name: raft-node
+app.kubernetes.io/managed-by: raft-operator
+{{- end }}
+
+{{/*
+The operator pods as a NetworkPolicyPeer of a policy in namespace .ns (a
+dict: ns, root): a podSelector, plus a namespaceSelector on the release
+namespace when the policy lives in another one.
+*/}}
+{{- define "raft-operator.operatorPeer" -}}
+{{- if ne .ns .root.Release.Namespace }}
+- namespaceSelector:
+    matchLabels:
+      kubernetes.io/metadata.name: {{ .root.Release.Namespace }}
+  podSelector:
+    matchLabels:
+      {{- include "raft-operator.operatorPodLabels" .root | nindent 6 }}
+{{- else }}
+- podSelector:
+    matchLabels:
+      {{- include "raft-operator.operatorPodLabels" .root | nindent 6 }}
+{{- end }}
+{{- end }}
+
+{{/*
 ServiceAccount name.
 */}}
 {{- define "raft-operator.serviceAccountName" -}}
@@ -85,8 +125,9 @@ Operator image reference.
 
 {{/*
 RBAC rules of the reconciler: what it reads and writes for RaftClusters, in the
-watched namespace (Role) or everywhere (ClusterRole). Leases are not here: the
-operator's own Lease lives in the release namespace (see rbac.yaml).
+watched namespace (Role) or everywhere (ClusterRole), bound to the operator's
+ServiceAccount only. Leases are not here: the operator's own Lease lives in the
+release namespace (see rbac.yaml).
 */}}
 {{- define "raft-operator.reconcilerRules" -}}
 - apiGroups: ["raftlane.io"]
@@ -110,6 +151,18 @@ operator's own Lease lives in the release namespace (see rbac.yaml).
 - apiGroups: ["policy"]
   resources: ["poddisruptionbudgets"]
   verbs: ["get", "create"]
+- apiGroups: ["networking.k8s.io"]
+  resources: ["networkpolicies"]
+  verbs: ["get", "list", "watch", "create", "update", "patch", "delete"]
+# Secrets: each cluster's CA and its members' certificates. Only this role
+# (bound to the operator's ServiceAccount) is granted them.
+- apiGroups: [""]
+  resources: ["secrets"]
+  verbs: ["get", "list", "watch", "create", "update", "patch", "delete"]
+# cert-manager Certificates, for clusters that set spec.tls.issuerRef.
+- apiGroups: ["cert-manager.io"]
+  resources: ["certificates"]
+  verbs: ["get", "list", "watch", "create", "patch", "delete"]
 - apiGroups: ["events.k8s.io"]
   resources: ["events"]
   verbs: ["create"]
