@@ -1,11 +1,26 @@
 //! Cluster benchmarks with real raft-node processes on loopback. Prints figures
-//! measured side by side:
+//! measured side by side, in sections:
 //!
-//! - RTT tolerance: every peer link runs through a delay proxy adding 700 ms RTT,
-//!   at 100 heartbeats/s per peer, for `RAFTLANE_BENCH_SECS` (default 60) under a
-//!   light write load: heartbeat drops, all drops, and elections, streaming vs
-//!   `--transport unary` (batched, and one message per call);
-//! - write throughput (`raftctl bench`, concurrency 1 and 32), 4 lanes vs 1 lane.
+//! - `rtt`, RTT tolerance: every peer link runs through a delay proxy adding
+//!   700 ms RTT, at 100 heartbeats/s per peer, for `RAFTLANE_BENCH_SECS`
+//!   (default 60) under a light write load: heartbeat drops, all drops, and
+//!   elections, streaming vs `--transport unary` (batched, and one message per
+//!   call);
+//! - `lanes`, write throughput (`raftctl bench`, concurrency 1 and 32), 4 lanes
+//!   vs 1 lane;
+//! - `tls`, mutual TLS vs plaintext (`--insecure-plaintext`): write throughput
+//!   at concurrency 32 and p50 latency at concurrency 1, 4 lanes. Rounds
+//!   (`TLS_ROUNDS`) interleave a fresh TLS cluster and a fresh plaintext one,
+//!   alternating which runs first; each mode's figure is its median over the
+//!   rounds, and the mTLS/plaintext ratios are checked against their targets
+//!   (printed as MEETS or MISSES, not asserted).
+//!
+//! Members run with mutual TLS unless a section asks for plaintext;
+//! `raftctl bench` is given the cluster's admin certificate, or
+//! `RAFTCTL_INSECURE_PLAINTEXT=true` on a plaintext cluster.
+//!
+//! `RAFTLANE_BENCH_SECTIONS` (a comma list of `rtt`, `lanes`, `tls`; default
+//! all) runs only the named sections, always in the order above.
 
 #[path = "../tests/common/mod.rs"]
 mod common;
@@ -130,18 +145,47 @@ async fn max_term(c: &Cluster) -> u64 {
     t
 }
 
-fn raftctl_bench(endpoints: &str, ops: u64, concurrency: u64) -> String {
-    let out = Command::new(env!("CARGO_BIN_EXE_raftctl"))
-        .args(["--endpoints", endpoints, "bench", "--ops", &ops.to_string()])
+/// Points `cmd` (a raftctl) at `c`: the cluster's CA and admin certificate on a
+/// TLS cluster, plaintext otherwise. Conflicting settings inherited from the
+/// environment are removed.
+fn raftctl_env(c: &Cluster, cmd: &mut Command) {
+    if c.ca.is_some() {
+        let dir = c.tls_dir();
+        cmd.env_remove("RAFTCTL_INSECURE_PLAINTEXT")
+            .env("RAFTCTL_CACERT", dir.join("ca.crt"))
+            .env("RAFTCTL_CERT", dir.join("admin.crt"))
+            .env("RAFTCTL_KEY", dir.join("admin.key"));
+    } else {
+        cmd.env_remove("RAFTCTL_CACERT")
+            .env_remove("RAFTCTL_CERT")
+            .env_remove("RAFTCTL_KEY")
+            .env("RAFTCTL_INSECURE_PLAINTEXT", "true");
+    }
+}
+
+/// Runs `raftctl bench` (128-byte values) against every member of `c`; returns
+/// its summary line, empty (after printing why) if it failed.
+fn raftctl_bench(c: &Cluster, ops: u64, concurrency: u64) -> String {
+    let eps = c.endpoints(&c.all_ids()).join(",");
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_raftctl"));
+    cmd.args(["--endpoints", &eps, "bench", "--ops", &ops.to_string()])
         .args([
             "--concurrency",
             &concurrency.to_string(),
             "--value-size",
             "128",
-        ])
-        .output()
-        .expect("run raftctl bench");
-    String::from_utf8_lossy(&out.stdout).trim().to_string()
+        ]);
+    raftctl_env(c, &mut cmd);
+    let out = cmd.output().expect("run raftctl bench");
+    let line = String::from_utf8_lossy(&out.stdout).trim().to_string();
+    if !out.status.success() || line.is_empty() {
+        println!(
+            "raftctl bench failed ({}): {}",
+            out.status,
+            String::from_utf8_lossy(&out.stderr).trim()
+        );
+    }
+    line
 }
 
 fn field(line: &str, name: &str) -> String {
@@ -151,63 +195,275 @@ fn field(line: &str, name: &str) -> String {
         .to_string()
 }
 
+/// A duration as raftctl prints it (`1.23ms`; also `µs`/`us`, `ns`, `s`, or a
+/// bare number of milliseconds), in milliseconds.
+fn millis(v: &str) -> Option<f64> {
+    let v = v.trim();
+    let (num, scale) = if let Some(n) = v.strip_suffix("ms") {
+        (n, 1.0)
+    } else if let Some(n) = v.strip_suffix("µs").or_else(|| v.strip_suffix("us")) {
+        (n, 1e-3)
+    } else if let Some(n) = v.strip_suffix("ns") {
+        (n, 1e-6)
+    } else if let Some(n) = v.strip_suffix('s') {
+        (n, 1e3)
+    } else {
+        (v, 1.0)
+    };
+    num.trim()
+        .parse::<f64>()
+        .ok()
+        .filter(|x| x.is_finite())
+        .map(|x| x * scale)
+}
+
+const SECTIONS: [&str; 3] = ["rtt", "lanes", "tls"];
+
+/// The sections `RAFTLANE_BENCH_SECTIONS` names; all when unset or empty.
+fn sections() -> Vec<&'static str> {
+    let Some(list) = std::env::var("RAFTLANE_BENCH_SECTIONS")
+        .ok()
+        .filter(|s| !s.trim().is_empty())
+    else {
+        return SECTIONS.to_vec();
+    };
+    let chosen: Vec<String> = list
+        .split(',')
+        .map(|s| s.trim().to_ascii_lowercase())
+        .filter(|s| !s.is_empty())
+        .collect();
+    for s in &chosen {
+        assert!(
+            SECTIONS.contains(&s.as_str()),
+            "RAFTLANE_BENCH_SECTIONS: unknown section {s:?} (known: {})",
+            SECTIONS.join(",")
+        );
+    }
+    SECTIONS
+        .into_iter()
+        .filter(|s| chosen.iter().any(|c| c == s))
+        .collect()
+}
+
+/// The highest term the running members report, and the leader they name in it.
+async fn leadership(c: &Cluster) -> (u64, u64) {
+    let (mut term, mut leader) = (0, 0);
+    for id in c.running_ids() {
+        if let Some(s) = c.status(id).await {
+            if s.term > term || (s.term == term && leader == 0) {
+                term = s.term;
+                leader = s.leader_id;
+            }
+        }
+    }
+    (term, leader)
+}
+
+fn median(mut xs: Vec<f64>) -> Option<f64> {
+    if xs.is_empty() {
+        return None;
+    }
+    xs.sort_by(|a, b| a.total_cmp(b));
+    let n = xs.len();
+    Some(if n % 2 == 1 {
+        xs[n / 2]
+    } else {
+        (xs[n / 2 - 1] + xs[n / 2]) / 2.0
+    })
+}
+
+/// Rounds of the mTLS vs plaintext section.
+const TLS_ROUNDS: usize = 3;
+
+/// One mode's figures from one round: ops/s at c=32, p50 (ms) at c=1.
+#[derive(Default)]
+struct TlsRound {
+    ops_s: Option<f64>,
+    p50_ms: Option<f64>,
+}
+
+async fn tls_section() {
+    println!("\n== mutual TLS vs plaintext: 3 members, raftctl bench, 128-byte values ==");
+    println!(
+        "{TLS_ROUNDS} rounds, each a fresh cluster per mode (alternating which goes first), \
+         4 lanes, default settings; c=1: 3000 ops, c=32: 30000 ops, after a discarded warm-up"
+    );
+    println!(
+        "{:<6} {:<10} {:>12} {:>10} {:>10} {:>10} {:>8}  note",
+        "round", "mode", "concurrency", "ops/s", "p50", "p99", "errors"
+    );
+    let modes: [(&str, &[&str]); 2] = [
+        ("mTLS", &["--lanes", "4"]),
+        ("plaintext", &["--lanes", "4", "--insecure-plaintext"]),
+    ];
+    let mut results: Vec<Vec<TlsRound>> = vec![Vec::new(), Vec::new()];
+    let mut flagged = 0;
+    for round in 0..TLS_ROUNDS {
+        let order = if round % 2 == 0 { [0, 1] } else { [1, 0] };
+        for m in order {
+            let (name, flags) = modes[m];
+            let c = Cluster::start(3, flags);
+            assert_eq!(c.ca.is_some(), name == "mTLS", "{name} cluster");
+            c.wait_leader(ELECTION * 40).await;
+            // Warm-up, not measured: opens the members' forwarding channels
+            // (and their TLS sessions) and lets the log settle past the
+            // leader's first entries.
+            let warm = raftctl_bench(&c, 500, 8);
+            if field(&warm, "ops/s") == "?" {
+                println!("{:<6} {name:<10} warm-up failed: {warm}", round + 1);
+            }
+            let mut r = TlsRound::default();
+            for (ops, conc) in [(3000u64, 1u64), (30000, 32)] {
+                let before = leadership(&c).await;
+                let line = raftctl_bench(&c, ops, conc);
+                let after = leadership(&c).await;
+                let errors = field(&line, "errors");
+                let mut note = Vec::new();
+                if before != after || before.1 == 0 {
+                    note.push(format!(
+                        "leader changed: term {} leader {} -> term {} leader {}",
+                        before.0, before.1, after.0, after.1
+                    ));
+                }
+                if errors != "0" {
+                    note.push(format!("errors={errors}"));
+                }
+                if !note.is_empty() {
+                    flagged += 1;
+                }
+                println!(
+                    "{:<6} {name:<10} {conc:>12} {:>10} {:>10} {:>10} {errors:>8}  {}",
+                    round + 1,
+                    field(&line, "ops/s"),
+                    field(&line, "p50"),
+                    field(&line, "p99"),
+                    note.join("; ")
+                );
+                if conc == 1 {
+                    r.p50_ms = millis(&field(&line, "p50"));
+                } else {
+                    r.ops_s = field(&line, "ops/s").parse().ok();
+                }
+            }
+            results[m].push(r);
+            drop(c); // kills the members before the next cluster starts
+        }
+    }
+    if flagged > 0 {
+        println!("{flagged} run(s) flagged above (leader change or errors); medians include them");
+    }
+
+    let ops = |m: usize| median(results[m].iter().filter_map(|r| r.ops_s).collect());
+    let p50 = |m: usize| median(results[m].iter().filter_map(|r| r.p50_ms).collect());
+    let show = |v: Option<f64>, unit: &str, prec: usize| {
+        v.map_or("?".to_string(), |v| format!("{v:.prec$}{unit}"))
+    };
+    println!("median over {TLS_ROUNDS} rounds:");
+    for (m, (name, _)) in modes.iter().enumerate() {
+        println!(
+            "  {name:<10} ops/s c=32: {:>8}   p50 c=1: {:>8}",
+            show(ops(m), "", 0),
+            show(p50(m), "ms", 2)
+        );
+    }
+    let ratio = |a: Option<f64>, b: Option<f64>| match (a, b) {
+        (Some(a), Some(b)) if b > 0.0 => Some(a / b),
+        _ => None,
+    };
+    let verdict = |r: Option<f64>, ok: fn(f64) -> bool| match r {
+        Some(r) if ok(r) => "MEETS",
+        Some(_) => "MISSES",
+        None => "MISSES (no figure)",
+    };
+    let tput = ratio(ops(0), ops(1));
+    println!(
+        "mTLS/plaintext throughput c=32: {} (target >= 0.85x) {}",
+        show(tput, "x", 2),
+        verdict(tput, |r| r >= 0.85)
+    );
+    let lat = ratio(p50(0), p50(1));
+    println!(
+        "mTLS/plaintext p50 c=1: {} (target <= 1.2x) {}",
+        show(lat, "x", 2),
+        verdict(lat, |r| r <= 1.2)
+    );
+}
+
 fn main() {
+    let sections = sections();
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()
         .build()
         .unwrap();
     rt.block_on(async {
-        let secs = bench_secs();
-        println!(
-            "== RTT tolerance: 3 members, 700 ms RTT on every peer link, 100 heartbeats/s, {secs} s, 4 writers =="
-        );
-        println!(
-            "{:<26} {:>16} {:>12} {:>10} {:>10} {:>12}",
-            "transport", "heartbeat drops", "all drops", "elections", "writes ok", "writes failed"
-        );
-        let modes: [(&str, &[&str]); 3] = [
-            ("stream", &["--transport", "stream"]),
-            ("unary, batched", &["--transport", "unary"]),
-            (
-                "unary, 1 message per call",
-                &["--transport", "unary", "--max-batch-messages", "1"],
-            ),
-        ];
-        for (name, flags) in modes {
-            let started = Instant::now();
-            let r = rtt_run(flags, secs).await;
-            println!(
-                "{name:<26} {:>16} {:>12} {:>10} {:>10} {:>12}   ({:.0} s{})",
-                r.heartbeat_drops,
-                r.all_drops,
-                r.elections,
-                r.writes_ok,
-                r.writes_failed,
-                started.elapsed().as_secs_f64(),
-                if r.settled { "" } else { ", no leader within 30 s of start" }
-            );
+        if sections.contains(&"rtt") {
+            rtt_section().await;
         }
-
-        println!("\n== write throughput: 3 members, raftctl bench, 128-byte values ==");
-        println!(
-            "{:<8} {:>12} {:>10} {:>10} {:>10} {:>8}",
-            "lanes", "concurrency", "ops/s", "p50", "p99", "errors"
-        );
-        for lanes in ["4", "1"] {
-            let c = Cluster::start(3, &["--lanes", lanes]);
-            c.wait_leader(ELECTION * 40).await;
-            let eps = c.endpoints(&c.all_ids()).join(",");
-            for (ops, conc) in [(3000u64, 1u64), (30000, 32)] {
-                let line = raftctl_bench(&eps, ops, conc);
-                println!(
-                    "{lanes:<8} {conc:>12} {:>10} {:>10} {:>10} {:>8}",
-                    field(&line, "ops/s"),
-                    field(&line, "p50"),
-                    field(&line, "p99"),
-                    field(&line, "errors")
-                );
-            }
+        if sections.contains(&"lanes") {
+            lanes_section().await;
+        }
+        if sections.contains(&"tls") {
+            tls_section().await;
         }
     });
+}
+
+async fn rtt_section() {
+    let secs = bench_secs();
+    println!(
+        "== RTT tolerance: 3 members, 700 ms RTT on every peer link, 100 heartbeats/s, {secs} s, 4 writers =="
+    );
+    println!(
+        "{:<26} {:>16} {:>12} {:>10} {:>10} {:>12}",
+        "transport", "heartbeat drops", "all drops", "elections", "writes ok", "writes failed"
+    );
+    let modes: [(&str, &[&str]); 3] = [
+        ("stream", &["--transport", "stream"]),
+        ("unary, batched", &["--transport", "unary"]),
+        (
+            "unary, 1 message per call",
+            &["--transport", "unary", "--max-batch-messages", "1"],
+        ),
+    ];
+    for (name, flags) in modes {
+        let started = Instant::now();
+        let r = rtt_run(flags, secs).await;
+        println!(
+            "{name:<26} {:>16} {:>12} {:>10} {:>10} {:>12}   ({:.0} s{})",
+            r.heartbeat_drops,
+            r.all_drops,
+            r.elections,
+            r.writes_ok,
+            r.writes_failed,
+            started.elapsed().as_secs_f64(),
+            if r.settled {
+                ""
+            } else {
+                ", no leader within 30 s of start"
+            }
+        );
+    }
+}
+
+async fn lanes_section() {
+    println!("\n== write throughput: 3 members, raftctl bench, 128-byte values ==");
+    println!(
+        "{:<8} {:>12} {:>10} {:>10} {:>10} {:>8}",
+        "lanes", "concurrency", "ops/s", "p50", "p99", "errors"
+    );
+    for lanes in ["4", "1"] {
+        let c = Cluster::start(3, &["--lanes", lanes]);
+        c.wait_leader(ELECTION * 40).await;
+        for (ops, conc) in [(3000u64, 1u64), (30000, 32)] {
+            let line = raftctl_bench(&c, ops, conc);
+            println!(
+                "{lanes:<8} {conc:>12} {:>10} {:>10} {:>10} {:>8}",
+                field(&line, "ops/s"),
+                field(&line, "p50"),
+                field(&line, "p99"),
+                field(&line, "errors")
+            );
+        }
+    }
 }
