@@ -119,6 +119,12 @@ pub struct NodeConfig {
           default_value_t = snapshot::MIN_SNAPSHOT_TIMEOUT.as_millis() as u64,
           value_parser = clap::value_parser!(u64).range(1..))]
     pub snapshot_timeout_ms: u64,
+    /// A new cluster starts from this backup (`raftctl backup --out FILE`)
+    /// instead of empty: with --initial-voters on an empty data dir, every
+    /// initial voter given the same file starts from the same state. Refused
+    /// when the data dir already holds state (the cluster formed).
+    #[arg(long, env = "RAFTLANE_RESTORE_FROM", requires = "initial_voters")]
+    pub restore_from: Option<PathBuf>,
     /// This member's certificate (PEM, the chain first), naming it
     /// `raftlane://<cluster-id>/member/<id>` in a URI SAN. Every port serves it;
     /// re-read when the file changes.

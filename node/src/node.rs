@@ -72,12 +72,31 @@ fn open_storage(cfg: &NodeConfig) -> anyhow::Result<(LogStore, SnapshotStore)> {
         )
     })?;
     let snapshots = SnapshotStore::open(&cfg.data_dir.join("snapshots"))?;
+    if let (false, Some(from)) = (store.is_fresh(), &cfg.restore_from) {
+        anyhow::bail!(
+            "--restore-from {}: refused, --data-dir {} already holds raft state \
+             (a backup restores only a new cluster)",
+            from.display(),
+            cfg.data_dir.display()
+        );
+    }
     match (store.is_fresh(), cfg.initial_voters.is_empty()) {
         (true, false) => {
             let mut voters = cfg.initial_voters.clone();
             voters.sort_unstable();
             voters.dedup();
-            store.bootstrap(&voters, &snapshots)?;
+            match &cfg.restore_from {
+                None => store.bootstrap(&voters, &snapshots)?,
+                Some(from) => {
+                    let what = || format!("--restore-from {}", from.display());
+                    let (term, index, mut body) =
+                        crate::storage::open_backup(from).with_context(what)?;
+                    store
+                        .restore(&voters, &snapshots, &mut body)
+                        .with_context(what)?;
+                    tracing::info!(backup = %from.display(), term, index, "restored from a backup");
+                }
+            }
             tracing::info!(?voters, "bootstrapped a new cluster");
         }
         (true, true) => tracing::info!(
@@ -149,6 +168,7 @@ pub async fn run(cfg: NodeConfig) -> anyhow::Result<()> {
         transport.clone(),
         metrics.clone(),
     )?;
+    let snapshots_for_admin = snapshots.clone();
     let receiver = Arc::new(Receiver::new(
         ReceiverConfig {
             cluster_id: cfg.cluster_id.clone(),
@@ -209,6 +229,7 @@ pub async fn run(cfg: NodeConfig) -> anyhow::Result<()> {
             id: cfg.id,
             timeout,
             tls: tls.is_some(),
+            snapshots: snapshots_for_admin,
         }))
         .serve_with_incoming_shutdown(
             incoming(admin_l, port_tls("admin")),

@@ -1,21 +1,25 @@
-//! `NodeAdmin` service: status, the peer table, and membership changes (which the
-//! leader alone accepts, one at a time). With TLS, any certificate of the
+//! `NodeAdmin` service: status, the peer table, membership changes (which the
+//! leader alone accepts, one at a time), snapshots and backups. With TLS, any certificate of the
 //! cluster may read the status; only the operator's or an admin's may change
 //! anything.
 
 use std::sync::Arc;
 use std::time::Duration;
 
+use raftlane_proto::admin::backup_chunk::Part;
 use raftlane_proto::admin::node_admin_server::NodeAdmin;
 use raftlane_proto::admin::{
-    AdminResponse, MemberRequest, PeerIdRequest, SnapshotRequest, StatusRequest, StatusResponse,
-    UpsertPeersRequest, UpsertPeersResponse,
+    AdminResponse, BackupChunk, BackupHeader, BackupRequest, MemberRequest, PeerIdRequest,
+    SnapshotRequest, StatusRequest, StatusResponse, UpsertPeersRequest, UpsertPeersResponse,
 };
 use raftlane_tls::Caller;
+use tokio::sync::mpsc;
+use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response, Status};
 
 use super::bounded;
 use crate::consensus::{MembershipChange, NodeHandle};
+use crate::storage::SnapshotStore;
 use crate::transport::{validate_peer_addr, Transport};
 
 pub struct AdminService {
@@ -26,7 +30,14 @@ pub struct AdminService {
     pub timeout: Duration,
     /// Callers are authenticated (TLS): mutating calls are authorized by role.
     pub tls: bool,
+    /// Where `Backup` finds the snapshot it streams.
+    pub snapshots: SnapshotStore,
 }
+
+/// Bytes per backup chunk, and chunks buffered ahead of the network: the
+/// memory a backup holds, whatever the snapshot's size.
+const BACKUP_CHUNK: usize = 1 << 20;
+const BACKUP_AHEAD: usize = 4;
 
 impl AdminService {
     /// Refuses `call` unless the caller's certificate may administer.
@@ -59,8 +70,75 @@ impl AdminService {
     }
 }
 
+/// Reads `file` (already open: a later snapshot may prune its name) into
+/// `tx` as header, data chunks and the CRC32C of the data.
+fn stream_backup(
+    mut file: std::fs::File,
+    header: BackupHeader,
+    tx: mpsc::Sender<Result<BackupChunk, Status>>,
+) {
+    use std::io::Read;
+    let send = |part| {
+        tx.blocking_send(Ok(BackupChunk { part: Some(part) }))
+            .is_ok()
+    };
+    if !send(Part::Header(header)) {
+        return;
+    }
+    let (mut crc, mut buf) = (0u32, vec![0u8; BACKUP_CHUNK]);
+    loop {
+        match file.read(&mut buf) {
+            Ok(0) => break,
+            Ok(n) => {
+                crc = crc32c::crc32c_append(crc, &buf[..n]);
+                if !send(Part::Data(buf[..n].to_vec())) {
+                    return;
+                }
+            }
+            Err(e) => {
+                let _ =
+                    tx.blocking_send(Err(Status::internal(format!("reading the snapshot: {e}"))));
+                return;
+            }
+        }
+    }
+    send(Part::Crc32c(crc));
+}
+
 #[tonic::async_trait]
 impl NodeAdmin for AdminService {
+    type BackupStream = ReceiverStream<Result<BackupChunk, Status>>;
+
+    async fn backup(
+        &self,
+        req: Request<BackupRequest>,
+    ) -> Result<Response<Self::BackupStream>, Status> {
+        // The whole dataset: as guarded as a change.
+        self.authorize(&req, "Backup")?;
+        let index = bounded(self.timeout, "snapshot", self.node.snapshot()).await?;
+        let (term, path) = self
+            .snapshots
+            .find(index)
+            .map_err(|e| Status::internal(format!("snapshot {index}: {e}")))?
+            .ok_or_else(|| Status::unavailable(format!("snapshot {index} was replaced; retry")))?;
+        let file = std::fs::File::open(&path)
+            .map_err(|e| Status::unavailable(format!("snapshot {index}: {e}; retry")))?;
+        let size = file
+            .metadata()
+            .map_err(|e| Status::internal(e.to_string()))?
+            .len();
+        let header = BackupHeader {
+            cluster_id: self.cluster_id.clone(),
+            member_id: self.id,
+            term,
+            index,
+            size,
+        };
+        let (tx, rx) = mpsc::channel(BACKUP_AHEAD);
+        tokio::task::spawn_blocking(move || stream_backup(file, header, tx));
+        Ok(Response::new(ReceiverStream::new(rx)))
+    }
+
     async fn status(&self, _: Request<StatusRequest>) -> Result<Response<StatusResponse>, Status> {
         let s = bounded(self.timeout, "status", self.node.status()).await?;
         Ok(Response::new(StatusResponse {

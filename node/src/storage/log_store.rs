@@ -11,7 +11,7 @@ use raft::prelude::{ConfState, Entry, HardState, Snapshot, SnapshotMetadata};
 use raft::{GetEntriesContext, RaftState, Storage, StorageError};
 use raft_engine::{Command, Config as EngineConfig, Engine, LogBatch, MessageExt};
 
-use super::SnapshotStore;
+use super::{SnapshotStore, SnapshotWriter, VerifiedBody};
 use crate::state_machine::KvStateMachine;
 
 /// Index and term of the empty snapshot every initial voter of a new cluster
@@ -144,11 +144,36 @@ impl LogStore {
     /// replaying the log from index 1 would never learn them, and would end up
     /// believing it is the only voter.)
     pub fn bootstrap(&mut self, voters: &[u64], snapshots: &SnapshotStore) -> raft::Result<()> {
+        self.bootstrap_with(voters, snapshots, |w| KvStateMachine::default().dump(w))
+    }
+
+    /// Bootstraps as [`LogStore::bootstrap`], the state machine being the body
+    /// of a backup: every initial voter restored from one file starts from the
+    /// same state. A body whose checksum does not match fails before anything
+    /// is recorded.
+    pub fn restore(
+        &mut self,
+        voters: &[u64],
+        snapshots: &SnapshotStore,
+        backup: &mut VerifiedBody,
+    ) -> raft::Result<()> {
+        self.bootstrap_with(voters, snapshots, |w| {
+            std::io::copy(backup, w)?;
+            Ok(())
+        })
+    }
+
+    fn bootstrap_with(
+        &mut self,
+        voters: &[u64],
+        snapshots: &SnapshotStore,
+        body: impl FnOnce(&mut SnapshotWriter) -> std::io::Result<()>,
+    ) -> raft::Result<()> {
         let io = |e: std::io::Error| raft::Error::Store(StorageError::Other(Box::new(e)));
         let mut w = snapshots
             .create(BOOTSTRAP_TERM, BOOTSTRAP_INDEX)
             .map_err(io)?;
-        KvStateMachine::default().dump(&mut w).map_err(io)?;
+        body(&mut w).map_err(io)?;
         w.finish().map_err(io)?;
         let mut meta = SnapshotMetadata {
             index: BOOTSTRAP_INDEX,

@@ -6,7 +6,7 @@ mod snapshot_store;
 mod staged;
 
 pub use log_store::{member_ids, LogStore, BOOTSTRAP_INDEX, BOOTSTRAP_TERM};
-pub use snapshot_store::{SnapshotStore, SnapshotWriter, VerifiedBody};
+pub use snapshot_store::{open_backup, SnapshotStore, SnapshotWriter, VerifiedBody};
 pub use staged::StagedSnapshot;
 
 /// True when raft-node has written its log under the data dir `data_dir` (it

@@ -123,6 +123,26 @@ impl SnapshotStore {
         verified_body(&self.path(term, index), term, index)
     }
 
+    /// The term and path of the snapshot file at `index`, if one exists.
+    pub fn find(&self, index: u64) -> io::Result<Option<(u64, PathBuf)>> {
+        let suffix = format!("-{index:020}.snap");
+        for entry in fs::read_dir(&self.dir)? {
+            let path = entry?.path();
+            let name = path
+                .file_name()
+                .and_then(|n| n.to_str())
+                .unwrap_or_default();
+            if let Some(term) = name
+                .strip_prefix("snap-")
+                .and_then(|n| n.strip_suffix(&suffix))
+                .and_then(|t| t.parse().ok())
+            {
+                return Ok(Some((term, path)));
+            }
+        }
+        Ok(None)
+    }
+
     /// Deletes snapshot files except `current` (the one the snapshot metadata
     /// names) and the newest other one.
     pub fn prune(&self, current: (u64, u64)) -> io::Result<()> {
@@ -139,6 +159,22 @@ impl SnapshotStore {
         }
         Ok(())
     }
+}
+
+/// A snapshot file anywhere (a backup): its term, index and a reader over its
+/// body that verifies the checksum as it is read to the end.
+pub fn open_backup(path: &Path) -> io::Result<(u64, u64, VerifiedBody)> {
+    let mut header = [0u8; HEADER_LEN as usize];
+    File::open(path)?
+        .read_exact(&mut header)
+        .map_err(|_| corrupt(path, "shorter than a snapshot header"))?;
+    if &header[..8] != MAGIC {
+        return Err(corrupt(path, "not a raftlane snapshot or backup"));
+    }
+    let word =
+        |r: std::ops::Range<usize>| u64::from_le_bytes(header[r].try_into().expect("8 bytes"));
+    let (term, index) = (word(8..16), word(16..24));
+    Ok((term, index, verified_body(path, term, index)?))
 }
 
 /// Checks a file's header against (`term`, `index`) and returns a reader over

@@ -1,0 +1,159 @@
+//! Backup and restore with real processes: `raftctl backup` streams a fresh
+//! snapshot of a running cluster to a file; a new cluster whose every initial
+//! voter is started with `--restore-from` that file holds every key, as each
+//! member's own status and reads show. A corrupt backup, a restore into a
+//! formed cluster and a backup by a non-admin certificate are refused.
+
+mod common;
+
+use std::process::Command;
+use std::time::Duration;
+
+use common::{assert_keys, write_keys, Cluster, ELECTION};
+use raftlane_proto::admin::node_admin_client::NodeAdminClient;
+use raftlane_proto::admin::BackupRequest;
+use raftlane_tls::Expect;
+
+const KEYS: u64 = 20_000;
+
+fn raftctl(c: &Cluster, args: &[&str]) -> (i32, String, String) {
+    let dir = c.tls_dir();
+    let out = Command::new(env!("CARGO_BIN_EXE_raftctl"))
+        .args(args)
+        .env("RAFTCTL_CACERT", dir.join("ca.crt"))
+        .env("RAFTCTL_CERT", dir.join("admin.crt"))
+        .env("RAFTCTL_KEY", dir.join("admin.key"))
+        .output()
+        .unwrap();
+    (
+        out.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_backup_restores_a_new_cluster_with_every_key_on_every_member() {
+    let c = Cluster::start(3, &["--snapshot-entries", "5000"]);
+    let leader = c.wait_leader(ELECTION * 20).await;
+    let keys = write_keys(&c.kv(&[1, 2, 3]), "b/", 0..KEYS).await;
+    let out = c.tmp.path().join("cluster.backup");
+    let admin = c.members[&leader].admin.clone();
+    let (code, stdout, err) = raftctl(
+        &c,
+        &["--admin", &admin, "backup", "--out", out.to_str().unwrap()],
+    );
+    assert_eq!(code, 0, "{stdout}{err}");
+    assert!(
+        stdout.contains("crc32c") && stdout.contains("MB/s"),
+        "{stdout}"
+    );
+    eprintln!("measured: {}", stdout.trim());
+    // Written after the backup: not in it.
+    c.kv(&[1]).put(b"after", b"x").await.unwrap();
+
+    // A new cluster (its own id and certificates) from the file.
+    let mut r = Cluster::prepare(3, &[]);
+    let from = out.display().to_string();
+    let voters = "1,2,3";
+    for id in r.all_ids() {
+        r.spawn(id, &["--initial-voters", voters, "--restore-from", &from]);
+    }
+    r.wait_leader(ELECTION * 40).await;
+    for id in r.all_ids() {
+        let s = r
+            .wait_status(
+                id,
+                ELECTION * 40,
+                "restored and in the configuration",
+                |s| s.voters == [1, 2, 3] && s.applied_index >= 5,
+            )
+            .await;
+        assert_eq!(s.voters, [1, 2, 3], "member {id}'s own view");
+        assert_keys(&r.kv(&[id]), &keys[..500]).await;
+    }
+    let kv = r.kv(&[1, 2, 3]);
+    assert_keys(&kv, &keys).await;
+    assert_eq!(kv.get(b"after").await.unwrap(), None);
+    kv.put(b"restored/write", b"ok").await.unwrap();
+
+    // The same file into a formed cluster: refused at start.
+    r.kill9(2);
+    r.spawn(2, &["--initial-voters", voters, "--restore-from", &from]);
+    let log = r.log_path(2);
+    let status = r
+        .members
+        .get_mut(&2)
+        .unwrap()
+        .child
+        .as_mut()
+        .unwrap()
+        .wait()
+        .unwrap();
+    assert!(!status.success());
+    let text = std::fs::read_to_string(&log).unwrap();
+    assert!(
+        text.contains("--restore-from") && text.contains("already holds raft state"),
+        "{text}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_corrupt_backup_is_refused_and_only_admins_may_take_one() {
+    let c = Cluster::start(1, &[]);
+    c.wait_leader(ELECTION * 20).await;
+    write_keys(&c.kv(&[1]), "k/", 0..100).await;
+    let out = c.tmp.path().join("one.backup");
+    let admin = c.members[&1].admin.clone();
+    let (code, _, err) = raftctl(
+        &c,
+        &["--admin", &admin, "backup", "--out", out.to_str().unwrap()],
+    );
+    assert_eq!(code, 0, "{err}");
+
+    let mut bytes = std::fs::read(&out).unwrap();
+    let mid = bytes.len() / 2;
+    bytes[mid] ^= 0xff;
+    let bad = c.tmp.path().join("bad.backup");
+    std::fs::write(&bad, &bytes).unwrap();
+    let mut r = Cluster::prepare(1, &[]);
+    r.spawn(
+        1,
+        &[
+            "--initial-voters",
+            "1",
+            "--restore-from",
+            bad.to_str().unwrap(),
+        ],
+    );
+    let status = r
+        .members
+        .get_mut(&1)
+        .unwrap()
+        .child
+        .as_mut()
+        .unwrap()
+        .wait()
+        .unwrap();
+    assert!(!status.success());
+    let text = std::fs::read_to_string(r.log_path(1)).unwrap();
+    assert!(
+        text.contains("--restore-from") && text.contains("checksum mismatch"),
+        "{text}"
+    );
+
+    // A member's certificate may not read the whole dataset out.
+    let d = c.dialer_as("member-1");
+    let ch = d
+        .connect(
+            d.endpoint(&admin).unwrap().timeout(Duration::from_secs(5)),
+            Expect::AnyMember,
+        )
+        .await
+        .unwrap();
+    let err = NodeAdminClient::new(ch)
+        .backup(BackupRequest {})
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), tonic::Code::PermissionDenied, "{err}");
+}
