@@ -75,6 +75,8 @@ pub struct RaftClusterSpec {
     pub storage: StorageSpec,
     #[serde(default)]
     pub raft: RaftSettings,
+    #[serde(default)]
+    pub tls: TlsSpec,
     /// Pod placement overrides (Kubernetes runtime only).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub placement: Option<Placement>,
@@ -225,6 +227,68 @@ impl Default for RaftSettings {
     }
 }
 
+/// Mutual TLS on every member port. Each cluster has its own CA; every
+/// member, the operator and the users' certificates name their identity
+/// (`raftlane://<cluster>/member/<id>`, `/operator`, `/admin`, `/client/<name>`).
+/// Certificates are renewed with a third of their lifetime left; set the
+/// annotation `raftlane.io/rotate-ca` to a new value to rotate the CA.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct TlsSpec {
+    /// TLS on every port (the default). false starts members with
+    /// `--insecure-plaintext`: no encryption and no authentication, anyone who
+    /// reaches a port can read and change the cluster. For benchmarks and
+    /// isolated test networks only.
+    #[serde(default = "default_true")]
+    pub enabled: bool,
+    /// Also require a client certificate of this cluster on the client port
+    /// (the peer and admin ports always require one). Clients then use the
+    /// `client` (or `admin`) certificate the operator issues.
+    #[serde(default)]
+    pub client_auth: bool,
+    /// Let cert-manager issue the certificates from this issuer instead of the
+    /// operator's own CA: the operator creates cert-manager Certificates with
+    /// the same Secret names (Kubernetes runtime only).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub issuer_ref: Option<IssuerRef>,
+}
+
+fn default_true() -> bool {
+    true
+}
+
+impl Default for TlsSpec {
+    fn default() -> Self {
+        TlsSpec {
+            enabled: true,
+            client_auth: false,
+            issuer_ref: None,
+        }
+    }
+}
+
+/// A cert-manager issuer, as a Certificate's `issuerRef` names it.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct IssuerRef {
+    /// The Issuer's (or ClusterIssuer's) name.
+    pub name: String,
+    /// Issuer (in the cluster's namespace) or ClusterIssuer.
+    #[serde(default = "default_issuer_kind")]
+    pub kind: String,
+    /// The issuer's API group.
+    #[serde(default = "default_issuer_group")]
+    pub group: String,
+}
+
+fn default_issuer_kind() -> String {
+    "Issuer".into()
+}
+
+fn default_issuer_group() -> String {
+    "cert-manager.io".into()
+}
+
 /// Where member pods may run.
 #[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq, Default)]
 #[serde(rename_all = "camelCase")]
@@ -341,6 +405,17 @@ mod tests {
             serde_json::from_value(serde_json::json!({"replicas": 3})).unwrap();
         assert_eq!(spec.raft, RaftSettings::default());
         assert_eq!(spec.storage.size, "1Gi");
+        assert!(spec.tls.enabled && !spec.tls.client_auth && spec.tls.issuer_ref.is_none());
+        let spec: RaftClusterSpec = serde_json::from_value(
+            serde_json::json!({"replicas": 3, "tls": {"issuerRef": {"name": "ca"}}}),
+        )
+        .unwrap();
+        let issuer = spec.tls.issuer_ref.unwrap();
+        assert_eq!(
+            (issuer.kind.as_str(), issuer.group.as_str()),
+            ("Issuer", "cert-manager.io")
+        );
+        assert!(spec.tls.enabled);
         let crd = serde_json::to_string(&RaftCluster::crd()).unwrap();
         for want in [
             "x-kubernetes-validations",

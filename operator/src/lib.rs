@@ -1,5 +1,6 @@
 //! raft-operator: reconciles `RaftCluster` resources into raft-node members.
 
+pub mod certs;
 pub mod crd;
 pub mod k8s;
 pub mod local;

@@ -9,6 +9,9 @@ use std::time::{Duration, SystemTime};
 
 use anyhow::Context;
 
+use raftlane_tls::Dialer;
+
+use crate::certs::{Leaf, ROTATE_CA_ANNOTATION};
 use crate::crd::{parse_cluster, RaftCluster, RaftClusterStatus};
 use crate::plan::{Action, Observed};
 use crate::reconcile::{pass, AdminClients, Host, PassError};
@@ -67,11 +70,14 @@ pub async fn run(opts: LocalOptions) -> anyhow::Result<()> {
         &name,
         opts.node_bin.clone(),
         cluster.spec.raft.clone(),
+        &cluster.spec.tls,
     )?;
     let mut host = LocalHost { dir: dir.clone() };
     let status_path = host.status_path();
     let mut current = load_status(&status_path)?;
-    let mut admins = AdminClients::default();
+    // Replaced by the operator's certificate before the first pass dials.
+    let mut admins = AdminClients::new(Dialer::Plaintext);
+    let mut told_where = false;
     let mut last_summary = String::new();
     println!(
         "reconciling {name} ({} replicas) from {}; state in {}",
@@ -103,6 +109,47 @@ pub async fn run(opts: LocalOptions) -> anyhow::Result<()> {
                     }
                     Err(e) => eprintln!("ignoring the edit, keeping the last good spec: {e:#}"),
                 }
+            }
+        }
+
+        // Certificates: issued, renewed or rotated before members are started.
+        let annotation = cluster.metadata.annotations.as_ref();
+        let annotation = annotation.and_then(|a| a.get(ROTATE_CA_ANNOTATION));
+        match rt.sync_certs(cluster.spec.replicas, annotation.map(String::as_str)) {
+            Ok(Some(certs)) => {
+                if !certs.written.is_empty() {
+                    println!("certificates written: {}", certs.written.join(", "));
+                }
+                if certs.dialer_changed || !admins.dialer().is_tls() {
+                    admins.set_dialer(certs.dialer);
+                }
+                if !told_where {
+                    told_where = true;
+                    if let Some(t) = rt.tls() {
+                        println!(
+                            "client certificates: {} and {} (admin), {} and {} (client), CA {}; \
+                             raftctl finds them with --state-dir",
+                            t.cert_path(&Leaf::Admin).display(),
+                            t.key_path(&Leaf::Admin).display(),
+                            t.cert_path(&Leaf::Client).display(),
+                            t.key_path(&Leaf::Client).display(),
+                            t.dir().join("ca.crt").display(),
+                        );
+                    }
+                }
+            }
+            Ok(None) => {
+                if !told_where {
+                    told_where = true;
+                    println!(
+                        "TLS is off (spec.tls.enabled: false): members serve every port \
+                         unauthenticated"
+                    );
+                }
+            }
+            Err(e) => {
+                eprintln!("certificates failed (retried next pass): {e:#}");
+                continue;
             }
         }
 
@@ -250,7 +297,13 @@ pub fn down(opts: &LocalOptions) -> anyhow::Result<()> {
     let (cluster, _) = load(&opts.file)?;
     let dir = cluster_dir(opts, &cluster)?;
     let name = cluster.metadata.name.clone().unwrap_or_default();
-    let mut rt = LocalRuntime::new(&dir, &name, opts.node_bin.clone(), cluster.spec.raft)?;
+    let mut rt = LocalRuntime::new(
+        &dir,
+        &name,
+        opts.node_bin.clone(),
+        cluster.spec.raft,
+        &cluster.spec.tls,
+    )?;
     let stopped = rt.stop_all()?;
     println!("stopped members {stopped:?} of {name}");
     Ok(())

@@ -10,7 +10,8 @@ use std::time::Duration;
 
 use raftlane_proto::admin::node_admin_client::NodeAdminClient;
 use raftlane_proto::admin::{MemberRequest, StatusRequest, UpsertPeersRequest};
-use tonic::transport::{Channel, Endpoint};
+use raftlane_tls::{Dialer, Expect};
+use tonic::transport::Channel;
 
 use crate::crd::{RaftCluster, RaftClusterStatus};
 use crate::plan::{plan, Action, Member, MemberReport, Observed, Plan};
@@ -24,12 +25,33 @@ const ADMIN_TIMEOUT: Duration = Duration::from_secs(2);
 /// Admin clients by address, connected lazily, and kept only for addresses
 /// members listen on now: every restart on a new address (a rescheduled pod)
 /// would otherwise leave a channel behind for the operator's lifetime.
-#[derive(Default)]
+/// Every channel is dialled with the runtime's [`Dialer`]: TLS with the
+/// operator's certificate, verifying that a member of this cluster answers
+/// (plaintext only for a cluster whose spec turns TLS off).
 pub struct AdminClients {
+    dialer: Dialer,
     by_addr: HashMap<String, NodeAdminClient<Channel>>,
 }
 
 impl AdminClients {
+    pub fn new(dialer: Dialer) -> AdminClients {
+        AdminClients {
+            dialer,
+            by_addr: HashMap::new(),
+        }
+    }
+
+    /// Dials with `dialer` from now on (a renewed operator certificate, a
+    /// rotated CA): the channels of the previous one are dropped.
+    pub fn set_dialer(&mut self, dialer: Dialer) {
+        self.dialer = dialer;
+        self.by_addr.clear();
+    }
+
+    pub fn dialer(&self) -> &Dialer {
+        &self.dialer
+    }
+
     /// Drops the clients of addresses no member in `running` listens on.
     fn keep_only(&mut self, running: &BTreeMap<u64, Member>) {
         let current: HashSet<&str> = running
@@ -44,10 +66,12 @@ impl AdminClients {
         if let Some(c) = self.by_addr.get(addr) {
             return Ok(c.clone());
         }
-        let ch = Endpoint::from_shared(format!("http://{addr}"))?
+        let endpoint = self
+            .dialer
+            .endpoint(addr)?
             .connect_timeout(ADMIN_TIMEOUT)
-            .timeout(ADMIN_TIMEOUT)
-            .connect_lazy();
+            .timeout(ADMIN_TIMEOUT);
+        let ch = self.dialer.channel(endpoint, Expect::AnyMember);
         let c = NodeAdminClient::new(ch);
         self.by_addr.insert(addr.to_string(), c.clone());
         Ok(c)
@@ -474,7 +498,7 @@ mod tests {
             log: rt.log.clone(),
             may_act: rt.may_act,
         };
-        let mut admins = AdminClients::default();
+        let mut admins = AdminClients::new(Dialer::Plaintext);
         let c = cluster(2, rt.paused);
         let r = pass(&mut rt, &mut host, &mut admins, &c, "demo", previous).await;
         let log = rt.log.borrow().clone();
@@ -581,7 +605,7 @@ mod tests {
 
     #[tokio::test]
     async fn admin_clients_are_kept_only_for_addresses_members_listen_on() {
-        let mut admins = AdminClients::default();
+        let mut admins = AdminClients::new(Dialer::Plaintext);
         for addr in ["127.0.0.1:7002", "127.0.0.2:7002", "127.0.0.2:9999"] {
             admins.get(addr).unwrap();
         }

@@ -19,12 +19,19 @@ use kube::runtime::finalizer::{finalizer, Event as Finalized};
 use kube::{Api, Client, Resource, ResourceExt};
 use serde_json::json;
 
+use crate::certs::CaChange;
 use crate::crd::{RaftCluster, RaftClusterStatus, Retention};
 use crate::k8s::metrics::{ClusterLabel, FailureLabel, Metrics};
-use crate::k8s::resources::{client_service, disruption_budget, peer_service, RETIRED_LABEL};
+use crate::k8s::resources::{
+    client_service, disruption_budget, network_policy, network_policy_name, peer_service,
+    RETIRED_LABEL,
+};
 use crate::k8s::runtime::{cluster_volumes, delete_gone, retire, KubeRuntime};
+use crate::k8s::tls::{self, OperatorCert};
 use crate::plan::{Action as Step, Observed};
 use crate::reconcile::{self, AdminClients, Host, PassError};
+use k8s_openapi::api::networking::v1::NetworkPolicy;
+use raftlane_tls::Dialer;
 
 /// Finalizer that retires or deletes volumes per `whenDeleted` before the
 /// RaftCluster goes (owner references cannot honour a retention policy).
@@ -67,13 +74,21 @@ impl Error {
     }
 }
 
+/// What the controller keeps of one cluster between passes.
+#[derive(Default)]
+struct ClusterState {
+    admins: Option<AdminClients>,
+    operator: OperatorCert,
+}
+
 /// What every reconcile pass shares.
 pub struct Context {
     pub client: Client,
     reporter: Reporter,
     pub metrics: Metrics,
-    /// Admin clients per cluster UID, kept between passes.
-    admins: tokio::sync::Mutex<HashMap<String, AdminClients>>,
+    /// Admin clients and the operator's certificate per cluster UID, kept
+    /// between passes.
+    clusters: tokio::sync::Mutex<HashMap<String, ClusterState>>,
     /// Consecutive failures per cluster UID, for the backoff.
     failures: std::sync::Mutex<HashMap<String, u32>>,
     /// Turns true when the leader-election Lease is lost: no further step is
@@ -87,7 +102,7 @@ impl Context {
             client,
             reporter,
             metrics,
-            admins: Default::default(),
+            clusters: Default::default(),
             failures: Default::default(),
             lost: None,
         }
@@ -257,6 +272,16 @@ async fn ensure_cluster_objects(rc: &RaftCluster, client: &Client) -> kube::Resu
             .create(&PostParams::default(), &disruption_budget(rc))
             .await?;
     }
+    let policies: Api<NetworkPolicy> = Api::namespaced(client.clone(), &ns);
+    if policies
+        .get_opt(&network_policy_name(&rc.name_any()))
+        .await?
+        .is_none()
+    {
+        policies
+            .create(&PostParams::default(), &network_policy(rc))
+            .await?;
+    }
     Ok(())
 }
 
@@ -310,11 +335,47 @@ async fn apply(cached: &RaftCluster, ctx: &Context) -> Result<Action, Error> {
         ensure_cluster_objects(rc, &ctx.client).await?;
     }
 
+    let mut state = ctx.clusters.lock().await.remove(&uid).unwrap_or_default();
+    let dialer = match rc.spec.tls.enabled {
+        true => {
+            let synced = tls::sync(rc, &ctx.client, &mut state.operator, !rc.spec.paused).await;
+            let synced = match synced {
+                Ok(s) => s,
+                Err(e) => {
+                    ctx.clusters.lock().await.insert(uid, state);
+                    return Err(match e.downcast::<kube::Error>() {
+                        Ok(e) => Error::Kube(e),
+                        Err(e) => Error::Member(e),
+                    });
+                }
+            };
+            if !synced.written.is_empty() {
+                let reason = match synced.ca_change {
+                    Some(CaChange::Expiring | CaChange::Requested(_)) => "CARotated",
+                    Some(CaChange::RotationDone) => "CARotationDone",
+                    _ => "CertificatesIssued",
+                };
+                let note = format!("written: {}", synced.written.join(", "));
+                ctx.event(rc, EventType::Normal, reason, note).await;
+            }
+            Some(synced.dialer).filter(|_| synced.dialer_changed || state.admins.is_none())
+        }
+        false => Some(Dialer::Plaintext)
+            .filter(|_| state.admins.as_ref().is_none_or(|a| a.dialer().is_tls())),
+    };
+    let mut admins = match (state.admins.take(), dialer) {
+        (Some(mut a), Some(d)) => {
+            a.set_dialer(d);
+            a
+        }
+        (Some(a), None) => a,
+        (None, d) => AdminClients::new(d.unwrap_or(Dialer::Plaintext)),
+    };
     let mut rt = KubeRuntime::new(ctx.client.clone(), rc);
-    let mut admins = ctx.admins.lock().await.remove(&uid).unwrap_or_default();
     let mut host = KubeHost { rc, ctx };
     let result = reconcile::pass(&mut rt, &mut host, &mut admins, rc, &uid, previous).await;
-    ctx.admins.lock().await.insert(uid, admins);
+    state.admins = Some(admins);
+    ctx.clusters.lock().await.insert(uid, state);
     let outcome = result.map_err(|e| match e {
         PassError::Observe(e) | PassError::Step(e) => Error::Member(e),
         PassError::Store(e) => match e.downcast::<kube::Error>() {
@@ -437,7 +498,7 @@ async fn release_volumes(
 /// Drops what the controller kept about a deleted cluster.
 async fn forget(meta: &ObjectMeta, ctx: &Context) {
     let uid = meta.uid.clone().unwrap_or_default();
-    ctx.admins.lock().await.remove(&uid);
+    ctx.clusters.lock().await.remove(&uid);
     ctx.failures.lock().expect("failures lock").remove(&uid);
     let label = ClusterLabel {
         namespace: meta.namespace.clone().unwrap_or_default(),

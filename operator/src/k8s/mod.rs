@@ -8,6 +8,7 @@ pub mod lease;
 pub mod metrics;
 pub mod resources;
 pub mod runtime;
+pub mod tls;
 
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, Ordering};

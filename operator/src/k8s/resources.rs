@@ -5,13 +5,17 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 
-use k8s_openapi::api::core::v1::{PersistentVolumeClaim, Pod, Service};
+use k8s_openapi::api::core::v1::{PersistentVolumeClaim, Pod, Secret, Service};
+use k8s_openapi::api::networking::v1::NetworkPolicy;
 use k8s_openapi::api::policy::v1::PodDisruptionBudget;
+use k8s_openapi::ByteString;
+use kube::core::{ApiResource, DynamicObject};
 use kube::{Resource, ResourceExt};
 use serde_json::json;
 
-use crate::crd::{RaftCluster, Retention};
-use crate::runtime::launch::{Launch, Listen};
+use crate::certs::{Ca, Leaf, StoredLeaf};
+use crate::crd::{IssuerRef, RaftCluster, Retention};
+use crate::runtime::launch::{Launch, Listen, Transport};
 
 pub const PEER_PORT: u16 = 7000;
 pub const CLIENT_PORT: u16 = 7001;
@@ -33,6 +37,19 @@ pub const CONTAINER: &str = "raft-node";
 const DATA_DIR: &str = "/data";
 /// The non-root user of the raft-node image.
 const RUN_AS: i64 = 65532;
+/// Where a member pod mounts its TLS Secret (read-only).
+pub const TLS_DIR: &str = "/etc/raftlane/tls";
+/// On a certificate Secret: which certificate it holds (`ca`, `member-<id>`,
+/// `admin`, `client`).
+pub const CERTIFICATE_LABEL: &str = "raftlane.io/certificate";
+/// On a certificate Secret: the generation of the CA that issued it.
+pub const CA_GENERATION_ANNOTATION: &str = "raftlane.io/ca-generation";
+/// Labels of the operator's pods (the chart's selector labels and component):
+/// the only pods the NetworkPolicy lets reach a member's admin port.
+pub const OPERATOR_POD_LABELS: [(&str, &str); 2] = [
+    ("app.kubernetes.io/name", "raft-operator"),
+    ("app.kubernetes.io/component", "operator"),
+];
 
 /// Pod (and hostname) of member `id`: `<cluster>-<ordinal>`, ordinal = id - 1.
 pub fn pod_name(cluster: &str, id: u64) -> String {
@@ -97,6 +114,217 @@ pub fn peer_dns(rc: &RaftCluster, id: u64) -> String {
         peer_service_name(&name),
         rc.namespace().unwrap_or_default()
     )
+}
+
+/// The Secret holding the cluster's CA (ca.crt, ca.key, trust.crt, and the
+/// rotation's previous.crt, generation and rotated-for).
+pub fn ca_secret_name(cluster: &str) -> String {
+    format!("{cluster}-ca")
+}
+
+/// The Secret of one certificate: `<name>-member-<id>-tls`, `<name>-admin-tls`,
+/// `<name>-client-tls` (and `<name>-operator-tls`, issued by cert-manager only).
+pub fn leaf_secret_name(cluster: &str, leaf: &Leaf) -> String {
+    format!("{cluster}-{}-tls", leaf.stem())
+}
+
+/// The NetworkPolicy of the cluster's member pods.
+pub fn network_policy_name(cluster: &str) -> String {
+    format!("{cluster}-peers")
+}
+
+/// The DNS names a member's certificate serves: its stable peer names and
+/// the client Service's names.
+pub fn member_names(rc: &RaftCluster, id: u64) -> Vec<String> {
+    let name = rc.name_any();
+    let ns = rc.namespace().unwrap_or_default();
+    let pod = format!("{}.{}", pod_name(&name, id), peer_service_name(&name));
+    vec![
+        format!("{pod}.{ns}.svc"),
+        format!("{pod}.{ns}.svc.cluster.local"),
+        name.clone(),
+        format!("{name}.{ns}"),
+        format!("{name}.{ns}.svc"),
+        format!("{name}.{ns}.svc.cluster.local"),
+    ]
+}
+
+fn secret_labels(rc: &RaftCluster, what: &str) -> BTreeMap<String, String> {
+    let mut l = labels(&rc.name_any());
+    l.insert(CERTIFICATE_LABEL.into(), what.into());
+    l
+}
+
+fn bytes(s: &str) -> ByteString {
+    ByteString(s.as_bytes().to_vec())
+}
+
+/// The CA Secret of `ca`, owned by the cluster (collected with it).
+pub fn ca_secret(rc: &RaftCluster, ca: &Ca) -> Secret {
+    let mut data = BTreeMap::from([
+        ("ca.crt".to_string(), bytes(&ca.cert_pem)),
+        ("ca.key".to_string(), bytes(&ca.key_pem)),
+        ("trust.crt".to_string(), bytes(&ca.trust_bundle())),
+        ("generation".to_string(), bytes(&ca.generation.to_string())),
+    ]);
+    if let Some(p) = &ca.previous_pem {
+        data.insert("previous.crt".into(), bytes(p));
+    }
+    if let Some(r) = &ca.rotated_for {
+        data.insert("rotated-for".into(), bytes(r));
+    }
+    let mut secret: Secret = serde_json::from_value(json!({
+        "apiVersion": "v1",
+        "kind": "Secret",
+        "metadata": {
+            "name": ca_secret_name(&rc.name_any()),
+            "labels": secret_labels(rc, "ca"),
+            "ownerReferences": owner(rc),
+        },
+        "type": "Opaque",
+    }))
+    .expect("a valid Secret");
+    secret.data = Some(data);
+    secret
+}
+
+/// The Secret of one certificate (tls.crt, tls.key, and ca.crt: the trust
+/// bundle), owned by the cluster.
+pub fn leaf_secret(rc: &RaftCluster, leaf: &Leaf, stored: &StoredLeaf) -> Secret {
+    let mut secret: Secret = serde_json::from_value(json!({
+        "apiVersion": "v1",
+        "kind": "Secret",
+        "metadata": {
+            "name": leaf_secret_name(&rc.name_any(), leaf),
+            "labels": secret_labels(rc, &leaf.stem()),
+            "annotations": {CA_GENERATION_ANNOTATION: stored.generation.to_string()},
+            "ownerReferences": owner(rc),
+        },
+        "type": "kubernetes.io/tls",
+    }))
+    .expect("a valid Secret");
+    secret.data = Some(BTreeMap::from([
+        ("tls.crt".to_string(), bytes(&stored.cert_pem)),
+        ("tls.key".to_string(), bytes(&stored.key_pem)),
+        ("ca.crt".to_string(), bytes(&stored.trust_pem)),
+    ]));
+    secret
+}
+
+/// One entry of a Secret's data as text.
+pub fn secret_text(secret: &Secret, key: &str) -> Option<String> {
+    let b = secret.data.as_ref()?.get(key)?;
+    String::from_utf8(b.0.clone()).ok()
+}
+
+/// The CA stored in `secret`, if it is whole.
+pub fn ca_from_secret(secret: &Secret) -> Option<Ca> {
+    Some(Ca {
+        cert_pem: secret_text(secret, "ca.crt")?,
+        key_pem: secret_text(secret, "ca.key")?,
+        generation: secret_text(secret, "generation")?.trim().parse().ok()?,
+        previous_pem: secret_text(secret, "previous.crt"),
+        rotated_for: secret_text(secret, "rotated-for"),
+    })
+}
+
+/// The certificate stored in `secret`, if it is whole. A Secret without the
+/// generation annotation (cert-manager's) reads as generation 0.
+pub fn leaf_from_secret(secret: &Secret) -> Option<StoredLeaf> {
+    Some(StoredLeaf {
+        cert_pem: secret_text(secret, "tls.crt")?,
+        key_pem: secret_text(secret, "tls.key")?,
+        trust_pem: secret_text(secret, "ca.crt")?,
+        generation: secret
+            .annotations()
+            .get(CA_GENERATION_ANNOTATION)
+            .and_then(|g| g.parse().ok())
+            .unwrap_or(0),
+    })
+}
+
+/// Ingress to the cluster's member pods: the peer port only from its own
+/// members, the admin port only from the operator's pods (any namespace),
+/// the client and metrics ports from anywhere (clients, probes, scrapers).
+pub fn network_policy(rc: &RaftCluster) -> NetworkPolicy {
+    let name = rc.name_any();
+    let operator: BTreeMap<&str, &str> = OPERATOR_POD_LABELS.into_iter().collect();
+    serde_json::from_value(json!({
+        "apiVersion": "networking.k8s.io/v1",
+        "kind": "NetworkPolicy",
+        "metadata": cluster_object(rc, &network_policy_name(&name)),
+        "spec": {
+            "podSelector": {"matchLabels": selector_labels(&name)},
+            "policyTypes": ["Ingress"],
+            "ingress": [
+                {
+                    "from": [{"podSelector": {"matchLabels": selector_labels(&name)}}],
+                    "ports": [{"protocol": "TCP", "port": PEER_PORT}],
+                },
+                {
+                    "from": [{
+                        "namespaceSelector": {},
+                        "podSelector": {"matchLabels": operator},
+                    }],
+                    "ports": [{"protocol": "TCP", "port": ADMIN_PORT}],
+                },
+                {
+                    "ports": [
+                        {"protocol": "TCP", "port": CLIENT_PORT},
+                        {"protocol": "TCP", "port": METRICS_PORT},
+                    ],
+                },
+            ],
+        },
+    }))
+    .expect("a valid NetworkPolicy")
+}
+
+/// cert-manager's Certificate kind (cert-manager.io/v1), served dynamically:
+/// no cert-manager types are compiled in.
+pub fn certificate_resource() -> ApiResource {
+    ApiResource {
+        group: "cert-manager.io".into(),
+        version: "v1".into(),
+        api_version: "cert-manager.io/v1".into(),
+        kind: "Certificate".into(),
+        plural: "certificates".into(),
+    }
+}
+
+/// A cert-manager Certificate for `leaf`, issued by `issuer` into the Secret
+/// the operator would otherwise write (members mount the same). cert-manager
+/// renews it with a third of its 90 days left.
+pub fn certificate(rc: &RaftCluster, leaf: &Leaf, issuer: &IssuerRef) -> DynamicObject {
+    let name = rc.name_any();
+    let uid = rc.uid().unwrap_or_default();
+    let secret = leaf_secret_name(&name, leaf);
+    let mut usages = vec!["digital signature", "key encipherment", "client auth"];
+    let mut spec = json!({
+        "secretName": secret,
+        "secretTemplate": {"labels": secret_labels(rc, &leaf.stem())},
+        "uris": [leaf.identity(&uid).uri()],
+        "duration": "2160h",
+        "renewBefore": "720h",
+        "privateKey": {"algorithm": "ECDSA", "size": 256, "rotationPolicy": "Always"},
+        "issuerRef": {"name": issuer.name, "kind": issuer.kind, "group": issuer.group},
+    });
+    if let Some(id) = leaf.member_id() {
+        usages.push("server auth");
+        spec["dnsNames"] = json!(member_names(rc, id));
+    }
+    spec["usages"] = json!(usages);
+    serde_json::from_value(json!({
+        "apiVersion": "cert-manager.io/v1",
+        "kind": "Certificate",
+        "metadata": {
+            "name": secret,
+            "labels": secret_labels(rc, &leaf.stem()),
+            "ownerReferences": owner(rc),
+        },
+        "spec": spec,
+    }))
+    .expect("a valid Certificate")
 }
 
 /// Headless Service for peer traffic; it publishes members before they are
@@ -216,6 +444,15 @@ pub fn member_pod(
         initial_voters,
         expect_state,
         raft: &spec.raft,
+        transport: match spec.tls.enabled {
+            true => Transport::Tls {
+                cert: format!("{TLS_DIR}/tls.crt"),
+                key: format!("{TLS_DIR}/tls.key"),
+                ca: format!("{TLS_DIR}/ca.crt"),
+                client_auth: spec.tls.client_auth,
+            },
+            false => Transport::Plaintext,
+        },
     };
     let env: Vec<serde_json::Value> = launch
         .env()
@@ -281,6 +518,21 @@ pub fn member_pod(
             "volumes": [{"name": "data", "persistentVolumeClaim": {"claimName": claim}}],
         },
     });
+    if spec.tls.enabled {
+        // Group-readable: the files belong to root and the fsGroup. The
+        // kubelet swaps them when the Secret is renewed; raft-node re-reads.
+        pod["spec"]["volumes"]
+            .as_array_mut()
+            .expect("volumes")
+            .push(json!({"name": "tls", "secret": {
+                "secretName": leaf_secret_name(&name, &Leaf::Member(id)),
+                "defaultMode": 0o440,
+            }}));
+        pod["spec"]["containers"][0]["volumeMounts"]
+            .as_array_mut()
+            .expect("volume mounts")
+            .push(json!({"name": "tls", "mountPath": TLS_DIR, "readOnly": true}));
+    }
     if let Some(r) = &spec.resources {
         pod["spec"]["containers"][0]["resources"] = json!(r);
     }

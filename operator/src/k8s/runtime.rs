@@ -9,15 +9,17 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 
-use k8s_openapi::api::core::v1::{PersistentVolumeClaim, Pod};
+use k8s_openapi::api::core::v1::{PersistentVolumeClaim, Pod, Secret};
 use kube::api::{DeleteParams, ListParams, Patch, PatchParams, PostParams};
 use kube::{Api, Client, ResourceExt};
 use serde_json::json;
 
+use crate::certs::Leaf;
 use crate::crd::{RaftCluster, Retention};
 use crate::k8s::resources::{
-    member_pod, pod_name, selector, volume_claim, ADMIN_PORT, CLIENT_PORT, CLUSTER_UID_LABEL,
-    CONTAINER, HOLDS_STATE_ANNOTATION, MEMBER_ID_LABEL, PEER_PORT, RETIRED_LABEL,
+    leaf_secret_name, member_pod, pod_name, selector, volume_claim, ADMIN_PORT, CLIENT_PORT,
+    CLUSTER_UID_LABEL, CONTAINER, HOLDS_STATE_ANNOTATION, MEMBER_ID_LABEL, PEER_PORT,
+    RETIRED_LABEL,
 };
 use crate::plan::Member;
 use crate::runtime::{Runtime, WIPED_EXIT_CODE};
@@ -27,6 +29,7 @@ pub struct KubeRuntime {
     cluster: RaftCluster,
     pods: Api<Pod>,
     claims: Api<PersistentVolumeClaim>,
+    secrets: Api<Secret>,
     /// Live (not retired, not being deleted) volumes by member id, as of the
     /// last `list`.
     volumes: BTreeMap<u64, Volume>,
@@ -130,7 +133,8 @@ impl KubeRuntime {
         KubeRuntime {
             cluster: cluster.clone(),
             pods: Api::namespaced(client.clone(), &ns),
-            claims: Api::namespaced(client, &ns),
+            claims: Api::namespaced(client.clone(), &ns),
+            secrets: Api::namespaced(client, &ns),
             volumes: BTreeMap::new(),
         }
     }
@@ -298,7 +302,13 @@ impl Runtime for KubeRuntime {
                 Retention::Retain => retire(&self.claims, &v.name).await?,
             }
         }
-        delete_gone(&self.pods, &pod_name(&self.cluster.name_any(), id)).await?;
+        let name = self.cluster.name_any();
+        delete_gone(&self.pods, &pod_name(&name, id)).await?;
+        // Its certificate goes with it (a member created again gets a new one).
+        if self.cluster.spec.tls.enabled && self.cluster.spec.tls.issuer_ref.is_none() {
+            let secret = leaf_secret_name(&name, &Leaf::Member(id));
+            delete_gone(&self.secrets, &secret).await?;
+        }
         Ok(())
     }
 

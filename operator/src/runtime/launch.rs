@@ -23,6 +23,10 @@ impl Setting {
         }
     }
 
+    fn switch(name: &'static str) -> Setting {
+        Setting { name, value: None }
+    }
+
     pub fn flag(&self) -> String {
         format!("--{}", self.name)
     }
@@ -43,6 +47,21 @@ pub struct Listen {
     pub advertise: Option<String>,
 }
 
+/// How a member's ports are secured.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Transport {
+    /// Mutual TLS from these PEM files (re-read by raft-node when they change).
+    Tls {
+        cert: String,
+        key: String,
+        ca: String,
+        /// The client port requires a client certificate too.
+        client_auth: bool,
+    },
+    /// `--insecure-plaintext`: only when the spec says `tls.enabled: false`.
+    Plaintext,
+}
+
 /// Everything one start of member `id` is given.
 pub struct Launch<'a> {
     pub id: u64,
@@ -57,6 +76,7 @@ pub struct Launch<'a> {
     /// an empty data dir (a wiped volume) instead of rejoining empty.
     pub expect_state: bool,
     pub raft: &'a RaftSettings,
+    pub transport: Transport,
 }
 
 impl Launch<'_> {
@@ -97,10 +117,25 @@ impl Launch<'_> {
             out.push(Setting::new("initial-voters", v.join(",")));
         }
         if self.expect_state {
-            out.push(Setting {
-                name: "expect-state",
-                value: None,
-            });
+            out.push(Setting::switch("expect-state"));
+        }
+        match &self.transport {
+            Transport::Tls {
+                cert,
+                key,
+                ca,
+                client_auth,
+            } => {
+                out.extend([
+                    Setting::new("tls-cert", cert),
+                    Setting::new("tls-key", key),
+                    Setting::new("tls-ca", ca),
+                ]);
+                if *client_auth {
+                    out.push(Setting::switch("tls-client-auth"));
+                }
+            }
+            Transport::Plaintext => out.push(Setting::switch("insecure-plaintext")),
         }
         out
     }
@@ -150,6 +185,12 @@ mod tests {
             initial_voters: Some(voters),
             expect_state: true,
             raft,
+            transport: Transport::Tls {
+                cert: "/tls/tls.crt".into(),
+                key: "/tls/tls.key".into(),
+                ca: "/tls/ca.crt".into(),
+                client_auth: true,
+            },
         }
     }
 
@@ -158,7 +199,13 @@ mod tests {
         let peers = BTreeMap::from([(1, "127.0.0.1:7000".to_string())]);
         let (voters, raft) = (BTreeSet::from([1, 2]), RaftSettings::default());
         let node = NodeConfig::command();
-        for s in every_setting(&peers, &voters, &raft).settings() {
+        let mut plaintext = every_setting(&peers, &voters, &raft);
+        plaintext.transport = Transport::Plaintext;
+        let all = every_setting(&peers, &voters, &raft)
+            .settings()
+            .into_iter()
+            .chain(plaintext.settings());
+        for s in all {
             let arg = node
                 .get_arguments()
                 .find(|a| a.get_long() == Some(s.name))
@@ -198,6 +245,36 @@ mod tests {
         assert!(cfg.expect_state);
         assert_eq!(cfg.advertise(), "demo-1.demo-peers.ns.svc:7000");
         assert_eq!(cfg.snapshot_entries, raft.snapshot_entries);
+        assert_eq!(
+            cfg.tls_cert.as_deref(),
+            Some(std::path::Path::new("/tls/tls.crt"))
+        );
+        assert_eq!(
+            cfg.tls_ca.as_deref(),
+            Some(std::path::Path::new("/tls/ca.crt"))
+        );
+        assert!(cfg.tls_client_auth && !cfg.insecure_plaintext);
+        cfg.validate().expect("a valid configuration");
+    }
+
+    #[test]
+    fn without_tls_members_are_told_plaintext_explicitly() {
+        let (peers, voters, raft) = (
+            BTreeMap::new(),
+            BTreeSet::from([2]),
+            RaftSettings::default(),
+        );
+        let mut launch = every_setting(&peers, &voters, &raft);
+        launch.transport = Transport::Plaintext;
+        let args = launch.args();
+        assert!(args.contains(&"--insecure-plaintext".to_string()));
+        assert!(!args.iter().any(|a| a.starts_with("--tls")), "{args:?}");
+        let env = launch.env();
+        assert!(env.contains(&("RAFTLANE_INSECURE_PLAINTEXT".into(), "true".into())));
+        let cfg = NodeConfig::try_parse_from(["raft-node".to_string()].into_iter().chain(args))
+            .expect("raft-node parses the flags");
+        assert!(cfg.insecure_plaintext);
+        cfg.validate().expect("a valid configuration");
     }
 
     #[test]

@@ -21,10 +21,274 @@ use std::process::{Child, Command, Stdio};
 use anyhow::Context;
 use serde::{Deserialize, Serialize};
 
-use super::launch::{Launch, Listen};
+use raftlane_tls::files::Material;
+use raftlane_tls::{Dialer, TlsSource};
+
+use super::launch::{Launch, Listen, Transport};
 use super::{Runtime, WIPED_EXIT_CODE};
-use crate::crd::{RaftSettings, MAX_REPLICAS};
+use crate::certs::{self, Ca, CaChange, Leaf, Stored, StoredLeaf};
+use crate::crd::{RaftSettings, TlsSpec, MAX_REPLICAS};
 use crate::plan::Member;
+
+/// The certificates of a local cluster, as PEM files under `<state>/tls/`:
+/// ca.crt, ca.key, trust.crt (what members trust: the CA, and the previous
+/// one while rotating), member-<id>.crt/.key, admin.crt/.key, client.crt/.key
+/// and the operator's operator.crt/.key; `state.json` records the CA's
+/// generation, the rotation and which CA issued each certificate. Key files
+/// are mode 0600; every file is rewritten whole (temporary file, rename), so
+/// a member re-reading it never sees half of one.
+pub struct LocalTls {
+    dir: PathBuf,
+    cluster: String,
+    client_auth: bool,
+}
+
+/// `state.json` of [`LocalTls`].
+#[derive(Serialize, Deserialize, Default)]
+struct TlsState {
+    generation: u32,
+    #[serde(default)]
+    rotated_for: Option<String>,
+    /// The generation of the CA that issued each certificate, by file stem.
+    #[serde(default)]
+    issued_by: BTreeMap<String, u32>,
+}
+
+/// One pass over a local cluster's certificates.
+pub struct CertPass {
+    pub dialer: Dialer,
+    /// The operator's certificate or trust changed: re-dial.
+    pub dialer_changed: bool,
+    pub written: Vec<String>,
+    pub ca_change: Option<CaChange>,
+}
+
+/// Writes `body` to `path` whole: a temporary file (mode `mode`), fsync, rename.
+fn write_file(path: &Path, body: &[u8], mode: u32) -> anyhow::Result<()> {
+    use std::io::Write;
+    use std::os::unix::fs::OpenOptionsExt;
+    let mut tmp = path.as_os_str().to_owned();
+    tmp.push(".tmp");
+    let tmp = PathBuf::from(tmp);
+    let mut f = fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(mode)
+        .open(&tmp)
+        .with_context(|| format!("writing {}", tmp.display()))?;
+    f.write_all(body)?;
+    f.sync_all()?;
+    fs::rename(&tmp, path).with_context(|| format!("writing {}", path.display()))?;
+    Ok(())
+}
+
+fn read_opt(path: &Path) -> anyhow::Result<Option<String>> {
+    match fs::read_to_string(path) {
+        Ok(t) => Ok(Some(t)),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+        Err(e) => Err(e).with_context(|| format!("reading {}", path.display())),
+    }
+}
+
+impl LocalTls {
+    pub fn new(cluster_dir: &Path, cluster: &str, client_auth: bool) -> LocalTls {
+        LocalTls {
+            dir: cluster_dir.join("tls"),
+            cluster: cluster.to_string(),
+            client_auth,
+        }
+    }
+
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+
+    pub fn cert_path(&self, leaf: &Leaf) -> PathBuf {
+        self.dir.join(format!("{}.crt", leaf.stem()))
+    }
+
+    pub fn key_path(&self, leaf: &Leaf) -> PathBuf {
+        self.dir.join(format!("{}.key", leaf.stem()))
+    }
+
+    pub fn trust_path(&self) -> PathBuf {
+        self.dir.join("trust.crt")
+    }
+
+    /// How member `id` is started.
+    fn transport(&self, id: u64) -> Transport {
+        let leaf = Leaf::Member(id);
+        Transport::Tls {
+            cert: self.cert_path(&leaf).display().to_string(),
+            key: self.key_path(&leaf).display().to_string(),
+            ca: self.trust_path().display().to_string(),
+            client_auth: self.client_auth,
+        }
+    }
+
+    fn state(&self) -> anyhow::Result<TlsState> {
+        let path = self.dir.join("state.json");
+        match read_opt(&path)? {
+            None => Ok(TlsState::default()),
+            Some(t) => {
+                serde_json::from_str(&t).with_context(|| format!("{}: unreadable", path.display()))
+            }
+        }
+    }
+
+    fn write_state(&self, state: &TlsState) -> anyhow::Result<()> {
+        let body = serde_json::to_vec_pretty(state)?;
+        write_file(&self.dir.join("state.json"), &body, 0o644)
+    }
+
+    /// Removes member `id`'s certificate (it left the cluster).
+    fn forget_member(&self, id: u64) -> anyhow::Result<()> {
+        remove_if_present(&self.cert_path(&Leaf::Member(id)))?;
+        remove_if_present(&self.key_path(&Leaf::Member(id)))
+    }
+
+    /// Member ids with a certificate file.
+    fn member_ids(&self) -> anyhow::Result<BTreeSet<u64>> {
+        let mut out = BTreeSet::new();
+        if let Ok(entries) = fs::read_dir(&self.dir) {
+            for e in entries {
+                let name = e?.file_name().to_string_lossy().to_string();
+                if let Some(id) = name
+                    .strip_prefix("member-")
+                    .and_then(|n| n.strip_suffix(".crt"))
+                    .and_then(|n| n.parse().ok())
+                {
+                    out.insert(id);
+                }
+            }
+        }
+        Ok(out)
+    }
+
+    fn read(&self, wanted: &[Leaf]) -> anyhow::Result<(Stored, TlsState)> {
+        let state = self.state()?;
+        let ca = match (
+            read_opt(&self.dir.join("ca.crt"))?,
+            read_opt(&self.dir.join("ca.key"))?,
+        ) {
+            (Some(cert_pem), Some(key_pem)) if state.generation > 0 => Some(Ca {
+                cert_pem,
+                key_pem,
+                generation: state.generation,
+                previous_pem: read_opt(&self.dir.join("previous-ca.crt"))?,
+                rotated_for: state.rotated_for.clone(),
+            }),
+            _ => None,
+        };
+        // Every member reads the one trust.crt: a leaf's trust is the CA's.
+        let trust = ca.as_ref().map(Ca::trust_bundle).unwrap_or_default();
+        let mut leaves = BTreeMap::new();
+        for leaf in wanted {
+            let (Some(cert_pem), Some(key_pem)) = (
+                read_opt(&self.cert_path(leaf))?,
+                read_opt(&self.key_path(leaf))?,
+            ) else {
+                continue;
+            };
+            let generation = state.issued_by.get(&leaf.stem()).copied().unwrap_or(0);
+            leaves.insert(
+                leaf.clone(),
+                StoredLeaf {
+                    cert_pem,
+                    key_pem,
+                    generation,
+                    trust_pem: trust.clone(),
+                },
+            );
+        }
+        Ok((Stored { ca, leaves }, state))
+    }
+
+    /// Issues what is missing, renews what is due and rotates the CA when
+    /// asked (`annotation`) or due, for members `ids` (and those that have a
+    /// certificate already), by the rules of [`certs::plan`].
+    pub fn sync(
+        &self,
+        ids: impl IntoIterator<Item = u64>,
+        annotation: Option<&str>,
+    ) -> anyhow::Result<CertPass> {
+        fs::create_dir_all(&self.dir).with_context(|| format!("{}", self.dir.display()))?;
+        let mut all: BTreeSet<u64> = ids.into_iter().collect();
+        all.extend(self.member_ids()?);
+        let wanted = certs::leaves(all);
+        let (stored, mut state) = self.read(&wanted)?;
+        let names = |l: &Leaf| match l {
+            Leaf::Member(id) => vec![
+                "127.0.0.1".to_string(),
+                "localhost".to_string(),
+                format!("127.0.0.{id}"),
+            ],
+            _ => Vec::new(),
+        };
+        let changes = certs::plan(
+            &self.cluster,
+            &stored,
+            &wanted,
+            names,
+            annotation,
+            std::time::SystemTime::now(),
+        )?;
+        let mut written = Vec::new();
+        let next = certs::applied(&stored, &changes);
+        let ca = next.ca.clone().expect("plan always leaves a CA");
+        // The CA and the trust bundle first (a rotation's bundle trusts the
+        // old CA and the new), then the certificates: a member never reads a
+        // certificate its peers do not trust yet. A crash in between leaves
+        // certificates recorded as the old CA's, which the next pass reissues.
+        if let Some((ca, _)) = &changes.ca {
+            write_file(&self.dir.join("ca.key"), ca.key_pem.as_bytes(), 0o600)?;
+            write_file(&self.dir.join("ca.crt"), ca.cert_pem.as_bytes(), 0o644)?;
+            match &ca.previous_pem {
+                Some(p) => write_file(&self.dir.join("previous-ca.crt"), p.as_bytes(), 0o644)?,
+                None => remove_if_present(&self.dir.join("previous-ca.crt"))?,
+            }
+            state.generation = ca.generation;
+            state.rotated_for = ca.rotated_for.clone();
+            self.write_state(&state)?;
+            written.push(format!("ca (#{})", ca.generation));
+        }
+        let trust = ca.trust_bundle();
+        let mut operator_changed = false;
+        if read_opt(&self.trust_path())?.as_deref() != Some(trust.as_str()) {
+            write_file(&self.trust_path(), trust.as_bytes(), 0o644)?;
+            operator_changed = true;
+        }
+        let mut issued = false;
+        for (leaf, l) in &changes.leaves {
+            if stored.leaves.get(leaf).map(|s| &s.cert_pem) == Some(&l.cert_pem) {
+                // Only the trust changed: trust.crt says it for every member.
+                continue;
+            }
+            write_file(&self.key_path(leaf), l.key_pem.as_bytes(), 0o600)?;
+            write_file(&self.cert_path(leaf), l.cert_pem.as_bytes(), 0o644)?;
+            state.issued_by.insert(leaf.stem(), l.generation);
+            operator_changed |= *leaf == Leaf::Operator;
+            issued = true;
+            written.push(leaf.stem());
+        }
+        if issued {
+            self.write_state(&state)?;
+        }
+        let op = &next.leaves[&Leaf::Operator];
+        let material = Material::from_pem(
+            Some(op.cert_pem.as_bytes()),
+            Some(op.key_pem.as_bytes()),
+            trust.as_bytes(),
+        )?;
+        Ok(CertPass {
+            dialer: Dialer::Tls(TlsSource::fixed(material)),
+            dialer_changed: operator_changed,
+            written,
+            ca_change: changes.ca.map(|(_, why)| why),
+        })
+    }
+}
 
 /// What is recorded of a started member.
 #[derive(Serialize, Deserialize, Clone, Debug)]
@@ -41,6 +305,8 @@ pub struct LocalRuntime {
     cluster_id: String,
     node_bin: PathBuf,
     raft: RaftSettings,
+    /// The cluster's certificates; none when the spec turns TLS off.
+    tls: Option<LocalTls>,
     /// Processes this operator started (so they can be reaped).
     children: BTreeMap<u64, Child>,
 }
@@ -96,12 +362,14 @@ fn alive(pid: u32) -> bool {
 }
 
 impl LocalRuntime {
-    /// Members of cluster `cluster_id` live under `dir`.
+    /// Members of cluster `cluster_id` live under `dir`, with certificates
+    /// under `dir/tls` unless `tls.enabled` is false.
     pub fn new(
         dir: &Path,
         cluster_id: &str,
         node_bin: PathBuf,
         raft: RaftSettings,
+        tls: &TlsSpec,
     ) -> anyhow::Result<LocalRuntime> {
         fs::create_dir_all(dir).with_context(|| format!("state dir {}", dir.display()))?;
         anyhow::ensure!(
@@ -114,8 +382,29 @@ impl LocalRuntime {
             cluster_id: cluster_id.to_string(),
             node_bin,
             raft,
+            tls: tls
+                .enabled
+                .then(|| LocalTls::new(dir, cluster_id, tls.client_auth)),
             children: BTreeMap::new(),
         })
+    }
+
+    /// The certificates, unless TLS is off.
+    pub fn tls(&self) -> Option<&LocalTls> {
+        self.tls.as_ref()
+    }
+
+    /// One pass over the certificates (see [`LocalTls::sync`]): the dialer
+    /// the operator reaches members with. Plaintext only when TLS is off.
+    pub fn sync_certs(
+        &self,
+        replicas: u32,
+        annotation: Option<&str>,
+    ) -> anyhow::Result<Option<CertPass>> {
+        match &self.tls {
+            None => Ok(None),
+            Some(t) => Ok(Some(t.sync(1..=u64::from(replicas), annotation)?)),
+        }
     }
 
     fn record_path(&self, id: u64) -> PathBuf {
@@ -292,6 +581,16 @@ impl Runtime for LocalRuntime {
             initial_voters,
             expect_state: self.marker_path(id).exists(),
             raft: &self.raft,
+            transport: match &self.tls {
+                Some(t) => {
+                    // A member beyond the last pass's certificates gets its own now.
+                    if !t.cert_path(&Leaf::Member(id)).exists() {
+                        t.sync([id], None)?;
+                    }
+                    t.transport(id)
+                }
+                None => Transport::Plaintext,
+            },
         };
         let mut cmd = Command::new(&self.node_bin);
         cmd.args(launch.args());
@@ -327,6 +626,9 @@ impl Runtime for LocalRuntime {
         // goes with the data: a member created again starts on a fresh dir.
         retire_data(&self.data_dir(id))?;
         remove_if_present(&self.marker_path(id))?;
+        if let Some(t) = &self.tls {
+            t.forget_member(id)?;
+        }
         remove_if_present(&self.record_path(id))?;
         Ok(())
     }
@@ -385,7 +687,14 @@ mod tests {
     }
 
     fn runtime(dir: &Path) -> LocalRuntime {
-        LocalRuntime::new(dir, "c", node_bin(), RaftSettings::default()).unwrap()
+        LocalRuntime::new(
+            dir,
+            "c",
+            node_bin(),
+            RaftSettings::default(),
+            &TlsSpec::default(),
+        )
+        .unwrap()
     }
 
     /// Observes as a pass does (list, then record which members hold state)
