@@ -13,18 +13,19 @@ use kube::core::DeserializeGuard;
 use kube::runtime::controller::Action;
 use kube::runtime::events::Reporter;
 use raft_node::client::KvClient;
+use raft_operator::certs::{Ca, Leaf, StoredLeaf, LEAF_VALIDITY};
 use raft_operator::crd::RaftCluster;
 use raft_operator::k8s::controller::{reconcile, Context, FINALIZER, STATUS_MANAGER};
 use raft_operator::k8s::metrics::Metrics;
 use raft_operator::k8s::resources::{
-    client_service, disruption_budget, member_pod, peer_service, volume_claim, CLIENT_PORT,
-    PEER_PORT,
+    ca_secret, client_service, disruption_budget, leaf_secret, member_pod, network_policy,
+    peer_service, volume_claim, CLIENT_PORT, PEER_PORT, TLS_DIR,
 };
 use raft_operator::runtime::WIPED_EXIT_CODE;
 use serde_json::{json, Value};
 use support::fake_api::{
-    budgets_path, claims_path, clusters_path, events_path, pods_path, services_path, Call, FakeApi,
-    NS,
+    budgets_path, certificates_path, claims_path, clusters_path, events_path, pods_path,
+    policies_path, secrets_path, services_path, Call, FakeApi, NS,
 };
 use support::members::Members;
 
@@ -82,9 +83,19 @@ fn reads() -> Vec<String> {
         get(services_path(), "demo-peers"),
         get(services_path(), "demo"),
         get(budgets_path(), "demo"),
+        get(policies_path(), "demo-peers"),
+        format!("GET {}", secrets_path()),
         format!("GET {}", claims_path()),
         format!("GET {}", pods_path()),
     ]
+}
+
+/// Stores `obj` as created earlier (a resourceVersion, so it can be replaced).
+fn put_stored(api: &FakeApi, collection: &str, obj: impl serde::Serialize) {
+    let mut v = serde_json::to_value(obj).unwrap();
+    v["metadata"]["resourceVersion"] = json!("1");
+    v["metadata"]["namespace"] = json!(NS);
+    api.put(collection, v);
 }
 
 fn event_reasons(calls: &[Call]) -> Vec<String> {
@@ -137,7 +148,13 @@ async fn running_cluster(n: u64) -> (FakeApi, Arc<Context>, Members) {
         &budgets_path(),
         serde_json::to_value(disruption_budget(&rc)).unwrap(),
     );
+    api.put(
+        &policies_path(),
+        serde_json::to_value(network_policy(&rc)).unwrap(),
+    );
     let mut members = Members::new(UID);
+    // The CA the members' certificates come from is the cluster's.
+    put_stored(&api, &secrets_path(), ca_secret(&rc, &members.ca));
     let voters: Vec<u64> = (1..=n).collect();
     let peers: Vec<(u64, String)> = voters
         .iter()
@@ -224,10 +241,20 @@ async fn create_cluster_writes_services_budget_volumes_pods_then_status() {
         format!("POST {}", services_path()),
         get(budgets_path(), "demo"),
         format!("POST {}", budgets_path()),
+        get(policies_path(), "demo-peers"),
+        format!("POST {}", policies_path()),
+        format!("GET {}", secrets_path()),
+    ];
+    // The CA, each member's certificate, then the users': before any pod.
+    for _ in 0..6 {
+        want.push(format!("POST {}", secrets_path()));
+    }
+    want.extend([
+        format!("POST {}", events_path()),
         format!("GET {}", claims_path()),
         format!("GET {}", pods_path()),
         format!("PATCH {}/demo/status", clusters_path()),
-    ];
+    ]);
     for _ in 1..=3 {
         want.push(format!("POST {}", claims_path()));
         want.push(format!("POST {}", pods_path()));
@@ -245,10 +272,77 @@ async fn create_cluster_writes_services_budget_volumes_pods_then_status() {
     assert_eq!(peers["metadata"]["ownerReferences"][0]["uid"], UID);
     assert_eq!(calls[3].body["spec"]["ports"][0]["port"], 7001);
     assert_eq!(calls[5].body["spec"]["maxUnavailable"], 1);
-    assert!(calls[6].query.contains("labelSelector="));
+    assert!(calls[16].query.contains("labelSelector="));
+
+    // The NetworkPolicy: peers only from this cluster's members, admin only
+    // from the operator's pods.
+    let policy = &calls[7].body;
+    assert_eq!(policy["metadata"]["name"], "demo-peers");
+    assert_eq!(policy["metadata"]["ownerReferences"][0]["uid"], UID);
+    let members_only =
+        json!({"app.kubernetes.io/name": "raft-node", "app.kubernetes.io/instance": "demo"});
+    assert_eq!(policy["spec"]["podSelector"]["matchLabels"], members_only);
+    let ingress = policy["spec"]["ingress"].as_array().unwrap();
+    assert_eq!(ingress[0]["ports"][0]["port"], 7000);
+    assert_eq!(
+        ingress[0]["from"][0]["podSelector"]["matchLabels"],
+        members_only
+    );
+    assert_eq!(ingress[1]["ports"][0]["port"], 7002);
+    assert_eq!(
+        ingress[1]["from"][0]["podSelector"]["matchLabels"]["app.kubernetes.io/name"],
+        "raft-operator"
+    );
+    assert_eq!(ingress[2]["ports"][0]["port"], 7001);
+
+    // Secrets: the CA, members 1-3, admin, client; each owned by the cluster
+    // (collected with it).
+    assert!(calls[8].query.contains("labelSelector="));
+    let names: Vec<&str> = calls[9..15]
+        .iter()
+        .map(|c| c.body["metadata"]["name"].as_str().unwrap())
+        .collect();
+    assert_eq!(
+        names,
+        [
+            "demo-ca",
+            "demo-member-1-tls",
+            "demo-member-2-tls",
+            "demo-member-3-tls",
+            "demo-admin-tls",
+            "demo-client-tls"
+        ]
+    );
+    for c in &calls[9..15] {
+        let owner = &c.body["metadata"]["ownerReferences"][0];
+        assert_eq!(
+            (&owner["uid"], &owner["kind"]),
+            (&json!(UID), &json!("RaftCluster"))
+        );
+        let data = c.body["data"].as_object().unwrap();
+        let keys: Vec<&String> = data.keys().collect();
+        if c.body["metadata"]["name"] == "demo-ca" {
+            assert!(
+                ["ca.crt", "ca.key", "trust.crt", "generation"]
+                    .iter()
+                    .all(|k| data.contains_key(*k)),
+                "{keys:?}"
+            );
+        } else {
+            assert_eq!(keys, ["ca.crt", "tls.crt", "tls.key"]);
+            assert_eq!(c.body["type"], "kubernetes.io/tls");
+        }
+    }
+    assert_eq!(calls[15].body["reason"], "CertificatesIssued");
+    // No certificate is written again by the next pass.
+    let stored = api.get(&secrets_path(), "demo-member-1-tls").unwrap();
+    assert_eq!(
+        stored["metadata"]["annotations"]["raftlane.io/ca-generation"],
+        "1"
+    );
 
     // The bootstrap voters are written before the first member is created.
-    let bootstrap = &calls[8];
+    let bootstrap = &calls[18];
     assert!(bootstrap
         .query
         .contains(&format!("fieldManager={STATUS_MANAGER}")));
@@ -259,7 +353,7 @@ async fn create_cluster_writes_services_budget_volumes_pods_then_status() {
     );
 
     for (i, id) in (1..=3u64).enumerate() {
-        let claim = &calls[9 + 3 * i];
+        let claim = &calls[19 + 3 * i];
         assert_eq!(
             claim.body["metadata"]["generateName"],
             format!("data-demo-{}-", id - 1)
@@ -277,7 +371,7 @@ async fn create_cluster_writes_services_budget_volumes_pods_then_status() {
         assert!(claim.body["metadata"]["ownerReferences"].is_null());
         let claim_name = api.list(&claims_path())[i]["metadata"]["name"].clone();
 
-        let pod = &calls[10 + 3 * i].body;
+        let pod = &calls[20 + 3 * i].body;
         assert_eq!(pod["metadata"]["name"], format!("demo-{}", id - 1));
         assert_eq!(pod["spec"]["hostname"], format!("demo-{}", id - 1));
         assert_eq!(pod["spec"]["subdomain"], "demo-peers");
@@ -319,9 +413,33 @@ async fn create_cluster_writes_services_budget_volumes_pods_then_status() {
         assert_eq!(pod["spec"]["securityContext"]["runAsNonRoot"], true);
         // Members never call the Kubernetes API: no ServiceAccount token inside.
         assert_eq!(pod["spec"]["automountServiceAccountToken"], false);
-        assert_eq!(calls[11 + 3 * i].body["reason"], "MemberCreated");
+        assert_eq!(calls[21 + 3 * i].body["reason"], "MemberCreated");
+        // The member's Secret, mounted read-only; raft-node told where.
+        assert_eq!(
+            pod["spec"]["volumes"][1]["secret"]["secretName"],
+            format!("demo-member-{id}-tls")
+        );
+        let mount = &c["volumeMounts"][1];
+        assert_eq!(
+            (&mount["mountPath"], &mount["readOnly"]),
+            (&json!(TLS_DIR), &json!(true))
+        );
+        assert_eq!(
+            env(pod, "RAFTLANE_TLS_CERT"),
+            Some("/etc/raftlane/tls/tls.crt")
+        );
+        assert_eq!(
+            env(pod, "RAFTLANE_TLS_KEY"),
+            Some("/etc/raftlane/tls/tls.key")
+        );
+        assert_eq!(
+            env(pod, "RAFTLANE_TLS_CA"),
+            Some("/etc/raftlane/tls/ca.crt")
+        );
+        assert_eq!(env(pod, "RAFTLANE_INSECURE_PLAINTEXT"), None);
+        assert_eq!(env(pod, "RAFTLANE_TLS_CLIENT_AUTH"), None);
     }
-    let status = &calls[18].body["status"];
+    let status = &calls[28].body["status"];
     assert_eq!(status["observedGeneration"], 1);
     assert_eq!(status["bootstrapVoters"], json!([1, 2, 3]));
     let progressing = status["conditions"]
@@ -342,6 +460,9 @@ async fn scale_up_one_step_creates_then_adds_a_learner_then_promotes() {
     let (_, calls) = pass(&api, &ctx).await;
     let mut want = reads();
     want.insert(1, format!("POST {}", events_path()));
+    // Member 4's certificate first.
+    want.insert(7, format!("POST {}", secrets_path()));
+    want.insert(8, format!("POST {}", events_path()));
     want.extend([
         format!("POST {}", claims_path()),
         format!("POST {}", pods_path()),
@@ -351,14 +472,15 @@ async fn scale_up_one_step_creates_then_adds_a_learner_then_promotes() {
     assert_eq!(lines(&calls), want);
     assert_eq!(calls[1].body["reason"], "Scaling");
     assert_eq!(calls[1].body["note"], "3 → 4 members");
-    let pod = &calls[8].body;
+    assert_eq!(calls[7].body["metadata"]["name"], "demo-member-4-tls");
+    let pod = &calls[12].body;
     assert_eq!(pod["metadata"]["name"], "demo-3");
     assert_eq!(
         env(pod, "RAFTLANE_INITIAL_VOTERS"),
         None,
         "a joining member never bootstraps"
     );
-    assert_eq!(calls[9].body["reason"], "MemberCreated");
+    assert_eq!(calls[13].body["reason"], "MemberCreated");
 
     // The kubelet starts it: a new member, empty, at its pod IP.
     let ip = members.ip(4, 0);
@@ -377,8 +499,8 @@ async fn scale_up_one_step_creates_then_adds_a_learner_then_promotes() {
     let mut steps = Vec::new();
     let mut marked = Vec::new();
     for calls in &passes {
-        assert_eq!(lines(&calls[..6]), reads());
-        for c in calls[6..].iter() {
+        assert_eq!(lines(&calls[..8]), reads());
+        for c in calls[8..].iter() {
             if c.method == "PATCH" && c.path.starts_with(&claims_path()) {
                 assert_eq!(
                     c.body["metadata"]["annotations"]["raftlane.io/holds-state"],
@@ -432,7 +554,8 @@ async fn scale_down_one_step_leaves_the_membership_before_the_pod_goes() {
     let removed = at(&|c| c.body["reason"] == "MemberRemoved").expect("a MemberRemoved event");
     let retired = at(&|c| c.method == "PATCH" && c.path.starts_with(&claims_path()))
         .expect("the volume retired (whenScaled: Retain)");
-    let deleted = at(&|c| c.method == "DELETE").expect("a DELETE");
+    let deleted =
+        at(&|c| c.method == "DELETE" && c.path.starts_with(&pods_path())).expect("a DELETE");
     assert!(
         removed < retired && retired < deleted,
         "order: removed {removed}, retired {retired}, deleted {deleted}"
@@ -454,7 +577,14 @@ async fn scale_down_one_step_leaves_the_membership_before_the_pod_goes() {
         .filter(|c| c.method == "DELETE")
         .map(|c| c.line())
         .collect();
-    assert_eq!(deletes.len(), 1, "one pod deleted: {deletes:?}");
+    assert_eq!(
+        deletes,
+        [
+            format!("DELETE {}/demo-3", pods_path()),
+            format!("DELETE {}/demo-member-4-tls", secrets_path())
+        ],
+        "one pod deleted, then its certificate"
+    );
     members.wait_voters(1, &[1, 2, 3]).await;
     let real = members.status(&members.ip(1, 0)).await.unwrap();
     assert!(real.learners.is_empty());
@@ -467,9 +597,15 @@ async fn scale_down_one_step_leaves_the_membership_before_the_pod_goes() {
         .iter()
         .filter(|c| c.method == "POST" && c.path != events_path())
         .collect();
-    assert_eq!(posted.len(), 2, "a volume and a pod: {:?}", lines(&calls));
-    assert_eq!(posted[0].path, claims_path());
-    let claim = &posted[1].body["spec"]["volumes"][0]["persistentVolumeClaim"]["claimName"];
+    assert_eq!(
+        posted.len(),
+        3,
+        "a certificate, a volume and a pod: {:?}",
+        lines(&calls)
+    );
+    assert_eq!(posted[0].body["metadata"]["name"], "demo-member-4-tls");
+    assert_eq!(posted[1].path, claims_path());
+    let claim = &posted[2].body["spec"]["volumes"][0]["persistentVolumeClaim"]["claimName"];
     assert_ne!(claim, "data-demo-3-seed");
     assert!(claim.as_str().unwrap().starts_with("data-demo-3-"));
 }
@@ -489,7 +625,7 @@ async fn a_member_whose_volume_is_lost_is_removed_then_added_back_empty() {
     })
     .await;
     for calls in &passes {
-        assert_eq!(lines(&calls[..6]), reads());
+        assert_eq!(lines(&calls[..8]), reads());
         let created = calls
             .iter()
             .filter(|c| c.method == "POST" && c.path != events_path());
@@ -581,8 +717,8 @@ async fn pod_ip_change_pushes_the_address_in_place_and_touches_no_pod() {
     });
 
     let (_, calls) = pass(&api, &ctx).await;
-    assert_eq!(lines(&calls[..6]), reads());
-    let writes: Vec<&Call> = calls[6..].iter().collect();
+    assert_eq!(lines(&calls[..8]), reads());
+    let writes: Vec<&Call> = calls[8..].iter().collect();
     assert!(
         writes
             .iter()
@@ -629,7 +765,7 @@ async fn idle_cluster_only_reads_even_under_client_writes() {
     let endpoints: Vec<String> = (1..=3)
         .map(|id| format!("{}:{CLIENT_PORT}", members.ip(id, 0)))
         .collect();
-    let kv = KvClient::new(&endpoints, Duration::from_secs(10)).unwrap();
+    let kv = KvClient::new(&endpoints, Duration::from_secs(10), members.dialer()).unwrap();
     for round in 0..3 {
         // Applied indexes move; nothing else does: no status write.
         for i in 0..20 {
@@ -655,6 +791,7 @@ async fn a_paused_cluster_is_read_and_its_status_written_and_nothing_else() {
     api.remove(&pods_path(), "demo-2");
     let paused_reads = [
         get(clusters_path(), "demo"),
+        format!("GET {}", secrets_path()),
         format!("GET {}", claims_path()),
         format!("GET {}", pods_path()),
     ];
@@ -663,7 +800,7 @@ async fn a_paused_cluster_is_read_and_its_status_written_and_nothing_else() {
     want.push(format!("PATCH {}/demo/status", clusters_path()));
     assert_eq!(lines(&calls), want);
     assert_eq!(action, Action::requeue(Duration::from_secs(60)));
-    let conditions = calls[3].body["status"]["conditions"].as_array().unwrap();
+    let conditions = calls[4].body["status"]["conditions"].as_array().unwrap();
     let paused = conditions
         .iter()
         .find(|c| c["type"] == "ReconciliationPaused")
@@ -773,7 +910,7 @@ async fn a_pass_on_a_stale_cached_object_uses_the_stored_status() {
     let guard: DeserializeGuard<RaftCluster> = serde_json::from_value(stale).unwrap();
     reconcile(Arc::new(guard), ctx.clone()).await.unwrap();
     let calls = api.take_calls();
-    assert_eq!(lines(&calls[..6]), reads());
+    assert_eq!(lines(&calls[..8]), reads());
     let created = calls
         .iter()
         .filter(|c| c.method == "POST" && c.path != events_path());
@@ -829,10 +966,14 @@ fn pod_env(pod: &Value) -> Vec<(String, String)> {
 /// raft-node as the kubelet runs it from `pod`: its environment only, at
 /// this test's "pod IP" `ip`, on the data dir `data`.
 fn pod_process(members: &Members, pod: &Value, ip: &str, data: &Path) -> std::process::Command {
+    let id: u64 = env(pod, "RAFTLANE_ID").unwrap().parse().unwrap();
+    // The Secret volume: this member's certificate from the members' CA.
+    let (cert, _, _) = members.tls_files(id);
+    let tls_dir = cert.parent().unwrap().display().to_string();
     let mut cmd = std::process::Command::new(members.bin());
     cmd.env_clear()
         .envs(pod_env(pod).into_iter().map(|(k, v)| {
-            let v = v.replace("[::]", ip);
+            let v = v.replace("[::]", ip).replace(TLS_DIR, &tls_dir);
             match k.as_str() {
                 "RAFTLANE_DATA_DIR" => (k, data.display().to_string()),
                 _ => (k, v),
@@ -1096,4 +1237,224 @@ async fn an_unreadable_cluster_gets_an_event_and_no_other_request() {
     assert_eq!(lines(&calls), [format!("POST {}", events_path())]);
     assert_eq!(calls[0].body["reason"], "InvalidSpec");
     assert!(calls[0].body["note"].as_str().unwrap().contains("three"));
+}
+
+/// A cluster of `replicas` whose CA and certificates were written by an
+/// earlier pass (no members run).
+fn with_certificates(api: &FakeApi, replicas: u32) -> (RaftCluster, Ca) {
+    let rc_json = cluster(replicas, json!({}));
+    let rc = typed(&rc_json);
+    api.put(&clusters_path(), rc_json);
+    let ca = Ca::generate(UID, 1).unwrap();
+    put_stored(api, &secrets_path(), ca_secret(&rc, &ca));
+    let authority = ca.authority().unwrap();
+    let mut leaves: Vec<Leaf> = (1..=u64::from(replicas)).map(Leaf::Member).collect();
+    leaves.extend([Leaf::Admin, Leaf::Client]);
+    for leaf in leaves {
+        let issued = authority
+            .issue(&leaf.identity(UID), &[], LEAF_VALIDITY)
+            .unwrap();
+        let stored = StoredLeaf {
+            cert_pem: issued.cert_pem,
+            key_pem: issued.key_pem,
+            generation: 1,
+            trust_pem: ca.cert_pem.clone(),
+        };
+        put_stored(api, &secrets_path(), leaf_secret(&rc, &leaf, &stored));
+    }
+    (rc, ca)
+}
+
+fn secret_text(secret: &Value, key: &str) -> String {
+    let s: k8s_openapi::api::core::v1::Secret = serde_json::from_value(secret.clone()).unwrap();
+    raft_operator::k8s::resources::secret_text(&s, key).unwrap()
+}
+
+#[tokio::test]
+async fn a_member_certificate_due_for_renewal_is_replaced_in_place() {
+    let (api, client) = FakeApi::start();
+    let ctx = context(client);
+    let (rc, ca) = with_certificates(&api, 2);
+    // Member 2's certificate has a minute left of six: renewal is due.
+    let short = ca
+        .authority()
+        .unwrap()
+        .issue(&Leaf::Member(2).identity(UID), &[], Duration::from_secs(60))
+        .unwrap();
+    let due = StoredLeaf {
+        cert_pem: short.cert_pem.clone(),
+        key_pem: short.key_pem,
+        generation: 1,
+        trust_pem: ca.cert_pem.clone(),
+    };
+    put_stored(
+        &api,
+        &secrets_path(),
+        leaf_secret(&rc, &Leaf::Member(2), &due),
+    );
+
+    let (_, calls) = pass(&api, &ctx).await;
+    let secret_writes: Vec<String> = calls
+        .iter()
+        .filter(|c| c.is_write() && c.path.starts_with(&secrets_path()))
+        .map(Call::line)
+        .collect();
+    assert_eq!(
+        secret_writes,
+        [format!("PUT {}/demo-member-2-tls", secrets_path())],
+        "only the due certificate, replaced (an update, not a new Secret)"
+    );
+    let renewed = api.get(&secrets_path(), "demo-member-2-tls").unwrap();
+    let cert = secret_text(&renewed, "tls.crt");
+    assert_ne!(cert, short.cert_pem);
+    assert!(!raftlane_tls::issue::renewal_due(
+        &cert,
+        std::time::SystemTime::now()
+    ));
+    assert_eq!(secret_text(&renewed, "ca.crt"), ca.cert_pem);
+    assert_eq!(renewed["metadata"]["ownerReferences"][0]["uid"], UID);
+    // Renewed, it is left alone.
+    let (_, calls) = pass(&api, &ctx).await;
+    assert!(!calls
+        .iter()
+        .any(|c| c.is_write() && c.path.starts_with(&secrets_path())));
+}
+
+#[tokio::test]
+async fn a_new_rotate_ca_annotation_reissues_every_certificate_trusting_both_cas() {
+    let (api, client) = FakeApi::start();
+    let ctx = context(client);
+    let (_, old) = with_certificates(&api, 2);
+    api.update(&clusters_path(), "demo", |rc| {
+        rc["metadata"]["annotations"] = json!({"raftlane.io/rotate-ca": "2026-12"});
+    });
+    let (_, calls) = pass(&api, &ctx).await;
+    let puts: Vec<String> = calls
+        .iter()
+        .filter(|c| c.method == "PUT")
+        .map(|c| c.body["metadata"]["name"].as_str().unwrap().to_string())
+        .collect();
+    assert_eq!(
+        puts,
+        [
+            "demo-ca",
+            "demo-member-1-tls",
+            "demo-member-2-tls",
+            "demo-admin-tls",
+            "demo-client-tls"
+        ]
+    );
+    assert!(event_reasons(&calls).contains(&"CARotated".to_string()));
+    let ca = api.get(&secrets_path(), "demo-ca").unwrap();
+    let new_ca = secret_text(&ca, "ca.crt");
+    assert_ne!(new_ca, old.cert_pem);
+    let member = api.get(&secrets_path(), "demo-member-1-tls").unwrap();
+    let trust = secret_text(&member, "ca.crt");
+    assert!(trust.contains(&new_ca) && trust.contains(&old.cert_pem));
+    // The next pass finds every member on the new CA: the old one goes.
+    let (_, calls) = pass(&api, &ctx).await;
+    assert!(event_reasons(&calls).contains(&"CARotationDone".to_string()));
+    let member = api.get(&secrets_path(), "demo-member-1-tls").unwrap();
+    assert_eq!(secret_text(&member, "ca.crt"), new_ca);
+}
+
+#[tokio::test]
+async fn without_tls_no_secret_is_written_and_members_are_told_plaintext() {
+    let (api, client) = FakeApi::start();
+    let ctx = context(client);
+    let mut rc = cluster(2, json!({}));
+    rc["spec"]["tls"] = json!({"enabled": false});
+    api.put(&clusters_path(), rc);
+    let (_, calls) = pass(&api, &ctx).await;
+    assert!(
+        !calls.iter().any(|c| c.path.starts_with(&secrets_path())),
+        "{:?}",
+        lines(&calls)
+    );
+    assert!(calls
+        .iter()
+        .any(|c| c.line() == format!("POST {}", policies_path())));
+    let pods: Vec<&Value> = calls
+        .iter()
+        .filter(|c| c.line() == format!("POST {}", pods_path()))
+        .map(|c| &c.body)
+        .collect();
+    assert_eq!(pods.len(), 2);
+    for pod in pods {
+        assert_eq!(env(pod, "RAFTLANE_INSECURE_PLAINTEXT"), Some("true"));
+        assert_eq!(env(pod, "RAFTLANE_TLS_CERT"), None);
+        assert_eq!(pod["spec"]["volumes"].as_array().unwrap().len(), 1);
+    }
+}
+
+#[tokio::test]
+async fn with_an_issuer_cert_manager_certificates_are_requested() {
+    let (api, client) = FakeApi::start();
+    let ctx = context(client);
+    let mut rc = cluster(2, json!({}));
+    rc["spec"]["tls"] =
+        json!({"clientAuth": true, "issuerRef": {"name": "raft-ca", "kind": "ClusterIssuer"}});
+    api.put(&clusters_path(), rc);
+    let stored = api.get(&clusters_path(), "demo").unwrap();
+    let guard: DeserializeGuard<RaftCluster> = serde_json::from_value(stored).unwrap();
+    let err = reconcile(Arc::new(guard), ctx.clone()).await.unwrap_err();
+    assert!(err.to_string().contains("demo-operator-tls"), "{err}");
+    let calls = api.take_calls();
+    let posted: Vec<&Call> = calls
+        .iter()
+        .filter(|c| c.line() == format!("POST {}", certificates_path()))
+        .collect();
+    let names: Vec<&str> = posted
+        .iter()
+        .map(|c| c.body["metadata"]["name"].as_str().unwrap())
+        .collect();
+    assert_eq!(
+        names,
+        [
+            "demo-member-1-tls",
+            "demo-member-2-tls",
+            "demo-operator-tls",
+            "demo-admin-tls",
+            "demo-client-tls"
+        ]
+    );
+    assert!(
+        !calls
+            .iter()
+            .any(|c| c.line() == format!("POST {}", secrets_path())),
+        "the operator issues nothing itself"
+    );
+    let member = &posted[0].body;
+    assert_eq!(member["apiVersion"], "cert-manager.io/v1");
+    assert_eq!(member["kind"], "Certificate");
+    assert_eq!(member["metadata"]["ownerReferences"][0]["uid"], UID);
+    let spec = &member["spec"];
+    assert_eq!(spec["secretName"], "demo-member-1-tls");
+    assert_eq!(spec["uris"], json!([format!("raftlane://{UID}/member/1")]));
+    assert_eq!(
+        spec["issuerRef"],
+        json!({"name": "raft-ca", "kind": "ClusterIssuer", "group": "cert-manager.io"})
+    );
+    let dns = spec["dnsNames"].as_array().unwrap();
+    assert!(dns.contains(&json!(format!("demo-0.demo-peers.{NS}.svc"))));
+    assert!(dns.contains(&json!(format!("demo-0.demo-peers.{NS}.svc.cluster.local"))));
+    assert!(dns.contains(&json!(format!("demo.{NS}.svc"))));
+    assert!(spec["usages"]
+        .as_array()
+        .unwrap()
+        .contains(&json!("server auth")));
+    let operator = &posted[2].body["spec"];
+    assert_eq!(
+        operator["uris"],
+        json!([format!("raftlane://{UID}/operator")])
+    );
+    assert!(operator["dnsNames"].is_null());
+    assert!(!operator["usages"]
+        .as_array()
+        .unwrap()
+        .contains(&json!("server auth")));
+    assert_eq!(
+        posted[4].body["spec"]["uris"],
+        json!([format!("raftlane://{UID}/client/default")])
+    );
 }

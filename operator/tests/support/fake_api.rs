@@ -62,6 +62,15 @@ pub fn services_path() -> String {
 pub fn budgets_path() -> String {
     format!("/apis/policy/v1/namespaces/{NS}/poddisruptionbudgets")
 }
+pub fn secrets_path() -> String {
+    format!("/api/v1/namespaces/{NS}/secrets")
+}
+pub fn policies_path() -> String {
+    format!("/apis/networking.k8s.io/v1/namespaces/{NS}/networkpolicies")
+}
+pub fn certificates_path() -> String {
+    format!("/apis/cert-manager.io/v1/namespaces/{NS}/certificates")
+}
 pub fn clusters_path() -> String {
     format!("/apis/raftlane.io/v1alpha1/namespaces/{NS}/raftclusters")
 }
@@ -305,6 +314,9 @@ fn is_collection(path: &str) -> bool {
         "events",
         "raftclusters",
         "leases",
+        "secrets",
+        "networkpolicies",
+        "certificates",
     ]
     .iter()
     .any(|c| path.ends_with(&format!("/{c}")))

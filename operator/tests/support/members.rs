@@ -7,9 +7,12 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
+use raft_operator::certs::{Ca, Leaf, LEAF_VALIDITY};
 use raft_operator::k8s::resources::{ADMIN_PORT, CLIENT_PORT, METRICS_PORT, PEER_PORT};
 use raftlane_proto::admin::node_admin_client::NodeAdminClient;
 use raftlane_proto::admin::{StatusRequest, StatusResponse};
+use raftlane_tls::files::Material;
+use raftlane_tls::{Dialer, Expect, TlsSource};
 
 pub struct Members {
     tmp: tempfile::TempDir,
@@ -18,6 +21,11 @@ pub struct Members {
     /// This test's own loopback /16, so tests running at once never collide.
     net: (u8, u8),
     children: BTreeMap<u64, Child>,
+    /// The cluster's CA: the tests store it as the cluster's CA Secret, so the
+    /// operator and these members trust each other.
+    pub ca: Ca,
+    /// An admin's dialer, for the tests' own status reads.
+    dialer: Dialer,
 }
 
 impl Drop for Members {
@@ -52,13 +60,54 @@ impl Members {
                 .duration_since(std::time::UNIX_EPOCH)
                 .unwrap()
                 .as_nanos() as u64;
+        let ca = Ca::generate(cluster_id, 1).unwrap();
+        let admin = ca
+            .authority()
+            .unwrap()
+            .issue(&Leaf::Admin.identity(cluster_id), &[], LEAF_VALIDITY)
+            .unwrap();
+        let material = Material::from_pem(
+            Some(admin.cert_pem.as_bytes()),
+            Some(admin.key_pem.as_bytes()),
+            ca.cert_pem.as_bytes(),
+        )
+        .unwrap();
         Members {
             tmp: tempfile::tempdir().unwrap(),
             bin: node_bin(),
             cluster_id: cluster_id.into(),
             net: (10 + (seed % 200) as u8, ((seed >> 8) % 250) as u8),
             children: BTreeMap::new(),
+            ca,
+            dialer: Dialer::Tls(TlsSource::fixed(material)),
         }
+    }
+
+    /// An admin's dialer of this cluster.
+    pub fn dialer(&self) -> &Dialer {
+        &self.dialer
+    }
+
+    /// Writes member `id`'s certificate, key and the CA under the temp dir,
+    /// as its Secret volume would hold them: (cert, key, ca) paths.
+    pub fn tls_files(&self, id: u64) -> (PathBuf, PathBuf, PathBuf) {
+        let dir = self.tmp.path().join(format!("tls-{id}"));
+        std::fs::create_dir_all(&dir).unwrap();
+        let issued = self
+            .ca
+            .authority()
+            .unwrap()
+            .issue(
+                &Leaf::Member(id).identity(&self.cluster_id),
+                &["localhost".into()],
+                LEAF_VALIDITY,
+            )
+            .unwrap();
+        let paths = (dir.join("tls.crt"), dir.join("tls.key"), dir.join("ca.crt"));
+        std::fs::write(&paths.0, issued.cert_pem).unwrap();
+        std::fs::write(&paths.1, issued.key_pem).unwrap();
+        std::fs::write(&paths.2, &self.ca.cert_pem).unwrap();
+        paths
     }
 
     /// The raft-node binary.
@@ -89,6 +138,13 @@ impl Members {
             .args(["--admin-addr", &format!("{ip}:{ADMIN_PORT}")])
             .args(["--metrics-addr", &format!("{ip}:{METRICS_PORT}")])
             .args(["--tick-ms", "50"]);
+        let (cert, key, ca) = self.tls_files(id);
+        cmd.arg("--tls-cert")
+            .arg(cert)
+            .arg("--tls-key")
+            .arg(key)
+            .arg("--tls-ca")
+            .arg(ca);
         if !initial_voters.is_empty() {
             let v: Vec<String> = initial_voters.iter().map(u64::to_string).collect();
             cmd.args(["--initial-voters", &v.join(",")]);
@@ -119,9 +175,17 @@ impl Members {
     }
 
     pub async fn status(&self, ip: &str) -> Option<StatusResponse> {
-        let mut admin = NodeAdminClient::connect(format!("http://{ip}:{ADMIN_PORT}"))
+        let endpoint = self
+            .dialer
+            .endpoint(&format!("{ip}:{ADMIN_PORT}"))
+            .ok()?
+            .timeout(Duration::from_secs(2));
+        let ch = self
+            .dialer
+            .connect(endpoint, Expect::AnyMember)
             .await
             .ok()?;
+        let mut admin = NodeAdminClient::new(ch);
         Some(admin.status(StatusRequest {}).await.ok()?.into_inner())
     }
 
