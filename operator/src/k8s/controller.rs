@@ -3,7 +3,9 @@
 //! server (status), events and the Lease. Triggers: a change to
 //! the cluster, to a Pod, Service or PVC it owns (volumes kept past the
 //! cluster's deletion are not owned), or a requeue. A pass never waits: a
-//! step that must wait is planned again after a short requeue.
+//! step that must wait is planned again after a short requeue. Before each
+//! pass the cluster's certificates are issued or renewed (`tls.rs`); their
+//! Secrets are owned by the cluster, so garbage collection removes them.
 
 use std::collections::HashMap;
 use std::sync::Arc;

@@ -1,6 +1,8 @@
 //! The Kubernetes objects of one RaftCluster, built from its spec alone: per
-//! member a bare Pod and a PVC, and per cluster a headless peer Service, a
-//! client Service and a PodDisruptionBudget. Names and labels live here so
+//! member a bare Pod, a PVC and (with TLS) a certificate Secret mounted at
+//! [`TLS_DIR`]; per cluster a headless peer Service, a client Service, a
+//! PodDisruptionBudget, a NetworkPolicy, the CA Secret and the users'
+//! certificate Secrets (or cert-manager Certificates filling them). Names and labels live here so
 //! the runtime, the controller and the tests agree on them.
 
 use std::collections::{BTreeMap, BTreeSet};

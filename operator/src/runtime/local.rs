@@ -770,6 +770,71 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn members_run_with_certificates_under_the_state_dir_and_the_operator_dials_them() {
+        use std::os::unix::fs::PermissionsExt;
+
+        use raftlane_proto::admin::node_admin_client::NodeAdminClient;
+        use raftlane_proto::admin::StatusRequest;
+
+        let tmp = tempfile::tempdir().unwrap();
+        let mut rt = runtime(tmp.path());
+        let certs = rt.sync_certs(1, None).unwrap().expect("TLS by default");
+        let tls = tmp.path().join("tls");
+        for f in [
+            "ca.crt",
+            "trust.crt",
+            "member-1.crt",
+            "admin.crt",
+            "client.crt",
+        ] {
+            assert!(tls.join(f).exists(), "{f}");
+        }
+        for f in [
+            "ca.key",
+            "member-1.key",
+            "admin.key",
+            "client.key",
+            "operator.key",
+        ] {
+            let mode = fs::metadata(tls.join(f)).unwrap().permissions().mode();
+            assert_eq!(mode & 0o777, 0o600, "{f}");
+        }
+        let voters = BTreeSet::from([1]);
+        let m = rt.create(1, Some(&voters), &BTreeMap::new()).await.unwrap();
+        let admin = m.addrs.unwrap().admin;
+        let deadline = Instant::now() + Duration::from_secs(20);
+        let status = loop {
+            let ep = certs.dialer.endpoint(&admin).unwrap();
+            if let Ok(ch) = certs
+                .dialer
+                .connect(ep, raftlane_tls::Expect::AnyMember)
+                .await
+            {
+                if let Ok(s) = NodeAdminClient::new(ch).status(StatusRequest {}).await {
+                    break s.into_inner();
+                }
+            }
+            assert!(Instant::now() < deadline, "member 1 not reached over TLS");
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        };
+        assert_eq!((status.id, status.cluster_id.as_str()), (1, "c"));
+        // A second pass has nothing to write.
+        let again = rt.sync_certs(1, None).unwrap().unwrap();
+        assert!(again.written.is_empty() && !again.dialer_changed);
+        // A rotation rewrites every certificate and trusts both CAs.
+        let rotated = rt.sync_certs(1, Some("r1")).unwrap().unwrap();
+        assert!(rotated.dialer_changed);
+        assert!(rotated.written.contains(&"member-1".to_string()));
+        let trust = fs::read_to_string(tls.join("trust.crt")).unwrap();
+        assert_eq!(trust.matches("BEGIN CERTIFICATE").count(), 2);
+        let done = rt.sync_certs(1, Some("r1")).unwrap().unwrap();
+        assert_eq!(done.ca_change, Some(CaChange::RotationDone));
+        let trust = fs::read_to_string(tls.join("trust.crt")).unwrap();
+        assert_eq!(trust.matches("BEGIN CERTIFICATE").count(), 1);
+        rt.stop_all().unwrap();
+    }
+
+    #[tokio::test]
     async fn a_deleted_member_created_again_does_not_expect_state() {
         let tmp = tempfile::tempdir().unwrap();
         let mut rt = runtime(tmp.path());
