@@ -278,9 +278,19 @@ async fn backup(cli: &Cli, out: &Path) -> anyhow::Result<()> {
     let (_, _, mut body) = raft_node::storage::open_backup(&tmp)?;
     std::io::copy(&mut body, &mut std::io::sink())?;
     std::fs::rename(&tmp, out)?;
+    // The file's own checksum (its last 4 bytes) identifies the backup; the
+    // CRC32C of the whole stream, trailer included, is the same for every file.
+    let sum = {
+        use std::io::{Read, Seek, SeekFrom};
+        let mut f = std::fs::File::open(out)?;
+        f.seek(SeekFrom::End(-4))?;
+        let mut tail = [0u8; 4];
+        f.read_exact(&mut tail)?;
+        u32::from_le_bytes(tail)
+    };
     let secs = started.elapsed().as_secs_f64();
     println!(
-        "backup of cluster {} from member {} at term {} index {}: {} bytes, crc32c {crc:#010x}, {:.1} s ({:.1} MB/s) -> {}",
+        "backup of cluster {} from member {} at term {} index {}: {} bytes, crc32c {sum:#010x}, {:.1} s ({:.1} MB/s) -> {}",
         h.cluster_id,
         h.member_id,
         h.term,
