@@ -96,6 +96,9 @@ pub struct Context {
     /// Turns true when the leader-election Lease is lost: no further step is
     /// taken and no status written, even by a pass already running.
     lost: Option<tokio::sync::watch::Receiver<bool>>,
+    /// Create each cluster's `<name>-peers` NetworkPolicy (the chart's
+    /// `networkPolicy.enabled`).
+    network_policies: bool,
 }
 
 impl Context {
@@ -107,7 +110,15 @@ impl Context {
             clusters: Default::default(),
             failures: Default::default(),
             lost: None,
+            network_policies: true,
         }
+    }
+
+    /// No per-cluster NetworkPolicy: the cluster runs without policies
+    /// (alone, that policy would close the client and metrics ports too).
+    pub fn without_network_policies(mut self) -> Context {
+        self.network_policies = false;
+        self
     }
 
     /// Steps are taken and status written only while `lost` stays false.
@@ -260,7 +271,11 @@ fn backoff(failures: u32) -> Duration {
 
 /// Creates each cluster-wide object that is missing; existing ones are left
 /// as they are (a read, never a write, when nothing is missing).
-async fn ensure_cluster_objects(rc: &RaftCluster, client: &Client) -> kube::Result<()> {
+async fn ensure_cluster_objects(
+    rc: &RaftCluster,
+    client: &Client,
+    with_policy: bool,
+) -> kube::Result<()> {
     let ns = rc.namespace().unwrap_or_default();
     let services: Api<Service> = Api::namespaced(client.clone(), &ns);
     for svc in [peer_service(rc), client_service(rc)] {
@@ -275,10 +290,11 @@ async fn ensure_cluster_objects(rc: &RaftCluster, client: &Client) -> kube::Resu
             .await?;
     }
     let policies: Api<NetworkPolicy> = Api::namespaced(client.clone(), &ns);
-    if policies
-        .get_opt(&network_policy_name(&rc.name_any()))
-        .await?
-        .is_none()
+    if with_policy
+        && policies
+            .get_opt(&network_policy_name(&rc.name_any()))
+            .await?
+            .is_none()
     {
         policies
             .create(&PostParams::default(), &network_policy(rc))
@@ -334,7 +350,7 @@ async fn apply(cached: &RaftCluster, ctx: &Context) -> Result<Action, Error> {
             let note = format!("{members_now} → {} members", rc.spec.replicas);
             ctx.event(rc, EventType::Normal, "Scaling", note).await;
         }
-        ensure_cluster_objects(rc, &ctx.client).await?;
+        ensure_cluster_objects(rc, &ctx.client, ctx.network_policies).await?;
     }
 
     let mut state = ctx.clusters.lock().await.remove(&uid).unwrap_or_default();

@@ -46,6 +46,8 @@ pub struct RunOptions {
     pub namespace: Option<String>,
     pub metrics_addr: SocketAddr,
     pub leader_election: bool,
+    /// Create per-cluster NetworkPolicies.
+    pub network_policies: bool,
     pub lease_name: String,
     /// Where the Lease lives (the operator's own namespace).
     pub lease_namespace: String,
@@ -202,9 +204,15 @@ pub async fn run(opts: RunOptions) -> anyhow::Result<()> {
         controller: "raft-operator".into(),
         instance: Some(opts.identity.clone()),
     };
-    let ctx = Arc::new(
-        Context::new(client.clone(), reporter, metrics.clone()).leading_while(lost.clone()),
-    );
+    let ctx = Arc::new({
+        let ctx = Context::new(client.clone(), reporter, metrics.clone());
+        let ctx = if opts.network_policies {
+            ctx
+        } else {
+            ctx.without_network_policies()
+        };
+        ctx.leading_while(lost.clone())
+    });
     let until = {
         let (stop, lost) = (stop.clone(), lost.clone());
         async move {

@@ -46,13 +46,6 @@ pub const TLS_DIR: &str = "/etc/raftlane/tls";
 pub const CERTIFICATE_LABEL: &str = "raftlane.io/certificate";
 /// On a certificate Secret: the generation of the CA that issued it.
 pub const CA_GENERATION_ANNOTATION: &str = "raftlane.io/ca-generation";
-/// Labels of the operator's pods (the chart's selector labels and component):
-/// the only pods the NetworkPolicy lets reach a member's admin port.
-pub const OPERATOR_POD_LABELS: [(&str, &str); 2] = [
-    ("app.kubernetes.io/name", "raft-operator"),
-    ("app.kubernetes.io/component", "operator"),
-];
-
 /// Pod (and hostname) of member `id`: `<cluster>-<ordinal>`, ordinal = id - 1.
 pub fn pod_name(cluster: &str, id: u64) -> String {
     format!("{cluster}-{}", id - 1)
@@ -245,12 +238,12 @@ pub fn leaf_from_secret(secret: &Secret) -> Option<StoredLeaf> {
     })
 }
 
-/// Ingress to the cluster's member pods: the peer port only from its own
-/// members, the admin port only from the operator's pods (any namespace),
-/// the client and metrics ports from anywhere (clients, probes, scrapers).
+/// Ingress to the cluster's peer port only from its own members. Only that
+/// rule: policies add up, so any other port opened here would widen the
+/// chart's policy (admin from the operator, client and metrics from the
+/// configured sources), which a NetworkPolicy cannot scope per cluster.
 pub fn network_policy(rc: &RaftCluster) -> NetworkPolicy {
     let name = rc.name_any();
-    let operator: BTreeMap<&str, &str> = OPERATOR_POD_LABELS.into_iter().collect();
     serde_json::from_value(json!({
         "apiVersion": "networking.k8s.io/v1",
         "kind": "NetworkPolicy",
@@ -262,19 +255,6 @@ pub fn network_policy(rc: &RaftCluster) -> NetworkPolicy {
                 {
                     "from": [{"podSelector": {"matchLabels": selector_labels(&name)}}],
                     "ports": [{"protocol": "TCP", "port": PEER_PORT}],
-                },
-                {
-                    "from": [{
-                        "namespaceSelector": {},
-                        "podSelector": {"matchLabels": operator},
-                    }],
-                    "ports": [{"protocol": "TCP", "port": ADMIN_PORT}],
-                },
-                {
-                    "ports": [
-                        {"protocol": "TCP", "port": CLIENT_PORT},
-                        {"protocol": "TCP", "port": METRICS_PORT},
-                    ],
                 },
             ],
         },
