@@ -14,6 +14,8 @@ use anyhow::Context;
 use raft_operator::crd::RaftClusterStatus;
 use serde_json::Value;
 
+use raftlane_tls::Dialer;
+
 use crate::Target;
 use cmd::{blocking, Kubectl};
 pub use env::KindEnv;
@@ -174,6 +176,23 @@ impl Target for KindTarget {
             endpoints.push(addr);
         }
         Ok(endpoints)
+    }
+
+    async fn dialer_for(&self, user: &str) -> anyhow::Result<Dialer> {
+        let name = crate::user_secret(&self.name, user);
+        let secret = self
+            .kube
+            .get_json(&["secret", &name])
+            .await?
+            .with_context(|| format!("Secret {name} not found"))?;
+        let secret: k8s_openapi::api::core::v1::Secret = serde_json::from_value(secret)?;
+        let data = secret.data.unwrap_or_default();
+        let field = |k: &str| {
+            data.get(k)
+                .map(|b| b.0.clone())
+                .with_context(|| format!("Secret {name} lacks {k}"))
+        };
+        crate::dialer_from_pem(&field("tls.crt")?, &field("tls.key")?, &field("ca.crt")?)
     }
 
     async fn admin(&self, id: u64) -> anyhow::Result<String> {

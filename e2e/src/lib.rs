@@ -12,6 +12,8 @@ pub mod scenarios;
 use std::time::{Duration, Instant};
 
 use raft_operator::crd::RaftClusterStatus;
+use raftlane_tls::files::Material;
+use raftlane_tls::{Dialer, TlsSource};
 
 /// A running RaftCluster, however it is hosted.
 #[allow(async_fn_in_trait)]
@@ -24,6 +26,13 @@ pub trait Target {
     async fn endpoints(&self) -> anyhow::Result<Vec<String>>;
     /// Admin address of member `id`.
     async fn admin(&self, id: u64) -> anyhow::Result<String>;
+    /// How a user dials the members with the certificate the operator issued
+    /// for `user` (`admin` or `client`): a file under the state dir, a Secret.
+    async fn dialer_for(&self, user: &str) -> anyhow::Result<Dialer>;
+    /// As the cluster's admin.
+    async fn dialer(&self) -> anyhow::Result<Dialer> {
+        self.dialer_for("admin").await
+    }
     /// Kills member `id` abruptly (`kill -9`, pod deleted with no grace).
     async fn kill_member(&mut self, id: u64) -> anyhow::Result<()>;
     /// Kills member `id` and destroys its data, as a lost disk would (data dir
@@ -37,6 +46,17 @@ pub trait Target {
     async fn restart_operator(&mut self, failpoint: Option<&str>) -> anyhow::Result<()>;
     /// True once the operator has exited (a failpoint fired).
     async fn operator_exited(&mut self) -> anyhow::Result<bool>;
+}
+
+/// Name of the Secret holding `user`'s certificate (`admin`, `client`).
+pub fn user_secret(cluster: &str, user: &str) -> String {
+    format!("{cluster}-{user}-tls")
+}
+
+/// A dialer from the PEM of a user Secret's `tls.crt`, `tls.key`, `ca.crt`.
+pub fn dialer_from_pem(cert: &[u8], key: &[u8], ca: &[u8]) -> anyhow::Result<Dialer> {
+    let m = Material::from_pem(Some(cert), Some(key), ca)?;
+    Ok(Dialer::Tls(TlsSource::fixed(m)))
 }
 
 /// Polls `check` every 200 ms until it returns Some, failing after `within`.

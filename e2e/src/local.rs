@@ -7,6 +7,7 @@ use std::process::{Child, Command, Stdio};
 
 use anyhow::Context;
 use raft_operator::crd::RaftClusterStatus;
+use raftlane_tls::Dialer;
 
 use crate::Target;
 
@@ -128,6 +129,15 @@ impl Target for LocalTarget {
             .record(id)?
             .with_context(|| format!("member {id} has no record"))?;
         Ok(rec["admin"].as_str().context("admin address")?.to_string())
+    }
+
+    async fn dialer_for(&self, user: &str) -> anyhow::Result<Dialer> {
+        let tls = self.state().join("tls");
+        let read =
+            |f: &str| fs::read(tls.join(f)).with_context(|| format!("{}", tls.join(f).display()));
+        let ca = read("trust.crt").or_else(|_| read("ca.crt"))?;
+        let (cert, key) = (read(&format!("{user}.crt"))?, read(&format!("{user}.key"))?);
+        crate::dialer_from_pem(&cert, &key, &ca)
     }
 
     async fn kill_member(&mut self, id: u64) -> anyhow::Result<()> {

@@ -9,8 +9,9 @@ use anyhow::Context;
 use raft_node::client::KvClient;
 use raft_operator::crd::{MemberRole, RaftClusterStatus};
 use raftlane_proto::admin::node_admin_client::NodeAdminClient;
-use raftlane_proto::admin::{StatusRequest, StatusResponse};
-use tonic::transport::Endpoint;
+use raftlane_proto::admin::{SnapshotRequest, StatusRequest, StatusResponse};
+use raftlane_tls::Expect;
+use tonic::transport::Channel;
 
 use crate::{wait_for, Target};
 
@@ -62,7 +63,7 @@ async fn kv<T: Target>(t: &T, only: Option<&[u64]>) -> anyhow::Result<KvClient> 
                 .collect()
         }
     };
-    KvClient::new(&eps, Duration::from_secs(20))
+    KvClient::new(&eps, Duration::from_secs(20), &t.dialer().await?)
 }
 
 /// Writes `count` keys `<prefix><i>`; every write must be acknowledged.
@@ -90,18 +91,61 @@ pub async fn check_keys<T: Target>(t: &T, ids: &[u64], keys: &[String]) -> anyho
     Ok(())
 }
 
-/// Member `id`'s raft status, bounded in time: a forwarded connection (kind)
-/// can stall after it was accepted.
-async fn node_status<T: Target>(t: &T, id: u64) -> anyhow::Result<StatusResponse> {
-    let ch = Endpoint::from_shared(format!("http://{}", t.admin(id).await?))?
+/// Member `id`'s admin API as the cluster's admin, each call bounded in time:
+/// a forwarded connection (kind) can stall after it was accepted.
+async fn admin_of<T: Target>(t: &T, id: u64) -> anyhow::Result<NodeAdminClient<Channel>> {
+    let dialer = t.dialer().await?;
+    let endpoint = dialer
+        .endpoint(&t.admin(id).await?)?
         .connect_timeout(Duration::from_secs(5))
-        .timeout(Duration::from_secs(5))
-        .connect()
-        .await?;
-    Ok(NodeAdminClient::new(ch)
+        .timeout(Duration::from_secs(5));
+    Ok(NodeAdminClient::new(
+        dialer.connect(endpoint, Expect::AnyMember).await?,
+    ))
+}
+
+/// Member `id`'s raft status.
+async fn node_status<T: Target>(t: &T, id: u64) -> anyhow::Result<StatusResponse> {
+    Ok(admin_of(t, id)
+        .await?
         .status(StatusRequest {})
         .await?
         .into_inner())
+}
+
+/// The cluster is closed to whoever holds no certificate of it: plaintext
+/// gets no answer; the client certificate reads and writes data and reads a
+/// member's status but may not change a member (PERMISSION_DENIED); the
+/// admin certificate may.
+pub async fn tls_closes_every_port<T: Target>(t: &T) -> anyhow::Result<()> {
+    let eps = t.endpoints().await?;
+    let plain = KvClient::new(
+        &eps,
+        Duration::from_secs(3),
+        &raftlane_tls::Dialer::Plaintext,
+    )?;
+    anyhow::ensure!(
+        plain.put(b"tls/plain", b"x").await.is_err(),
+        "a plaintext client wrote to a TLS cluster"
+    );
+    let client = t.dialer_for("client").await?;
+    let kv = KvClient::new(&eps, Duration::from_secs(20), &client)?;
+    kv.put(b"tls/client", b"v").await?;
+    anyhow::ensure!(kv.get(b"tls/client").await?.as_deref() == Some(&b"v"[..]));
+    let admin_addr = t.admin(1).await?;
+    let endpoint = client
+        .endpoint(&admin_addr)?
+        .connect_timeout(Duration::from_secs(5))
+        .timeout(Duration::from_secs(5));
+    let mut as_client = NodeAdminClient::new(client.connect(endpoint, Expect::AnyMember).await?);
+    as_client.status(StatusRequest {}).await?;
+    match as_client.snapshot(SnapshotRequest {}).await {
+        Err(s) if s.code() == tonic::Code::PermissionDenied => {}
+        other => anyhow::bail!("a client certificate took a snapshot: {other:?}"),
+    }
+    let mut as_admin = admin_of(t, 1).await?;
+    as_admin.snapshot(SnapshotRequest {}).await?;
+    Ok(())
 }
 
 /// Scenario 1: create 3: Available with a leader; 1000 keys written.

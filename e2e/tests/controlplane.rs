@@ -64,10 +64,17 @@ async fn operator_rbac(env: &ControlPlaneEnv) {
         .await
         .expect("the Role allows listing pods");
     eprintln!("rbac: as system:serviceaccount:{NAMESPACE}:{sa}: list pods allowed");
+    // Certificates live in Secrets: the Role reads them here, nowhere else.
     let secrets: Api<Secret> = Api::namespaced(client.clone(), NAMESPACE);
+    secrets
+        .list(&ListParams::default())
+        .await
+        .expect("the Role allows listing secrets of the watched namespace");
     forbidden(
-        secrets.list(&ListParams::default()).await,
-        "list secrets (not in the Role)",
+        Api::<Secret>::namespaced(client.clone(), "default")
+            .list(&ListParams::default())
+            .await,
+        "list secrets outside the watched namespace",
     );
     let clusters: Api<RaftCluster> = Api::namespaced(client.clone(), NAMESPACE);
     forbidden(
@@ -98,6 +105,8 @@ async fn scenarios_on_control_plane() {
         created.elapsed()
     );
     let keys = scenarios::create_three(&t).await.unwrap();
+    scenarios::tls_closes_every_port(&t).await.unwrap();
+    checks::tls_secrets_of(&env, &t.name, 3).await.unwrap();
 
     checks::printer_columns(&env, &t.name).await.unwrap();
     checks::describe_shows_conditions_and_events(&env, &t.name)

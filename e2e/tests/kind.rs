@@ -25,6 +25,7 @@ async fn scenarios_on_kind() {
     };
     let mut t = env.create_cluster("e2e", 3).await.unwrap();
     let keys = scenarios::create_three(&t).await.unwrap();
+    scenarios::tls_closes_every_port(&t).await.unwrap();
 
     t.scale_by = ScaleBy::Subresource;
     let took = scenarios::scale_up_to_five(&mut t, &keys).await.unwrap();

@@ -8,6 +8,7 @@ use raftlane_e2e::scenarios;
 async fn create_scale_up_and_scale_down() {
     let mut t = LocalTarget::start(3).unwrap();
     let keys = scenarios::create_three(&t).await.unwrap();
+    scenarios::tls_closes_every_port(&t).await.unwrap();
     let took = scenarios::scale_up_to_five(&mut t, &keys).await.unwrap();
     eprintln!("measured: edit to 5 voting members (1000 keys): {took:?}");
     scenarios::scale_down_to_three(&mut t, &keys).await.unwrap();

@@ -5,10 +5,12 @@
 
 use std::time::{Duration, Instant};
 
+use anyhow::Context;
 use k8s_openapi::api::coordination::v1::Lease;
-use k8s_openapi::api::core::v1::{PersistentVolumeClaim, Pod, Service};
+use k8s_openapi::api::core::v1::{PersistentVolumeClaim, Pod, Secret, Service};
 use k8s_openapi::api::policy::v1::PodDisruptionBudget;
 use kube::api::{Api, ListParams};
+use raft_operator::crd::RaftCluster;
 
 use super::env::{ControlPlaneEnv, NAMESPACE, RELEASE};
 use crate::kind::cmd::{blocking, output};
@@ -231,11 +233,62 @@ pub async fn nothing_left_of(env: &ControlPlaneEnv, name: &str) -> anyhow::Resul
                 .await?
                 .items
                 .len();
-            Ok((pods + pvcs + svcs + pdbs == 0).then_some(()))
+            // Secrets by name prefix: garbage collection follows owners, not labels.
+            let secrets = Api::<Secret>::namespaced(c.clone(), ns)
+                .list(&ListParams::default())
+                .await?
+                .items
+                .iter()
+                .filter(|s| {
+                    s.metadata
+                        .name
+                        .as_deref()
+                        .is_some_and(|n| n.starts_with(&format!("{name}-")))
+                })
+                .count();
+            Ok((pods + pvcs + svcs + pdbs + secrets == 0).then_some(()))
         },
     )
     .await?;
-    eprintln!("checked: kubectl delete raftcluster left no pod, PVC, Service or PDB");
+    eprintln!("checked: kubectl delete raftcluster left no pod, PVC, Service, PDB or Secret");
+    Ok(())
+}
+
+/// The certificates the operator issued for RaftCluster `name` with
+/// `members` members: the CA, one per member, the admin and client ones,
+/// each owned by the RaftCluster (so deleting it collects them).
+pub async fn tls_secrets_of(env: &ControlPlaneEnv, name: &str, members: u64) -> anyhow::Result<()> {
+    let rc: Api<RaftCluster> = Api::namespaced(env.client.clone(), NAMESPACE);
+    let uid = rc
+        .get(name)
+        .await?
+        .metadata
+        .uid
+        .context("RaftCluster uid")?;
+    let secrets: Api<Secret> = Api::namespaced(env.client.clone(), NAMESPACE);
+    let mut names = vec![
+        format!("{name}-ca"),
+        crate::user_secret(name, "admin"),
+        crate::user_secret(name, "client"),
+    ];
+    names.extend((1..=members).map(|id| format!("{name}-member-{id}-tls")));
+    for n in &names {
+        let s = secrets
+            .get_opt(n)
+            .await?
+            .with_context(|| format!("Secret {n} missing"))?;
+        let owned = s
+            .metadata
+            .owner_references
+            .unwrap_or_default()
+            .iter()
+            .any(|o| o.uid == uid && o.kind == "RaftCluster");
+        anyhow::ensure!(owned, "Secret {n} is not owned by RaftCluster {name}");
+    }
+    eprintln!(
+        "checked: {} certificate Secrets, each owned by RaftCluster {name}",
+        names.len()
+    );
     Ok(())
 }
 

@@ -4,10 +4,11 @@
 //! are routable here, so no port-forward is needed.
 
 use anyhow::Context;
-use k8s_openapi::api::core::v1::Pod;
+use k8s_openapi::api::core::v1::{Pod, Secret};
 use kube::api::Api;
 use kube::Client;
 use raft_operator::crd::{RaftCluster, RaftClusterStatus};
+use raftlane_tls::Dialer;
 
 use super::env::NAMESPACE;
 use super::kubectl::Kubectl;
@@ -115,6 +116,22 @@ impl Target for ControlPlaneTarget {
             out.push(addr.unwrap_or_else(|| "127.0.0.1:1".into()));
         }
         Ok(out)
+    }
+
+    async fn dialer_for(&self, user: &str) -> anyhow::Result<Dialer> {
+        let secrets: Api<Secret> = Api::namespaced(self.client.clone(), NAMESPACE);
+        let name = crate::user_secret(&self.name, user);
+        let secret = secrets
+            .get_opt(&name)
+            .await?
+            .with_context(|| format!("Secret {name} not found"))?;
+        let data = secret.data.unwrap_or_default();
+        let field = |k: &str| {
+            data.get(k)
+                .map(|b| b.0.clone())
+                .with_context(|| format!("Secret {name} lacks {k}"))
+        };
+        crate::dialer_from_pem(&field("tls.crt")?, &field("tls.key")?, &field("ca.crt")?)
     }
 
     async fn admin(&self, id: u64) -> anyhow::Result<String> {
