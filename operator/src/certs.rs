@@ -6,11 +6,15 @@
 //!
 //! CA rotation: the CA is rotated when it is itself due for renewal, or when
 //! the RaftCluster's annotation [`ROTATE_CA_ANNOTATION`] holds a value other
-//! than the one recorded at the last rotation. The new CA reissues every leaf
-//! at once, and the trust bundle every party gets is `new CA + old CA`, so
-//! members still presenting a certificate of the old CA stay trusted. Once a
-//! later pass finds every member certificate issued by the new CA, the old CA
-//! is dropped from the bundle.
+//! than the one recorded at the last rotation. It goes in three stages, each
+//! held for the runtime's `grace` (how long stored files take to reach every
+//! member: a kubelet refreshes Secret volumes a minute or more after the write)
+//! so that no member ever meets a certificate it does not trust yet:
+//! 1. the new CA is made and every party's trust bundle becomes `new + old`;
+//!    certificates stay the old CA's;
+//! 2. after `grace`, every certificate is reissued by the new CA;
+//! 3. after another `grace`, once every member's certificate is the new CA's,
+//!    the old CA leaves the bundle.
 
 use std::collections::BTreeMap;
 use std::time::{Duration, SystemTime};
@@ -91,6 +95,9 @@ pub struct Ca {
     pub previous_pem: Option<String>,
     /// The value of [`ROTATE_CA_ANNOTATION`] when this CA was made.
     pub rotated_for: Option<String>,
+    /// While rotating: when the current stage began (the bundle handed out,
+    /// or the certificates reissued).
+    pub stage_since: Option<SystemTime>,
 }
 
 impl Ca {
@@ -103,7 +110,13 @@ impl Ca {
             generation,
             previous_pem: None,
             rotated_for: None,
+            stage_since: None,
         })
+    }
+
+    /// True while rotating and the current stage has not been held for `grace`.
+    fn holding(&self, grace: Duration, now: SystemTime) -> bool {
+        self.previous_pem.is_some() && self.stage_since.is_some_and(|t| now < t + grace)
     }
 
     pub fn authority(&self) -> anyhow::Result<Authority> {
@@ -150,6 +163,8 @@ pub enum CaChange {
     Expiring,
     /// The rotate annotation has a new value.
     Requested(String),
+    /// The certificates were reissued by the new CA (the old one still trusted).
+    LeavesReissued,
     /// The rotation is confirmed: the old CA leaves the trust bundle.
     RotationDone,
 }
@@ -187,16 +202,23 @@ pub fn reissue_due(leaf: Option<&StoredLeaf>, ca: &Ca, now: SystemTime) -> bool 
 }
 
 /// The next CA of a rotation from `old`: it trusts `old` until confirmed.
-pub fn rotate(old: &Ca, cluster: &str, annotation: Option<&str>) -> anyhow::Result<Ca> {
+pub fn rotate(
+    old: &Ca,
+    cluster: &str,
+    annotation: Option<&str>,
+    now: SystemTime,
+) -> anyhow::Result<Ca> {
     let mut next = Ca::generate(cluster, old.generation + 1)?;
     next.previous_pem = Some(old.cert_pem.clone());
     next.rotated_for = annotation.map(str::to_string).or(old.rotated_for.clone());
+    next.stage_since = Some(now);
     Ok(next)
 }
 
 /// One pass over one cluster's certificates: `wanted` are the certificates
 /// that must exist (see [`leaves`]), `names` gives a member's DNS names and
-/// addresses, `annotation` is the RaftCluster's [`ROTATE_CA_ANNOTATION`].
+/// addresses, `annotation` is the RaftCluster's [`ROTATE_CA_ANNOTATION`],
+/// `grace` how long each rotation stage is held (see the module docs).
 /// Stored certificates not in `wanted` are left alone.
 pub fn plan(
     cluster: &str,
@@ -204,6 +226,7 @@ pub fn plan(
     wanted: &[Leaf],
     names: impl Fn(&Leaf) -> Vec<String>,
     annotation: Option<&str>,
+    grace: Duration,
     now: SystemTime,
 ) -> anyhow::Result<Changes> {
     let mut changes = Changes::default();
@@ -215,21 +238,22 @@ pub fn plan(
             changes.ca = Some((ca.clone(), CaChange::Created));
             ca
         }
-        Some(ca) => match rotation_due(ca, annotation, now) {
+        // A rotation in progress finishes before another starts.
+        Some(ca) => match rotation_due(ca, annotation, now).filter(|_| ca.previous_pem.is_none()) {
             Some(why) => {
-                let next = rotate(ca, cluster, annotation)?;
+                let next = rotate(ca, cluster, annotation, now)?;
                 changes.ca = Some((next.clone(), why));
                 next
             }
             None => {
-                // Rotating: confirmed once a pass finds every member's
-                // stored certificate issued by this CA.
+                // Rotating: confirmed once every member's stored certificate
+                // is this CA's and has had `grace` to reach the members.
                 let members_done = stored
                     .leaves
                     .iter()
                     .filter(|(l, _)| l.member_id().is_some())
                     .all(|(_, s)| s.generation == ca.generation);
-                if ca.previous_pem.is_some() && members_done {
+                if ca.previous_pem.is_some() && members_done && !ca.holding(grace, now) {
                     let mut done = ca.clone();
                     done.previous_pem = None;
                     changes.ca = Some((done.clone(), CaChange::RotationDone));
@@ -241,10 +265,21 @@ pub fn plan(
         },
     };
     let trust = ca.trust_bundle();
+    // Stage 1 of a rotation: the bundle goes out, certificates wait.
+    let hold = changes
+        .ca
+        .as_ref()
+        .is_some_and(|(_, w)| *w != CaChange::RotationDone && ca.previous_pem.is_some())
+        || ca.holding(grace, now);
     let mut authority = None;
+    let mut reissued = false;
     for leaf in wanted {
         let current = stored.leaves.get(leaf);
-        if reissue_due(current, &ca, now) {
+        let waits = hold
+            && current
+                .is_some_and(|c| c.generation != ca.generation && !renewal_due(&c.cert_pem, now));
+        if !waits && reissue_due(current, &ca, now) {
+            reissued |= current.is_some_and(|c| c.generation != ca.generation);
             if authority.is_none() {
                 authority = Some(ca.authority()?);
             }
@@ -271,6 +306,12 @@ pub fn plan(
                 },
             );
         }
+    }
+    // Stage 2 done: the old CA is dropped only `grace` after this.
+    if reissued && ca.previous_pem.is_some() && changes.ca.is_none() {
+        let mut next = ca.clone();
+        next.stage_since = Some(now);
+        changes.ca = Some((next, CaChange::LeavesReissued));
     }
     Ok(changes)
 }
@@ -305,8 +346,10 @@ mod tests {
         }
     }
 
+    const GRACE: Duration = Duration::from_secs(120);
+
     fn pass(stored: &Stored, annotation: Option<&str>, now: SystemTime) -> (Stored, Changes) {
-        let c = plan("c", stored, &leaves([1, 2]), names, annotation, now).unwrap();
+        let c = plan("c", stored, &leaves([1, 2]), names, annotation, GRACE, now).unwrap();
         (applied(stored, &c), c)
     }
 
@@ -359,53 +402,78 @@ mod tests {
     }
 
     #[test]
-    fn a_rotation_reissues_every_leaf_trusting_both_cas_until_a_pass_confirms_it() {
-        let now = SystemTime::now();
-        let (stored, _) = pass(&Stored::default(), Some("a"), now);
+    fn a_rotation_hands_out_the_bundle_then_reissues_then_drops_the_old_ca_each_after_the_grace() {
+        let t0 = SystemTime::now();
+        let (stored, _) = pass(&Stored::default(), Some("a"), t0);
         let old = stored.ca.clone().unwrap();
+        let old_member = stored.leaves[&Leaf::Member(1)].cert_pem.clone();
 
-        // A new annotation value: a new CA, every leaf reissued by it.
-        let (rotated, c) = pass(&stored, Some("b"), now);
+        // Stage 1: a new CA; every bundle trusts both, no certificate reissued.
+        let (s1, c) = pass(&stored, Some("b"), t0);
         let (ca, why) = c.ca.clone().unwrap();
         assert_eq!(why, CaChange::Requested("b".into()));
         assert_eq!(ca.generation, 2);
         assert_eq!(ca.previous_pem.as_deref(), Some(old.cert_pem.as_str()));
         assert_eq!(c.leaves.len(), 5);
-        for l in c.leaves.values() {
-            assert_eq!(l.generation, 2);
-            assert!(l.trust_pem.contains(&ca.cert_pem) && l.trust_pem.contains(&old.cert_pem));
-        }
-
-        // The next pass finds every member on the new CA: the old one goes,
-        // and only the trust bundles are rewritten (no certificate reissued).
-        let (done, c) = pass(&rotated, Some("b"), now);
-        let (ca2, why) = c.ca.clone().unwrap();
-        assert_eq!(why, CaChange::RotationDone);
-        assert_eq!((ca2.generation, ca2.previous_pem.as_ref()), (2, None));
         for (l, s) in &c.leaves {
-            assert_eq!(s.trust_pem, ca2.cert_pem, "{l:?}");
-            assert_eq!(s.cert_pem, rotated.leaves[l].cert_pem, "{l:?} not reissued");
+            assert_eq!(
+                s.generation, 1,
+                "{l:?} reissued before the bundle reached everyone"
+            );
+            assert!(s.trust_pem.contains(&ca.cert_pem) && s.trust_pem.contains(&old.cert_pem));
         }
-        let (_, c) = pass(&done, Some("b"), now);
+        // Within the grace, nothing more; a new annotation does not restart it.
+        let (_, c) = pass(&s1, Some("c"), t0 + GRACE / 2);
+        assert!(c.is_empty(), "{c:?}");
+
+        // Stage 2: every certificate reissued by the new CA, both still trusted.
+        let t1 = t0 + GRACE;
+        let (s2, c) = pass(&s1, Some("b"), t1);
+        assert_eq!(c.ca.as_ref().unwrap().1, CaChange::LeavesReissued);
+        assert_eq!(c.leaves.len(), 5);
+        for s in c.leaves.values() {
+            assert_eq!(s.generation, 2);
+            assert!(
+                s.trust_pem.contains(&old.cert_pem),
+                "the old CA is still trusted"
+            );
+        }
+        assert_ne!(s2.leaves[&Leaf::Member(1)].cert_pem, old_member);
+        let (_, c) = pass(&s2, Some("b"), t1 + GRACE / 2);
+        assert!(c.is_empty(), "the old CA stays for the grace: {c:?}");
+
+        // Stage 3: the old CA leaves the bundle; no certificate reissued.
+        let (done, c) = pass(&s2, Some("b"), t1 + GRACE);
+        let (ca3, why) = c.ca.clone().unwrap();
+        assert_eq!(why, CaChange::RotationDone);
+        assert_eq!((ca3.generation, ca3.previous_pem.as_ref()), (2, None));
+        for (l, s) in &c.leaves {
+            assert_eq!(s.trust_pem, ca3.cert_pem, "{l:?}");
+            assert_eq!(s.cert_pem, s2.leaves[l].cert_pem, "{l:?} not reissued");
+        }
+        let (_, c) = pass(&done, Some("b"), t1 + GRACE * 3);
         assert!(c.is_empty(), "the same annotation never rotates again");
     }
 
     #[test]
     fn a_rotation_waits_for_every_member_certificate_before_dropping_the_old_ca() {
-        let now = SystemTime::now();
-        let (stored, _) = pass(&Stored::default(), None, now);
-        let (mut rotated, _) = pass(&stored, Some("r"), now);
+        let t0 = SystemTime::now();
+        let (stored, _) = pass(&Stored::default(), None, t0);
+        let (s1, _) = pass(&stored, Some("r"), t0);
+        let (mut s2, _) = pass(&s1, Some("r"), t0 + GRACE);
         // Member 2's write did not happen (a failed Secret update).
-        rotated
-            .leaves
-            .insert(Leaf::Member(2), stored.leaves[&Leaf::Member(2)].clone());
-        let (after, c) = pass(&rotated, Some("r"), now);
-        assert!(c.ca.is_none(), "still rotating: {:?}", c.ca);
+        s2.leaves
+            .insert(Leaf::Member(2), s1.leaves[&Leaf::Member(2)].clone());
+        let t = t0 + GRACE * 3;
+        let (after, c) = pass(&s2, Some("r"), t);
+        assert_eq!(c.ca.as_ref().unwrap().1, CaChange::LeavesReissued);
         assert_eq!(c.leaves.keys().collect::<Vec<_>>(), [&Leaf::Member(2)]);
         assert!(c.leaves[&Leaf::Member(2)]
             .trust_pem
             .contains(&stored.ca.unwrap().cert_pem));
-        let (_, c) = pass(&after, Some("r"), now);
+        let (_, c) = pass(&after, Some("r"), t + GRACE / 2);
+        assert!(c.is_empty(), "{c:?}");
+        let (_, c) = pass(&after, Some("r"), t + GRACE);
         assert_eq!(c.ca.unwrap().1, CaChange::RotationDone);
     }
 

@@ -1320,33 +1320,69 @@ async fn a_new_rotate_ca_annotation_reissues_every_certificate_trusting_both_cas
     let (api, client) = FakeApi::start();
     let ctx = context(client);
     let (_, old) = with_certificates(&api, 2);
+    let leaf_secrets = [
+        "demo-member-1-tls",
+        "demo-member-2-tls",
+        "demo-admin-tls",
+        "demo-client-tls",
+    ];
+    let puts = |calls: &[Call]| -> Vec<String> {
+        calls
+            .iter()
+            .filter(|c| c.method == "PUT")
+            .map(|c| c.body["metadata"]["name"].as_str().unwrap().to_string())
+            .collect()
+    };
+    // Each stage is held until the kubelet had time to refresh the volumes:
+    // the CA Secret records when it began; moved back, the next stage is due.
+    let stage_over = || {
+        let long_ago = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_secs()
+            - 3600;
+        api.update(&secrets_path(), "demo-ca", |s| {
+            s["data"]["stage-since"] =
+                serde_json::to_value(k8s_openapi::ByteString(long_ago.to_string().into_bytes()))
+                    .unwrap();
+        });
+    };
     api.update(&clusters_path(), "demo", |rc| {
         rc["metadata"]["annotations"] = json!({"raftlane.io/rotate-ca": "2026-12"});
     });
-    let (_, calls) = pass(&api, &ctx).await;
-    let puts: Vec<String> = calls
-        .iter()
-        .filter(|c| c.method == "PUT")
-        .map(|c| c.body["metadata"]["name"].as_str().unwrap().to_string())
-        .collect();
-    assert_eq!(
-        puts,
-        [
-            "demo-ca",
-            "demo-member-1-tls",
-            "demo-member-2-tls",
-            "demo-admin-tls",
-            "demo-client-tls"
-        ]
+    let member_cert = secret_text(
+        &api.get(&secrets_path(), "demo-member-1-tls").unwrap(),
+        "tls.crt",
     );
+
+    // Stage 1: a new CA, every bundle trusts both; certificates unchanged.
+    let (_, calls) = pass(&api, &ctx).await;
+    assert_eq!(puts(&calls), [&["demo-ca"][..], &leaf_secrets].concat());
     assert!(event_reasons(&calls).contains(&"CARotated".to_string()));
-    let ca = api.get(&secrets_path(), "demo-ca").unwrap();
-    let new_ca = secret_text(&ca, "ca.crt");
+    let new_ca = secret_text(&api.get(&secrets_path(), "demo-ca").unwrap(), "ca.crt");
     assert_ne!(new_ca, old.cert_pem);
     let member = api.get(&secrets_path(), "demo-member-1-tls").unwrap();
     let trust = secret_text(&member, "ca.crt");
     assert!(trust.contains(&new_ca) && trust.contains(&old.cert_pem));
-    // The next pass finds every member on the new CA: the old one goes.
+    assert_eq!(
+        secret_text(&member, "tls.crt"),
+        member_cert,
+        "not reissued yet"
+    );
+    let (_, calls) = pass(&api, &ctx).await;
+    assert!(puts(&calls).is_empty(), "held: {:?}", lines(&calls));
+
+    // Stage 2: every certificate reissued by the new CA, both still trusted.
+    stage_over();
+    let (_, calls) = pass(&api, &ctx).await;
+    assert_eq!(puts(&calls), [&["demo-ca"][..], &leaf_secrets].concat());
+    assert!(event_reasons(&calls).contains(&"CertificatesReissued".to_string()));
+    let member = api.get(&secrets_path(), "demo-member-1-tls").unwrap();
+    assert_ne!(secret_text(&member, "tls.crt"), member_cert);
+    assert!(secret_text(&member, "ca.crt").contains(&old.cert_pem));
+
+    // Stage 3: the old CA leaves every bundle.
+    stage_over();
     let (_, calls) = pass(&api, &ctx).await;
     assert!(event_reasons(&calls).contains(&"CARotationDone".to_string()));
     let member = api.get(&secrets_path(), "demo-member-1-tls").unwrap();

@@ -370,6 +370,7 @@ async fn apply(cached: &RaftCluster, ctx: &Context) -> Result<Action, Error> {
             if !synced.written.is_empty() {
                 let reason = match synced.ca_change {
                     Some(CaChange::Expiring | CaChange::Requested(_)) => "CARotated",
+                    Some(CaChange::LeavesReissued) => "CertificatesReissued",
                     Some(CaChange::RotationDone) => "CARotationDone",
                     _ => "CertificatesIssued",
                 };

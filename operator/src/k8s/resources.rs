@@ -168,6 +168,9 @@ pub fn ca_secret(rc: &RaftCluster, ca: &Ca) -> Secret {
     if let Some(r) = &ca.rotated_for {
         data.insert("rotated-for".into(), bytes(r));
     }
+    if let Some(t) = ca.stage_since {
+        data.insert("stage-since".into(), bytes(&unix_secs(t).to_string()));
+    }
     let mut secret: Secret = serde_json::from_value(json!({
         "apiVersion": "v1",
         "kind": "Secret",
@@ -220,7 +223,16 @@ pub fn ca_from_secret(secret: &Secret) -> Option<Ca> {
         generation: secret_text(secret, "generation")?.trim().parse().ok()?,
         previous_pem: secret_text(secret, "previous.crt"),
         rotated_for: secret_text(secret, "rotated-for"),
+        stage_since: secret_text(secret, "stage-since")
+            .and_then(|t| t.trim().parse().ok())
+            .map(|t| std::time::UNIX_EPOCH + std::time::Duration::from_secs(t)),
     })
+}
+
+/// Seconds since the Unix epoch, as stored.
+fn unix_secs(t: std::time::SystemTime) -> u64 {
+    t.duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs())
 }
 
 /// The certificate stored in `secret`, if it is whole. A Secret without the

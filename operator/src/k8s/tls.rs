@@ -23,6 +23,11 @@ use crate::k8s::resources::{
     leaf_secret, leaf_secret_name, member_names, secret_text, selector, CERTIFICATE_LABEL,
 };
 
+/// How long a written Secret may take to reach the pods that mount it: the
+/// kubelet refreshes Secret volumes on its sync period (a minute by default)
+/// plus its cache's lifetime. Each CA rotation stage is held this long.
+pub const SECRET_PROPAGATION: std::time::Duration = std::time::Duration::from_secs(180);
+
 /// What the operator keeps per cluster between passes: its own certificate
 /// (never stored: issued again after a restart).
 #[derive(Clone, Debug, Default)]
@@ -142,7 +147,15 @@ pub async fn sync(
     let mut written = Vec::new();
     let mut ca_change = None;
     let operator = if write_allowed {
-        let changes = certs::plan(&uid, &stored, &wanted, names, annotation.as_deref(), now)?;
+        let changes = certs::plan(
+            &uid,
+            &stored,
+            &wanted,
+            names,
+            annotation.as_deref(),
+            SECRET_PROPAGATION,
+            now,
+        )?;
         if let Some((ca, why)) = &changes.ca {
             write(
                 &secrets_api,
@@ -182,6 +195,7 @@ pub async fn sync(
             &only,
             names,
             None,
+            SECRET_PROPAGATION,
             now,
         )?;
         changes

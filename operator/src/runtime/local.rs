@@ -41,6 +41,9 @@ pub struct LocalTls {
     dir: PathBuf,
     cluster: String,
     client_auth: bool,
+    /// How long each CA rotation stage is held: members re-read their files
+    /// every 2 s (raft-node's `--tls-reload-ms`), so three of those.
+    grace: std::time::Duration,
 }
 
 /// `state.json` of [`LocalTls`].
@@ -49,6 +52,9 @@ struct TlsState {
     generation: u32,
     #[serde(default)]
     rotated_for: Option<String>,
+    /// While rotating: when the current stage began, Unix seconds.
+    #[serde(default)]
+    stage_since: Option<u64>,
     /// The generation of the CA that issued each certificate, by file stem.
     #[serde(default)]
     issued_by: BTreeMap<String, u32>,
@@ -97,6 +103,7 @@ impl LocalTls {
             dir: cluster_dir.join("tls"),
             cluster: cluster.to_string(),
             client_auth,
+            grace: std::time::Duration::from_secs(6),
         }
     }
 
@@ -178,6 +185,9 @@ impl LocalTls {
                 generation: state.generation,
                 previous_pem: read_opt(&self.dir.join("previous-ca.crt"))?,
                 rotated_for: state.rotated_for.clone(),
+                stage_since: state
+                    .stage_since
+                    .map(|t| std::time::UNIX_EPOCH + std::time::Duration::from_secs(t)),
             }),
             _ => None,
         };
@@ -232,6 +242,7 @@ impl LocalTls {
             &wanted,
             names,
             annotation,
+            self.grace,
             std::time::SystemTime::now(),
         )?;
         let mut written = Vec::new();
@@ -250,6 +261,10 @@ impl LocalTls {
             }
             state.generation = ca.generation;
             state.rotated_for = ca.rotated_for.clone();
+            state.stage_since = ca
+                .stage_since
+                .and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok())
+                .map(|d| d.as_secs());
             self.write_state(&state)?;
             written.push(format!("ca (#{})", ca.generation));
         }
@@ -728,8 +743,13 @@ mod tests {
         let mut child = rt.children.remove(&1).unwrap();
         child.kill().unwrap();
         child.wait().unwrap();
+        // Killed as soon as its log held state, it may not have made its
+        // snapshot folder yet.
         for sub in ["raft", "snapshots"] {
-            fs::remove_dir_all(rt.data_dir(1).join(sub)).unwrap();
+            match fs::remove_dir_all(rt.data_dir(1).join(sub)) {
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+                r => r.unwrap(),
+            }
         }
         assert!(rt.list(true).await.unwrap().is_empty());
         assert!(rt.with_storage().unwrap().contains(&1), "it held state");
@@ -821,12 +841,21 @@ mod tests {
         // A second pass has nothing to write.
         let again = rt.sync_certs(1, None).unwrap().unwrap();
         assert!(again.written.is_empty() && !again.dialer_changed);
-        // A rotation rewrites every certificate and trusts both CAs.
+        // A rotation (its stages not held here) first trusts both CAs, then
+        // rewrites every certificate, then drops the old CA.
+        rt.tls.as_mut().unwrap().grace = Duration::ZERO;
+        let member = fs::read_to_string(tls.join("member-1.crt")).unwrap();
         let rotated = rt.sync_certs(1, Some("r1")).unwrap().unwrap();
         assert!(rotated.dialer_changed);
-        assert!(rotated.written.contains(&"member-1".to_string()));
+        assert_eq!(
+            fs::read_to_string(tls.join("member-1.crt")).unwrap(),
+            member
+        );
         let trust = fs::read_to_string(tls.join("trust.crt")).unwrap();
         assert_eq!(trust.matches("BEGIN CERTIFICATE").count(), 2);
+        let reissued = rt.sync_certs(1, Some("r1")).unwrap().unwrap();
+        assert_eq!(reissued.ca_change, Some(CaChange::LeavesReissued));
+        assert!(reissued.written.contains(&"member-1".to_string()));
         let done = rt.sync_certs(1, Some("r1")).unwrap().unwrap();
         assert_eq!(done.ca_change, Some(CaChange::RotationDone));
         let trust = fs::read_to_string(tls.join("trust.crt")).unwrap();
