@@ -70,6 +70,66 @@ pub fn compute(
             message,
         }
     };
+    let mut conditions = vec![
+        cond(
+            "Available",
+            available,
+            if available {
+                "QuorumHealthy"
+            } else {
+                "NoQuorum"
+            },
+            format!(
+                "{healthy_voters} of {} voters follow a leader",
+                voters.len()
+            ),
+        ),
+        cond(
+            "Progressing",
+            progressing,
+            if paused.is_some() {
+                "Paused"
+            } else if progressing {
+                "Reconciling"
+            } else {
+                "Settled"
+            },
+            plan.waiting.clone().unwrap_or_default(),
+        ),
+        cond(
+            "Degraded",
+            degraded,
+            if leader.is_none() {
+                "NoLeader"
+            } else if missing {
+                "MemberMissing"
+            } else if degraded {
+                "MemberUnhealthy"
+            } else {
+                "AllHealthy"
+            },
+            String::new(),
+        ),
+        cond(
+            "ReconciliationPaused",
+            paused.is_some(),
+            if paused.is_some() {
+                "Paused"
+            } else {
+                "Reconciling"
+            },
+            paused.map_or_else(String::new, |held| held_message(held)),
+        ),
+    ];
+    // Conditions a runtime keeps itself (VolumeExpansion on Kubernetes) are
+    // carried over as they were: this status is written whole.
+    let kept: Vec<Condition> = previous
+        .conditions
+        .iter()
+        .filter(|c| !conditions.iter().any(|own| own.type_ == c.type_))
+        .cloned()
+        .collect();
+    conditions.extend(kept);
     RaftClusterStatus {
         observed_generation: previous.observed_generation,
         replicas: obs.running.len() as u32,
@@ -85,57 +145,7 @@ pub fn compute(
             .max()
             .unwrap_or(0),
         members,
-        conditions: vec![
-            cond(
-                "Available",
-                available,
-                if available {
-                    "QuorumHealthy"
-                } else {
-                    "NoQuorum"
-                },
-                format!(
-                    "{healthy_voters} of {} voters follow a leader",
-                    voters.len()
-                ),
-            ),
-            cond(
-                "Progressing",
-                progressing,
-                if paused.is_some() {
-                    "Paused"
-                } else if progressing {
-                    "Reconciling"
-                } else {
-                    "Settled"
-                },
-                plan.waiting.clone().unwrap_or_default(),
-            ),
-            cond(
-                "Degraded",
-                degraded,
-                if leader.is_none() {
-                    "NoLeader"
-                } else if missing {
-                    "MemberMissing"
-                } else if degraded {
-                    "MemberUnhealthy"
-                } else {
-                    "AllHealthy"
-                },
-                String::new(),
-            ),
-            cond(
-                "ReconciliationPaused",
-                paused.is_some(),
-                if paused.is_some() {
-                    "Paused"
-                } else {
-                    "Reconciling"
-                },
-                paused.map_or_else(String::new, |held| held_message(held)),
-            ),
-        ],
+        conditions,
         operation: plan.waiting.clone().or_else(|| {
             plan.actions
                 .iter()
@@ -224,6 +234,30 @@ mod tests {
         let s4 = compute("demo", &seen(0, &[1, 2, 3]), &plan, &s3, "t4");
         assert_eq!(cond(&s4, "Degraded").reason, "NoLeader");
         assert_eq!(cond(&s4, "Available").status, "False");
+    }
+
+    #[test]
+    fn a_condition_the_runtime_keeps_is_carried_over_unchanged() {
+        let plan = Plan::default();
+        let mut previous = compute(
+            "demo",
+            &seen(1, &[1, 2, 3]),
+            &plan,
+            &RaftClusterStatus::default(),
+            "t1",
+        );
+        let volumes = Condition {
+            type_: "VolumeExpansion".into(),
+            status: "False".into(),
+            last_transition_time: "t0".into(),
+            reason: "NotAllowedByStorageClass".into(),
+            message: "no".into(),
+        };
+        previous.conditions.push(volumes.clone());
+        let next = compute("demo", &seen(1, &[1, 2, 3]), &plan, &previous, "t2");
+        assert_eq!(cond(&next, "VolumeExpansion"), &volumes);
+        assert_eq!(next.conditions.len(), 5);
+        assert!(!changed(&previous, &next), "nothing to write");
     }
 
     #[test]

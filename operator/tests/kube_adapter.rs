@@ -25,7 +25,7 @@ use raft_operator::runtime::WIPED_EXIT_CODE;
 use serde_json::{json, Value};
 use support::fake_api::{
     budgets_path, certificates_path, claims_path, clusters_path, events_path, pods_path,
-    policies_path, secrets_path, services_path, Call, FakeApi, NS,
+    policies_path, secrets_path, services_path, storage_classes_path, Call, FakeApi, NS,
 };
 use support::members::Members;
 
@@ -1488,4 +1488,252 @@ async fn with_an_issuer_cert_manager_certificates_are_requested() {
         posted[4].body["spec"]["uris"],
         json!([format!("raftlane://{UID}/client/default")])
     );
+}
+
+/// Every member volume bound at `size`, in `class` when given (else it names
+/// none and the default class applies).
+fn bind_volumes(api: &FakeApi, class: Option<&str>, size: &str) {
+    for claim in api.list(&claims_path()) {
+        let name = claim["metadata"]["name"].as_str().unwrap().to_string();
+        api.update(&claims_path(), &name, |c| {
+            if let Some(class) = class {
+                c["spec"]["storageClassName"] = json!(class);
+            }
+            c["status"] = json!({"phase": "Bound", "capacity": {"storage": size}});
+        });
+    }
+}
+
+fn storage_class(name: &str, expandable: Option<bool>, default: bool) -> Value {
+    let mut class = json!({
+        "apiVersion": "storage.k8s.io/v1", "kind": "StorageClass",
+        "metadata": {"name": name}, "provisioner": "csi.example.com",
+    });
+    if let Some(allow) = expandable {
+        class["allowVolumeExpansion"] = json!(allow);
+    }
+    if default {
+        class["metadata"]["annotations"] =
+            json!({"storageclass.kubernetes.io/is-default-class": "true"});
+    }
+    class
+}
+
+/// Sets `spec.storage.size` (a new generation).
+fn resize(api: &FakeApi, size: &str) {
+    api.update(&clusters_path(), "demo", |rc| {
+        rc["spec"]["storage"]["size"] = json!(size);
+        rc["metadata"]["generation"] = json!(2);
+    });
+}
+
+const CLAIMS: [&str; 3] = ["data-demo-0-seed", "data-demo-1-seed", "data-demo-2-seed"];
+
+fn volume_condition(api: &FakeApi) -> Value {
+    let rc = api.get(&clusters_path(), "demo").unwrap();
+    rc["status"]["conditions"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|c| c["type"] == "VolumeExpansion")
+        .cloned()
+        .unwrap_or(Value::Null)
+}
+
+#[tokio::test]
+async fn a_larger_storage_size_expands_every_member_volume_and_touches_no_pod() {
+    let (api, ctx, _members) = running_cluster(3).await;
+    bind_volumes(&api, Some("fast"), "1Gi");
+    api.put(
+        &storage_classes_path(),
+        storage_class("fast", Some(true), false),
+    );
+    let (_, calls) = pass(&api, &ctx).await;
+    assert_eq!(
+        lines(&calls),
+        reads(),
+        "volumes at the spec's size: no request"
+    );
+
+    // Paused, the larger size is not acted on: no StorageClass read, no patch.
+    api.update(&clusters_path(), "demo", |rc| {
+        rc["spec"]["paused"] = json!(true)
+    });
+    resize(&api, "2Gi");
+    let (_, calls) = pass(&api, &ctx).await;
+    assert!(
+        !calls
+            .iter()
+            .any(|c| c.path.starts_with(&claims_path()) && c.is_write()
+                || c.path.starts_with(&storage_classes_path())),
+        "{:?}",
+        lines(&calls)
+    );
+    api.update(&clusters_path(), "demo", |rc| {
+        rc["spec"]["paused"] = json!(false)
+    });
+
+    // Resumed: the class is read once, every PVC patched to 2Gi, an event each.
+    let (_, calls) = pass(&api, &ctx).await;
+    let mut want = reads();
+    want.push(format!("PATCH {}/demo/status", clusters_path()));
+    want.push(get(storage_classes_path(), "fast"));
+    for claim in CLAIMS {
+        want.push(format!("PATCH {}/{claim}", claims_path()));
+    }
+    for _ in CLAIMS {
+        want.push(format!("POST {}", events_path()));
+    }
+    want.push(format!("PATCH {}/demo/status", clusters_path()));
+    assert_eq!(lines(&calls), want);
+    for (c, claim) in calls[10..13].iter().zip(CLAIMS) {
+        assert_eq!(
+            c.body,
+            json!({"spec": {"resources": {"requests": {"storage": "2Gi"}}}})
+        );
+        let stored = api.get(&claims_path(), claim).unwrap();
+        assert_eq!(stored["spec"]["resources"]["requests"]["storage"], "2Gi");
+    }
+    for (c, claim) in calls[13..16].iter().zip(CLAIMS) {
+        assert_eq!(
+            (&c.body["reason"], &c.body["type"]),
+            (&json!("VolumeExpanding"), &json!("Normal"))
+        );
+        assert_eq!(
+            c.body["note"],
+            format!("{claim}: 1Gi → 2Gi (StorageClass fast allows expansion)")
+        );
+    }
+    assert!(!calls
+        .iter()
+        .any(|c| c.path.starts_with(&pods_path()) && c.is_write()));
+    let cond = &calls[16].body["status"]["conditions"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|c| c["type"] == "VolumeExpansion")
+        .cloned()
+        .unwrap();
+    assert_eq!(
+        (&cond["status"], &cond["reason"]),
+        (&json!("True"), &json!("Expanding"))
+    );
+    assert_eq!(
+        cond["message"],
+        format!("expanding to 2Gi: {}", CLAIMS.join(", "))
+    );
+
+    // While the resize is under way, a pass only reads.
+    let (_, calls) = pass(&api, &ctx).await;
+    assert_eq!(lines(&calls), reads());
+
+    // The volumes reach 2Gi: the condition says so, once.
+    bind_volumes(&api, None, "2Gi");
+    let (_, calls) = pass(&api, &ctx).await;
+    let mut want = reads();
+    want.push(format!("PATCH {}/demo/status", clusters_path()));
+    assert_eq!(lines(&calls), want);
+    let cond = volume_condition(&api);
+    assert_eq!(
+        (&cond["status"], &cond["reason"]),
+        (&json!("True"), &json!("Complete"))
+    );
+    let (_, calls) = pass(&api, &ctx).await;
+    assert_eq!(lines(&calls), reads());
+}
+
+#[tokio::test]
+async fn a_storage_class_without_expansion_gets_a_warning_and_the_condition_once() {
+    let (api, ctx, _members) = running_cluster(3).await;
+    // The claims name no class: the default one is theirs.
+    bind_volumes(&api, None, "1Gi");
+    api.put(
+        &storage_classes_path(),
+        storage_class("other", Some(true), false),
+    );
+    api.put(
+        &storage_classes_path(),
+        storage_class("standard", None, true),
+    );
+    resize(&api, "2Gi");
+
+    let (_, calls) = pass(&api, &ctx).await;
+    let mut want = reads();
+    want.extend([
+        format!("PATCH {}/demo/status", clusters_path()),
+        format!("GET {}", storage_classes_path()),
+        format!("POST {}", events_path()),
+        format!("PATCH {}/demo/status", clusters_path()),
+    ]);
+    assert_eq!(lines(&calls), want);
+    let event = &calls[10].body;
+    assert_eq!(
+        (&event["reason"], &event["type"]),
+        (&json!("VolumeExpansionNotAllowed"), &json!("Warning"))
+    );
+    let note = event["note"].as_str().unwrap();
+    assert!(
+        note.starts_with("StorageClass standard does not allow volume expansion")
+            && note.contains(&CLAIMS.join(", "))
+            && note.ends_with("not expanded to 2Gi"),
+        "{note}"
+    );
+    let cond = volume_condition(&api);
+    assert_eq!(
+        (&cond["status"], &cond["reason"]),
+        (&json!("False"), &json!("NotAllowedByStorageClass"))
+    );
+    assert_eq!(cond["message"], note);
+    for claim in CLAIMS {
+        let stored = api.get(&claims_path(), claim).unwrap();
+        assert_eq!(stored["spec"]["resources"]["requests"]["storage"], "1Gi");
+    }
+
+    // The next passes read the class again, and write nothing.
+    for _ in 0..2 {
+        let (_, calls) = pass(&api, &ctx).await;
+        let mut want = reads();
+        want.push(format!("GET {}", storage_classes_path()));
+        assert_eq!(lines(&calls), want);
+    }
+}
+
+#[tokio::test]
+async fn a_smaller_storage_size_shrinks_nothing_and_says_so_once() {
+    let (api, ctx, _members) = running_cluster(3).await;
+    // The volumes were expanded by hand beyond the spec's 1Gi.
+    bind_volumes(&api, Some("fast"), "2Gi");
+    for claim in CLAIMS {
+        api.update(&claims_path(), claim, |c| {
+            c["spec"]["resources"]["requests"]["storage"] = json!("2Gi");
+        });
+    }
+    api.put(
+        &storage_classes_path(),
+        storage_class("fast", Some(true), false),
+    );
+
+    let (_, calls) = pass(&api, &ctx).await;
+    let mut want = reads();
+    want.extend([
+        format!("POST {}", events_path()),
+        format!("PATCH {}/demo/status", clusters_path()),
+    ]);
+    assert_eq!(lines(&calls), want);
+    assert_eq!(calls[8].body["reason"], "VolumeShrinkRefused");
+    assert_eq!(calls[8].body["type"], "Warning");
+    let cond = volume_condition(&api);
+    assert_eq!(
+        (&cond["status"], &cond["reason"]),
+        (&json!("False"), &json!("ShrinkRefused"))
+    );
+    assert!(
+        cond["message"]
+            .as_str()
+            .unwrap()
+            .contains("data-demo-0-seed (2Gi)"),
+        "{cond}"
+    );
+    let (_, calls) = pass(&api, &ctx).await;
+    assert_eq!(lines(&calls), reads(), "told once");
 }

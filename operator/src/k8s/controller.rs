@@ -6,6 +6,8 @@
 //! step that must wait is planned again after a short requeue. Before each
 //! pass the cluster's certificates are issued or renewed (`tls.rs`); their
 //! Secrets are owned by the cluster, so garbage collection removes them.
+//! After each pass the members' volumes are grown to `spec.storage.size`
+//! where their StorageClass allows it (`volumes.rs`).
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -30,6 +32,7 @@ use crate::k8s::resources::{
 };
 use crate::k8s::runtime::{cluster_volumes, delete_gone, retire, KubeRuntime};
 use crate::k8s::tls::{self, OperatorCert};
+use crate::k8s::volumes;
 use crate::plan::{Action as Step, Observed};
 use crate::reconcile::{self, AdminClients, Host, PassError};
 use k8s_openapi::api::networking::v1::NetworkPolicy;
@@ -404,6 +407,12 @@ async fn apply(cached: &RaftCluster, ctx: &Context) -> Result<Action, Error> {
         PassError::NotLeading => Error::NotLeader,
     })?;
 
+    // After the pass, from the volumes it listed: no request while every
+    // volume has the spec's size. Paused: nothing is patched.
+    if !rc.spec.paused && ctx.leading() {
+        grow_volumes(rc, ctx, &rt, &outcome.status).await?;
+    }
+
     let members = &outcome.status.members;
     let label = ClusterLabel {
         namespace: rc.namespace().unwrap_or_default(),
@@ -427,6 +436,50 @@ async fn apply(cached: &RaftCluster, ctx: &Context) -> Result<Action, Error> {
     } else {
         IDLE_REQUEUE
     }))
+}
+
+/// Grows the members' volumes to `spec.storage.size` (`volumes.rs`): an
+/// event per expanded PVC, a Warning event per refusal new to the
+/// `VolumeExpansion` condition, and that condition written when it changes.
+async fn grow_volumes(
+    rc: &RaftCluster,
+    ctx: &Context,
+    rt: &KubeRuntime,
+    status: &RaftClusterStatus,
+) -> Result<(), Error> {
+    let want = &rc.spec.storage.size;
+    let growth = volumes::grow(&ctx.client, rt.claims_api(), &rt.claims(), want).await?;
+    for (claim, from, class) in &growth.expanded {
+        let note = format!("{claim}: {from} → {want} (StorageClass {class} allows expansion)");
+        ctx.event(rc, EventType::Normal, "VolumeExpanding", note)
+            .await;
+    }
+    let previous = status
+        .conditions
+        .iter()
+        .find(|c| c.type_ == volumes::CONDITION);
+    let now = jiff::Timestamp::now().to_string();
+    let Some(next) = growth.condition(want, previous, &now) else {
+        return Ok(());
+    };
+    if previous == Some(&next) {
+        return Ok(());
+    }
+    // Each refusal is told once: while the condition says it, no event.
+    let told = previous.map_or("", |c| c.message.as_str());
+    for p in growth.problems(want) {
+        if !told.contains(&p.sentence) {
+            ctx.event(rc, EventType::Warning, p.event, p.sentence).await;
+        }
+    }
+    if !ctx.leading() {
+        return Err(Error::NotLeader);
+    }
+    let mut status = status.clone();
+    status.conditions.retain(|c| c.type_ != volumes::CONDITION);
+    status.conditions.push(next);
+    apply_status(rc, &ctx.client, &status).await?;
+    Ok(())
 }
 
 /// The pass's host on Kubernetes: status in the status subresource, steps,

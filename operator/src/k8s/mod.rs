@@ -9,6 +9,7 @@ pub mod metrics;
 pub mod resources;
 pub mod runtime;
 pub mod tls;
+pub mod volumes;
 
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, Ordering};

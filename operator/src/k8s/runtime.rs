@@ -39,6 +39,8 @@ struct Volume {
     name: String,
     /// A member answered from it: it holds that member's raft state.
     holds_state: bool,
+    /// The claim as listed (or created), for volume growth.
+    claim: PersistentVolumeClaim,
 }
 
 fn member_id(meta_labels: &BTreeMap<String, String>) -> Option<u64> {
@@ -146,6 +148,17 @@ impl KubeRuntime {
             .any(|o| o.controller == Some(true) && Some(&o.uid) == uid.as_ref())
     }
 
+    /// The live volumes (not retired, not being deleted) as of the last
+    /// `list`, with those created since.
+    pub fn claims(&self) -> Vec<PersistentVolumeClaim> {
+        self.volumes.values().map(|v| v.claim.clone()).collect()
+    }
+
+    /// The PVC API of the cluster's namespace.
+    pub fn claims_api(&self) -> &Api<PersistentVolumeClaim> {
+        &self.claims
+    }
+
     /// Fails unless the existing pod `name` is this cluster's own.
     async fn check_owned(&self, name: &str) -> anyhow::Result<()> {
         let pod = self.pods.get(name).await?;
@@ -183,6 +196,7 @@ impl Runtime for KubeRuntime {
             let volume = Volume {
                 holds_state: c.annotations().contains_key(HOLDS_STATE_ANNOTATION),
                 name: c.name_any(),
+                claim: c.clone(),
             };
             if let Some(other) = self.volumes.insert(id, volume) {
                 anyhow::bail!(
@@ -268,14 +282,15 @@ impl Runtime for KubeRuntime {
         let claim = match self.volumes.get(&id) {
             Some(v) => v.name.clone(),
             None => {
-                let name = self
+                let claim = self
                     .claims
                     .create(&PostParams::default(), &volume_claim(&self.cluster, id))
-                    .await?
-                    .name_any();
+                    .await?;
+                let name = claim.name_any();
                 let volume = Volume {
                     name: name.clone(),
                     holds_state: false,
+                    claim,
                 };
                 self.volumes.insert(id, volume);
                 name

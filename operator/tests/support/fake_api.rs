@@ -74,6 +74,10 @@ pub fn certificates_path() -> String {
 pub fn clusters_path() -> String {
     format!("/apis/raftlane.io/v1alpha1/namespaces/{NS}/raftclusters")
 }
+/// StorageClasses are cluster-scoped.
+pub fn storage_classes_path() -> String {
+    "/apis/storage.k8s.io/v1/storageclasses".to_string()
+}
 pub fn events_path() -> String {
     format!("/apis/events.k8s.io/v1/namespaces/{NS}/events")
 }
@@ -317,6 +321,7 @@ fn is_collection(path: &str) -> bool {
         "secrets",
         "networkpolicies",
         "certificates",
+        "storageclasses",
     ]
     .iter()
     .any(|c| path.ends_with(&format!("/{c}")))
