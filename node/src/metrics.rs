@@ -90,6 +90,13 @@ pub struct Metrics {
     pub tls_reload_failures: Counter,
     /// New TLS material taken into use without a restart.
     pub tls_reloads: Counter,
+    /// Admin calls refused to a certificate that may not make them, by call.
+    pub admin_denied: Family<Call, Counter>,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct Call {
+    pub call: &'static str,
 }
 
 impl Default for Metrics {
@@ -126,7 +133,13 @@ impl Metrics {
             tls_refused: Family::default(),
             tls_reload_failures: Counter::default(),
             tls_reloads: Counter::default(),
+            admin_denied: Family::default(),
         };
+        r.register(
+            "admin_denied",
+            "Admin calls refused: the caller's certificate may not make them",
+            m.admin_denied.clone(),
+        );
         r.register(
             "tls_refused_connections",
             "Connections refused by TLS: failed handshakes and identities not admitted",

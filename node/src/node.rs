@@ -230,6 +230,7 @@ pub async fn run(cfg: NodeConfig) -> anyhow::Result<()> {
             timeout,
             tls: tls.is_some(),
             snapshots: snapshots_for_admin,
+            metrics: metrics.clone(),
         }))
         .serve_with_incoming_shutdown(
             incoming(admin_l, port_tls("admin")),

@@ -7,7 +7,6 @@
 //! new generation and re-dial.
 
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::{Duration, SystemTime};
 
@@ -101,6 +100,13 @@ impl Material {
                 let identity = Identity::of_cert(leaf).map_err(|e| invalid(what, e.to_string()))?;
                 let key = PrivateKeyDer::from_pem_slice(key)
                     .map_err(|e| invalid(kwhat, format!("no private key: {e}")))?;
+                // A reload may meet a new certificate beside the old key
+                // (files swapped one by one): refused, and tried again.
+                let signer = rustls::crypto::ring::sign::any_supported_type(&key)
+                    .map_err(|e| invalid(kwhat, e.to_string()))?;
+                rustls::sign::CertifiedKey::new(chain.clone(), signer)
+                    .keys_match()
+                    .map_err(|e| invalid(kwhat, format!("not the key of {what}: {e}")))?;
                 let (_, x509) = x509_parser::parse_x509_certificate(leaf)
                     .map_err(|e| invalid(what, e.to_string()))?;
                 let secs = x509.validity().not_after.timestamp().max(0) as u64;
@@ -185,7 +191,6 @@ pub struct TlsSource {
     current: RwLock<Arc<Material>>,
     bytes: Mutex<[Option<Vec<u8>>; 3]>,
     generation: watch::Sender<u64>,
-    reload_failures: AtomicU64,
 }
 
 impl TlsSource {
@@ -198,7 +203,6 @@ impl TlsSource {
             current: RwLock::new(Arc::new(material)),
             bytes: Mutex::new(bytes),
             generation: watch::channel(0).0,
-            reload_failures: AtomicU64::new(0),
         }))
     }
 
@@ -209,7 +213,6 @@ impl TlsSource {
             current: RwLock::new(Arc::new(material)),
             bytes: Mutex::new([None, None, None]),
             generation: watch::channel(0).0,
-            reload_failures: AtomicU64::new(0),
         })
     }
 
@@ -222,18 +225,13 @@ impl TlsSource {
         self.generation.subscribe()
     }
 
-    /// Reloads that failed (the previous material stayed in use).
-    pub fn reload_failures(&self) -> u64 {
-        self.reload_failures.load(Ordering::Relaxed)
-    }
-
     /// Re-reads the files; returns true when new material took effect. Bad
     /// new files leave the old material in use and return the error.
     pub fn reload(&self) -> Result<bool, FilesError> {
         let Some(files) = &self.files else {
             return Ok(false);
         };
-        let result = (|| {
+        (|| {
             let bytes = files.read()?;
             let mut last = self.bytes.lock().expect("tls bytes poisoned");
             if *last == bytes {
@@ -244,10 +242,36 @@ impl TlsSource {
             *last = bytes;
             self.generation.send_modify(|g| *g += 1);
             Ok(true)
-        })();
-        if result.is_err() {
-            self.reload_failures.fetch_add(1, Ordering::Relaxed);
-        }
-        result
+        })()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::issue::Authority;
+
+    #[test]
+    fn a_certificate_beside_another_certificates_key_is_refused() {
+        let day = std::time::Duration::from_secs(86_400);
+        let ca = Authority::generate("c", 1, day).unwrap();
+        let a = ca.issue(&Identity::member("c", 1), &[], day).unwrap();
+        let b = ca.issue(&Identity::member("c", 1), &[], day).unwrap();
+        let ca_pem = ca.cert_pem().as_bytes();
+        assert!(Material::from_pem(
+            Some(a.cert_pem.as_bytes()),
+            Some(a.key_pem.as_bytes()),
+            ca_pem
+        )
+        .is_ok());
+        let err = Material::from_pem(
+            Some(a.cert_pem.as_bytes()),
+            Some(b.key_pem.as_bytes()),
+            ca_pem,
+        )
+        .err()
+        .expect("refused")
+        .to_string();
+        assert!(err.contains("not the key of"), "{err}");
     }
 }

@@ -173,6 +173,11 @@ fn dialer(cli: &Cli) -> anyhow::Result<Dialer> {
     if cli.insecure_plaintext {
         return Ok(Dialer::Plaintext);
     }
+    anyhow::ensure!(
+        cli.cacert.is_some() || cli.cert.is_none(),
+        "--cert {} needs --cacert (the cluster's CA bundle) as well",
+        cli.cert.as_deref().unwrap_or(Path::new("")).display()
+    );
     let files = match &cli.cacert {
         Some(ca) => TlsFiles {
             cert: cli.cert.clone(),

@@ -19,6 +19,7 @@ use tonic::{Request, Response, Status};
 
 use super::bounded;
 use crate::consensus::{MembershipChange, NodeHandle};
+use crate::metrics::{Call, Metrics};
 use crate::storage::SnapshotStore;
 use crate::transport::{validate_peer_addr, Transport};
 
@@ -32,6 +33,7 @@ pub struct AdminService {
     pub tls: bool,
     /// Where `Backup` finds the snapshot it streams.
     pub snapshots: SnapshotStore,
+    pub metrics: Metrics,
 }
 
 /// Bytes per backup chunk, and chunks buffered ahead of the network: the
@@ -41,12 +43,19 @@ const BACKUP_AHEAD: usize = 4;
 
 impl AdminService {
     /// Refuses `call` unless the caller's certificate may administer.
-    fn authorize<T>(&self, req: &Request<T>, call: &str) -> Result<(), Status> {
+    fn authorize<T>(&self, req: &Request<T>, call: &'static str) -> Result<(), Status> {
         if !self.tls {
             return Ok(());
         }
-        match Caller::of(req).and_then(|c| c.identity.as_ref()) {
-            Some(who) if who.may_administer() => Ok(()),
+        let who = Caller::of(req).and_then(|c| c.identity.as_ref());
+        if who.is_some_and(|w| w.may_administer()) {
+            return Ok(());
+        }
+        self.metrics
+            .admin_denied
+            .get_or_create(&Call { call })
+            .inc();
+        match who {
             Some(who) => Err(Status::permission_denied(format!(
                 "{call}: {who} may not change this member; the operator's or an admin certificate is needed"
             ))),
