@@ -54,10 +54,16 @@ struct RunArgs {
     /// Take a Lease before reconciling, so several replicas are safe.
     #[arg(long, env = "RAFTLANE_LEADER_ELECTION", default_value_t = true, action = clap::ArgAction::Set)]
     leader_election: bool,
-    /// Give each RaftCluster a NetworkPolicy admitting its peer port only from
-    /// its own members (the chart's policy covers the other ports).
-    #[arg(long, env = "RAFTLANE_NETWORK_POLICIES", default_value_t = true, action = clap::ArgAction::Set)]
-    network_policies: bool,
+    /// Namespaces (comma-separated) whose RaftClusters get a NetworkPolicy
+    /// admitting the peer port only from their own members: those where the
+    /// chart's members policy covers the other ports (the chart sets it).
+    /// None by default: that policy alone would close them.
+    #[arg(
+        long,
+        env = "RAFTLANE_NETWORK_POLICY_NAMESPACES",
+        value_delimiter = ','
+    )]
+    network_policy_namespaces: Option<Vec<String>>,
     #[arg(long, env = "RAFTLANE_LEASE_NAME", default_value = "raft-operator")]
     lease_name: String,
     /// This replica's identity in the Lease and in events.
@@ -130,7 +136,9 @@ fn run_options(a: RunArgs) -> raft_operator::k8s::RunOptions {
         },
         metrics_addr: a.metrics_addr,
         leader_election: a.leader_election,
-        network_policies: a.network_policies,
+        network_policies: a
+            .network_policy_namespaces
+            .map(|n| n.into_iter().filter(|s| !s.is_empty()).collect()),
         lease_name: a.lease_name,
         lease_namespace: a.pod_namespace,
         identity,

@@ -15,7 +15,7 @@ use kube::runtime::events::Reporter;
 use raft_node::client::KvClient;
 use raft_operator::certs::{Ca, Leaf, StoredLeaf, LEAF_VALIDITY};
 use raft_operator::crd::RaftCluster;
-use raft_operator::k8s::controller::{reconcile, Context, FINALIZER, STATUS_MANAGER};
+use raft_operator::k8s::controller::{reconcile, Context, PolicyScope, FINALIZER, STATUS_MANAGER};
 use raft_operator::k8s::metrics::Metrics;
 use raft_operator::k8s::resources::{
     ca_secret, client_service, disruption_budget, leaf_secret, member_pod, network_policy,
@@ -1387,6 +1387,45 @@ async fn a_new_rotate_ca_annotation_reissues_every_certificate_trusting_both_cas
     assert!(event_reasons(&calls).contains(&"CARotationDone".to_string()));
     let member = api.get(&secrets_path(), "demo-member-1-tls").unwrap();
     assert_eq!(secret_text(&member, "ca.crt"), new_ca);
+}
+
+/// Outside the namespaces the chart covers with its members policy, a
+/// cluster gets no peer policy (alone it would close the admin, client and
+/// metrics ports), and one left from before is deleted.
+#[tokio::test]
+async fn no_peer_policy_where_the_chart_has_no_members_policy_and_a_stale_one_is_deleted() {
+    let (api, client) = FakeApi::start();
+    let reporter = Reporter {
+        controller: "raft-operator".into(),
+        instance: None,
+    };
+    let scope = PolicyScope::Namespaces(["elsewhere".to_string()].into());
+    let ctx =
+        Arc::new(Context::new(client, reporter, Metrics::default()).network_policies_in(scope));
+    api.put(&clusters_path(), cluster(1, json!({})));
+    let (_, calls) = pass(&api, &ctx).await;
+    assert!(
+        !calls
+            .iter()
+            .any(|c| c.line() == format!("POST {}", policies_path())),
+        "{:?}",
+        lines(&calls)
+    );
+    let stored = api.get(&clusters_path(), "demo").unwrap();
+    let rc: RaftCluster = serde_json::from_value(stored).unwrap();
+    api.put(
+        &policies_path(),
+        serde_json::to_value(network_policy(&rc)).unwrap(),
+    );
+    let (_, calls) = pass(&api, &ctx).await;
+    assert!(
+        calls
+            .iter()
+            .any(|c| c.line() == format!("DELETE {}/demo-peers", policies_path())),
+        "{:?}",
+        lines(&calls)
+    );
+    assert!(api.get(&policies_path(), "demo-peers").is_none());
 }
 
 #[tokio::test]

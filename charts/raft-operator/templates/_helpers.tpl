@@ -117,6 +117,20 @@ Namespace whose RaftClusters the operator watches when not cluster-wide.
 {{- end }}
 
 {{/*
+Namespaces that get the members' NetworkPolicy, comma-separated: the watched
+one, or networkPolicy.namespaces (default: the release namespace) when all are
+watched. The operator adds its per-cluster peer policy only there: alone, that
+policy would close every other port of the members.
+*/}}
+{{- define "raft-operator.policyNamespaces" -}}
+{{- if .Values.watch.allNamespaces }}
+{{- join "," (.Values.networkPolicy.namespaces | default (list .Release.Namespace)) }}
+{{- else }}
+{{- include "raft-operator.watchNamespace" . }}
+{{- end }}
+{{- end }}
+
+{{/*
 Operator image reference.
 */}}
 {{- define "raft-operator.image" -}}

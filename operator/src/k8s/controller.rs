@@ -99,9 +99,26 @@ pub struct Context {
     /// Turns true when the leader-election Lease is lost: no further step is
     /// taken and no status written, even by a pass already running.
     lost: Option<tokio::sync::watch::Receiver<bool>>,
-    /// Create each cluster's `<name>-peers` NetworkPolicy (the chart's
-    /// `networkPolicy.enabled`).
-    network_policies: bool,
+    /// Where each cluster gets its `<name>-peers` NetworkPolicy.
+    network_policies: PolicyScope,
+}
+
+/// The namespaces whose clusters get a `<name>-peers` NetworkPolicy. That
+/// policy opens only the peer port, so it belongs only where the chart's
+/// members policy opens the others: alone it would shut the operator out.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum PolicyScope {
+    Everywhere,
+    Namespaces(std::collections::BTreeSet<String>),
+}
+
+impl PolicyScope {
+    fn covers(&self, ns: &str) -> bool {
+        match self {
+            PolicyScope::Everywhere => true,
+            PolicyScope::Namespaces(n) => n.contains(ns),
+        }
+    }
 }
 
 impl Context {
@@ -113,14 +130,14 @@ impl Context {
             clusters: Default::default(),
             failures: Default::default(),
             lost: None,
-            network_policies: true,
+            network_policies: PolicyScope::Everywhere,
         }
     }
 
-    /// No per-cluster NetworkPolicy: the cluster runs without policies
-    /// (alone, that policy would close the client and metrics ports too).
-    pub fn without_network_policies(mut self) -> Context {
-        self.network_policies = false;
+    /// Per-cluster NetworkPolicies only in `scope` (`raft-operator run` takes
+    /// it from the chart); elsewhere an existing one is deleted.
+    pub fn network_policies_in(mut self, scope: PolicyScope) -> Context {
+        self.network_policies = scope;
         self
     }
 
@@ -293,15 +310,18 @@ async fn ensure_cluster_objects(
             .await?;
     }
     let policies: Api<NetworkPolicy> = Api::namespaced(client.clone(), &ns);
-    if with_policy
-        && policies
-            .get_opt(&network_policy_name(&rc.name_any()))
-            .await?
-            .is_none()
-    {
-        policies
-            .create(&PostParams::default(), &network_policy(rc))
-            .await?;
+    let name = network_policy_name(&rc.name_any());
+    match (with_policy, policies.get_opt(&name).await?.is_some()) {
+        (true, false) => {
+            policies
+                .create(&PostParams::default(), &network_policy(rc))
+                .await?;
+        }
+        (false, true) => {
+            tracing::info!(namespace = %ns, policy = %name, "no members NetworkPolicy here: peer policy deleted");
+            policies.delete(&name, &Default::default()).await?;
+        }
+        _ => {}
     }
     Ok(())
 }
@@ -353,7 +373,13 @@ async fn apply(cached: &RaftCluster, ctx: &Context) -> Result<Action, Error> {
             let note = format!("{members_now} → {} members", rc.spec.replicas);
             ctx.event(rc, EventType::Normal, "Scaling", note).await;
         }
-        ensure_cluster_objects(rc, &ctx.client, ctx.network_policies).await?;
+        ensure_cluster_objects(
+            rc,
+            &ctx.client,
+            ctx.network_policies
+                .covers(&rc.namespace().unwrap_or_default()),
+        )
+        .await?;
     }
 
     let mut state = ctx.clusters.lock().await.remove(&uid).unwrap_or_default();

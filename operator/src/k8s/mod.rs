@@ -47,8 +47,8 @@ pub struct RunOptions {
     pub namespace: Option<String>,
     pub metrics_addr: SocketAddr,
     pub leader_election: bool,
-    /// Create per-cluster NetworkPolicies.
-    pub network_policies: bool,
+    /// Namespaces whose clusters get a per-cluster NetworkPolicy.
+    pub network_policies: Option<std::collections::BTreeSet<String>>,
     pub lease_name: String,
     /// Where the Lease lives (the operator's own namespace).
     pub lease_namespace: String,
@@ -207,12 +207,9 @@ pub async fn run(opts: RunOptions) -> anyhow::Result<()> {
     };
     let ctx = Arc::new({
         let ctx = Context::new(client.clone(), reporter, metrics.clone());
-        let ctx = if opts.network_policies {
-            ctx
-        } else {
-            ctx.without_network_policies()
-        };
-        ctx.leading_while(lost.clone())
+        let scope = opts.network_policies.clone().unwrap_or_default();
+        ctx.network_policies_in(controller::PolicyScope::Namespaces(scope))
+            .leading_while(lost.clone())
     });
     let until = {
         let (stop, lost) = (stop.clone(), lost.clone());
