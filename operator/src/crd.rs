@@ -76,6 +76,10 @@ pub struct RaftClusterSpec {
     #[serde(default)]
     pub raft: RaftSettings,
     #[serde(default)]
+    #[x_kube(validation = Rule::new("self == oldSelf").message(
+        "spec.tls cannot change once the cluster exists: its members run with it \
+         (create a new cluster from a backup instead)"
+    ))]
     pub tls: TlsSpec,
     /// Pod placement overrides (Kubernetes runtime only).
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -234,6 +238,8 @@ impl Default for RaftSettings {
 /// annotation `raftlane.io/rotate-ca` to a new value to rotate the CA.
 #[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
 #[serde(rename_all = "camelCase")]
+#[x_kube(validation = Rule::new("self.enabled || !has(self.issuerRef)")
+    .message("spec.tls.issuerRef needs spec.tls.enabled: true"))]
 pub struct TlsSpec {
     /// TLS on every port (the default). false starts members with
     /// `--insecure-plaintext`: no encryption and no authentication, anyone who
@@ -275,6 +281,8 @@ pub struct IssuerRef {
     pub name: String,
     /// Issuer (in the cluster's namespace) or ClusterIssuer.
     #[serde(default = "default_issuer_kind")]
+    #[x_kube(validation = Rule::new("self == 'Issuer' || self == 'ClusterIssuer'")
+        .message("spec.tls.issuerRef.kind must be Issuer or ClusterIssuer"))]
     pub kind: String,
     /// The issuer's API group.
     #[serde(default = "default_issuer_group")]

@@ -97,7 +97,14 @@ pub async fn run(opts: LocalOptions) -> anyhow::Result<()> {
         if let Ok(m) = std::fs::metadata(&opts.file).and_then(|m| m.modified()) {
             if m != mtime {
                 mtime = m;
-                match load(&opts.file) {
+                // The CRD's update rules too (spec.tls fixed, storage never
+                // shrinks), as the API server applies them to an edit.
+                let edit = load(&opts.file).and_then(|(c, _)| {
+                    RaftCluster::validate_cel_update(&c, &cluster)
+                        .map_err(|e| anyhow::anyhow!("{}: {e}", opts.file.display()))?;
+                    Ok((c, ()))
+                });
+                match edit {
                     Ok((c, _)) => {
                         if c.spec.replicas != cluster.spec.replicas {
                             println!("replicas {} -> {}", cluster.spec.replicas, c.spec.replicas);

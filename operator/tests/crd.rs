@@ -79,6 +79,14 @@ fn bad_specs_are_refused_naming_their_field() {
             "  replicas: 3\n  storage:\n    retentionPolicy:\n      whenScaled: Maybe\n",
             "spec.storage.retentionPolicy.whenScaled",
         ),
+        (
+            "  replicas: 3\n  tls:\n    issuerRef:\n      name: ca\n      kind: Vault\n",
+            "spec.tls.issuerRef.kind must be Issuer or ClusterIssuer",
+        ),
+        (
+            "  replicas: 3\n  tls:\n    enabled: false\n    issuerRef:\n      name: ca\n",
+            "spec.tls.issuerRef needs spec.tls.enabled: true",
+        ),
     ];
     for (spec, want) in cases {
         let err = parse_cluster(&manifest(spec)).expect_err(spec);
@@ -113,6 +121,21 @@ fn storage_size_may_grow_but_never_shrink() {
         .unwrap_err()
         .to_string();
     assert!(err.contains("storage size cannot shrink"), "{err}");
+}
+
+#[test]
+fn tls_settings_cannot_change_on_a_running_cluster() {
+    let on = parse_cluster(&manifest("  replicas: 3\n")).unwrap();
+    let off = parse_cluster(&manifest("  replicas: 3\n  tls:\n    enabled: false\n")).unwrap();
+    let scaled = parse_cluster(&manifest("  replicas: 5\n")).unwrap();
+    assert!(RaftCluster::validate_cel_update(&scaled, &on).is_ok());
+    let err = RaftCluster::validate_cel_update(&off, &on)
+        .unwrap_err()
+        .to_string();
+    assert!(
+        err.contains("spec.tls cannot change once the cluster exists"),
+        "{err}"
+    );
 }
 
 #[test]
