@@ -179,7 +179,7 @@ impl Target for KindTarget {
     }
 
     async fn dialer_for(&self, user: &str) -> anyhow::Result<Dialer> {
-        let name = crate::user_secret(&self.name, user);
+        let name = crate::user_secret(&self.name, user)?;
         let secret = self
             .kube
             .get_json(&["secret", &name])

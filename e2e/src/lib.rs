@@ -48,9 +48,18 @@ pub trait Target {
     async fn operator_exited(&mut self) -> anyhow::Result<bool>;
 }
 
-/// Name of the Secret holding `user`'s certificate (`admin`, `client`).
-pub fn user_secret(cluster: &str, user: &str) -> String {
-    format!("{cluster}-{user}-tls")
+/// Name of the Secret holding `user`'s certificate (`admin`, `client`), as
+/// the operator names it.
+pub fn user_secret(cluster: &str, user: &str) -> anyhow::Result<String> {
+    use raft_operator::certs::Leaf;
+    let leaf = match user {
+        "admin" => Leaf::Admin,
+        "client" => Leaf::Client,
+        other => anyhow::bail!("no user certificate {other:?}"),
+    };
+    Ok(raft_operator::k8s::resources::leaf_secret_name(
+        cluster, &leaf,
+    ))
 }
 
 /// A dialer from the PEM of a user Secret's `tls.crt`, `tls.key`, `ca.crt`.

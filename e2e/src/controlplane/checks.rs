@@ -10,7 +10,9 @@ use k8s_openapi::api::coordination::v1::Lease;
 use k8s_openapi::api::core::v1::{PersistentVolumeClaim, Pod, Secret, Service};
 use k8s_openapi::api::policy::v1::PodDisruptionBudget;
 use kube::api::{Api, ListParams};
+use raft_operator::certs::Leaf;
 use raft_operator::crd::RaftCluster;
+use raft_operator::k8s::resources::{ca_secret_name, leaf_secret_name};
 
 use super::env::{ControlPlaneEnv, NAMESPACE, RELEASE};
 use crate::kind::cmd::{blocking, output};
@@ -267,11 +269,11 @@ pub async fn tls_secrets_of(env: &ControlPlaneEnv, name: &str, members: u64) -> 
         .context("RaftCluster uid")?;
     let secrets: Api<Secret> = Api::namespaced(env.client.clone(), NAMESPACE);
     let mut names = vec![
-        format!("{name}-ca"),
-        crate::user_secret(name, "admin"),
-        crate::user_secret(name, "client"),
+        ca_secret_name(name),
+        leaf_secret_name(name, &Leaf::Admin),
+        leaf_secret_name(name, &Leaf::Client),
     ];
-    names.extend((1..=members).map(|id| format!("{name}-member-{id}-tls")));
+    names.extend((1..=members).map(|id| leaf_secret_name(name, &Leaf::Member(id))));
     for n in &names {
         let s = secrets
             .get_opt(n)

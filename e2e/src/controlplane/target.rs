@@ -120,7 +120,7 @@ impl Target for ControlPlaneTarget {
 
     async fn dialer_for(&self, user: &str) -> anyhow::Result<Dialer> {
         let secrets: Api<Secret> = Api::namespaced(self.client.clone(), NAMESPACE);
-        let name = crate::user_secret(&self.name, user);
+        let name = crate::user_secret(&self.name, user)?;
         let secret = secrets
             .get_opt(&name)
             .await?

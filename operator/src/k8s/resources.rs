@@ -15,7 +15,7 @@ use kube::core::{ApiResource, DynamicObject};
 use kube::{Resource, ResourceExt};
 use serde_json::json;
 
-use crate::certs::{Ca, Leaf, StoredLeaf};
+use crate::certs::{self, Ca, Leaf, StoredLeaf};
 use crate::crd::{IssuerRef, RaftCluster, Retention};
 use crate::runtime::launch::{Launch, Listen, Transport};
 
@@ -298,8 +298,9 @@ pub fn certificate(rc: &RaftCluster, leaf: &Leaf, issuer: &IssuerRef) -> Dynamic
         "secretName": secret,
         "secretTemplate": {"labels": secret_labels(rc, &leaf.stem())},
         "uris": [leaf.identity(&uid).uri()],
-        "duration": "2160h",
-        "renewBefore": "720h",
+        // The operator's own rules: the same lifetime, renewed with a third left.
+        "duration": format!("{}h", certs::LEAF_VALIDITY.as_secs() / 3600),
+        "renewBefore": format!("{}h", certs::LEAF_VALIDITY.as_secs() / 3600 / 3),
         "privateKey": {"algorithm": "ECDSA", "size": 256, "rotationPolicy": "Always"},
         "issuerRef": {"name": issuer.name, "kind": issuer.kind, "group": issuer.group},
     });
