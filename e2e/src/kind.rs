@@ -180,19 +180,11 @@ impl Target for KindTarget {
 
     async fn dialer_for(&self, user: &str) -> anyhow::Result<Dialer> {
         let name = crate::user_secret(&self.name, user)?;
-        let secret = self
-            .kube
-            .get_json(&["secret", &name])
-            .await?
-            .with_context(|| format!("Secret {name} not found"))?;
-        let secret: k8s_openapi::api::core::v1::Secret = serde_json::from_value(secret)?;
-        let data = secret.data.unwrap_or_default();
-        let field = |k: &str| {
-            data.get(k)
-                .map(|b| b.0.clone())
-                .with_context(|| format!("Secret {name} lacks {k}"))
+        let secret = match self.kube.get_json(&["secret", &name]).await? {
+            Some(v) => Some(serde_json::from_value(v)?),
+            None => None,
         };
-        crate::dialer_from_pem(&field("tls.crt")?, &field("tls.key")?, &field("ca.crt")?)
+        crate::dialer_from_secret(&name, secret)
     }
 
     async fn admin(&self, id: u64) -> anyhow::Result<String> {

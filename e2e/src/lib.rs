@@ -68,6 +68,22 @@ pub fn dialer_from_pem(cert: &[u8], key: &[u8], ca: &[u8]) -> anyhow::Result<Dia
     Ok(Dialer::Tls(TlsSource::fixed(m)))
 }
 
+/// A dialer from user Secret `secret` (named `name` in errors).
+pub fn dialer_from_secret(
+    name: &str,
+    secret: Option<k8s_openapi::api::core::v1::Secret>,
+) -> anyhow::Result<Dialer> {
+    use anyhow::Context;
+    let secret = secret.with_context(|| format!("Secret {name} not found"))?;
+    let data = secret.data.unwrap_or_default();
+    let field = |k: &str| {
+        data.get(k)
+            .map(|b| b.0.clone())
+            .with_context(|| format!("Secret {name} lacks {k}"))
+    };
+    dialer_from_pem(&field("tls.crt")?, &field("tls.key")?, &field("ca.crt")?)
+}
+
 /// Polls `check` every 200 ms until it returns Some, failing after `within`.
 pub async fn wait_for<T, F, Fut>(what: &str, within: Duration, mut check: F) -> anyhow::Result<T>
 where

@@ -16,6 +16,13 @@ use raftlane_tls::Expect;
 
 const KEYS: u64 = 20_000;
 
+/// Waits for member `id`'s process to exit (a refused start) and returns its log.
+fn refused_start(c: &mut Cluster, id: u64) -> String {
+    let child = c.members.get_mut(&id).unwrap().child.as_mut().unwrap();
+    assert!(!child.wait().unwrap().success(), "member {id} started");
+    std::fs::read_to_string(c.log_path(id)).unwrap()
+}
+
 fn raftctl(c: &Cluster, args: &[&str]) -> (i32, String, String) {
     let dir = c.tls_dir();
     let out = Command::new(env!("CARGO_BIN_EXE_raftctl"))
@@ -80,18 +87,7 @@ async fn a_backup_restores_a_new_cluster_with_every_key_on_every_member() {
     // The same file into a formed cluster: refused at start.
     r.kill9(2);
     r.spawn(2, &["--initial-voters", voters, "--restore-from", &from]);
-    let log = r.log_path(2);
-    let status = r
-        .members
-        .get_mut(&2)
-        .unwrap()
-        .child
-        .as_mut()
-        .unwrap()
-        .wait()
-        .unwrap();
-    assert!(!status.success());
-    let text = std::fs::read_to_string(&log).unwrap();
+    let text = refused_start(&mut r, 2);
     assert!(
         text.contains("--restore-from") && text.contains("already holds raft state"),
         "{text}"
@@ -126,17 +122,7 @@ async fn a_corrupt_backup_is_refused_and_only_admins_may_take_one() {
             bad.to_str().unwrap(),
         ],
     );
-    let status = r
-        .members
-        .get_mut(&1)
-        .unwrap()
-        .child
-        .as_mut()
-        .unwrap()
-        .wait()
-        .unwrap();
-    assert!(!status.success());
-    let text = std::fs::read_to_string(r.log_path(1)).unwrap();
+    let text = refused_start(&mut r, 1);
     assert!(
         text.contains("--restore-from") && text.contains("checksum mismatch"),
         "{text}"

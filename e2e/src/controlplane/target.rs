@@ -121,17 +121,7 @@ impl Target for ControlPlaneTarget {
     async fn dialer_for(&self, user: &str) -> anyhow::Result<Dialer> {
         let secrets: Api<Secret> = Api::namespaced(self.client.clone(), NAMESPACE);
         let name = crate::user_secret(&self.name, user)?;
-        let secret = secrets
-            .get_opt(&name)
-            .await?
-            .with_context(|| format!("Secret {name} not found"))?;
-        let data = secret.data.unwrap_or_default();
-        let field = |k: &str| {
-            data.get(k)
-                .map(|b| b.0.clone())
-                .with_context(|| format!("Secret {name} lacks {k}"))
-        };
-        crate::dialer_from_pem(&field("tls.crt")?, &field("tls.key")?, &field("ca.crt")?)
+        crate::dialer_from_secret(&name, secrets.get_opt(&name).await?)
     }
 
     async fn admin(&self, id: u64) -> anyhow::Result<String> {

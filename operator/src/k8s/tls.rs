@@ -56,6 +56,25 @@ fn dialer_of(leaf: &StoredLeaf) -> anyhow::Result<Dialer> {
     Ok(Dialer::Tls(TlsSource::fixed(m)))
 }
 
+/// The pass's outcome with the operator's certificate `operator`, kept in
+/// `cache`; a changed one means re-dialling.
+fn synced(
+    cache: &mut OperatorCert,
+    operator: StoredLeaf,
+    written: Vec<String>,
+    ca_change: Option<CaChange>,
+) -> anyhow::Result<Synced> {
+    let dialer_changed = cache.leaf.as_ref() != Some(&operator);
+    let dialer = dialer_of(&operator)?;
+    cache.leaf = Some(operator);
+    Ok(Synced {
+        dialer,
+        dialer_changed,
+        written,
+        ca_change,
+    })
+}
+
 fn is_not_found(e: &kube::Error) -> bool {
     matches!(e, kube::Error::Api(s) if s.code == 404)
 }
@@ -205,14 +224,7 @@ pub async fn sync(
             .cloned()
     };
     let operator = operator.ok_or_else(|| anyhow::anyhow!("no operator certificate issued"))?;
-    let changed = cache.leaf.as_ref() != Some(&operator);
-    cache.leaf = Some(operator.clone());
-    Ok(Synced {
-        dialer: dialer_of(&operator)?,
-        dialer_changed: changed,
-        written,
-        ca_change,
-    })
+    synced(cache, operator, written, ca_change)
 }
 
 /// With an issuer: a Certificate per member, for the users and for the
@@ -263,12 +275,5 @@ async fn sync_cert_manager(
                 issuer.name
             )
         })?;
-    let changed = cache.leaf.as_ref() != Some(&operator);
-    cache.leaf = Some(operator.clone());
-    Ok(Synced {
-        dialer: dialer_of(&operator)?,
-        dialer_changed: changed,
-        written,
-        ca_change: None,
-    })
+    synced(cache, operator, written, None)
 }
