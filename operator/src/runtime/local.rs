@@ -2,8 +2,9 @@
 //! `id` on 127.0.0.`id` with ports picked free at each start, data and logs under
 //! the state folder. A member that exits is started again on fresh ports with
 //! its id and data, as a rescheduled pod comes back on a new IP. What a member
-//! runs as is recorded in `member-<id>.json`, so a restarted operator adopts the
-//! processes it left running instead of starting them twice. A member deleted
+//! runs as is recorded in `member-<id>.json`, written before the process is
+//! started, so a restarted operator adopts the processes it left running
+//! instead of starting them twice. A member deleted
 //! after leaving the membership has its data dir retired (renamed, kept).
 //!
 //! Once a member's data dir is seen holding raft state, `member-<id>.holds-state`
@@ -308,7 +309,10 @@ impl LocalTls {
 /// What is recorded of a started member.
 #[derive(Serialize, Deserialize, Clone, Debug)]
 struct Record {
-    pid: u32,
+    /// None while starting: `create` writes the record before the spawn and
+    /// the pid right after it (see [`LocalRuntime::settle`]).
+    #[serde(default)]
+    pid: Option<u32>,
     peer: String,
     client: String,
     admin: String,
@@ -360,6 +364,27 @@ fn remove_if_present(path: &Path) -> anyhow::Result<()> {
             _ => Err(e),
         })
         .with_context(|| format!("removing {}", path.display()))
+}
+
+/// The live raft-node process started with data dir `data` and peer address
+/// `peer`, if there is one: what a record without a pid was written for.
+fn find_started(data: &str, peer: &str) -> Option<u32> {
+    let started_as = |argv: &[&str]| {
+        let has = |flag: &str, value: &str| argv.windows(2).any(|w| w == [flag, value]);
+        has("--data-dir", data) && has("--peer-addr", peer)
+    };
+    fs::read_dir("/proc")
+        .ok()?
+        .filter_map(|e| e.ok()?.file_name().to_str()?.parse::<u32>().ok())
+        .find(|&pid| {
+            fs::read(format!("/proc/{pid}/cmdline")).is_ok_and(|c| {
+                let argv: Vec<&str> = std::str::from_utf8(&c)
+                    .unwrap_or_default()
+                    .split('\0')
+                    .collect();
+                started_as(&argv)
+            }) && alive(pid)
+        })
 }
 
 /// True when `pid` is a live raft-node process (not a reused pid).
@@ -451,6 +476,44 @@ impl LocalRuntime {
         Ok(out)
     }
 
+    /// Writes member `id`'s record whole and durably (file and directory
+    /// fsynced): it is what finds the process again after a crash.
+    fn write_record(&self, id: u64, rec: &Record) -> anyhow::Result<()> {
+        write_file(
+            &self.record_path(id),
+            &serde_json::to_vec_pretty(rec)?,
+            0o644,
+        )?;
+        fs::File::open(&self.dir)
+            .and_then(|d| d.sync_all())
+            .with_context(|| format!("syncing {}", self.dir.display()))
+    }
+
+    /// A record without a pid was left by a `create` that stopped (crashed,
+    /// or failed to write) between writing it and recording the pid. If the
+    /// spawn happened, its process is the raft-node started with this
+    /// record's data dir and peer address (ports are picked fresh at each
+    /// start, so no other start has both): it is adopted, its pid recorded.
+    /// Found none, the start never ran and the record is removed. Only one
+    /// operator runs per state dir (its lock) and `create` does not yield
+    /// between the record and the spawn, so no start is in flight here.
+    fn settle(&self, id: u64, mut rec: Record) -> anyhow::Result<Option<Record>> {
+        let data = self.data_dir(id).display().to_string();
+        match find_started(&data, &rec.peer) {
+            Some(pid) => {
+                tracing::warn!(member = id, pid, "adopting member {id}, started unrecorded");
+                rec.pid = Some(pid);
+                self.write_record(id, &rec)?;
+                Ok(Some(rec))
+            }
+            None => {
+                remove_if_present(&self.record_path(id))?;
+                Ok(None)
+            }
+        }
+    }
+
+    /// The members' records, those left without a pid settled first.
     fn records(&self) -> anyhow::Result<BTreeMap<u64, Record>> {
         let mut out = BTreeMap::new();
         for entry in fs::read_dir(&self.dir)? {
@@ -469,6 +532,13 @@ impl LocalRuntime {
             let Ok(id) = id.parse::<u64>() else { continue };
             let rec: Record = serde_json::from_slice(&fs::read(&path)?)
                 .with_context(|| format!("{}: unreadable", path.display()))?;
+            let rec = match rec.pid {
+                Some(_) => rec,
+                None => match self.settle(id, rec)? {
+                    Some(rec) => rec,
+                    None => continue,
+                },
+            };
             out.insert(id, rec);
         }
         Ok(out)
@@ -509,8 +579,8 @@ impl LocalRuntime {
     pub fn stop_all(&mut self) -> anyhow::Result<Vec<u64>> {
         let mut stopped = Vec::new();
         for (id, rec) in self.records()? {
-            if alive(rec.pid) {
-                terminate(rec.pid);
+            if let Some(pid) = rec.pid.filter(|&p| alive(p)) {
+                terminate(pid);
                 stopped.push(id);
             }
         }
@@ -554,7 +624,7 @@ impl Runtime for LocalRuntime {
         Ok(self
             .records()?
             .into_iter()
-            .filter(|(_, r)| alive(r.pid))
+            .filter(|(_, r)| r.pid.is_some_and(alive))
             .map(|(id, r)| Member::at(id, r.peer, r.client, r.admin))
             .collect())
     }
@@ -607,31 +677,41 @@ impl Runtime for LocalRuntime {
                 None => Transport::Plaintext,
             },
         };
-        let mut cmd = Command::new(&self.node_bin);
-        cmd.args(launch.args());
-        let child = cmd
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(log)
-            .spawn()
-            .with_context(|| format!("starting {}", self.node_bin.display()))?;
-        let rec = Record {
-            pid: child.id(),
+        // Recorded before it runs: a crash after the spawn cannot leave a
+        // process no record names (the operator restarted would start the
+        // member twice, on one data dir). The record has no pid until the
+        // spawn returns one; one left without is settled by `records`.
+        let mut rec = Record {
+            pid: None,
             peer: addr(rec_addrs[0]),
             client: addr(rec_addrs[1]),
             admin: addr(rec_addrs[2]),
             metrics: addr(rec_addrs[3]),
         };
-        let tmp = self.record_path(id).with_extension("json.tmp");
-        fs::write(&tmp, serde_json::to_vec_pretty(&rec)?)?;
-        fs::rename(&tmp, self.record_path(id))?;
+        self.write_record(id, &rec)?;
+        let mut cmd = Command::new(&self.node_bin);
+        cmd.args(launch.args());
+        let spawned = cmd
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn();
+        let child = match spawned {
+            Ok(c) => c,
+            Err(e) => {
+                remove_if_present(&self.record_path(id))?;
+                return Err(e).with_context(|| format!("starting {}", self.node_bin.display()));
+            }
+        };
+        rec.pid = Some(child.id());
         self.children.insert(id, child);
+        self.write_record(id, &rec)?;
         Ok(Member::at(id, rec.peer, rec.client, rec.admin))
     }
 
     async fn delete(&mut self, id: u64) -> anyhow::Result<()> {
-        if let Some(rec) = self.records()?.get(&id) {
-            stop(rec.pid).await;
+        if let Some(pid) = self.records()?.get(&id).and_then(|r| r.pid) {
+            stop(pid).await;
         }
         if let Some(mut c) = self.children.remove(&id) {
             let _ = c.try_wait();
@@ -861,6 +941,45 @@ mod tests {
         let trust = fs::read_to_string(tls.join("trust.crt")).unwrap();
         assert_eq!(trust.matches("BEGIN CERTIFICATE").count(), 1);
         rt.stop_all().unwrap();
+    }
+
+    /// A crash after the spawn but before the pid was recorded leaves the
+    /// record `create` wrote first, without a pid: the next operator finds
+    /// the process by it and adopts it (it is listed, and stopped by
+    /// `stop_all`); a record without a pid whose start never ran is dropped.
+    #[tokio::test]
+    async fn a_member_started_but_not_yet_recorded_by_pid_is_adopted_not_orphaned() {
+        let tmp = tempfile::tempdir().unwrap();
+        let mut rt = runtime(tmp.path());
+        let voters = BTreeSet::from([1]);
+        rt.create(1, Some(&voters), &BTreeMap::new()).await.unwrap();
+        let pid = rt.records().unwrap()[&1].pid.unwrap();
+        // The operator dies with the pid not yet written: only the record
+        // written before the spawn is on disk.
+        let mut child = rt.children.remove(&1).unwrap();
+        let mut rec = rt.records().unwrap()[&1].clone();
+        rec.pid = None;
+        rt.write_record(1, &rec).unwrap();
+        drop(rt);
+
+        let mut rt = runtime(tmp.path());
+        let listed = rt.list(true).await.unwrap();
+        assert_eq!(listed.len(), 1, "the unrecorded process is listed");
+        assert_eq!(rt.records().unwrap()[&1].pid, Some(pid), "and recorded");
+        assert_eq!(rt.stop_all().unwrap(), vec![1]);
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while child.try_wait().unwrap().is_none() {
+            assert!(Instant::now() < deadline, "member 1 not stopped in 20 s");
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+
+        // A record whose spawn never happened (no process has its addresses).
+        rt.write_record(2, &Record { pid: None, ..rec }).unwrap();
+        assert!(rt.list(true).await.unwrap().is_empty());
+        assert!(
+            !rt.record_path(2).exists(),
+            "the record of no start is dropped"
+        );
     }
 
     #[tokio::test]
