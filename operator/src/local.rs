@@ -42,6 +42,69 @@ fn cluster_dir(opts: &LocalOptions, c: &RaftCluster) -> anyhow::Result<PathBuf> 
     Ok(opts.state_dir.join(name))
 }
 
+/// An exclusive `flock(2)` on `<state>/<name>/operator.lock`, which holds the
+/// holder's pid: one operator per state dir, and `local down` refuses while one
+/// runs (it would start the members again). The kernel drops the lock when the
+/// process dies, however it dies, so a crashed operator never blocks the next;
+/// the file is opened close-on-exec, so members do not inherit it.
+struct OperatorLock {
+    _file: std::fs::File,
+}
+
+/// Whose the lock is when it cannot be taken: the pid in the file, unless the
+/// holder has not written it yet.
+struct HeldBy(Option<u32>);
+
+impl std::fmt::Display for HeldBy {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self.0 {
+            Some(pid) => write!(f, "pid {pid}"),
+            None => write!(f, "pid unknown"),
+        }
+    }
+}
+
+impl OperatorLock {
+    /// Takes the lock of cluster dir `dir` (created if missing) and writes our
+    /// pid into it, or says who holds it.
+    fn take(dir: &Path) -> anyhow::Result<Result<OperatorLock, HeldBy>> {
+        use std::io::Write;
+        use std::os::fd::AsRawFd;
+        std::fs::create_dir_all(dir).with_context(|| format!("state dir {}", dir.display()))?;
+        let path = dir.join("operator.lock");
+        // Not truncated on open: the pid in it is the holder's until we hold it.
+        let mut file = std::fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create(true)
+            .truncate(false)
+            .open(&path)
+            .with_context(|| format!("opening {}", path.display()))?;
+        // SAFETY: flock(2) on a descriptor we own and keep open; no memory is shared.
+        if unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) } != 0 {
+            let e = std::io::Error::last_os_error();
+            if e.raw_os_error() != Some(libc::EWOULDBLOCK) {
+                return Err(e).with_context(|| format!("locking {}", path.display()));
+            }
+            // The holder writes its pid just after taking the lock.
+            let deadline = std::time::Instant::now() + Duration::from_secs(1);
+            loop {
+                let pid = std::fs::read_to_string(&path)
+                    .ok()
+                    .and_then(|t| t.trim().parse().ok());
+                if pid.is_some() || std::time::Instant::now() >= deadline {
+                    return Ok(Err(HeldBy(pid)));
+                }
+                std::thread::sleep(Duration::from_millis(50));
+            }
+        }
+        file.set_len(0)?;
+        file.write_all(format!("{}\n", std::process::id()).as_bytes())?;
+        file.sync_all()?;
+        Ok(Ok(OperatorLock { _file: file }))
+    }
+}
+
 /// Writes a file whole and durably: temporary file, fsync, rename, fsync dir.
 fn write_atomic(path: &Path, body: &[u8]) -> anyhow::Result<()> {
     use std::io::Write;
@@ -65,6 +128,11 @@ pub async fn run(opts: LocalOptions) -> anyhow::Result<()> {
         .clone()
         .context("metadata.name is required")?;
     let dir = cluster_dir(&opts, &cluster)?;
+    // Held until this function returns, the members stopped.
+    let _lock = match OperatorLock::take(&dir)? {
+        Ok(lock) => lock,
+        Err(held) => anyhow::bail!("an operator ({held}) already runs on {}", dir.display()),
+    };
     let mut rt = LocalRuntime::new(
         &dir,
         &name,
@@ -210,7 +278,7 @@ fn load_status(path: &std::path::Path) -> anyhow::Result<RaftClusterStatus> {
 
 /// The pass's host here: status in `status.yaml` with the client endpoints
 /// beside it, steps and waits printed, failures on stderr. One operator runs
-/// per state dir, so it may always act.
+/// per state dir (its [`OperatorLock`]), so it may always act.
 struct LocalHost {
     dir: PathBuf,
 }
@@ -299,11 +367,27 @@ fn summarize(s: &RaftClusterStatus) -> String {
     )
 }
 
-/// `raft-operator local down`: stops a cluster left running.
+/// `raft-operator local down`: stops a cluster left running. It refuses while
+/// an operator runs on the state dir, which would start the members again, and
+/// holds the lock while it stops them, so that none starts meanwhile.
 pub fn down(opts: &LocalOptions) -> anyhow::Result<()> {
     let (cluster, _) = load(&opts.file)?;
     let dir = cluster_dir(opts, &cluster)?;
     let name = cluster.metadata.name.clone().unwrap_or_default();
+    let _lock = match OperatorLock::take(&dir)? {
+        Ok(lock) => lock,
+        Err(held) => {
+            let stop = match held.0 {
+                Some(pid) => format!("Ctrl-C / kill {pid}"),
+                None => "Ctrl-C / kill it".to_string(),
+            };
+            anyhow::bail!(
+                "an operator ({held}) runs on {}: it would start the members again; \
+                 stop it first ({stop}), then run local down",
+                dir.display()
+            )
+        }
+    };
     let mut rt = LocalRuntime::new(
         &dir,
         &name,
