@@ -146,6 +146,20 @@ impl Target for KindTarget {
         Ok(())
     }
 
+    async fn replace_failed_after(&mut self, after: &str) -> anyhow::Result<()> {
+        let resource = format!("raftcluster/{}", self.name);
+        let patch = format!(r#"{{"spec":{{"failureReplacement":{{"after":"{after}"}}}}}}"#);
+        self.kube
+            .call(&["patch", &resource, "--type=merge", "--patch", &patch])
+            .await?;
+        Ok(())
+    }
+
+    /// Not here yet: a pod's volume is not this process's to break.
+    async fn break_member(&mut self, id: u64) -> anyhow::Result<()> {
+        anyhow::bail!("break_member({id}): not supported by this target")
+    }
+
     async fn status(&self) -> anyhow::Result<Option<RaftClusterStatus>> {
         let rc = self
             .kube

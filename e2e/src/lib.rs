@@ -33,6 +33,11 @@ pub trait Target {
     async fn dialer(&self) -> anyhow::Result<Dialer> {
         self.dialer_for("admin").await
     }
+    /// Sets `spec.failureReplacement.after` (e.g. "10s").
+    async fn replace_failed_after(&mut self, after: &str) -> anyhow::Result<()>;
+    /// Makes member `id` unable to start from now on (its data dir turned
+    /// into a file, so raft-node fails at start every time) and kills it.
+    async fn break_member(&mut self, id: u64) -> anyhow::Result<()>;
     /// Kills member `id` abruptly (`kill -9`, pod deleted with no grace).
     async fn kill_member(&mut self, id: u64) -> anyhow::Result<()>;
     /// Kills member `id` and destroys its data, as a lost disk would (data dir

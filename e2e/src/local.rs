@@ -17,12 +17,17 @@ pub struct LocalTarget {
     dir: tempfile::TempDir,
     bin_dir: PathBuf,
     operator: Option<Child>,
+    replicas: u32,
+    replace_after: Option<String>,
 }
 
-fn manifest(replicas: u32) -> String {
+fn manifest(replicas: u32, replace_after: Option<&str>) -> String {
+    let replace = replace_after
+        .map(|a| format!("  failureReplacement:\n    after: {a}\n"))
+        .unwrap_or_default();
     format!(
         "apiVersion: raftlane.io/v1alpha1\nkind: RaftCluster\nmetadata:\n  name: {NAME}\nspec:\n  \
-         replicas: {replicas}\n  raft:\n    tickMs: 50\n    electionTicks: 10\n    heartbeatTicks: 2\n"
+         replicas: {replicas}\n  raft:\n    tickMs: 50\n    electionTicks: 10\n    heartbeatTicks: 2\n{replace}"
     )
 }
 
@@ -48,14 +53,25 @@ impl LocalTarget {
     /// Writes a manifest of `replicas` members and starts the operator on it.
     pub fn start(replicas: u32) -> anyhow::Result<LocalTarget> {
         let dir = tempfile::tempdir()?;
-        fs::write(dir.path().join("cluster.yaml"), manifest(replicas))?;
+        fs::write(dir.path().join("cluster.yaml"), manifest(replicas, None))?;
         let mut t = LocalTarget {
             dir,
             bin_dir: bin_dir()?,
             operator: None,
+            replicas,
+            replace_after: None,
         };
         t.spawn_operator(None)?;
         Ok(t)
+    }
+
+    /// Writes the manifest as an edit is saved: whole, then renamed in.
+    fn write_manifest(&self) -> anyhow::Result<()> {
+        let path = self.dir.path().join("cluster.yaml");
+        let tmp = path.with_extension("tmp");
+        fs::write(&tmp, manifest(self.replicas, self.replace_after.as_deref()))?;
+        fs::rename(&tmp, &path)?;
+        Ok(())
     }
 
     fn state(&self) -> PathBuf {
@@ -99,11 +115,20 @@ impl LocalTarget {
 
 impl Target for LocalTarget {
     async fn scale(&mut self, replicas: u32) -> anyhow::Result<()> {
-        let path = self.dir.path().join("cluster.yaml");
-        let tmp = path.with_extension("tmp");
-        fs::write(&tmp, manifest(replicas))?;
-        fs::rename(&tmp, &path)?;
-        Ok(())
+        self.replicas = replicas;
+        self.write_manifest()
+    }
+
+    async fn replace_failed_after(&mut self, after: &str) -> anyhow::Result<()> {
+        self.replace_after = Some(after.to_string());
+        self.write_manifest()
+    }
+
+    async fn break_member(&mut self, id: u64) -> anyhow::Result<()> {
+        let data = self.state().join(format!("member-{id}"));
+        fs::remove_dir_all(&data).with_context(|| format!("removing {}", data.display()))?;
+        fs::write(&data, b"not a directory\n")?;
+        self.kill_member(id).await
     }
 
     async fn status(&self) -> anyhow::Result<Option<RaftClusterStatus>> {

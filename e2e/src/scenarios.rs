@@ -405,6 +405,61 @@ pub async fn lost_member_rejoins_empty<T: Target>(
     Ok(took)
 }
 
+/// Failed-member replacement: with `failureReplacement.after: 10s`, a
+/// follower that cannot start any more is replaced: it leaves the membership
+/// (as the other members see it), comes back as a new incarnation on fresh
+/// storage, is promoted, and serves every key. Returns the time from the
+/// failure to three healthy voters again.
+pub async fn failed_member_is_replaced<T: Target>(
+    t: &mut T,
+    keys: &[String],
+) -> anyhow::Result<Duration> {
+    t.replace_failed_after("10s").await?;
+    let s = wait_settled(t, 3).await?;
+    let leader = s.leader.clone().unwrap_or_default();
+    let victim = s
+        .members
+        .iter()
+        .find(|m| m.name != leader)
+        .map(|m| m.id)
+        .context("a follower")?;
+    let watcher = s
+        .members
+        .iter()
+        .map(|m| m.id)
+        .find(|id| *id != victim)
+        .context("another member")?;
+    let before = t.incarnation(victim).await?;
+    let failed = Instant::now();
+    t.break_member(victim).await?;
+    let mut dropped = false;
+    loop {
+        if let Ok(st) = node_status(t, watcher).await {
+            dropped |= !st.voters.contains(&victim);
+        }
+        let now = t.incarnation(victim).await?;
+        let s = t.status().await?.unwrap_or_default();
+        let healthy = voters(&s) == [1, 2, 3] && s.members.iter().all(|m| m.healthy);
+        if dropped && now.is_some() && now != before && healthy {
+            break;
+        }
+        anyhow::ensure!(
+            failed.elapsed() < OPERATION,
+            "member {victim} not replaced (left the membership: {dropped}): {:?} {:?}",
+            s.members,
+            s.operation
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    anyhow::ensure!(
+        failed.elapsed() >= Duration::from_secs(10),
+        "replaced before spec.failureReplacement.after"
+    );
+    let took = failed.elapsed();
+    check_keys(t, &[victim], keys).await?;
+    Ok(took)
+}
+
 /// Scenario 6: the operator dies between "learner added" and "promoted": the next
 /// operator finishes the operation, and no second member is added.
 pub async fn operator_crash_between_add_and_promote<T: Target>(t: &mut T) -> anyhow::Result<()> {

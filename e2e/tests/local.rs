@@ -55,3 +55,13 @@ async fn operator_killed_mid_operation_resumes_it() {
         .await
         .unwrap();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_member_that_cannot_start_for_longer_than_the_threshold_is_replaced() {
+    let mut t = LocalTarget::start(3).unwrap();
+    let keys = scenarios::create_three(&t).await.unwrap();
+    let took = scenarios::failed_member_is_replaced(&mut t, &keys)
+        .await
+        .unwrap();
+    eprintln!("measured: member unable to start to replaced and healthy (after: 10s): {took:?}");
+}

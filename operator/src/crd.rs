@@ -88,6 +88,48 @@ pub struct RaftClusterSpec {
     /// ReconciliationPaused): no member is created, changed or deleted.
     #[serde(default)]
     pub paused: bool,
+    /// Replace a member that stays unhealthy (down, unreachable, its node
+    /// gone) for longer than `after`. Off by default.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub failure_replacement: Option<FailureReplacement>,
+}
+
+/// Failed-member replacement: a member of the membership unhealthy for
+/// longer than `after` has its process or pod deleted and its storage
+/// retired, is removed from the membership, then added back as a new learner
+/// on fresh storage and promoted once caught up. Only while a healthy quorum
+/// holds without it, one member at a time, and never during another
+/// membership operation.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct FailureReplacement {
+    /// How long a member may stay unhealthy, e.g. `10m`, `90s`, `1h30m`
+    /// (at least 10s: a restart or a reschedule must not count).
+    #[schemars(regex(pattern = r"^([0-9]+h)?([0-9]+m)?([0-9]+s)?$"))]
+    #[x_kube(validation = Rule::new("self != ''").message("failureReplacement.after must be a duration such as 10m"))]
+    pub after: String,
+}
+
+impl FailureReplacement {
+    /// `after` as a duration; None when it does not parse or is under 10 s.
+    pub fn after(&self) -> Option<std::time::Duration> {
+        let mut secs = 0u64;
+        let mut num = String::new();
+        for c in self.after.chars() {
+            if c.is_ascii_digit() {
+                num.push(c);
+                continue;
+            }
+            let n: u64 = std::mem::take(&mut num).parse().ok()?;
+            secs += n * match c {
+                'h' => 3600,
+                'm' => 60,
+                's' => 1,
+                _ => return None,
+            };
+        }
+        (num.is_empty() && secs >= 10).then(|| std::time::Duration::from_secs(secs))
+    }
 }
 
 /// The most members a cluster may have, in every runtime: the local runtime
@@ -343,6 +385,19 @@ pub struct RaftClusterStatus {
     /// recreated with the same initial voters.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub bootstrap_voters: Option<Vec<u64>>,
+    /// Members of the membership that are not healthy, and since when: what
+    /// failed-member replacement measures.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(extend("x-kubernetes-list-type" = "map", "x-kubernetes-list-map-keys" = ["id"]))]
+    pub unhealthy: Vec<UnhealthyMember>,
+}
+
+/// A member that has not been healthy since `since` (RFC 3339).
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct UnhealthyMember {
+    pub id: u64,
+    pub since: String,
 }
 
 /// One member as last observed.

@@ -19,7 +19,11 @@
 //!   it in two), not even when all of its data is gone;
 //! - a membership removal needs a healthy quorum of the voters before and after;
 //! - a member whose address changed has it pushed to every other member, in place;
-//! - while paused (`spec.paused`), no step at all: [`Plan::pause`] holds them back.
+//! - while paused (`spec.paused`), no step at all: [`Plan::pause`] holds them back;
+//! - a failed member (unhealthy past `spec.failureReplacement.after`) is
+//!   replaced only when nothing else is in flight, one at a time, and only
+//!   while a healthy quorum holds without it: deleted with its storage
+//!   retired, it then takes the lost-data path (removed, added back).
 
 use std::collections::{BTreeMap, BTreeSet};
 
@@ -95,6 +99,8 @@ pub struct Observed {
     /// The cluster has formed (its status once named a leader): it is never
     /// started anew, even when no member and no data is left.
     pub formed: bool,
+    /// Members unhealthy for longer than `spec.failureReplacement.after`.
+    pub failed: BTreeSet<u64>,
 }
 
 impl Observed {
@@ -354,6 +360,30 @@ pub fn plan(replicas: u64, obs: &Observed) -> Plan {
             p.block(format!(
                 "member {id} lost its data and cannot be removed without a healthy quorum \
                  before and after; restore its data or the other members"
+            ));
+        }
+        return p;
+    }
+
+    // 0b. Replace a failed member, when no membership operation is in flight.
+    let settled = learners.is_empty() && desired.is_subset(&members);
+    let failed = members
+        .iter()
+        .find(|id| obs.failed.contains(id) && !obs.healthy(**id) && **id != leader.id);
+    if let (true, Some(&id)) = (settled, failed) {
+        if can_remove(id) {
+            // Not restored on its storage: that storage is retired.
+            p.actions
+                .retain(|a| !matches!(a, Action::Create { id: c, .. } if *c == id));
+            p.actions.push(Action::Delete { id });
+            p.wait(format!(
+                "member {id} failed for longer than spec.failureReplacement.after: replaced \
+                 (storage retired, removed, added back as a new learner)"
+            ));
+        } else {
+            p.block(format!(
+                "member {id} failed for longer than spec.failureReplacement.after, but \
+                 replacing it needs a healthy quorum before and after"
             ));
         }
         return p;

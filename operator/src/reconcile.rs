@@ -136,9 +136,10 @@ pub async fn pass<R: Runtime, H: Host>(
     let paused = cluster.spec.paused;
     // Repairs during observation write (a pod deleted, a volume retired): only
     // a process that may act makes them.
-    let seen = observe(rt, admins, cluster_id, &previous, !paused && host.may_act())
+    let mut seen = observe(rt, admins, cluster_id, &previous, !paused && host.may_act())
         .await
         .map_err(PassError::Observe)?;
+    seen.failed = failed(cluster, &previous, jiff::Timestamp::now());
     let p = plan(u64::from(cluster.spec.replicas), &seen);
     if paused {
         return finish(host, cluster, &seen, &p.pause(), previous).await;
@@ -192,6 +193,33 @@ pub async fn pass<R: Runtime, H: Host>(
         }
     }
     finish(host, cluster, &seen, &p, current).await
+}
+
+/// Members unhealthy (per `previous`) for longer than the cluster's
+/// `spec.failureReplacement.after`; none when replacement is off.
+fn failed(
+    cluster: &RaftCluster,
+    previous: &RaftClusterStatus,
+    now: jiff::Timestamp,
+) -> std::collections::BTreeSet<u64> {
+    let Some(after) = cluster
+        .spec
+        .failure_replacement
+        .as_ref()
+        .and_then(|f| f.after())
+    else {
+        return Default::default();
+    };
+    previous
+        .unhealthy
+        .iter()
+        .filter(|u| {
+            u.since
+                .parse::<jiff::Timestamp>()
+                .is_ok_and(|since| now.duration_since(since).as_secs() >= after.as_secs() as i64)
+        })
+        .map(|u| u.id)
+        .collect()
 }
 
 /// Test hook, in both runtimes: `RAFTLANE_FAILPOINT=after-add-learner` ends the

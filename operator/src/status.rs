@@ -4,7 +4,7 @@
 
 use std::collections::BTreeSet;
 
-use crate::crd::{Condition, MemberRole, MemberStatus, RaftClusterStatus};
+use crate::crd::{Condition, MemberRole, MemberStatus, RaftClusterStatus, UnhealthyMember};
 use crate::plan::{Action, Observed, Plan};
 
 /// True when `next` is worth writing over `previous`: applied indexes move
@@ -153,7 +153,30 @@ pub fn compute(
                 .map(|a| format!("{a:?}"))
         }),
         bootstrap_voters: previous.bootstrap_voters.clone(),
+        unhealthy: unhealthy(obs, previous, now),
     }
+}
+
+/// Members of the membership that are not healthy, each since the first
+/// status that saw it so. Without a leader the membership is unknown and the
+/// list is kept as it was.
+fn unhealthy(obs: &Observed, previous: &RaftClusterStatus, now: &str) -> Vec<UnhealthyMember> {
+    let Some(leader) = obs.leader() else {
+        return previous.unhealthy.clone();
+    };
+    leader
+        .voters
+        .union(&leader.learners)
+        .filter(|id| !obs.healthy(**id))
+        .map(|id| UnhealthyMember {
+            id: *id,
+            since: previous
+                .unhealthy
+                .iter()
+                .find(|u| u.id == *id)
+                .map_or_else(|| now.to_string(), |u| u.since.clone()),
+        })
+        .collect()
 }
 
 /// What a paused pass tells the user: that nothing is done, and what would be.

@@ -430,6 +430,48 @@ fn a_formed_cluster_whose_data_is_all_gone_is_not_started_anew() {
 }
 
 #[test]
+fn a_failed_member_is_replaced_alone_while_a_healthy_quorum_holds_without_it() {
+    // Voters 1-3, leader 1; 3 failed (not running) past the threshold.
+    let mut obs = cluster(&[1, 2, 3], &[], 1);
+    obs.running.remove(&3);
+    obs.reports.remove(&3);
+    obs.failed = set(&[3]);
+    let p = plan(3, &obs);
+    assert_eq!(p.actions, [Action::Delete { id: 3 }], "{p:?}");
+    assert!(p.waiting.unwrap().contains("failureReplacement"));
+    // Replacement off (nothing failed): the member is restored on its data.
+    obs.failed.clear();
+    assert_eq!(
+        plan(3, &obs).actions,
+        [Action::Create {
+            id: 3,
+            initial_voters: None
+        }]
+    );
+    // Two of three failed: no healthy quorum without either, nothing deleted.
+    let mut two = cluster(&[1, 2, 3], &[], 1);
+    for id in [2, 3] {
+        two.running.remove(&id);
+        two.reports.remove(&id);
+    }
+    two.failed = set(&[2, 3]);
+    let p = plan(3, &two);
+    assert!(
+        !p.actions.iter().any(|a| matches!(a, Action::Delete { .. })),
+        "{p:?}"
+    );
+    assert!(p.blocked);
+    // A learner in flight: the scale-up finishes first.
+    let mut busy = cluster(&[1, 2, 3, 4, 5], &[6], 1);
+    busy.reports.get_mut(&5).unwrap().leader_id = 0;
+    busy.failed = set(&[5]);
+    assert!(!plan(6, &busy)
+        .actions
+        .iter()
+        .any(|a| matches!(a, Action::Delete { .. })));
+}
+
+#[test]
 fn a_lost_voter_of_two_is_not_removed() {
     // The removal would need both voters to commit: it is refused, not
     // proposed to hang (the leader would step down under check-quorum).
@@ -466,11 +508,13 @@ fn any_state() -> impl Strategy<Value = (u64, Observed)> {
             prop::bool::weighted(0.1),
             prop::bool::weighted(0.05),
             prop::bool::weighted(0.5),
+            // Members failed past spec.failureReplacement.after.
+            prop_oneof![1 => Just(0u8), 2 => any::<u8>()],
         ),
     )
         .prop_map(
             |(replicas, per, leader_pick, pending, forming, data_mask, lost_pick, flags)| {
-                let (deposed, fresh, formed) = flags;
+                let (deposed, fresh, formed, failed_mask) = flags;
                 // A fresh start: nothing runs and nothing is stored.
                 let per = if fresh {
                     vec![(0u8, false, false, 0u64, false, 0u64); 7]
@@ -498,6 +542,7 @@ fn any_state() -> impl Strategy<Value = (u64, Observed)> {
                         .filter(|id| data_mask & (1 << id) != 0 && stored(id))
                         .collect(),
                     with_storage: (1..=7).filter(stored).collect(),
+                    failed: (1..=7).filter(|id| failed_mask & (1 << id) != 0).collect(),
                     ..Default::default()
                 };
                 // Sometimes a deposed leader of an older term still says it leads.
@@ -551,7 +596,7 @@ fn random_states_exercise_every_kind_of_step() {
     use proptest::test_runner::TestRunner;
     let mut runner = TestRunner::deterministic();
     let mut kinds: BTreeMap<String, usize> = BTreeMap::new();
-    for _ in 0..4000 {
+    for _ in 0..10_000 {
         let (replicas, obs) = any_state().new_tree(&mut runner).unwrap().current();
         for a in plan(replicas, &obs).actions {
             let mut kind = format!("{a:?}")
@@ -561,6 +606,7 @@ fn random_states_exercise_every_kind_of_step() {
                 .to_string();
             match &a {
                 Action::RemoveMember { id, .. } if *id <= replicas => kind = "RemoveLost".into(),
+                Action::Delete { id } if *id <= replicas => kind = "ReplaceFailed".into(),
                 Action::Create {
                     initial_voters: Some(_),
                     ..
@@ -580,6 +626,7 @@ fn random_states_exercise_every_kind_of_step() {
         "RemoveMember",
         "RemoveLost",
         "Delete",
+        "ReplaceFailed",
     ] {
         assert!(
             kinds.get(kind).copied().unwrap_or(0) >= 20,
@@ -684,10 +731,28 @@ proptest! {
                 Action::Delete { id } => {
                     let l = leader.expect("delete without a leader");
                     prop_assert!(!l.conf_change_pending, "delete while a change is in flight");
-                    prop_assert!(!desired.contains(id) && !l.voters.contains(id) && !l.learners.contains(id),
-                        "deleted member {} still in the membership", id);
                     let healthy_now = l.voters.iter().filter(|v| healthy(v)).count();
                     prop_assert!(healthy_now > l.voters.len() / 2, "delete without a quorum following the leader");
+                    let member = l.voters.contains(id) || l.learners.contains(id);
+                    if member {
+                        // Only a failed member is replaced, alone, with nothing
+                        // else in flight, and a healthy quorum holds without it.
+                        prop_assert!(obs.failed.contains(id) && !healthy(id) && *id != l.id,
+                            "deleted member {} still in the membership", id);
+                        prop_assert!(l.learners.is_empty() && desired.iter().all(|d| l.voters.contains(d)),
+                            "replacement while another operation is in flight");
+                        let replaced = p.actions.iter().filter(|a| matches!(a, Action::Delete { id }
+                            if l.voters.contains(id) || l.learners.contains(id))).count();
+                        prop_assert!(changes.is_empty() && replaced == 1,
+                            "two replacements or changes at once: {:?}", p.actions);
+                        let mut after = l.voters.clone();
+                        after.remove(id);
+                        let healthy_after = after.iter().filter(|v| healthy(v)).count();
+                        prop_assert!(!after.is_empty() && healthy_after > after.len() / 2,
+                            "replacement leaves no healthy quorum");
+                    } else {
+                        prop_assert!(!desired.contains(id), "deleted wanted member {}", id);
+                    }
                 }
                 Action::PushAddresses { on, peers } => {
                     prop_assert!(!peers.contains_key(on));
