@@ -22,15 +22,16 @@ use crate::status;
 /// not a reason to stall the pass.
 const ADMIN_TIMEOUT: Duration = Duration::from_secs(2);
 
-/// Admin clients by address, connected lazily, and kept only for addresses
-/// members listen on now: every restart on a new address (a rescheduled pod)
-/// would otherwise leave a channel behind for the operator's lifetime.
-/// Every channel is dialled with the runtime's [`Dialer`]: TLS with the
-/// operator's certificate, verifying that a member of this cluster answers
-/// (plaintext only for a cluster whose spec turns TLS off).
+/// Admin clients by member id and address, connected lazily, and kept only
+/// for addresses members listen on now: every restart on a new address (a
+/// rescheduled pod) would otherwise leave a channel behind for the
+/// operator's lifetime. Every channel is dialled with the runtime's
+/// [`Dialer`]: TLS with the operator's certificate, verifying that the
+/// member answering is the one meant (plaintext only for a cluster whose
+/// spec turns TLS off).
 pub struct AdminClients {
     dialer: Dialer,
-    by_addr: HashMap<String, NodeAdminClient<Channel>>,
+    by_addr: HashMap<(u64, String), NodeAdminClient<Channel>>,
 }
 
 impl AdminClients {
@@ -59,11 +60,14 @@ impl AdminClients {
             .filter_map(|m| Some(m.addrs.as_ref()?.admin.as_str()))
             .collect();
         self.by_addr
-            .retain(|addr, _| current.contains(addr.as_str()));
+            .retain(|(_, addr), _| current.contains(addr.as_str()));
     }
 
-    fn get(&mut self, addr: &str) -> anyhow::Result<NodeAdminClient<Channel>> {
-        if let Some(c) = self.by_addr.get(addr) {
+    /// The client of member `id` at `addr`; with TLS it verifies that the
+    /// member answering there is `id`.
+    fn get(&mut self, id: u64, addr: &str) -> anyhow::Result<NodeAdminClient<Channel>> {
+        let key = (id, addr.to_string());
+        if let Some(c) = self.by_addr.get(&key) {
             return Ok(c.clone());
         }
         let endpoint = self
@@ -71,9 +75,9 @@ impl AdminClients {
             .endpoint(addr)?
             .connect_timeout(ADMIN_TIMEOUT)
             .timeout(ADMIN_TIMEOUT);
-        let ch = self.dialer.channel(endpoint, Expect::AnyMember);
+        let ch = self.dialer.channel(endpoint, Expect::Member(id));
         let c = NodeAdminClient::new(ch);
-        self.by_addr.insert(addr.to_string(), c.clone());
+        self.by_addr.insert(key, c.clone());
         Ok(c)
     }
 }
@@ -304,7 +308,7 @@ async fn observe<R: Runtime>(
     admins.keep_only(&running);
     for m in running.values() {
         let Some(addrs) = &m.addrs else { continue };
-        let mut admin = admins.get(&addrs.admin)?;
+        let mut admin = admins.get(m.id, &addrs.admin)?;
         if let Ok(Ok(s)) = tokio::time::timeout(ADMIN_TIMEOUT, admin.status(StatusRequest {})).await
         {
             let s = s.into_inner();
@@ -361,7 +365,7 @@ async fn act<R: Runtime>(
             }
         }
         Action::PushAddresses { on, peers } => {
-            let mut a = admins.get(&admin_of(*on)?)?;
+            let mut a = admins.get(*on, &admin_of(*on)?)?;
             a.upsert_peers(UpsertPeersRequest {
                 peers: peers.iter().map(|(k, v)| (*k, v.clone())).collect(),
             })
@@ -371,28 +375,28 @@ async fn act<R: Runtime>(
         }
         Action::AddLearner { via, id } => {
             admins
-                .get(&admin_of(*via)?)?
+                .get(*via, &admin_of(*via)?)?
                 .add_learner(MemberRequest { id: *id })
                 .await?;
             format!("member {id} added as a learner")
         }
         Action::Promote { via, id } => {
             admins
-                .get(&admin_of(*via)?)?
+                .get(*via, &admin_of(*via)?)?
                 .promote_learner(MemberRequest { id: *id })
                 .await?;
             format!("member {id} promoted to voter")
         }
         Action::TransferLeader { via, to } => {
             admins
-                .get(&admin_of(*via)?)?
+                .get(*via, &admin_of(*via)?)?
                 .transfer_leader(MemberRequest { id: *to })
                 .await?;
             format!("leadership moved from {via} to {to}")
         }
         Action::RemoveMember { via, id } => {
             admins
-                .get(&admin_of(*via)?)?
+                .get(*via, &admin_of(*via)?)?
                 .remove_member(MemberRequest { id: *id })
                 .await?;
             format!("member {id} removed from the membership")
@@ -634,8 +638,12 @@ mod tests {
     #[tokio::test]
     async fn admin_clients_are_kept_only_for_addresses_members_listen_on() {
         let mut admins = AdminClients::new(Dialer::Plaintext);
-        for addr in ["127.0.0.1:7002", "127.0.0.2:7002", "127.0.0.2:9999"] {
-            admins.get(addr).unwrap();
+        for (id, addr) in [
+            (1, "127.0.0.1:7002"),
+            (2, "127.0.0.2:7002"),
+            (2, "127.0.0.2:9999"),
+        ] {
+            admins.get(id, addr).unwrap();
         }
         let at = |id, admin: &str| Member::at(id, String::new(), String::new(), admin.into());
         let running = BTreeMap::from([
@@ -643,7 +651,7 @@ mod tests {
             (3, Member { id: 3, addrs: None }),
         ]);
         admins.keep_only(&running);
-        let kept: Vec<&String> = admins.by_addr.keys().collect();
-        assert_eq!(kept, ["127.0.0.2:9999"]);
+        let kept: Vec<&(u64, String)> = admins.by_addr.keys().collect();
+        assert_eq!(kept, [&(2, "127.0.0.2:9999".to_string())]);
     }
 }
