@@ -33,6 +33,8 @@ pub trait Target {
     async fn dialer(&self) -> anyhow::Result<Dialer> {
         self.dialer_for("admin").await
     }
+    /// Sets `spec.paused`.
+    async fn set_paused(&mut self, paused: bool) -> anyhow::Result<()>;
     /// Sets `spec.failureReplacement.after` (e.g. "10s").
     async fn replace_failed_after(&mut self, after: &str) -> anyhow::Result<()>;
     /// Makes member `id` unable to start from now on (its data dir turned
@@ -51,6 +53,17 @@ pub trait Target {
     async fn restart_operator(&mut self, failpoint: Option<&str>) -> anyhow::Result<()>;
     /// True once the operator has exited (a failpoint fired).
     async fn operator_exited(&mut self) -> anyhow::Result<bool>;
+}
+
+/// `kubectl` arguments that merge `spec` (JSON) into RaftCluster `name`'s spec.
+pub fn spec_patch(name: &str, spec: serde_json::Value) -> [String; 5] {
+    [
+        "patch".into(),
+        format!("raftcluster/{name}"),
+        "--type=merge".into(),
+        "--patch".into(),
+        serde_json::json!({ "spec": spec }).to_string(),
+    ]
 }
 
 /// Name of the Secret holding `user`'s certificate (`admin`, `client`), as

@@ -19,15 +19,16 @@ pub struct LocalTarget {
     operator: Option<Child>,
     replicas: u32,
     replace_after: Option<String>,
+    paused: bool,
 }
 
-fn manifest(replicas: u32, replace_after: Option<&str>) -> String {
+fn manifest(replicas: u32, replace_after: Option<&str>, paused: bool) -> String {
     let replace = replace_after
         .map(|a| format!("  failureReplacement:\n    after: {a}\n"))
         .unwrap_or_default();
     format!(
         "apiVersion: raftlane.io/v1alpha1\nkind: RaftCluster\nmetadata:\n  name: {NAME}\nspec:\n  \
-         replicas: {replicas}\n  raft:\n    tickMs: 50\n    electionTicks: 10\n    heartbeatTicks: 2\n{replace}"
+         replicas: {replicas}\n  paused: {paused}\n  raft:\n    tickMs: 50\n    electionTicks: 10\n    heartbeatTicks: 2\n{replace}"
     )
 }
 
@@ -53,13 +54,17 @@ impl LocalTarget {
     /// Writes a manifest of `replicas` members and starts the operator on it.
     pub fn start(replicas: u32) -> anyhow::Result<LocalTarget> {
         let dir = tempfile::tempdir()?;
-        fs::write(dir.path().join("cluster.yaml"), manifest(replicas, None))?;
+        fs::write(
+            dir.path().join("cluster.yaml"),
+            manifest(replicas, None, false),
+        )?;
         let mut t = LocalTarget {
             dir,
             bin_dir: bin_dir()?,
             operator: None,
             replicas,
             replace_after: None,
+            paused: false,
         };
         t.spawn_operator(None)?;
         Ok(t)
@@ -69,7 +74,10 @@ impl LocalTarget {
     fn write_manifest(&self) -> anyhow::Result<()> {
         let path = self.dir.path().join("cluster.yaml");
         let tmp = path.with_extension("tmp");
-        fs::write(&tmp, manifest(self.replicas, self.replace_after.as_deref()))?;
+        fs::write(
+            &tmp,
+            manifest(self.replicas, self.replace_after.as_deref(), self.paused),
+        )?;
         fs::rename(&tmp, &path)?;
         Ok(())
     }
@@ -116,6 +124,11 @@ impl LocalTarget {
 impl Target for LocalTarget {
     async fn scale(&mut self, replicas: u32) -> anyhow::Result<()> {
         self.replicas = replicas;
+        self.write_manifest()
+    }
+
+    async fn set_paused(&mut self, paused: bool) -> anyhow::Result<()> {
+        self.paused = paused;
         self.write_manifest()
     }
 

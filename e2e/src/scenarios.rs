@@ -405,6 +405,59 @@ pub async fn lost_member_rejoins_empty<T: Target>(
     Ok(took)
 }
 
+/// Pause: with `spec.paused` the operator keeps writing the status
+/// (`ReconciliationPaused`) and takes no step: a killed follower stays down
+/// for several passes. Unpaused, it comes back and the cluster settles.
+pub async fn paused_cluster_is_left_alone<T: Target>(
+    t: &mut T,
+    keys: &[String],
+) -> anyhow::Result<()> {
+    let s = wait_settled(t, 3).await?;
+    let leader = s.leader.clone().unwrap_or_default();
+    let victim = s
+        .members
+        .iter()
+        .find(|m| m.name != leader)
+        .map(|m| m.id)
+        .context("a follower")?;
+    t.set_paused(true).await?;
+    let paused = |s: &RaftClusterStatus| {
+        s.conditions
+            .iter()
+            .any(|c| c.type_ == "ReconciliationPaused" && c.status == "True")
+    };
+    wait_for("condition ReconciliationPaused", OPERATION, || async {
+        Ok(t.status().await?.filter(|s| paused(s)).map(|_| ()))
+    })
+    .await?;
+    let before = t.incarnation(victim).await?;
+    t.kill_member(victim).await?;
+    let held = Instant::now();
+    while held.elapsed() < Duration::from_secs(6) {
+        // Gone, or the killed one not yet reaped: never a new incarnation.
+        let now = t.incarnation(victim).await?;
+        anyhow::ensure!(
+            now.is_none() || now == before,
+            "member {victim} was restarted while paused"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let s = t.status().await?.unwrap_or_default();
+    anyhow::ensure!(
+        paused(&s),
+        "the status no longer says paused: {:?}",
+        s.conditions
+    );
+    t.set_paused(false).await?;
+    wait_for("the member back after unpausing", OPERATION, || async {
+        let now = t.incarnation(victim).await?;
+        Ok((now.is_some() && now != before).then_some(()))
+    })
+    .await?;
+    wait_settled(t, 3).await?;
+    check_keys(t, &[victim], keys).await
+}
+
 /// Failed-member replacement: with `failureReplacement.after: 10s`, a
 /// follower that cannot start any more is replaced: it leaves the membership
 /// (as the other members see it), comes back as a new incarnation on fresh

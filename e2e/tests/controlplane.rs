@@ -130,6 +130,11 @@ async fn scenarios_on_control_plane() {
         .unwrap();
     eprintln!("measured: leader pod deleted to peers updated in place and the leader streaming to its new IP: {took:?}");
 
+    scenarios::paused_cluster_is_left_alone(&mut t, &keys)
+        .await
+        .unwrap();
+    eprintln!("checked: paused, a deleted follower pod stays gone for 6 s; unpaused, it is back");
+
     let took = scenarios::lost_member_rejoins_empty(&mut t, &keys)
         .await
         .unwrap();

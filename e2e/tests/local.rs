@@ -57,9 +57,12 @@ async fn operator_killed_mid_operation_resumes_it() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_member_that_cannot_start_for_longer_than_the_threshold_is_replaced() {
+async fn pause_holds_every_step_then_a_member_that_cannot_start_is_replaced() {
     let mut t = LocalTarget::start(3).unwrap();
     let keys = scenarios::create_three(&t).await.unwrap();
+    scenarios::paused_cluster_is_left_alone(&mut t, &keys)
+        .await
+        .unwrap();
     let took = scenarios::failed_member_is_replaced(&mut t, &keys)
         .await
         .unwrap();
