@@ -146,10 +146,15 @@ fn local_files(state: &Path) -> anyhow::Result<TlsFiles> {
         .filter(|tls| tls.join("admin.crt").exists())
         .collect();
     match found.as_slice() {
+        // The trust bundle when there is one: during a CA rotation it holds
+        // the old CA too, which members' certificates may still come from.
         [tls] => Ok(TlsFiles {
             cert: Some(tls.join("admin.crt")),
             key: Some(tls.join("admin.key")),
-            ca: tls.join("ca.crt"),
+            ca: [tls.join("trust.crt"), tls.join("ca.crt")]
+                .into_iter()
+                .find(|p| p.exists())
+                .unwrap_or_else(|| tls.join("ca.crt")),
             expect: None,
         }),
         [] => anyhow::bail!(
