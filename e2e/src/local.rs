@@ -200,7 +200,10 @@ impl Target for LocalTarget {
         let Some(rec) = self.record(id)? else {
             return Ok(None);
         };
-        let pid = rec["pid"].as_u64().context("pid")?;
+        // A record is written before its process starts, without a pid.
+        let Some(pid) = rec["pid"].as_u64() else {
+            return Ok(None);
+        };
         Ok(Path::new(&format!("/proc/{pid}"))
             .exists()
             .then(|| pid.to_string()))
