@@ -146,14 +146,7 @@ impl Target for KindTarget {
         Ok(())
     }
 
-    async fn set_paused(&mut self, paused: bool) -> anyhow::Result<()> {
-        let args = crate::spec_patch(&self.name, serde_json::json!({ "paused": paused }));
-        self.kube.call(&args.each_ref().map(String::as_str)).await?;
-        Ok(())
-    }
-
-    async fn replace_failed_after(&mut self, after: &str) -> anyhow::Result<()> {
-        let spec = serde_json::json!({ "failureReplacement": { "after": after } });
+    async fn patch_spec(&mut self, spec: serde_json::Value) -> anyhow::Result<()> {
         let args = crate::spec_patch(&self.name, spec);
         self.kube.call(&args.each_ref().map(String::as_str)).await?;
         Ok(())

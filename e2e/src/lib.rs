@@ -33,10 +33,19 @@ pub trait Target {
     async fn dialer(&self) -> anyhow::Result<Dialer> {
         self.dialer_for("admin").await
     }
+    /// Merges `spec` (JSON) into the RaftCluster's spec, as `kubectl patch
+    /// --type=merge` does (an edit of the file locally).
+    async fn patch_spec(&mut self, spec: serde_json::Value) -> anyhow::Result<()>;
     /// Sets `spec.paused`.
-    async fn set_paused(&mut self, paused: bool) -> anyhow::Result<()>;
+    async fn set_paused(&mut self, paused: bool) -> anyhow::Result<()> {
+        self.patch_spec(serde_json::json!({ "paused": paused }))
+            .await
+    }
     /// Sets `spec.failureReplacement.after` (e.g. "10s").
-    async fn replace_failed_after(&mut self, after: &str) -> anyhow::Result<()>;
+    async fn replace_failed_after(&mut self, after: &str) -> anyhow::Result<()> {
+        self.patch_spec(serde_json::json!({ "failureReplacement": { "after": after } }))
+            .await
+    }
     /// Makes member `id` unable to start from now on (its data dir turned
     /// into a file, so raft-node fails at start every time) and kills it.
     async fn break_member(&mut self, id: u64) -> anyhow::Result<()>;

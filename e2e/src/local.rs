@@ -17,19 +17,24 @@ pub struct LocalTarget {
     dir: tempfile::TempDir,
     bin_dir: PathBuf,
     operator: Option<Child>,
-    replicas: u32,
-    replace_after: Option<String>,
-    paused: bool,
+    /// The manifest's spec, as edits leave it.
+    spec: serde_json::Value,
 }
 
-fn manifest(replicas: u32, replace_after: Option<&str>, paused: bool) -> String {
-    let replace = replace_after
-        .map(|a| format!("  failureReplacement:\n    after: {a}\n"))
-        .unwrap_or_default();
-    format!(
-        "apiVersion: raftlane.io/v1alpha1\nkind: RaftCluster\nmetadata:\n  name: {NAME}\nspec:\n  \
-         replicas: {replicas}\n  paused: {paused}\n  raft:\n    tickMs: 50\n    electionTicks: 10\n    heartbeatTicks: 2\n{replace}"
-    )
+/// `patch` merged into `into` (JSON merge patch: objects merge, null removes).
+fn merge(into: &mut serde_json::Value, patch: serde_json::Value) {
+    match (into, patch) {
+        (serde_json::Value::Object(a), serde_json::Value::Object(b)) => {
+            for (k, v) in b {
+                if v.is_null() {
+                    a.remove(&k);
+                } else {
+                    merge(a.entry(k).or_insert(serde_json::Value::Null), v);
+                }
+            }
+        }
+        (a, b) => *a = b,
+    }
 }
 
 /// Where cargo put this workspace's binaries (next to the test's `deps/`).
@@ -53,19 +58,16 @@ pub(crate) fn bin_dir() -> anyhow::Result<PathBuf> {
 impl LocalTarget {
     /// Writes a manifest of `replicas` members and starts the operator on it.
     pub fn start(replicas: u32) -> anyhow::Result<LocalTarget> {
-        let dir = tempfile::tempdir()?;
-        fs::write(
-            dir.path().join("cluster.yaml"),
-            manifest(replicas, None, false),
-        )?;
         let mut t = LocalTarget {
-            dir,
+            dir: tempfile::tempdir()?,
             bin_dir: bin_dir()?,
             operator: None,
-            replicas,
-            replace_after: None,
-            paused: false,
+            spec: serde_json::json!({
+                "replicas": replicas,
+                "raft": {"tickMs": 50, "electionTicks": 10, "heartbeatTicks": 2},
+            }),
         };
+        t.write_manifest()?;
         t.spawn_operator(None)?;
         Ok(t)
     }
@@ -74,10 +76,13 @@ impl LocalTarget {
     fn write_manifest(&self) -> anyhow::Result<()> {
         let path = self.dir.path().join("cluster.yaml");
         let tmp = path.with_extension("tmp");
-        fs::write(
-            &tmp,
-            manifest(self.replicas, self.replace_after.as_deref(), self.paused),
-        )?;
+        let manifest = serde_json::json!({
+            "apiVersion": "raftlane.io/v1alpha1",
+            "kind": "RaftCluster",
+            "metadata": {"name": NAME},
+            "spec": self.spec,
+        });
+        fs::write(&tmp, serde_yaml::to_string(&manifest)?)?;
         fs::rename(&tmp, &path)?;
         Ok(())
     }
@@ -123,17 +128,12 @@ impl LocalTarget {
 
 impl Target for LocalTarget {
     async fn scale(&mut self, replicas: u32) -> anyhow::Result<()> {
-        self.replicas = replicas;
-        self.write_manifest()
+        self.patch_spec(serde_json::json!({ "replicas": replicas }))
+            .await
     }
 
-    async fn set_paused(&mut self, paused: bool) -> anyhow::Result<()> {
-        self.paused = paused;
-        self.write_manifest()
-    }
-
-    async fn replace_failed_after(&mut self, after: &str) -> anyhow::Result<()> {
-        self.replace_after = Some(after.to_string());
+    async fn patch_spec(&mut self, spec: serde_json::Value) -> anyhow::Result<()> {
+        merge(&mut self.spec, spec);
         self.write_manifest()
     }
 

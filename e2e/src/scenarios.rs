@@ -91,6 +91,55 @@ pub async fn check_keys<T: Target>(t: &T, ids: &[u64], keys: &[String]) -> anyho
     Ok(())
 }
 
+/// A follower of settled status `s` (the first member that does not lead).
+pub fn follower(s: &RaftClusterStatus) -> anyhow::Result<u64> {
+    let leader = s.leader.clone().unwrap_or_default();
+    s.members
+        .iter()
+        .find(|m| m.name != leader)
+        .map(|m| m.id)
+        .context("a follower")
+}
+
+/// Harms member `victim` with `harm`, then waits until another member's own
+/// status no longer lists it as a voter and it is back as a new incarnation
+/// with three healthy voters.
+async fn back_as_a_new_member<T: Target>(
+    t: &mut T,
+    victim: u64,
+    harm: impl for<'a> FnOnce(&'a mut T) -> futures::future::LocalBoxFuture<'a, anyhow::Result<()>>,
+) -> anyhow::Result<()> {
+    let s = t.status().await?.unwrap_or_default();
+    let watcher = s
+        .members
+        .iter()
+        .map(|m| m.id)
+        .find(|id| *id != victim)
+        .context("another member")?;
+    let before = t.incarnation(victim).await?;
+    let started = Instant::now();
+    harm(t).await?;
+    let mut dropped = false;
+    loop {
+        if let Ok(st) = node_status(t, watcher).await {
+            dropped |= !st.voters.contains(&victim);
+        }
+        let now = t.incarnation(victim).await?;
+        let s = t.status().await?.unwrap_or_default();
+        let healthy = voters(&s) == [1, 2, 3] && s.members.iter().all(|m| m.healthy);
+        if dropped && now.is_some() && now != before && healthy {
+            return Ok(());
+        }
+        anyhow::ensure!(
+            started.elapsed() < OPERATION,
+            "member {victim} not back as a new voter (left the membership: {dropped}): {:?} {:?}",
+            s.members,
+            s.operation
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
 /// Member `id`'s admin API as the cluster's admin, each call bounded in time:
 /// a forwarded connection (kind) can stall after it was accepted.
 async fn admin_of<T: Target>(t: &T, id: u64) -> anyhow::Result<NodeAdminClient<Channel>> {
@@ -366,40 +415,9 @@ pub async fn lost_member_rejoins_empty<T: Target>(
     keys: &[String],
 ) -> anyhow::Result<Duration> {
     let s = wait_settled(t, 3).await?;
-    let leader = s.leader.clone().unwrap_or_default();
-    let victim = s
-        .members
-        .iter()
-        .find(|m| m.name != leader)
-        .map(|m| m.id)
-        .context("a follower")?;
-    let watcher = s
-        .members
-        .iter()
-        .map(|m| m.id)
-        .find(|id| *id != victim)
-        .context("another member")?;
-    let before = t.incarnation(victim).await?;
+    let victim = follower(&s)?;
     let lost = Instant::now();
-    t.lose_member(victim).await?;
-    let mut dropped = false;
-    loop {
-        if let Ok(st) = node_status(t, watcher).await {
-            dropped |= !st.voters.contains(&victim);
-        }
-        let now = t.incarnation(victim).await?;
-        let s = t.status().await?.unwrap_or_default();
-        let healthy = voters(&s) == [1, 2, 3] && s.members.iter().all(|m| m.healthy);
-        if dropped && now.is_some() && now != before && healthy {
-            break;
-        }
-        anyhow::ensure!(
-            lost.elapsed() < OPERATION,
-            "member {victim} not back as a voter (left the membership: {dropped}): {:?}",
-            s.members
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    back_as_a_new_member(t, victim, |t| Box::pin(t.lose_member(victim))).await?;
     let took = lost.elapsed();
     check_keys(t, &[victim], keys).await?;
     Ok(took)
@@ -413,13 +431,7 @@ pub async fn paused_cluster_is_left_alone<T: Target>(
     keys: &[String],
 ) -> anyhow::Result<()> {
     let s = wait_settled(t, 3).await?;
-    let leader = s.leader.clone().unwrap_or_default();
-    let victim = s
-        .members
-        .iter()
-        .find(|m| m.name != leader)
-        .map(|m| m.id)
-        .context("a follower")?;
+    let victim = follower(&s)?;
     t.set_paused(true).await?;
     let paused = |s: &RaftClusterStatus| {
         s.conditions
@@ -469,41 +481,9 @@ pub async fn failed_member_is_replaced<T: Target>(
 ) -> anyhow::Result<Duration> {
     t.replace_failed_after("10s").await?;
     let s = wait_settled(t, 3).await?;
-    let leader = s.leader.clone().unwrap_or_default();
-    let victim = s
-        .members
-        .iter()
-        .find(|m| m.name != leader)
-        .map(|m| m.id)
-        .context("a follower")?;
-    let watcher = s
-        .members
-        .iter()
-        .map(|m| m.id)
-        .find(|id| *id != victim)
-        .context("another member")?;
-    let before = t.incarnation(victim).await?;
+    let victim = follower(&s)?;
     let failed = Instant::now();
-    t.break_member(victim).await?;
-    let mut dropped = false;
-    loop {
-        if let Ok(st) = node_status(t, watcher).await {
-            dropped |= !st.voters.contains(&victim);
-        }
-        let now = t.incarnation(victim).await?;
-        let s = t.status().await?.unwrap_or_default();
-        let healthy = voters(&s) == [1, 2, 3] && s.members.iter().all(|m| m.healthy);
-        if dropped && now.is_some() && now != before && healthy {
-            break;
-        }
-        anyhow::ensure!(
-            failed.elapsed() < OPERATION,
-            "member {victim} not replaced (left the membership: {dropped}): {:?} {:?}",
-            s.members,
-            s.operation
-        );
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
+    back_as_a_new_member(t, victim, |t| Box::pin(t.break_member(victim))).await?;
     anyhow::ensure!(
         failed.elapsed() >= Duration::from_secs(10),
         "replaced before spec.failureReplacement.after"

@@ -352,13 +352,7 @@ pub async fn wiped_volume_is_replaced(
 ) -> anyhow::Result<Duration> {
     use crate::Target;
     let s = crate::scenarios::wait_settled(t, 3).await?;
-    let leader = s.leader.clone().unwrap_or_default();
-    let victim = s
-        .members
-        .iter()
-        .find(|m| m.name != leader)
-        .map(|m| m.id)
-        .ok_or_else(|| anyhow::anyhow!("no follower"))?;
+    let victim = crate::scenarios::follower(&s)?;
     let pod = t
         .pod(victim)
         .await?
