@@ -96,8 +96,9 @@ pub struct Context {
     clusters: tokio::sync::Mutex<HashMap<String, ClusterState>>,
     /// Consecutive failures per cluster UID, for the backoff.
     failures: std::sync::Mutex<HashMap<String, u32>>,
-    /// Turns true when the leader-election Lease is lost: no further step is
-    /// taken and no status written, even by a pass already running.
+    /// Turns true when the leader-election Lease is lost: from then on no
+    /// write is sent (step, status, event, finalizer, volume), even by a pass
+    /// already running; each is checked just before it goes out.
     lost: Option<tokio::sync::watch::Receiver<bool>>,
     /// Where each cluster gets its `<name>-peers` NetworkPolicy.
     network_policies: PolicyScope,
@@ -151,6 +152,14 @@ impl Context {
         self.lost.as_ref().is_none_or(|l| !*l.borrow())
     }
 
+    /// Before a write: `Err(NotLeader)` once the Lease is lost.
+    fn still_leading(&self) -> Result<(), Error> {
+        match self.leading() {
+            true => Ok(()),
+            false => Err(Error::NotLeader),
+        }
+    }
+
     async fn event(&self, rc: &RaftCluster, type_: EventType, reason: &str, note: String) {
         self.publish(&rc.object_ref(&()), type_, reason, note).await;
     }
@@ -174,6 +183,11 @@ impl Context {
             action: "Reconcile".into(),
             secondary: None,
         };
+        // Not even an event from a replica that lost the Lease.
+        if !self.leading() {
+            tracing::debug!(reason, "not leading: event not written");
+            return;
+        }
         let recorder = Recorder::new(self.client.clone(), self.reporter.clone());
         // An event that cannot be written is logged, never a reason to fail.
         if let Err(e) = recorder.publish(&ev, regarding).await {
@@ -207,6 +221,7 @@ fn reason(step: &Step) -> &'static str {
         Step::TransferLeader { .. } => "LeaderTransferred",
         Step::RemoveMember { .. } => "MemberRemoved",
         Step::Delete { .. } => "MemberDeleted",
+        Step::Restart { .. } => "MemberRestarted",
     }
 }
 
@@ -216,6 +231,8 @@ pub async fn reconcile(
     obj: Arc<DeserializeGuard<RaftCluster>>,
     ctx: Arc<Context>,
 ) -> Result<Action, Error> {
+    // Before the finalizer helper, which may add our finalizer (a write).
+    ctx.still_leading()?;
     let started = Instant::now();
     let result = match &obj.0 {
         Ok(rc) => {
@@ -293,25 +310,32 @@ fn backoff(failures: u32) -> Duration {
 /// as they are (a read, never a write, when nothing is missing).
 async fn ensure_cluster_objects(
     rc: &RaftCluster,
-    client: &Client,
+    ctx: &Context,
     with_policy: bool,
-) -> kube::Result<()> {
+) -> Result<(), Error> {
+    let client = &ctx.client;
     let ns = rc.namespace().unwrap_or_default();
     let services: Api<Service> = Api::namespaced(client.clone(), &ns);
     for svc in [peer_service(rc), client_service(rc)] {
         if services.get_opt(&svc.name_any()).await?.is_none() {
+            ctx.still_leading()?;
             services.create(&PostParams::default(), &svc).await?;
         }
     }
     let budgets: Api<PodDisruptionBudget> = Api::namespaced(client.clone(), &ns);
     if budgets.get_opt(&rc.name_any()).await?.is_none() {
+        ctx.still_leading()?;
         budgets
             .create(&PostParams::default(), &disruption_budget(rc))
             .await?;
     }
     let policies: Api<NetworkPolicy> = Api::namespaced(client.clone(), &ns);
     let name = network_policy_name(&rc.name_any());
-    match (with_policy, policies.get_opt(&name).await?.is_some()) {
+    let found = policies.get_opt(&name).await?.is_some();
+    if with_policy != found {
+        ctx.still_leading()?;
+    }
+    match (with_policy, found) {
         (true, false) => {
             policies
                 .create(&PostParams::default(), &network_policy(rc))
@@ -326,14 +350,17 @@ async fn ensure_cluster_objects(
     Ok(())
 }
 
-/// Writes the status with server-side apply under its own field manager.
+/// Writes the status with server-side apply under its own field manager;
+/// every status write goes through here, and none once the Lease is lost (a
+/// stale status could overwrite the new leader's).
 async fn apply_status(
     rc: &RaftCluster,
-    client: &Client,
+    ctx: &Context,
     status: &RaftClusterStatus,
-) -> kube::Result<()> {
+) -> Result<(), Error> {
+    ctx.still_leading()?;
     let api: Api<RaftCluster> =
-        Api::namespaced(client.clone(), &rc.namespace().unwrap_or_default());
+        Api::namespaced(ctx.client.clone(), &rc.namespace().unwrap_or_default());
     let body = json!({
         "apiVersion": RaftCluster::api_version(&()),
         "kind": RaftCluster::kind(&()),
@@ -375,7 +402,7 @@ async fn apply(cached: &RaftCluster, ctx: &Context) -> Result<Action, Error> {
         }
         ensure_cluster_objects(
             rc,
-            &ctx.client,
+            ctx,
             ctx.network_policies
                 .covers(&rc.namespace().unwrap_or_default()),
         )
@@ -383,6 +410,10 @@ async fn apply(cached: &RaftCluster, ctx: &Context) -> Result<Action, Error> {
     }
 
     let mut state = ctx.clusters.lock().await.remove(&uid).unwrap_or_default();
+    if let Err(e) = ctx.still_leading() {
+        ctx.clusters.lock().await.insert(uid, state);
+        return Err(e);
+    }
     let dialer = match rc.spec.tls.enabled {
         true => {
             let synced = tls::sync(rc, &ctx.client, &mut state.operator, !rc.spec.paused).await;
@@ -428,7 +459,7 @@ async fn apply(cached: &RaftCluster, ctx: &Context) -> Result<Action, Error> {
         PassError::Observe(e) | PassError::Step(e) => Error::Member(e),
         PassError::Store(e) => match e.downcast::<kube::Error>() {
             Ok(e) => Error::Kube(e),
-            Err(e) => Error::Member(e),
+            Err(e) => e.downcast::<Error>().unwrap_or_else(Error::Member),
         },
         PassError::NotLeading => Error::NotLeader,
     })?;
@@ -498,13 +529,10 @@ async fn grow_volumes(
             ctx.event(rc, EventType::Warning, p.event, p.sentence).await;
         }
     }
-    if !ctx.leading() {
-        return Err(Error::NotLeader);
-    }
     let mut status = status.clone();
     status.conditions.retain(|c| c.type_ != volumes::CONDITION);
     status.conditions.push(next);
-    apply_status(rc, &ctx.client, &status).await?;
+    apply_status(rc, ctx, &status).await?;
     Ok(())
 }
 
@@ -521,7 +549,11 @@ impl Host for KubeHost<'_> {
         status: &RaftClusterStatus,
         _: &Observed,
     ) -> anyhow::Result<()> {
-        Ok(apply_status(self.rc, &self.ctx.client, status).await?)
+        match apply_status(self.rc, self.ctx, status).await {
+            Ok(()) => Ok(()),
+            Err(Error::Kube(e)) => Err(e.into()),
+            Err(e) => Err(e.into()),
+        }
     }
 
     async fn step_done(&mut self, step: &Step, done: &str) {
@@ -557,6 +589,8 @@ impl Host for KubeHost<'_> {
 async fn cleanup(rc: &RaftCluster, ctx: &Context) -> Result<Action, Error> {
     let policy = rc.spec.storage.retention_policy.when_deleted;
     release_volumes(&rc.object_ref(&()), policy, ctx).await?;
+    // Done is the finalizer's removal, a write too.
+    ctx.still_leading()?;
     forget(rc.meta(), ctx).await;
     Ok(Action::await_change())
 }
@@ -574,6 +608,7 @@ async fn release_volumes(
     let mut names = Vec::new();
     for claim in cluster_volumes(&claims, &cluster, &uid).await? {
         let name = claim.name_any();
+        ctx.still_leading()?;
         match policy {
             Retention::Delete => delete_gone(&claims, &name).await?,
             Retention::Retain if claim.labels().contains_key(RETIRED_LABEL) => continue,
@@ -631,6 +666,7 @@ async fn release_unreadable(
     // The resourceVersion makes this a compare-and-set: a finalizer added
     // meanwhile by someone else fails it (and the next pass retries).
     let rest: Vec<&String> = finalizers.iter().filter(|f| *f != FINALIZER).collect();
+    ctx.still_leading()?;
     let patch = json!({"metadata": {"finalizers": rest, "resourceVersion": meta.resource_version}});
     api.patch(
         &obj.name_any(),

@@ -39,7 +39,53 @@ const LEASE_DURATION: Duration = Duration::from_secs(15);
 /// A leader that could not renew for this long stops reconciling, well before
 /// a standby (counting the full duration on its own clock) takes over.
 const RENEW_DEADLINE: Duration = Duration::from_secs(10);
+/// How often the holder renews (5 s): `LeaseLock::renew_every` of the Lease.
+const RENEW_EVERY: Duration = lease::renew_interval(LEASE_DURATION);
+/// Pause before retrying a failed renewal: short, so the renew margin holds
+/// more than one try.
+const RENEW_RETRY: Duration = Duration::from_secs(1);
+/// The renew margin (5 s), the shorter of two windows: from when a renewal
+/// falls due (`RENEW_EVERY` after the last success) to `RENEW_DEADLINE`, all
+/// the time it has to get through; and from `RENEW_DEADLINE`, when this
+/// replica stops, to `LEASE_DURATION`, the earliest a standby may take over.
+const RENEW_MARGIN: Duration = shorter(
+    RENEW_DEADLINE.saturating_sub(RENEW_EVERY),
+    LEASE_DURATION.saturating_sub(RENEW_DEADLINE),
+);
+/// Bound on each step of every API request but a watch (connecting, sending,
+/// waiting for the answer), well under [`RENEW_MARGIN`]: a renewal (a read,
+/// then a write) to an API server that stopped answering fails in time to be
+/// retried before the deadline, and a write sent just before the Lease was
+/// lost is given up before a standby may act.
+pub const REQUEST_TIMEOUT: Duration = Duration::from_secs(2);
+// A renewal's read and write both fit in the margin, or the build fails.
+const _: () = assert!(2 * REQUEST_TIMEOUT.as_nanos() < RENEW_MARGIN.as_nanos());
 const CRD_NAME: &str = "raftclusters.raftlane.io";
+
+const fn shorter(a: Duration, b: Duration) -> Duration {
+    if a.as_nanos() < b.as_nanos() {
+        a
+    } else {
+        b
+    }
+}
+
+/// The client of every request but watches (gets, lists, writes, events,
+/// Lease renewals): connecting, sending and waiting for the answer are each
+/// bounded by `timeout` ([`REQUEST_TIMEOUT`] in `run`). kube's own retry of
+/// 429/503/504 answers is off: it may wait out a long `Retry-After`, and a
+/// failed request is retried anyway, by the next pass or renewal. Watches
+/// must not use this client: a watch is a long poll, silent for minutes.
+pub fn request_client(mut config: kube::Config, timeout: Duration) -> kube::Result<Client> {
+    config.connect_timeout = Some(timeout);
+    config.write_timeout = Some(timeout);
+    config.read_timeout = Some(timeout);
+    // Counted from when the request was sent, not from when its pooled
+    // connection went idle.
+    config.reset_reader_on_write = true;
+    config.default_retry = false;
+    Client::try_from(config)
+}
 
 /// Settings of `raft-operator run`.
 pub struct RunOptions {
@@ -120,20 +166,28 @@ async fn lead(lock: LeaseLock, lost: watch::Sender<bool>) -> (Arc<LeaseLock>, Jo
     let renewer = lock.clone();
     let task = tokio::spawn(async move {
         let mut last_ok = Instant::now();
+        let mut pause = renewer.renew_every();
         loop {
             // The deadline is a timer of its own: a renewal still waiting on
             // the API server when it passes does not delay giving up.
+            let wait = pause;
             let renew = async {
-                tokio::time::sleep(renewer.renew_every()).await;
+                tokio::time::sleep(wait).await;
                 let started = Instant::now();
                 (started, attempt(&renewer).await)
             };
             tokio::select! {
                 _ = tokio::time::sleep_until(last_ok + RENEW_DEADLINE) => break,
                 (started, r) = renew => match r {
-                    Ok(true) => last_ok = started,
+                    Ok(true) => {
+                        last_ok = started;
+                        pause = renewer.renew_every();
+                    }
                     Ok(false) => break,
-                    Err(e) => tracing::warn!(error = %e, "renewing the lease failed; retrying"),
+                    Err(e) => {
+                        tracing::warn!(error = %e, "renewing the lease failed; retrying");
+                        pause = RENEW_RETRY;
+                    }
                 },
             }
         }
@@ -145,9 +199,13 @@ async fn lead(lock: LeaseLock, lost: watch::Sender<bool>) -> (Arc<LeaseLock>, Jo
 
 pub async fn run(opts: RunOptions) -> anyhow::Result<()> {
     let stop = shutdown_signal()?;
-    let client = Client::try_default()
+    let config = kube::Config::infer()
         .await
         .context("no Kubernetes configuration (in-cluster or kubeconfig)")?;
+    // Watches are long polls and keep kube's defaults; every other request,
+    // Lease renewals included, goes through the bounded client.
+    let watches = Client::try_from(config.clone()).context("the Kubernetes client")?;
+    let client = request_client(config, REQUEST_TIMEOUT).context("the Kubernetes client")?;
     let metrics = Metrics::default();
     let ready = Arc::new(AtomicBool::new(false));
     let listener = tokio::net::TcpListener::bind(opts.metrics_addr)
@@ -156,7 +214,7 @@ pub async fn run(opts: RunOptions) -> anyhow::Result<()> {
     tokio::spawn(metrics::serve(listener, metrics.clone(), ready.clone()));
 
     tokio::select! {
-        r = wait_for_crd(&client) => r?,
+        r = wait_for_crd(&watches) => r?,
         _ = fired(stop.clone()) => return Ok(()),
     }
     ready.store(true, Ordering::Release);
@@ -199,7 +257,7 @@ pub async fn run(opts: RunOptions) -> anyhow::Result<()> {
             ),
         }
     };
-    let (clusters, pods, claims, services) = api(&client);
+    let (clusters, pods, claims, services) = api(&watches);
     let owned = watcher::Config::default().labels("app.kubernetes.io/managed-by=raft-operator");
     let reporter = Reporter {
         controller: "raft-operator".into(),
@@ -245,4 +303,19 @@ pub async fn run(opts: RunOptions) -> anyhow::Result<()> {
     }
     tracing::info!("stopped");
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_request_gives_up_well_inside_the_renew_margin() {
+        assert_eq!(RENEW_EVERY, LEASE_DURATION / 3, "as LeaseLock::renew_every");
+        assert_eq!(RENEW_MARGIN, Duration::from_secs(5));
+        // A renewal is a read, then a write, each bounded.
+        assert!(2 * REQUEST_TIMEOUT < RENEW_MARGIN, "{REQUEST_TIMEOUT:?}");
+        // A try that hung, then the pause, leave time for another try.
+        assert!(REQUEST_TIMEOUT + RENEW_RETRY < RENEW_MARGIN);
+    }
 }
