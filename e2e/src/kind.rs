@@ -152,6 +152,16 @@ impl Target for KindTarget {
         Ok(())
     }
 
+    /// A second tag of the raft-node image, loaded with it (see
+    /// `KindEnv::load_images`); a broken one that no registry serves.
+    async fn rollout_image(&mut self, works: bool) -> anyhow::Result<String> {
+        Ok(match works {
+            true => env::NODE_IMAGE_NEXT,
+            false => "raftlane/raft-node-broken:e2e",
+        }
+        .into())
+    }
+
     /// Not here yet: a pod's volume is not this process's to break.
     async fn break_member(&mut self, id: u64) -> anyhow::Result<()> {
         anyhow::bail!("break_member({id}): not supported by this target")

@@ -46,6 +46,12 @@ pub trait Target {
         self.patch_spec(serde_json::json!({ "failureReplacement": { "after": after } }))
             .await
     }
+    /// An image (`spec.image`) other than the one members run now: with
+    /// `works`, raft-node under another name (locally a copy of the binary at
+    /// another path, on Kubernetes another tag of its image); without, one
+    /// whose members never become healthy (a raft-node that exits at start,
+    /// an image that does not exist).
+    async fn rollout_image(&mut self, works: bool) -> anyhow::Result<String>;
     /// Makes member `id` unable to start from now on (its data dir turned
     /// into a file, so raft-node fails at start every time) and kills it.
     async fn break_member(&mut self, id: u64) -> anyhow::Result<()>;

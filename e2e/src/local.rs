@@ -137,6 +137,30 @@ impl Target for LocalTarget {
         self.write_manifest()
     }
 
+    async fn rollout_image(&mut self, works: bool) -> anyhow::Result<String> {
+        use std::os::unix::fs::PermissionsExt;
+        let bin = match works {
+            true => {
+                // Copied once: members may be running it.
+                let bin = self.dir.path().join("raft-node-next");
+                if !bin.exists() {
+                    fs::copy(self.bin_dir.join("raft-node"), &bin)?;
+                }
+                bin
+            }
+            false => {
+                let bin = self.dir.path().join("raft-node-broken");
+                fs::write(
+                    &bin,
+                    "#!/bin/sh\necho 'raft-node-broken: this build exits at start' >&2\nexit 1\n",
+                )?;
+                fs::set_permissions(&bin, fs::Permissions::from_mode(0o755))?;
+                bin
+            }
+        };
+        Ok(bin.display().to_string())
+    }
+
     async fn break_member(&mut self, id: u64) -> anyhow::Result<()> {
         let data = self.state().join(format!("member-{id}"));
         fs::remove_dir_all(&data).with_context(|| format!("removing {}", data.display()))?;

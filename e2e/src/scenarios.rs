@@ -524,3 +524,243 @@ pub async fn operator_crash_between_add_and_promote<T: Target>(t: &mut T) -> any
     );
     Ok(())
 }
+
+/// What a writer saw during an operation: keys acknowledged, and attempts
+/// that failed and were retried (a member restarting under it).
+#[derive(Debug, Default)]
+pub struct Writes {
+    pub acked: Vec<String>,
+    pub retried: u64,
+}
+
+/// Writes keys `<prefix><i>` one after another until `done` is set (bounded
+/// by [`OPERATION`] and 200 000 keys), each attempt on its own, round-robin
+/// over the members; a failed attempt is retried on the next member, on a
+/// new client when the endpoints changed (a restarted member listens
+/// elsewhere). A key that fails 50 times fails the writer.
+async fn write_until<T: Target>(
+    t: &T,
+    prefix: &str,
+    done: &std::cell::Cell<bool>,
+) -> anyhow::Result<Writes> {
+    let mut w = Writes::default();
+    let started = Instant::now();
+    let mut endpoints = t.endpoints().await?;
+    let mut client = kv(t, None).await?;
+    for i in 0..200_000u64 {
+        if done.get() || started.elapsed() > OPERATION {
+            break;
+        }
+        let k = format!("{prefix}{i:06}");
+        let mut attempts = 0;
+        loop {
+            match client
+                .put_once(k.clone().into_bytes(), k.clone().into_bytes())
+                .await
+            {
+                Ok(_) => break,
+                Err(e) => {
+                    attempts += 1;
+                    w.retried += 1;
+                    anyhow::ensure!(attempts < 50, "key {k} failed 50 times: {e}");
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                    let now = t.endpoints().await.unwrap_or_default();
+                    if now != endpoints && !now.is_empty() {
+                        if let Ok(c) = kv(t, None).await {
+                            (client, endpoints) = (c, now);
+                        }
+                    }
+                }
+            }
+        }
+        w.acked.push(k);
+    }
+    Ok(w)
+}
+
+/// How many of members `ids` do not answer their admin `Status` now.
+async fn down<T: Target>(t: &T, ids: &[u64]) -> usize {
+    let asks = ids.iter().map(|id| node_status(t, *id));
+    let answers = futures::future::join_all(asks).await;
+    answers.iter().filter(|a| a.is_err()).count()
+}
+
+/// Waits until every one of `n` members runs at the status's update
+/// revision, healthy, with the rollout complete (current = update); checks
+/// all along that no two members are down at once. Returns that status.
+async fn rolled<T: Target>(t: &T, n: u64, from: &str) -> anyhow::Result<RaftClusterStatus> {
+    let ids: Vec<u64> = (1..=n).collect();
+    let deadline = Instant::now() + OPERATION;
+    let mut most_down = 0;
+    loop {
+        let s = t.status().await?.unwrap_or_default();
+        let now_down = down(t, &ids).await;
+        most_down = most_down.max(now_down);
+        anyhow::ensure!(
+            now_down <= 1,
+            "{now_down} members down at once during a rollout: {:?}",
+            s.members
+        );
+        let update = s.update_revision.as_deref().unwrap_or_default();
+        let done = update != from
+            && s.current_revision.as_deref() == Some(update)
+            && s.updated_replicas as u64 == n
+            && voters(&s) == ids
+            && s.members.iter().all(|m| m.healthy);
+        if done {
+            return Ok(s);
+        }
+        anyhow::ensure!(
+            Instant::now() < deadline,
+            "rollout from {from} not complete: {:?} {:?}",
+            s.operation,
+            s.conditions
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+fn condition<'a>(
+    s: &'a RaftClusterStatus,
+    type_: &str,
+) -> Option<&'a raft_operator::crd::Condition> {
+    s.conditions.iter().find(|c| c.type_ == type_)
+}
+
+/// Rolling update: a new image rolls through all `n` members, one at a time,
+/// each on its own data and id, while a client keeps writing. Every member is
+/// a new incarnation at the end, no two were down at once, and every
+/// acknowledged write is on every member. Returns the time from the edit to
+/// the rollout complete, and what the writer saw.
+pub async fn rolling_update_under_writes<T: Target>(
+    t: &mut T,
+    n: u64,
+    keys: &[String],
+) -> anyhow::Result<(Duration, Writes)> {
+    let s = wait_settled(t, n).await?;
+    let from = s
+        .update_revision
+        .clone()
+        .context("no update revision in status")?;
+    anyhow::ensure!(
+        s.current_revision.as_deref() == Some(from.as_str()),
+        "a rollout in progress before the edit: {:?}",
+        s.conditions
+    );
+    let mut before = BTreeMap::new();
+    for id in 1..=n {
+        before.insert(id, t.incarnation(id).await?);
+    }
+    let image = t.rollout_image(true).await?;
+    let edited = Instant::now();
+    t.patch_spec(serde_json::json!({ "image": image })).await?;
+    let done = std::cell::Cell::new(false);
+    let rollout = async {
+        let r = rolled(t, n, &from).await;
+        done.set(true);
+        r
+    };
+    let (rolled_to, writes) = futures::join!(rollout, write_until(t, "rollout/", &done));
+    let took = edited.elapsed();
+    let (s, writes) = (rolled_to?, writes?);
+    for id in 1..=n {
+        let now = t.incarnation(id).await?;
+        anyhow::ensure!(
+            now.is_some() && now != before[&id],
+            "member {id} was not restarted by the rollout"
+        );
+    }
+    let progressing = condition(&s, "Progressing").context("no Progressing condition")?;
+    anyhow::ensure!(progressing.reason != "RollingUpdate", "{progressing:?}");
+    let ids: Vec<u64> = (1..=n).collect();
+    for id in &ids {
+        check_keys(t, &[*id], keys).await?;
+        check_keys(t, &[*id], &writes.acked).await?;
+    }
+    Ok((took, writes))
+}
+
+/// A failed rollout: an image whose members never become healthy stops the
+/// rollout at its first member (the others keep running, untouched, and the
+/// cluster stays Available), reported as Degraded, reason RolloutStalled,
+/// after `spec.updateStrategy.progressDeadline` (10s here). Reverting the
+/// image resumes: the broken member is rolled back and all are healthy.
+/// Returns the time from the revert to all healthy again.
+pub async fn failed_rollout_stops_and_resumes_after_revert<T: Target>(
+    t: &mut T,
+    keys: &[String],
+) -> anyhow::Result<Duration> {
+    t.patch_spec(serde_json::json!({"updateStrategy": {"progressDeadline": "10s"}}))
+        .await?;
+    let s = wait_settled(t, 3).await?;
+    let good = s
+        .update_revision
+        .clone()
+        .context("no update revision in status")?;
+    let mut before = BTreeMap::new();
+    for id in 1..=3 {
+        before.insert(id, t.incarnation(id).await?);
+    }
+    // The image members run now, to revert to: the last rollout's.
+    let working = t.rollout_image(true).await?;
+    let broken = t.rollout_image(false).await?;
+    t.patch_spec(serde_json::json!({ "image": broken })).await?;
+    let stalled = wait_for("the rollout reported stalled", OPERATION, || async {
+        let s = t.status().await?.unwrap_or_default();
+        let degraded = condition(&s, "Degraded").filter(|c| c.status == "True");
+        Ok(degraded
+            .filter(|c| c.reason == "RolloutStalled")
+            .map(|c| (c.message.clone(), s.clone())))
+    })
+    .await?;
+    let (message, s) = stalled;
+    anyhow::ensure!(message.contains("progressDeadline"), "{message}");
+    // Exactly one member was taken to the broken image; the others run on.
+    let mut restarted = Vec::new();
+    for id in 1..=3 {
+        if t.incarnation(id).await? != before[&id] {
+            restarted.push(id);
+        }
+    }
+    anyhow::ensure!(
+        restarted.len() == 1,
+        "a stalled rollout restarted {restarted:?}: {:?}",
+        s.members
+    );
+    anyhow::ensure!(
+        available(&s),
+        "the cluster lost its quorum: {:?}",
+        s.conditions
+    );
+    anyhow::ensure!(
+        s.current_revision.as_deref() == Some(good.as_str()),
+        "current revision moved to a broken one: {s:?}"
+    );
+    // It stays stopped: a few passes later nobody else was restarted.
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    for id in (1..=3).filter(|id| !restarted.contains(id)) {
+        anyhow::ensure!(
+            t.incarnation(id).await? == before[&id],
+            "member {id} restarted after the rollout stalled"
+        );
+    }
+    let reverted = Instant::now();
+    t.patch_spec(serde_json::json!({ "image": working }))
+        .await?;
+    wait_for("the rollout resumed and settled", OPERATION, || async {
+        let s = t.status().await?.unwrap_or_default();
+        let degraded = condition(&s, "Degraded").is_some_and(|c| c.status == "True");
+        let back = s.update_revision.as_deref() == Some(good.as_str())
+            && s.current_revision.as_deref() == Some(good.as_str())
+            && s.updated_replicas == 3
+            && voters(&s) == [1, 2, 3]
+            && s.members.iter().all(|m| m.healthy);
+        Ok((back && !degraded).then_some(()))
+    })
+    .await?;
+    let took = reverted.elapsed();
+    for id in 1..=3 {
+        check_keys(t, &[id], keys).await?;
+    }
+    Ok(took)
+}

@@ -11,6 +11,14 @@ async fn create_scale_up_and_scale_down() {
     scenarios::tls_closes_every_port(&t).await.unwrap();
     let took = scenarios::scale_up_to_five(&mut t, &keys).await.unwrap();
     eprintln!("measured: edit to 5 voting members (1000 keys): {took:?}");
+    let (took, writes) = scenarios::rolling_update_under_writes(&mut t, 5, &keys)
+        .await
+        .unwrap();
+    eprintln!(
+        "measured: rolling update of 5 members under writes: {took:?} ({} writes acknowledged, {} retried)",
+        writes.acked.len(),
+        writes.retried
+    );
     scenarios::scale_down_to_three(&mut t, &keys).await.unwrap();
 }
 
@@ -67,4 +75,22 @@ async fn pause_holds_every_step_then_a_member_that_cannot_start_is_replaced() {
         .await
         .unwrap();
     eprintln!("measured: member unable to start to replaced and healthy (after: 10s): {took:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rolling_update_under_writes_then_a_failed_rollout_is_reverted() {
+    let mut t = LocalTarget::start(3).unwrap();
+    let keys = scenarios::create_three(&t).await.unwrap();
+    let (took, writes) = scenarios::rolling_update_under_writes(&mut t, 3, &keys)
+        .await
+        .unwrap();
+    eprintln!(
+        "measured: rolling update of 3 members under writes: {took:?} ({} writes acknowledged, {} retried)",
+        writes.acked.len(),
+        writes.retried
+    );
+    let took = scenarios::failed_rollout_stops_and_resumes_after_revert(&mut t, &keys)
+        .await
+        .unwrap();
+    eprintln!("measured: failed rollout reverted to all members healthy again: {took:?}");
 }

@@ -92,6 +92,67 @@ pub struct RaftClusterSpec {
     /// gone) for longer than `after`. Off by default.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub failure_replacement: Option<FailureReplacement>,
+    /// How a change to `image`, `resources`, `raft` or `placement` reaches
+    /// running members: a rolling update, one member at a time.
+    #[serde(default)]
+    pub update_strategy: UpdateStrategy,
+}
+
+/// A rolling update restarts members on their own data, one at a time,
+/// followers first and the leader last (after moving leadership away), each
+/// only once every other member is healthy and caught up.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct UpdateStrategy {
+    /// How long a member restarted at the new revision may stay unhealthy
+    /// before the rollout is reported stalled (condition Degraded, reason
+    /// RolloutStalled), e.g. `10m`, `90s` (at least 10s). The rollout never
+    /// goes on past an unhealthy member; reverting the spec resumes it.
+    #[serde(default = "default_progress_deadline")]
+    #[schemars(regex(pattern = r"^([0-9]+h)?([0-9]+m)?([0-9]+s)?$"))]
+    #[x_kube(validation = Rule::new("self != ''").message("updateStrategy.progressDeadline must be a duration such as 10m"))]
+    pub progress_deadline: String,
+}
+
+fn default_progress_deadline() -> String {
+    "10m".into()
+}
+
+impl Default for UpdateStrategy {
+    fn default() -> Self {
+        UpdateStrategy {
+            progress_deadline: default_progress_deadline(),
+        }
+    }
+}
+
+impl UpdateStrategy {
+    /// `progressDeadline` as a duration; None when it does not parse or is
+    /// under 10 s.
+    pub fn progress_deadline(&self) -> Option<std::time::Duration> {
+        duration(&self.progress_deadline)
+    }
+}
+
+/// A duration such as `1h30m`, `90s`; None when it does not parse or is under
+/// 10 s (a restart or a reschedule takes about that long).
+fn duration(text: &str) -> Option<std::time::Duration> {
+    let mut secs = 0u64;
+    let mut num = String::new();
+    for c in text.chars() {
+        if c.is_ascii_digit() {
+            num.push(c);
+            continue;
+        }
+        let n: u64 = std::mem::take(&mut num).parse().ok()?;
+        secs += n * match c {
+            'h' => 3600,
+            'm' => 60,
+            's' => 1,
+            _ => return None,
+        };
+    }
+    (num.is_empty() && secs >= 10).then(|| std::time::Duration::from_secs(secs))
 }
 
 /// Failed-member replacement: a member of the membership unhealthy for
@@ -113,22 +174,7 @@ pub struct FailureReplacement {
 impl FailureReplacement {
     /// `after` as a duration; None when it does not parse or is under 10 s.
     pub fn after(&self) -> Option<std::time::Duration> {
-        let mut secs = 0u64;
-        let mut num = String::new();
-        for c in self.after.chars() {
-            if c.is_ascii_digit() {
-                num.push(c);
-                continue;
-            }
-            let n: u64 = std::mem::take(&mut num).parse().ok()?;
-            secs += n * match c {
-                'h' => 3600,
-                'm' => 60,
-                's' => 1,
-                _ => return None,
-            };
-        }
-        (num.is_empty() && secs >= 10).then(|| std::time::Duration::from_secs(secs))
+        duration(&self.after)
     }
 }
 
@@ -390,6 +436,16 @@ pub struct RaftClusterStatus {
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     #[schemars(extend("x-kubernetes-list-type" = "map", "x-kubernetes-list-map-keys" = ["id"]))]
     pub unhealthy: Vec<UnhealthyMember>,
+    /// The revision every member ran when the last rollout completed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub current_revision: Option<String>,
+    /// The revision of the spec now (a hash of image, resources, raft and
+    /// placement): members at another one are rolled to it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub update_revision: Option<String>,
+    /// Members running at `updateRevision`.
+    #[serde(default)]
+    pub updated_replicas: u32,
 }
 
 /// A member that has not been healthy since `since` (RFC 3339).

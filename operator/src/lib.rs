@@ -6,5 +6,6 @@ pub mod k8s;
 pub mod local;
 pub mod plan;
 pub mod reconcile;
+pub mod revision;
 pub mod runtime;
 pub mod status;

@@ -15,6 +15,7 @@ use crate::certs::{Leaf, ROTATE_CA_ANNOTATION};
 use crate::crd::{parse_cluster, RaftCluster, RaftClusterStatus};
 use crate::plan::{Action, Observed};
 use crate::reconcile::{pass, AdminClients, Host, PassError};
+use crate::revision;
 use crate::runtime::local::LocalRuntime;
 
 /// Time between reconcile passes.
@@ -133,13 +134,7 @@ pub async fn run(opts: LocalOptions) -> anyhow::Result<()> {
         Ok(lock) => lock,
         Err(held) => anyhow::bail!("an operator ({held}) already runs on {}", dir.display()),
     };
-    let mut rt = LocalRuntime::new(
-        &dir,
-        &name,
-        opts.node_bin.clone(),
-        cluster.spec.raft.clone(),
-        &cluster.spec.tls,
-    )?;
+    let mut rt = LocalRuntime::new(&dir, &name, opts.node_bin.clone(), &cluster.spec)?;
     let mut host = LocalHost { dir: dir.clone() };
     let status_path = host.status_path();
     let mut current = load_status(&status_path)?;
@@ -170,10 +165,16 @@ pub async fn run(opts: LocalOptions) -> anyhow::Result<()> {
                 let edit = load(&opts.file).and_then(|(c, _)| {
                     RaftCluster::validate_cel_update(&c, &cluster)
                         .map_err(|e| anyhow::anyhow!("{}: {e}", opts.file.display()))?;
+                    rt.set_spec(&c.spec)
+                        .with_context(|| opts.file.display().to_string())?;
                     Ok((c, ()))
                 });
                 match edit {
                     Ok((c, _)) => {
+                        let (from, to) = (revision::of(&cluster.spec), revision::of(&c.spec));
+                        if from != to {
+                            println!("revision {from} -> {to}: members are rolled to it");
+                        }
                         if c.spec.replicas != cluster.spec.replicas {
                             println!("replicas {} -> {}", cluster.spec.replicas, c.spec.replicas);
                         }
@@ -388,13 +389,7 @@ pub fn down(opts: &LocalOptions) -> anyhow::Result<()> {
             )
         }
     };
-    let mut rt = LocalRuntime::new(
-        &dir,
-        &name,
-        opts.node_bin.clone(),
-        cluster.spec.raft,
-        &cluster.spec.tls,
-    )?;
+    let mut rt = LocalRuntime::new(&dir, &name, opts.node_bin.clone(), &cluster.spec)?;
     let stopped = rt.stop_all()?;
     println!("stopped members {stopped:?} of {name}");
     Ok(())

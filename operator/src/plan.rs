@@ -23,7 +23,14 @@
 //! - a failed member (unhealthy past `spec.failureReplacement.after`) is
 //!   replaced only when nothing else is in flight, one at a time, and only
 //!   while a healthy quorum holds without it: deleted with its storage
-//!   retired, it then takes the lost-data path (removed, added back).
+//!   retired, it then takes the lost-data path (removed, added back); never
+//!   a member already at the new revision of a rollout in progress (that is
+//!   the revision failing, not the member);
+//! - a rolling update restarts one member at a time, only once the
+//!   membership is settled and every other member is healthy and caught up
+//!   (so never more than one is down), followers first (an unhealthy one
+//!   before healthy ones, then highest id first), the leader last, after
+//!   leadership moved to a member at the new revision.
 
 use std::collections::{BTreeMap, BTreeSet};
 
@@ -36,6 +43,9 @@ pub struct Member {
     /// None while it exists without an address (a pod being scheduled or
     /// terminating): it is neither missing nor reachable.
     pub addrs: Option<Addrs>,
+    /// The spec revision it was started at (see [`crate::revision`]); None
+    /// when it was started before revisions were recorded.
+    pub revision: Option<String>,
 }
 
 /// Where one member listens.
@@ -55,7 +65,23 @@ impl Member {
                 client,
                 admin,
             }),
+            revision: None,
         }
+    }
+
+    /// Member `id` without an address yet.
+    pub fn unreachable(id: u64) -> Member {
+        Member {
+            id,
+            addrs: None,
+            revision: None,
+        }
+    }
+
+    /// This member, started at `revision`.
+    pub fn at_revision(mut self, revision: Option<String>) -> Member {
+        self.revision = revision;
+        self
     }
 
     pub fn peer_addr(&self) -> Option<&str> {
@@ -101,6 +127,14 @@ pub struct Observed {
     pub formed: bool,
     /// Members unhealthy for longer than `spec.failureReplacement.after`.
     pub failed: BTreeSet<u64>,
+    /// The spec's revision now: running members at another are rolled to
+    /// it. None turns rolling updates off.
+    pub update_revision: Option<String>,
+    /// The revision of the last completed rollout (from the status).
+    pub current_revision: Option<String>,
+    /// Members not running at an old revision that stayed unhealthy past
+    /// `spec.updateStrategy.progressDeadline` during a rollout: it stalled.
+    pub stalled: BTreeSet<u64>,
 }
 
 impl Observed {
@@ -139,6 +173,22 @@ impl Observed {
     pub fn has_quorum(&self, voters: &BTreeSet<u64>) -> bool {
         self.healthy_voters(voters) >= quorum(voters.len())
     }
+
+    /// True when member `id` runs at a revision other than the spec's.
+    pub fn outdated(&self, id: u64) -> bool {
+        let Some(update) = &self.update_revision else {
+            return false;
+        };
+        self.running
+            .get(&id)
+            .is_some_and(|m| m.revision.as_ref() != Some(update))
+    }
+
+    /// True while the spec's revision is not yet the one every member
+    /// completed a rollout to.
+    pub fn rolling(&self) -> bool {
+        self.update_revision.is_some() && self.update_revision != self.current_revision
+    }
 }
 
 /// One step toward the desired state.
@@ -172,6 +222,11 @@ pub enum Action {
     },
     /// Stop and delete member `id`'s process or pod (it left the membership).
     Delete {
+        id: u64,
+    },
+    /// Stop member `id` and start it again on its data and id at the spec's
+    /// revision (a rolling update step).
+    Restart {
         id: u64,
     },
 }
@@ -367,9 +422,10 @@ pub fn plan(replicas: u64, obs: &Observed) -> Plan {
 
     // 0b. Replace a failed member, when no membership operation is in flight.
     let settled = learners.is_empty() && desired.is_subset(&members);
-    let failed = members
-        .iter()
-        .find(|id| obs.failed.contains(id) && !obs.healthy(**id) && **id != leader.id);
+    let rollout_victim = |id: u64| obs.rolling() && !obs.outdated(id);
+    let failed = members.iter().find(|id| {
+        obs.failed.contains(id) && !obs.healthy(**id) && **id != leader.id && !rollout_victim(**id)
+    });
     if let (true, Some(&id)) = (settled, failed) {
         if can_remove(id) {
             // Not restored on its storage: that storage is retired.
@@ -451,8 +507,83 @@ pub fn plan(replicas: u64, obs: &Observed) -> Plan {
             }
             Some(_) => p.wait(format!("waiting for the leader to learn {id}'s address")),
         }
+        return p;
+    }
+
+    // 4. Roll members to the spec's revision, once the membership is settled
+    //    and no member is being started.
+    let starting = p.actions.iter().any(|a| matches!(a, Action::Create { .. }));
+    if learners.is_empty() && !starting {
+        roll(obs, leader, &voters, &mut p);
     }
     p
+}
+
+/// One rolling-update step: restart the next outdated member when every
+/// other member is healthy and caught up, the leader only after leadership
+/// moved to a member at the new revision.
+fn roll(obs: &Observed, leader: &MemberReport, voters: &BTreeSet<u64>, p: &mut Plan) {
+    let Some(revision) = &obs.update_revision else {
+        return;
+    };
+    let caught_up = |id: u64| {
+        obs.healthy(id)
+            && obs
+                .reports
+                .get(&id)
+                .is_some_and(|r| r.applied_index + CATCH_UP_SLACK >= leader.commit_index)
+    };
+    // Followers first, an unhealthy one before the rest (restarting it takes
+    // nobody else down), then highest id first; the leader last.
+    let next = voters
+        .iter()
+        .rev()
+        .filter(|id| obs.outdated(**id))
+        .min_by_key(|id| (**id == leader.id, caught_up(**id)));
+    let Some(&id) = next else {
+        return;
+    };
+    let updated = voters.iter().filter(|v| !obs.outdated(**v)).count();
+    let progress = format!(
+        "{updated} of {} members at revision {revision}",
+        voters.len()
+    );
+    if let Some(stuck) = voters.iter().find(|v| **v != id && !caught_up(**v)) {
+        if obs.stalled.contains(stuck) {
+            p.block(format!(
+                "rolling update stalled: member {stuck} at revision {revision} stayed unhealthy \
+                 past spec.updateStrategy.progressDeadline ({progress}); fix or revert the spec \
+                 to resume"
+            ));
+        } else {
+            p.wait(format!(
+                "rolling update: restarting {id} waits for member {stuck} to be healthy and \
+                 caught up ({progress})"
+            ));
+        }
+        return;
+    }
+    if id == leader.id && voters.len() > 1 {
+        // To a member already at the new revision, else to any: every other
+        // member is healthy and caught up here.
+        let to = voters
+            .iter()
+            .rev()
+            .filter(|v| **v != id)
+            .min_by_key(|v| obs.outdated(**v));
+        if let Some(&to) = to {
+            p.actions.push(Action::TransferLeader { via: id, to });
+            p.wait(format!(
+                "rolling update: leadership moves from {id} to {to} before {id} restarts \
+                 ({progress})"
+            ));
+        }
+        return;
+    }
+    p.actions.push(Action::Restart { id });
+    p.wait(format!(
+        "rolling update: restarting member {id} at revision {revision} ({progress})"
+    ));
 }
 
 /// True when the leader's peer table has `id` at its current address.

@@ -5,7 +5,7 @@
 //! status is saved, where steps, waits and failures are reported, and whether
 //! this process may act.
 
-use std::collections::{BTreeMap, HashMap, HashSet};
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use std::time::Duration;
 
 use raftlane_proto::admin::node_admin_client::NodeAdminClient;
@@ -16,7 +16,7 @@ use tonic::transport::Channel;
 use crate::crd::{RaftCluster, RaftClusterStatus};
 use crate::plan::{plan, Action, Member, MemberReport, Observed, Plan};
 use crate::runtime::Runtime;
-use crate::status;
+use crate::{revision, status};
 
 /// Admin calls to members are bounded: an unresponsive member is unhealthy,
 /// not a reason to stall the pass.
@@ -143,7 +143,11 @@ pub async fn pass<R: Runtime, H: Host>(
     let mut seen = observe(rt, admins, cluster_id, &previous, !paused && host.may_act())
         .await
         .map_err(PassError::Observe)?;
-    seen.failed = failed(cluster, &previous, jiff::Timestamp::now());
+    let now = jiff::Timestamp::now();
+    seen.failed = failed(cluster, &previous, now);
+    seen.update_revision = Some(revision::of(&cluster.spec));
+    seen.current_revision = previous.current_revision.clone();
+    seen.stalled = stalled(cluster, &seen, &previous, now);
     let p = plan(u64::from(cluster.spec.replicas), &seen);
     if paused {
         return finish(host, cluster, &seen, &p.pause(), previous).await;
@@ -205,14 +209,41 @@ fn failed(
     cluster: &RaftCluster,
     previous: &RaftClusterStatus,
     now: jiff::Timestamp,
-) -> std::collections::BTreeSet<u64> {
-    let Some(after) = cluster
+) -> BTreeSet<u64> {
+    let after = cluster
         .spec
         .failure_replacement
         .as_ref()
-        .and_then(|f| f.after())
-    else {
-        return Default::default();
+        .and_then(|f| f.after());
+    unhealthy_for(previous, after, now)
+}
+
+/// During a rollout, members not running at an old revision (restarted at
+/// the new one, or not running at all) unhealthy for longer than
+/// `spec.updateStrategy.progressDeadline`: the new revision does not work.
+fn stalled(
+    cluster: &RaftCluster,
+    seen: &Observed,
+    previous: &RaftClusterStatus,
+    now: jiff::Timestamp,
+) -> BTreeSet<u64> {
+    if !seen.rolling() {
+        return BTreeSet::new();
+    }
+    let deadline = cluster.spec.update_strategy.progress_deadline();
+    let mut out = unhealthy_for(previous, deadline, now);
+    out.retain(|id| !seen.outdated(*id));
+    out
+}
+
+/// Members unhealthy (per `previous`) for at least `limit`; none without one.
+fn unhealthy_for(
+    previous: &RaftClusterStatus,
+    limit: Option<Duration>,
+    now: jiff::Timestamp,
+) -> BTreeSet<u64> {
+    let Some(limit) = limit else {
+        return BTreeSet::new();
     };
     previous
         .unhealthy
@@ -220,7 +251,7 @@ fn failed(
         .filter(|u| {
             u.since
                 .parse::<jiff::Timestamp>()
-                .is_ok_and(|since| now.duration_since(since).as_secs() >= after.as_secs() as i64)
+                .is_ok_and(|since| now.duration_since(since).as_secs() >= limit.as_secs() as i64)
         })
         .map(|u| u.id)
         .collect()
@@ -338,6 +369,14 @@ async fn observe<R: Runtime>(
     Ok(observed)
 }
 
+/// The peer addresses of the members that have one.
+fn peers_of(seen: &Observed) -> BTreeMap<u64, String> {
+    seen.running
+        .values()
+        .filter_map(|m| Some((m.id, m.peer_addr()?.to_string())))
+        .collect()
+}
+
 /// Carries out one planned action; returns what was done, for progress output.
 async fn act<R: Runtime>(
     rt: &mut R,
@@ -353,12 +392,9 @@ async fn act<R: Runtime>(
     };
     Ok(match action {
         Action::Create { id, initial_voters } => {
-            let peers: BTreeMap<u64, String> = seen
-                .running
-                .values()
-                .filter_map(|m| Some((m.id, m.peer_addr()?.to_string())))
-                .collect();
-            let m = rt.create(*id, initial_voters.as_ref(), &peers).await?;
+            let m = rt
+                .create(*id, initial_voters.as_ref(), &peers_of(seen))
+                .await?;
             match &m.addrs {
                 Some(a) => format!("started member {id} (peer {}, client {})", a.peer, a.client),
                 None => format!("created member {id}"),
@@ -404,6 +440,14 @@ async fn act<R: Runtime>(
         Action::Delete { id } => {
             rt.delete(*id).await?;
             format!("member {id} stopped (its data retired)")
+        }
+        Action::Restart { id } => {
+            let m = rt.restart(*id, &peers_of(seen)).await?;
+            let at = seen.update_revision.as_deref().unwrap_or("?");
+            match &m.addrs {
+                Some(a) => format!("member {id} restarted at revision {at} (peer {})", a.peer),
+                None => format!("member {id} stopped, to start again at revision {at}"),
+            }
         }
     })
 }
@@ -457,13 +501,17 @@ mod tests {
         ) -> anyhow::Result<Member> {
             self.note(format!("create {id}"));
             anyhow::ensure!(!self.refuse_create, "no room for member {id}");
-            let m = Member { id, addrs: None };
+            let m = Member::unreachable(id);
             self.members.push(m.clone());
             Ok(m)
         }
         async fn delete(&mut self, id: u64) -> anyhow::Result<()> {
             self.note(format!("delete {id}"));
             Ok(())
+        }
+        async fn restart(&mut self, id: u64, _: &BTreeMap<u64, String>) -> anyhow::Result<Member> {
+            self.note(format!("restart {id}"));
+            Ok(Member::unreachable(id))
         }
         async fn record_state(&mut self, _: &BTreeSet<u64>) -> anyhow::Result<()> {
             Ok(())
@@ -589,7 +637,7 @@ mod tests {
     #[tokio::test]
     async fn a_wait_is_reported_once_while_it_lasts() {
         // Two members forming, neither answering yet.
-        let members = vec![Member { id: 1, addrs: None }, Member { id: 2, addrs: None }];
+        let members = vec![Member::unreachable(1), Member::unreachable(2)];
         let rt = Fake {
             members: members.clone(),
             ..fake()
@@ -646,10 +694,7 @@ mod tests {
             admins.get(id, addr).unwrap();
         }
         let at = |id, admin: &str| Member::at(id, String::new(), String::new(), admin.into());
-        let running = BTreeMap::from([
-            (2, at(2, "127.0.0.2:9999")),
-            (3, Member { id: 3, addrs: None }),
-        ]);
+        let running = BTreeMap::from([(2, at(2, "127.0.0.2:9999")), (3, Member::unreachable(3))]);
         admins.keep_only(&running);
         let kept: Vec<&(u64, String)> = admins.by_addr.keys().collect();
         assert_eq!(kept, [&(2, "127.0.0.2:9999".to_string())]);

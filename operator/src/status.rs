@@ -52,9 +52,28 @@ pub fn compute(
     let healthy_voters = obs.healthy_voters(&voters);
     let available = leader.is_some() && obs.has_quorum(&voters);
     let paused = plan.held.as_ref();
-    let progressing = paused.is_none() && (!plan.actions.is_empty() || plan.waiting.is_some());
+    // A rollout completes when every member runs at the spec's revision and
+    // is healthy, with no membership change left.
+    let at_update = |id: &u64| {
+        let running = obs.running.get(id);
+        running.is_some_and(|m| m.revision.is_some() && m.revision == obs.update_revision)
+    };
+    let updated = members.iter().filter(|m| at_update(&m.id)).count();
     let missing = leader.is_none() || voters.iter().any(|v| !obs.running.contains_key(v));
-    let degraded = missing || members.iter().any(|m| !m.healthy);
+    let complete = !missing
+        && learners.is_empty()
+        && !members.is_empty()
+        && members.iter().all(|m| m.healthy && at_update(&m.id));
+    let rolling = obs.rolling() && !complete;
+    let progressing =
+        paused.is_none() && (!plan.actions.is_empty() || plan.waiting.is_some() || rolling);
+    let stalled = !obs.stalled.is_empty();
+    let degraded = missing || stalled || members.iter().any(|m| !m.healthy);
+    let revision = obs.update_revision.as_deref().unwrap_or_default();
+    let progress = format!(
+        "{updated} of {} members at revision {revision}",
+        members.len()
+    );
     let cond = |type_: &str, on: bool, reason: &str, message: String| {
         let status = if on { "True" } else { "False" }.to_string();
         let since = previous
@@ -89,18 +108,26 @@ pub fn compute(
             progressing,
             if paused.is_some() {
                 "Paused"
+            } else if rolling {
+                "RollingUpdate"
             } else if progressing {
                 "Reconciling"
             } else {
                 "Settled"
             },
-            plan.waiting.clone().unwrap_or_default(),
+            match (&plan.waiting, rolling) {
+                (Some(why), _) => why.clone(),
+                (None, true) => format!("rolling update: {progress}"),
+                (None, false) => String::new(),
+            },
         ),
         cond(
             "Degraded",
             degraded,
             if leader.is_none() {
                 "NoLeader"
+            } else if stalled {
+                "RolloutStalled"
             } else if missing {
                 "MemberMissing"
             } else if degraded {
@@ -108,7 +135,17 @@ pub fn compute(
             } else {
                 "AllHealthy"
             },
-            String::new(),
+            if stalled {
+                let ids: Vec<String> = obs.stalled.iter().map(u64::to_string).collect();
+                format!(
+                    "members {} at revision {revision} stayed unhealthy past \
+                     spec.updateStrategy.progressDeadline: the rollout is stopped ({progress}); \
+                     fix or revert the spec to resume",
+                    ids.join(", ")
+                )
+            } else {
+                String::new()
+            },
         ),
         cond(
             "ReconciliationPaused",
@@ -154,6 +191,12 @@ pub fn compute(
         }),
         bootstrap_voters: previous.bootstrap_voters.clone(),
         unhealthy: unhealthy(obs, previous, now),
+        current_revision: match complete {
+            true => obs.update_revision.clone(),
+            false => previous.current_revision.clone(),
+        },
+        update_revision: obs.update_revision.clone(),
+        updated_replicas: updated as u32,
     }
 }
 

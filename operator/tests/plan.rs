@@ -484,6 +484,114 @@ fn a_lost_voter_of_two_is_not_removed() {
     assert!(p.blocked);
 }
 
+/// `obs` with every running member at revision `at`, except those in
+/// `updated`, at `new`; the spec's revision is `new`.
+fn revisions(mut obs: Observed, updated: &[u64]) -> Observed {
+    for (id, m) in obs.running.iter_mut() {
+        let at = if updated.contains(id) { "new" } else { "old" };
+        m.revision = Some(at.into());
+    }
+    obs.update_revision = Some("new".into());
+    obs.current_revision = Some("old".into());
+    obs
+}
+
+#[test]
+fn a_rolling_update_restarts_followers_highest_first_and_the_leader_last() {
+    // Nothing updated: the highest follower first.
+    let obs = revisions(cluster(&[1, 2, 3], &[], 2), &[]);
+    let p = plan(3, &obs);
+    assert_eq!(p.actions, vec![Action::Restart { id: 3 }]);
+    assert!(p
+        .waiting
+        .unwrap()
+        .contains("0 of 3 members at revision new"));
+
+    // 3 restarted but not caught up yet: nothing moves.
+    let mut obs = revisions(cluster(&[1, 2, 3], &[], 2), &[3]);
+    obs.reports.get_mut(&3).unwrap().applied_index = 10;
+    let p = plan(3, &obs);
+    assert_eq!(p.actions, vec![]);
+    assert!(
+        p.waiting.as_ref().unwrap().contains("waits for member 3"),
+        "{p:?}"
+    );
+
+    // Caught up: the other follower, then the leader's turn: leadership moves
+    // to an updated member first, then the old leader restarts.
+    let obs = revisions(cluster(&[1, 2, 3], &[], 2), &[3]);
+    assert_eq!(plan(3, &obs).actions, vec![Action::Restart { id: 1 }]);
+    let obs = revisions(cluster(&[1, 2, 3], &[], 2), &[1, 3]);
+    assert_eq!(
+        plan(3, &obs).actions,
+        vec![Action::TransferLeader { via: 2, to: 3 }]
+    );
+    let obs = revisions(cluster(&[1, 2, 3], &[], 3), &[1, 3]);
+    assert_eq!(plan(3, &obs).actions, vec![Action::Restart { id: 2 }]);
+
+    // All at the new revision: nothing to do.
+    let obs = revisions(cluster(&[1, 2, 3], &[], 3), &[1, 2, 3]);
+    assert_eq!(plan(3, &obs).actions, vec![]);
+}
+
+#[test]
+fn a_rollout_never_takes_a_second_member_down_and_an_unhealthy_outdated_one_goes_first() {
+    // Follower 1 is down (not answering): restarting it takes nobody else
+    // down, so it goes first; any other restart waits for it.
+    let mut obs = revisions(cluster(&[1, 2, 3], &[], 2), &[]);
+    obs.reports.remove(&1);
+    assert_eq!(plan(3, &obs).actions, vec![Action::Restart { id: 1 }]);
+
+    // Member 3 restarted at the new revision and stays unhealthy: stalled,
+    // the rollout stops there (no other member restarts).
+    let mut obs = revisions(cluster(&[1, 2, 3], &[], 2), &[3]);
+    obs.reports.remove(&3);
+    obs.stalled = set(&[3]);
+    let p = plan(3, &obs);
+    assert_eq!(p.actions, vec![]);
+    assert!(p.blocked && p.waiting.unwrap().contains("stalled"));
+
+    // The spec reverted: 3 is the outdated one now, and is restarted alone.
+    let mut obs = revisions(cluster(&[1, 2, 3], &[], 2), &[1, 2]);
+    obs.reports.remove(&3);
+    assert_eq!(plan(3, &obs).actions, vec![Action::Restart { id: 3 }]);
+
+    // A member being created, a scale-up or a learner in flight: no restart.
+    let mut obs = revisions(cluster(&[1, 2, 3], &[], 2), &[]);
+    obs.running.remove(&3);
+    assert!(!plan(3, &obs)
+        .actions
+        .iter()
+        .any(|a| matches!(a, Action::Restart { .. })));
+    let obs = revisions(cluster(&[1, 2, 3], &[4], 2), &[]);
+    assert_eq!(
+        plan(4, &obs).actions,
+        vec![Action::Promote { via: 2, id: 4 }]
+    );
+}
+
+#[test]
+fn a_one_member_cluster_restarts_its_only_member() {
+    let obs = revisions(cluster(&[1], &[], 1), &[]);
+    assert_eq!(plan(1, &obs).actions, vec![Action::Restart { id: 1 }]);
+}
+
+#[test]
+fn a_member_failing_at_the_new_revision_is_not_replaced() {
+    let mut obs = revisions(cluster(&[1, 2, 3], &[], 2), &[3]);
+    obs.reports.remove(&3);
+    obs.failed = set(&[3]);
+    assert!(!plan(3, &obs)
+        .actions
+        .iter()
+        .any(|a| matches!(a, Action::Delete { .. })));
+    // At the old revision, it is (the member failed, not the revision).
+    let mut obs = revisions(cluster(&[1, 2, 3], &[], 2), &[]);
+    obs.reports.remove(&3);
+    obs.failed = set(&[3]);
+    assert_eq!(plan(3, &obs).actions, vec![Action::Delete { id: 3 }]);
+}
+
 /// A random cluster state over ids 1..=7 with a desired size of 1..=7, biased
 /// toward the states operators meet (most members up and answering, a live
 /// leader, usually no change pending) so every kind of step is exercised.
@@ -511,15 +619,45 @@ fn any_state() -> impl Strategy<Value = (u64, Observed)> {
             // Members failed past spec.failureReplacement.after.
             prop_oneof![1 => Just(0u8), 2 => any::<u8>()],
         ),
+        (
+            // A settled cluster of `replicas` voters, maybe one member down.
+            prop::bool::weighted(0.3),
+            0u64..10,
+            // Each member's revision: none, "old", "new".
+            proptest::collection::vec(0u8..3, 7),
+            // The spec's revision and the last completed one: none, "old", "new".
+            prop_oneof![1 => Just(0u8), 4 => Just(2u8), 1 => Just(1u8)],
+            0u8..3,
+            // Members stalled past spec.updateStrategy.progressDeadline.
+            prop_oneof![2 => Just(0u8), 1 => any::<u8>()],
+        ),
     )
         .prop_map(
-            |(replicas, per, leader_pick, pending, forming, data_mask, lost_pick, flags)| {
+            |(replicas, per, leader_pick, pending, forming, data_mask, lost_pick, flags, rolls)| {
                 let (deposed, fresh, formed, failed_mask) = flags;
+                let (steady, down, revs, update, current, stalled_mask) = rolls;
                 // A fresh start: nothing runs and nothing is stored.
                 let per = if fresh {
                     vec![(0u8, false, false, 0u64, false, 0u64); 7]
+                } else if steady {
+                    (1..=7u64)
+                        .map(|id| match (id <= replicas, id == down) {
+                            (false, _) => (0u8, false, false, 0u64, false, 0u64),
+                            (true, false) => (1, true, true, 0, true, 1000),
+                            (true, true) => (1, down % 2 == 0, false, 0, true, 1000),
+                        })
+                        .collect()
                 } else {
                     per
+                };
+                let (pending, forming, lost_pick) = match steady {
+                    true => (false, false, 40),
+                    false => (pending, forming, lost_pick),
+                };
+                let revision = |r: u8| match r {
+                    1 => Some("old".to_string()),
+                    2 => Some("new".to_string()),
+                    _ => None,
                 };
                 // role: 0 absent, 1 voter, 2 learner, 3 left over (running, not a member)
                 let voters: BTreeSet<u64> =
@@ -543,6 +681,9 @@ fn any_state() -> impl Strategy<Value = (u64, Observed)> {
                         .collect(),
                     with_storage: (1..=7).filter(stored).collect(),
                     failed: (1..=7).filter(|id| failed_mask & (1 << id) != 0).collect(),
+                    update_revision: revision(update),
+                    current_revision: revision(current),
+                    stalled: (1..=7).filter(|id| stalled_mask & (1 << id) != 0).collect(),
                     ..Default::default()
                 };
                 // Sometimes a deposed leader of an older term still says it leads.
@@ -558,7 +699,9 @@ fn any_state() -> impl Strategy<Value = (u64, Observed)> {
                     if role == 0 || !running || !stored(&id) {
                         continue;
                     }
-                    obs.running.insert(id, listed(id, addr(id, generation)));
+                    let m = listed(id, addr(id, generation))
+                        .at_revision(revision(revs[id as usize - 1]));
+                    obs.running.insert(id, m);
                     // A member that runs has data.
                     obs.with_data.insert(id);
                     obs.with_storage.insert(id);
@@ -607,6 +750,12 @@ fn random_states_exercise_every_kind_of_step() {
             match &a {
                 Action::RemoveMember { id, .. } if *id <= replicas => kind = "RemoveLost".into(),
                 Action::Delete { id } if *id <= replicas => kind = "ReplaceFailed".into(),
+                Action::Restart { id } if obs.leader().is_some_and(|l| l.id == *id) => {
+                    kind = "RestartLeader".into()
+                }
+                Action::TransferLeader { via, .. } if *via <= replicas => {
+                    kind = "TransferForRollout".into()
+                }
                 Action::Create {
                     initial_voters: Some(_),
                     ..
@@ -627,6 +776,9 @@ fn random_states_exercise_every_kind_of_step() {
         "RemoveLost",
         "Delete",
         "ReplaceFailed",
+        "Restart",
+        "RestartLeader",
+        "TransferForRollout",
     ] {
         assert!(
             kinds.get(kind).copied().unwrap_or(0) >= 20,
@@ -672,6 +824,9 @@ proptest! {
             let l = leader.unwrap();
             obs.running.contains_key(id)
                 && obs.reports.get(id).is_some_and(|r| r.leader_id == l.id && r.term == l.term)
+        };
+        let caught_up = |id: &u64| {
+            healthy(id) && obs.reports[id].applied_index + 100 >= leader.unwrap().commit_index
         };
         for a in &p.actions {
             match a {
@@ -726,7 +881,38 @@ proptest! {
                     prop_assert!(lost || members.iter().all(|m| m <= id || desired.contains(m)));
                 }
                 Action::TransferLeader { via, to } => {
-                    prop_assert!(!desired.contains(via) && desired.contains(to) && healthy(to));
+                    prop_assert!(desired.contains(to) && healthy(to));
+                    if desired.contains(via) {
+                        // A rollout's: the leader goes last, once every other
+                        // member runs the new revision, healthy and caught up.
+                        let l = leader.unwrap();
+                        prop_assert!(obs.outdated(*via), "leadership moved from an updated leader");
+                        for v in l.voters.iter().filter(|v| *v != via) {
+                            prop_assert!(!obs.outdated(*v) && caught_up(v), "leader {} moved before {} was done", via, v);
+                        }
+                    }
+                }
+                Action::Restart { id } => {
+                    let l = leader.expect("restart without a leader");
+                    // Settled: no membership operation in flight, none beside it.
+                    prop_assert!(!l.conf_change_pending && l.learners.is_empty());
+                    prop_assert!(desired == l.voters, "restart during a scale operation");
+                    // Beside it only addresses and the deletion of processes
+                    // outside the membership, which take no member down.
+                    let beside = |a: &Action| match a {
+                        Action::PushAddresses { .. } => true,
+                        Action::Delete { id } => !l.voters.contains(id),
+                        other => other == &Action::Restart { id: *id },
+                    };
+                    prop_assert!(changes.is_empty() && p.actions.iter().all(beside),
+                        "a restart beside another step: {:?}", p.actions);
+                    prop_assert!(obs.outdated(*id), "restarted member {} already at the revision", id);
+                    // Never a second member down: every other is healthy and caught up.
+                    for v in l.voters.iter().filter(|v| *v != id) {
+                        prop_assert!(caught_up(v), "restarted {} while {} is not healthy and caught up", id, v);
+                    }
+                    // The leader last, and only when nobody can take over.
+                    prop_assert!(*id != l.id || l.voters.len() == 1, "restarted the leader {}", id);
                 }
                 Action::Delete { id } => {
                     let l = leader.expect("delete without a leader");
@@ -739,6 +925,8 @@ proptest! {
                         // else in flight, and a healthy quorum holds without it.
                         prop_assert!(obs.failed.contains(id) && !healthy(id) && *id != l.id,
                             "deleted member {} still in the membership", id);
+                        prop_assert!(!obs.rolling() || obs.outdated(*id),
+                            "replaced member {} failing at the new revision", id);
                         prop_assert!(l.learners.is_empty() && desired.iter().all(|d| l.voters.contains(d)),
                             "replacement while another operation is in flight");
                         let replaced = p.actions.iter().filter(|a| matches!(a, Action::Delete { id }

@@ -103,6 +103,16 @@ impl Target for ControlPlaneTarget {
         Ok(())
     }
 
+    /// The process kubelet maps an image to a binary by name, whatever
+    /// the tag: another tag runs raft-node; an unknown name never starts.
+    async fn rollout_image(&mut self, works: bool) -> anyhow::Result<String> {
+        Ok(match works {
+            true => "raftlane/raft-node:e2e-next",
+            false => "raftlane/raft-node-broken:e2e",
+        }
+        .into())
+    }
+
     /// Not here yet: a pod's volume is not this process's to break.
     async fn break_member(&mut self, id: u64) -> anyhow::Result<()> {
         anyhow::bail!("break_member({id}): not supported by this target")

@@ -17,6 +17,8 @@ use crate::wait_for;
 const DEFAULT_CLUSTER: &str = "raftlane-e2e";
 const TOOLS: [&str; 4] = ["kind", "docker", "kubectl", "helm"];
 const NODE_IMAGE: &str = "raftlane/raft-node:e2e";
+/// The same image under a second tag: a rolling update's new revision.
+pub const NODE_IMAGE_NEXT: &str = "raftlane/raft-node:e2e-next";
 const OPERATOR_IMAGE: &str = "raftlane/raft-operator:e2e";
 /// The chart's release; its Deployment carries `app.kubernetes.io/instance=<it>`.
 const RELEASE: &str = "raft-operator";
@@ -166,9 +168,18 @@ impl KindEnv {
     }
 
     fn load_images(&self) -> anyhow::Result<()> {
+        let mut tag = Command::new("docker");
+        tag.args(["tag", NODE_IMAGE, NODE_IMAGE_NEXT]);
+        run_shown(&mut tag, CLUSTER_CHANGE)?;
         let mut load = Command::new("kind");
-        load.args(["load", "docker-image", NODE_IMAGE, OPERATOR_IMAGE])
-            .args(["--name", &self.cluster]);
+        load.args([
+            "load",
+            "docker-image",
+            NODE_IMAGE,
+            NODE_IMAGE_NEXT,
+            OPERATOR_IMAGE,
+        ])
+        .args(["--name", &self.cluster]);
         run_shown(&mut load, CLUSTER_CHANGE)
     }
 

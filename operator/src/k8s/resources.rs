@@ -17,6 +17,7 @@ use serde_json::json;
 
 use crate::certs::{self, Ca, Leaf, StoredLeaf};
 use crate::crd::{IssuerRef, RaftCluster, Retention};
+use crate::revision;
 use crate::runtime::launch::{Launch, Listen, Transport};
 
 pub const PEER_PORT: u16 = 7000;
@@ -31,6 +32,9 @@ pub const MEMBER_ID_LABEL: &str = "raftlane.io/member-id";
 pub const CLUSTER_UID_LABEL: &str = "raftlane.io/cluster-uid";
 /// Set on a PVC whose member left: it is kept (retention) but never reused.
 pub const RETIRED_LABEL: &str = "raftlane.io/retired";
+/// On a member Pod: the spec revision it was created at (see
+/// [`crate::revision`]); a Pod at another revision is rolled.
+pub const REVISION_LABEL: &str = "raftlane.io/revision";
 /// Set on a volume once its member has answered: it holds raft state.
 pub const HOLDS_STATE_ANNOTATION: &str = "raftlane.io/holds-state";
 /// The raft-node container of a member pod.
@@ -461,12 +465,14 @@ pub fn member_pod(
             "failureThreshold": failures,
         })
     };
+    let mut pod_labels = member_labels(rc, id);
+    pod_labels.insert(REVISION_LABEL.into(), revision::of(spec));
     let mut pod = json!({
         "apiVersion": "v1",
         "kind": "Pod",
         "metadata": {
             "name": pod_name(&name, id),
-            "labels": member_labels(rc, id),
+            "labels": pod_labels,
             "ownerReferences": owner(rc),
         },
         "spec": {

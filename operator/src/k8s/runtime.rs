@@ -19,7 +19,7 @@ use crate::crd::{RaftCluster, Retention};
 use crate::k8s::resources::{
     leaf_secret_name, member_pod, pod_name, selector, volume_claim, ADMIN_PORT, CLIENT_PORT,
     CLUSTER_UID_LABEL, CONTAINER, HOLDS_STATE_ANNOTATION, MEMBER_ID_LABEL, PEER_PORT,
-    RETIRED_LABEL,
+    RETIRED_LABEL, REVISION_LABEL,
 };
 use crate::plan::Member;
 use crate::runtime::{Runtime, WIPED_EXIT_CODE};
@@ -260,15 +260,16 @@ impl Runtime for KubeRuntime {
                         ip
                     }
                 });
-            members.push(match ip {
+            let member = match ip {
                 Some(ip) => Member::at(
                     id,
                     format!("{ip}:{PEER_PORT}"),
                     format!("{ip}:{CLIENT_PORT}"),
                     format!("{ip}:{ADMIN_PORT}"),
                 ),
-                None => Member { id, addrs: None },
-            });
+                None => Member::unreachable(id),
+            };
+            members.push(member.at_revision(pod.labels().get(REVISION_LABEL).cloned()));
         }
         Ok(members)
     }
@@ -305,7 +306,7 @@ impl Runtime for KubeRuntime {
                 r?;
             }
         }
-        Ok(Member { id, addrs: None })
+        Ok(Member::unreachable(id))
     }
 
     async fn delete(&mut self, id: u64) -> anyhow::Result<()> {
@@ -325,6 +326,14 @@ impl Runtime for KubeRuntime {
             delete_gone(&self.secrets, &secret).await?;
         }
         Ok(())
+    }
+
+    /// Deletes the pod (gracefully: raft-node stops on SIGTERM) and keeps
+    /// its volume: the next pass finds the member missing and creates its
+    /// pod again from the spec as it is now.
+    async fn restart(&mut self, id: u64, _peers: &BTreeMap<u64, String>) -> anyhow::Result<Member> {
+        delete_gone(&self.pods, &pod_name(&self.cluster.name_any(), id)).await?;
+        Ok(Member::unreachable(id))
     }
 
     /// Marks the volumes of members that answered as holding state, once each

@@ -28,8 +28,9 @@ use raftlane_tls::{Dialer, TlsSource};
 use super::launch::{Launch, Listen, Transport};
 use super::{Runtime, WIPED_EXIT_CODE};
 use crate::certs::{self, Ca, CaChange, Leaf, Stored, StoredLeaf};
-use crate::crd::{RaftSettings, TlsSpec, MAX_REPLICAS};
+use crate::crd::{RaftClusterSpec, RaftSettings, MAX_REPLICAS};
 use crate::plan::Member;
+use crate::revision;
 
 /// The certificates of a local cluster, as PEM files under `<state>/tls/`:
 /// ca.crt, ca.key, trust.crt (what members trust: the CA, and the previous
@@ -317,13 +318,31 @@ struct Record {
     client: String,
     admin: String,
     metrics: String,
+    /// The spec revision it was started at.
+    #[serde(default)]
+    revision: Option<String>,
+}
+
+/// The raft-node binary a spec's `image` names locally: a path (starting
+/// with `/` or `.`) is the binary itself; anything else, a container image
+/// name, means `default` (raft-operator's `--node-bin`).
+pub fn node_binary(image: &str, default: &Path) -> PathBuf {
+    if image.starts_with('/') || image.starts_with('.') {
+        PathBuf::from(image)
+    } else {
+        default.to_path_buf()
+    }
 }
 
 pub struct LocalRuntime {
     dir: PathBuf,
     cluster_id: String,
+    /// `--node-bin`: what a spec without a binary path runs.
+    default_bin: PathBuf,
+    /// What members are started with now (see [`LocalRuntime::set_spec`]).
     node_bin: PathBuf,
     raft: RaftSettings,
+    revision: String,
     /// The cluster's certificates; none when the spec turns TLS off.
     tls: Option<LocalTls>,
     /// Processes this operator started (so they can be reaped).
@@ -403,30 +422,46 @@ fn alive(pid: u32) -> bool {
 
 impl LocalRuntime {
     /// Members of cluster `cluster_id` live under `dir`, with certificates
-    /// under `dir/tls` unless `tls.enabled` is false.
+    /// under `dir/tls` unless `spec.tls.enabled` is false; `default_bin` is
+    /// raft-node unless `spec.image` names a binary.
     pub fn new(
         dir: &Path,
         cluster_id: &str,
-        node_bin: PathBuf,
-        raft: RaftSettings,
-        tls: &TlsSpec,
+        default_bin: PathBuf,
+        spec: &RaftClusterSpec,
     ) -> anyhow::Result<LocalRuntime> {
         fs::create_dir_all(dir).with_context(|| format!("state dir {}", dir.display()))?;
-        anyhow::ensure!(
-            node_bin.exists(),
-            "raft-node binary not found at {}",
-            node_bin.display()
-        );
-        Ok(LocalRuntime {
+        let tls = &spec.tls;
+        let mut rt = LocalRuntime {
             dir: dir.to_path_buf(),
             cluster_id: cluster_id.to_string(),
-            node_bin,
-            raft,
+            node_bin: default_bin.clone(),
+            default_bin,
+            raft: spec.raft.clone(),
+            revision: revision::of(spec),
             tls: tls
                 .enabled
                 .then(|| LocalTls::new(dir, cluster_id, tls.client_auth)),
             children: BTreeMap::new(),
-        })
+        };
+        rt.set_spec(spec)?;
+        Ok(rt)
+    }
+
+    /// Members started from now on run as `spec` says (binary, raft
+    /// settings) and are recorded at its revision. Refused, with the last
+    /// spec kept, when the binary it names does not exist.
+    pub fn set_spec(&mut self, spec: &RaftClusterSpec) -> anyhow::Result<()> {
+        let bin = node_binary(&spec.image, &self.default_bin);
+        anyhow::ensure!(
+            bin.is_file(),
+            "spec.image: raft-node binary not found at {}",
+            bin.display()
+        );
+        self.node_bin = bin;
+        self.raft = spec.raft.clone();
+        self.revision = revision::of(spec);
+        Ok(())
     }
 
     /// The certificates, unless TLS is off.
@@ -625,7 +660,7 @@ impl Runtime for LocalRuntime {
             .records()?
             .into_iter()
             .filter(|(_, r)| r.pid.is_some_and(alive))
-            .map(|(id, r)| Member::at(id, r.peer, r.client, r.admin))
+            .map(|(id, r)| Member::at(id, r.peer, r.client, r.admin).at_revision(r.revision))
             .collect())
     }
 
@@ -687,6 +722,7 @@ impl Runtime for LocalRuntime {
             client: addr(rec_addrs[1]),
             admin: addr(rec_addrs[2]),
             metrics: addr(rec_addrs[3]),
+            revision: Some(self.revision.clone()),
         };
         self.write_record(id, &rec)?;
         let mut cmd = Command::new(&self.node_bin);
@@ -706,7 +742,19 @@ impl Runtime for LocalRuntime {
         rec.pid = Some(child.id());
         self.children.insert(id, child);
         self.write_record(id, &rec)?;
-        Ok(Member::at(id, rec.peer, rec.client, rec.admin))
+        Ok(Member::at(id, rec.peer, rec.client, rec.admin).at_revision(rec.revision))
+    }
+
+    /// Stops the process (SIGTERM, waited for) and starts it again on its
+    /// data dir, on new ports, with the spec as it is now.
+    async fn restart(&mut self, id: u64, peers: &BTreeMap<u64, String>) -> anyhow::Result<Member> {
+        if let Some(pid) = self.records()?.get(&id).and_then(|r| r.pid) {
+            stop(pid).await;
+        }
+        if let Some(mut c) = self.children.remove(&id) {
+            let _ = c.wait();
+        }
+        self.create(id, None, peers).await
     }
 
     async fn delete(&mut self, id: u64) -> anyhow::Result<()> {
@@ -782,14 +830,8 @@ mod tests {
     }
 
     fn runtime(dir: &Path) -> LocalRuntime {
-        LocalRuntime::new(
-            dir,
-            "c",
-            node_bin(),
-            RaftSettings::default(),
-            &TlsSpec::default(),
-        )
-        .unwrap()
+        let spec = serde_json::from_value(serde_json::json!({"replicas": 3})).unwrap();
+        LocalRuntime::new(dir, "c", node_bin(), &spec).unwrap()
     }
 
     /// Observes as a pass does (list, then record which members hold state)

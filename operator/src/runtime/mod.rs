@@ -30,6 +30,11 @@ pub trait Runtime {
     ) -> anyhow::Result<Member>;
     /// Stops member `id` (it has left the membership) and retires its data.
     async fn delete(&mut self, id: u64) -> anyhow::Result<()>;
+    /// Stops member `id` and starts it again on its data, at the spec's
+    /// revision (a rolling update step). A runtime that cannot start it at
+    /// once (a pod must be gone before it is created again) returns it
+    /// unreachable; the next pass recreates it as a missing member.
+    async fn restart(&mut self, id: u64, peers: &BTreeMap<u64, String>) -> anyhow::Result<Member>;
     /// Records, once per member, that the storage of members that answered
     /// holds raft state (raft-node writes its log before it can answer), so
     /// that they are started with `--expect-state` from then on.
