@@ -135,6 +135,21 @@ async fn scenarios_on_control_plane() {
         .unwrap();
     eprintln!("checked: paused, a deleted follower pod stays gone for 6 s; unpaused, it is back");
 
+    let (took, writes) = scenarios::rolling_update_under_writes(&mut t, 3, &keys)
+        .await
+        .unwrap();
+    eprintln!(
+        "measured: rolling update of 3 member pods under writes: {took:?} ({} writes acknowledged, {} retried)",
+        writes.acked.len(),
+        writes.retried
+    );
+    let took = scenarios::failed_rollout_stops_and_resumes_after_revert(&mut t, &keys)
+        .await
+        .unwrap();
+    eprintln!(
+        "measured: failed rollout (unknown image) reverted to all pods healthy again: {took:?}"
+    );
+
     let took = scenarios::lost_member_rejoins_empty(&mut t, &keys)
         .await
         .unwrap();

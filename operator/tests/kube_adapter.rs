@@ -826,6 +826,105 @@ async fn a_paused_cluster_is_read_and_its_status_written_and_nothing_else() {
 }
 
 #[tokio::test]
+async fn a_rolling_update_step_recreates_one_follower_pod_on_its_volume_at_the_new_revision() {
+    let (api, ctx, mut members) = running_cluster(3).await;
+    let leader = members.wait_leader(&members.ip(1, 0)).await;
+    // The highest follower goes first.
+    let id = (1..=3u64).rev().find(|id| *id != leader).unwrap();
+    let pod = format!("demo-{}", id - 1);
+    let old_revision =
+        api.get(&pods_path(), &pod).unwrap()["metadata"]["labels"]["raftlane.io/revision"].clone();
+    api.update(&clusters_path(), "demo", |rc| {
+        rc["spec"]["image"] = json!("registry.example/raft-node:next");
+        rc["metadata"]["generation"] = json!(2);
+    });
+
+    // Step 1: that member's pod alone is deleted; its volume and its
+    // certificate stay, nothing else is written but events and status.
+    let (_, calls) = pass(&api, &ctx).await;
+    assert_eq!(lines(&calls[..8]), reads());
+    let writes: Vec<String> = calls[8..]
+        .iter()
+        .filter(|c| !c.path.starts_with(&events_path()))
+        .map(Call::line)
+        .collect();
+    assert_eq!(
+        writes,
+        [
+            format!("DELETE {}/{pod}", pods_path()),
+            format!("PATCH {}/demo/status", clusters_path()),
+        ]
+    );
+    assert_eq!(event_reasons(&calls), ["Waiting", "MemberRestarted"]);
+    let status = &calls.last().unwrap().body["status"];
+    assert_eq!(status["currentRevision"], old_revision);
+    assert_ne!(status["updateRevision"], old_revision);
+    let progressing = status["conditions"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|c| c["type"] == "Progressing")
+        .unwrap();
+    assert_eq!(progressing["reason"], "RollingUpdate");
+
+    // Step 2: the pod is gone; it is created again on the same volume, with
+    // the new image and revision, and no new volume.
+    let (_, calls) = pass(&api, &ctx).await;
+    let posts: Vec<&Call> = calls
+        .iter()
+        .filter(|c| c.method == "POST" && c.path != events_path())
+        .collect();
+    assert_eq!(posts.len(), 1, "{:?}", lines(&calls));
+    let created = &posts[0].body;
+    assert_eq!(posts[0].path, pods_path());
+    assert_eq!(created["metadata"]["name"], pod.as_str());
+    assert_eq!(
+        created["spec"]["containers"][0]["image"],
+        "registry.example/raft-node:next"
+    );
+    assert_eq!(
+        created["metadata"]["labels"]["raftlane.io/revision"],
+        status["updateRevision"]
+    );
+    assert_eq!(
+        created["spec"]["volumes"][0]["persistentVolumeClaim"]["claimName"],
+        format!("data-demo-{}-seed", id - 1)
+    );
+    assert!(!calls.iter().any(|c| c.method == "DELETE"));
+
+    // The kubelet runs it on its data at a new IP; the next member goes only
+    // after its peers learned that address, and it is a follower, not the
+    // leader.
+    let new_ip = members.ip(id, 1);
+    let peers: Vec<(u64, String)> = (1..=3u64)
+        .filter(|p| *p != id)
+        .map(|p| (p, members.peer(&members.ip(p, 0))))
+        .collect();
+    members.start(id, &new_ip, &[], &peers);
+    api.update(&pods_path(), &pod, |p| {
+        p["metadata"]["namespace"] = json!(NS);
+        p["metadata"]["uid"] = json!(format!("pod-{id}-rolled"));
+        p["status"] = json!({"phase": "Running", "podIP": new_ip});
+    });
+    let passes = passes_until(&api, &ctx, |_, calls| {
+        calls.iter().any(|c| c.method == "DELETE")
+    })
+    .await;
+    let all: Vec<&Call> = passes.iter().flatten().collect();
+    let pushed = all
+        .iter()
+        .position(|c| c.body["reason"] == "AddressesPushed")
+        .expect("the new address pushed");
+    let deleted = all.iter().position(|c| c.method == "DELETE").unwrap();
+    assert!(pushed < deleted, "the next restart before the peers knew");
+    let next = (1..=3u64).rev().find(|p| *p != leader && *p != id).unwrap();
+    assert_eq!(
+        all[deleted].line(),
+        format!("DELETE {}/demo-{}", pods_path(), next - 1)
+    );
+}
+
+#[tokio::test]
 async fn a_volume_refused_as_wiped_is_retired_only_once_the_cluster_resumes() {
     let (api, ctx, mut members) = running_cluster(3).await;
     api.update(&clusters_path(), "demo", |rc| {
