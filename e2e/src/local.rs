@@ -190,7 +190,12 @@ impl Target for LocalTarget {
         let rec = self
             .record(id)?
             .with_context(|| format!("member {id} has no record"))?;
-        Ok(rec["admin"].as_str().context("admin address")?.to_string())
+        // Members bind their own ports: the record has them once the
+        // operator read what raft-node reported (callers poll until then).
+        match rec["admin"].as_str() {
+            Some(a) => Ok(a.to_string()),
+            None => anyhow::bail!("member {id} has no address yet"),
+        }
     }
 
     async fn dialer_for(&self, user: &str) -> anyhow::Result<Dialer> {

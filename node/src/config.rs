@@ -30,22 +30,30 @@ pub struct NodeConfig {
     /// Where the raft log and snapshots live.
     #[arg(long, env = "RAFTLANE_DATA_DIR")]
     pub data_dir: PathBuf,
-    /// Listen address of the peer transport.
+    /// Listen address of the peer transport. Port 0 binds a port the OS picks
+    /// (see --addrs-file).
     #[arg(long, env = "RAFTLANE_PEER_ADDR")]
     pub peer_addr: SocketAddr,
     /// The peer address others should use, when it differs from --peer-addr
-    /// (e.g. listening on 0.0.0.0). Defaults to --peer-addr.
+    /// (e.g. listening on 0.0.0.0); never port 0. Defaults to the address the
+    /// peer port is bound to.
     #[arg(long, env = "RAFTLANE_ADVERTISE_ADDR", value_parser = peer_addr)]
     pub advertise_addr: Option<String>,
-    /// Listen address of the key-value API.
+    /// Listen address of the key-value API (port 0: one the OS picks).
     #[arg(long, env = "RAFTLANE_CLIENT_ADDR")]
     pub client_addr: SocketAddr,
-    /// Listen address of the admin API.
+    /// Listen address of the admin API (port 0: one the OS picks).
     #[arg(long, env = "RAFTLANE_ADMIN_ADDR")]
     pub admin_addr: SocketAddr,
-    /// Listen address of /metrics, /healthz and /readyz.
+    /// Listen address of /metrics, /healthz and /readyz (port 0: one the OS picks).
     #[arg(long, env = "RAFTLANE_METRICS_ADDR")]
     pub metrics_addr: SocketAddr,
+    /// Once every port is bound, and before any is served, the bound addresses
+    /// are written here as JSON, {"peer", "client", "admin", "metrics"}
+    /// (whole: a temporary file in the same folder, fsynced, renamed in).
+    /// How whoever started this member learns ports it asked for as port 0.
+    #[arg(long, env = "RAFTLANE_ADDRS_FILE")]
+    pub addrs_file: Option<PathBuf>,
     /// Voters of a new cluster (bootstraps only an empty data dir). Without it the
     /// member starts empty and waits to be added as a learner.
     #[arg(long, env = "RAFTLANE_INITIAL_VOTERS", value_delimiter = ',',
@@ -213,13 +221,21 @@ impl NodeConfig {
                 }
             }
         }
+        if let Some(p) = &self.addrs_file {
+            if p.file_name().is_none() || p.as_os_str().to_string_lossy().ends_with('/') {
+                return Err(format!("--addrs-file {}: not a file path", p.display()));
+            }
+        }
         Ok(())
     }
 
-    pub fn advertise(&self) -> String {
+    /// The peer address others should use: --advertise-addr, else `bound`,
+    /// the address the peer port was bound to (its real port when
+    /// --peer-addr asked for port 0).
+    pub fn advertise(&self, bound: SocketAddr) -> String {
         self.advertise_addr
             .clone()
-            .unwrap_or_else(|| self.peer_addr.to_string())
+            .unwrap_or_else(|| bound.to_string())
     }
 
     pub fn ms(v: u64) -> Duration {
@@ -292,6 +308,9 @@ mod tests {
             (&["--admin-addr", "127.0.0.1:2"][..], "--client-addr"),
             (&["--lanes", "3"][..], "--lanes"),
             (&["--transport", "udp"][..], "--transport"),
+            (&["--advertise-addr", "127.0.0.1:0"][..], "--advertise-addr"),
+            (&["--addrs-file", "/tmp/"][..], "--addrs-file"),
+            (&["--addrs-file", ""][..], "--addrs-file"),
         ] {
             let err = parse(extra).unwrap_err();
             assert!(err.contains(flag), "{extra:?}: {err}");
@@ -300,6 +319,36 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(err.contains("--id"), "{err}");
+    }
+
+    #[test]
+    fn listen_addresses_may_ask_for_port_0_and_the_bound_peer_address_is_advertised() {
+        let args = BASE
+            .iter()
+            .map(|a| match a.strip_prefix("127.0.0.1:") {
+                Some(_) => "127.0.0.1:0",
+                None => a,
+            })
+            .chain(["--addrs-file", "/tmp/x.addrs"]);
+        let c = NodeConfig::try_parse_from(args).unwrap();
+        c.validate().expect("every port may be 0");
+        assert_eq!(
+            c.addrs_file.as_deref(),
+            Some(std::path::Path::new("/tmp/x.addrs"))
+        );
+        let bound: SocketAddr = "127.0.0.1:4242".parse().unwrap();
+        assert_eq!(c.advertise(bound), "127.0.0.1:4242");
+        let c = parse(&["--advertise-addr", "m-1.svc:7000"]).unwrap();
+        assert_eq!(c.advertise(bound), "m-1.svc:7000");
+        let cmd = <NodeConfig as clap::CommandFactory>::command();
+        let arg = cmd
+            .get_arguments()
+            .find(|a| a.get_long() == Some("addrs-file"))
+            .unwrap();
+        assert_eq!(
+            arg.get_env().and_then(|e| e.to_str()),
+            Some("RAFTLANE_ADDRS_FILE")
+        );
     }
 
     #[test]

@@ -35,10 +35,56 @@ const CONNECTION_WINDOW: u32 = 64 << 20;
 /// HTTP/2 streams one connection may hold open on the peer port.
 const MAX_PEER_STREAMS: u32 = 1024;
 
-async fn bind(flag: &str, addr: SocketAddr) -> anyhow::Result<TcpListener> {
-    TcpListener::bind(addr)
+/// Binds `addr` (port 0: a port the OS picks); returns the listener and the
+/// address it is bound to.
+async fn bind(flag: &str, addr: SocketAddr) -> anyhow::Result<(TcpListener, SocketAddr)> {
+    let l = TcpListener::bind(addr)
         .await
-        .with_context(|| format!("{flag} {addr}: cannot listen"))
+        .with_context(|| format!("{flag} {addr}: cannot listen"))?;
+    let bound = l
+        .local_addr()
+        .with_context(|| format!("{flag} {addr}: no bound address"))?;
+    Ok((l, bound))
+}
+
+/// Where the four ports are bound (their real ports, whatever the flags asked).
+#[derive(Clone, Copy, Debug)]
+pub struct Bound {
+    pub peer: SocketAddr,
+    pub client: SocketAddr,
+    pub admin: SocketAddr,
+    pub metrics: SocketAddr,
+}
+
+/// Writes `bound` to `path` (`--addrs-file`) as JSON, whole: a temporary file
+/// in the same folder, fsynced, renamed in, the folder fsynced. A reader sees
+/// the previous file or this one, never part of one.
+pub fn write_addrs_file(path: &std::path::Path, bound: &Bound) -> anyhow::Result<()> {
+    use std::io::Write;
+    let what = || format!("--addrs-file {}: cannot write", path.display());
+    let body = serde_json::to_vec(&serde_json::json!({
+        "peer": bound.peer.to_string(),
+        "client": bound.client.to_string(),
+        "admin": bound.admin.to_string(),
+        "metrics": bound.metrics.to_string(),
+    }))?;
+    let name = path.file_name().with_context(what)?;
+    let mut tmp_name = std::ffi::OsString::from(".");
+    tmp_name.push(name);
+    tmp_name.push(".tmp");
+    let tmp = path.with_file_name(tmp_name);
+    let mut f = std::fs::File::create(&tmp).with_context(what)?;
+    f.write_all(&body).with_context(what)?;
+    f.sync_all().with_context(what)?;
+    std::fs::rename(&tmp, path).with_context(what)?;
+    let dir = match path.parent() {
+        Some(d) if !d.as_os_str().is_empty() => d,
+        _ => std::path::Path::new("."),
+    };
+    std::fs::File::open(dir)
+        .and_then(|d| d.sync_all())
+        .with_context(what)?;
+    Ok(())
 }
 
 /// Opens storage, bootstrapping a new cluster or waiting to join, per the flags.
@@ -110,10 +156,17 @@ fn open_storage(cfg: &NodeConfig) -> anyhow::Result<(LogStore, SnapshotStore)> {
 
 pub async fn run(cfg: NodeConfig) -> anyhow::Result<()> {
     // Bind first: a taken port fails at once, naming its flag.
-    let peer_l = bind("--peer-addr", cfg.peer_addr).await?;
-    let client_l = bind("--client-addr", cfg.client_addr).await?;
-    let admin_l = bind("--admin-addr", cfg.admin_addr).await?;
-    let metrics_l = bind("--metrics-addr", cfg.metrics_addr).await?;
+    // Port 0 binds a port the OS picks: `bound` has the real ones.
+    let (peer_l, peer_at) = bind("--peer-addr", cfg.peer_addr).await?;
+    let (client_l, client_at) = bind("--client-addr", cfg.client_addr).await?;
+    let (admin_l, admin_at) = bind("--admin-addr", cfg.admin_addr).await?;
+    let (metrics_l, metrics_at) = bind("--metrics-addr", cfg.metrics_addr).await?;
+    let bound = Bound {
+        peer: peer_at,
+        client: client_at,
+        admin: admin_at,
+        metrics: metrics_at,
+    };
     let tls = crate::tls::open(&cfg)?;
     let (store, snapshots) = open_storage(&cfg)?;
 
@@ -128,7 +181,7 @@ pub async fn run(cfg: NodeConfig) -> anyhow::Result<()> {
         GrpcConfig {
             cluster_id: cfg.cluster_id.clone(),
             id: cfg.id,
-            advertise_addr: cfg.advertise(),
+            advertise_addr: cfg.advertise(bound.peer),
             send_timeout: NodeConfig::ms(cfg.send_timeout_ms),
             max_inflight: cfg.max_inflight as usize,
             lanes: cfg.lanes,
@@ -237,6 +290,10 @@ pub async fn run(cfg: NodeConfig) -> anyhow::Result<()> {
             shutdown.clone().cancelled_owned(),
         );
 
+    // Written before any port is served: whoever reads it can connect at once.
+    if let Some(path) = &cfg.addrs_file {
+        write_addrs_file(path, &bound)?;
+    }
     let loop_task = tokio::spawn(raft_loop.run(
         inbox_rx,
         req_rx,
@@ -256,10 +313,10 @@ pub async fn run(cfg: NodeConfig) -> anyhow::Result<()> {
     tracing::info!(
         id = cfg.id,
         cluster = %cfg.cluster_id,
-        peer = %cfg.peer_addr,
-        client = %cfg.client_addr,
-        admin = %cfg.admin_addr,
-        metrics = %cfg.metrics_addr,
+        peer = %bound.peer,
+        client = %bound.client,
+        admin = %bound.admin,
+        metrics = %bound.metrics,
         tls = tls.is_some(),
         "raft-node started"
     );

@@ -442,6 +442,7 @@ pub fn member_pod(
         peers: &peers,
         initial_voters,
         expect_state,
+        addrs_file: None,
         raft: &spec.raft,
         transport: match spec.tls.enabled {
             true => Transport::Tls {

@@ -38,7 +38,9 @@ impl Setting {
 }
 
 /// Where a member listens, and the peer address it gives others when that is
-/// not its listen address (listening on `[::]` in a pod).
+/// not its listen address (listening on `[::]` in a pod). A port may be 0:
+/// raft-node binds one the OS picks and reports it in [`Launch::addrs_file`]
+/// (and advertises the bound peer address unless `advertise` is set).
 pub struct Listen {
     pub peer: String,
     pub client: String,
@@ -75,6 +77,9 @@ pub struct Launch<'a> {
     /// Set once the member's storage has held state: raft-node then refuses
     /// an empty data dir (a wiped volume) instead of rejoining empty.
     pub expect_state: bool,
+    /// Where raft-node writes the addresses it bound, once it has (how ports
+    /// asked for as 0 are learned): only the local runtime sets it.
+    pub addrs_file: Option<String>,
     pub raft: &'a RaftSettings,
     pub transport: Transport,
 }
@@ -118,6 +123,9 @@ impl Launch<'_> {
         }
         if self.expect_state {
             out.push(Setting::switch("expect-state"));
+        }
+        if let Some(f) = &self.addrs_file {
+            out.push(Setting::new("addrs-file", f));
         }
         match &self.transport {
             Transport::Tls {
@@ -184,6 +192,7 @@ mod tests {
             peers,
             initial_voters: Some(voters),
             expect_state: true,
+            addrs_file: Some("/state/member-2.addrs".into()),
             raft,
             transport: Transport::Tls {
                 cert: "/tls/tls.crt".into(),
@@ -243,7 +252,14 @@ mod tests {
             "its own entry is skipped"
         );
         assert!(cfg.expect_state);
-        assert_eq!(cfg.advertise(), "demo-1.demo-peers.ns.svc:7000");
+        assert_eq!(
+            cfg.advertise(cfg.peer_addr),
+            "demo-1.demo-peers.ns.svc:7000"
+        );
+        assert_eq!(
+            cfg.addrs_file.as_deref(),
+            Some(std::path::Path::new("/state/member-2.addrs"))
+        );
         assert_eq!(cfg.snapshot_entries, raft.snapshot_entries);
         assert_eq!(
             cfg.tls_cert.as_deref(),
@@ -288,6 +304,9 @@ mod tests {
             .iter()
             .all(|(k, _)| k != "RAFTLANE_PEERS" && k != "RAFTLANE_INITIAL_VOTERS"));
         launch.expect_state = false;
-        assert!(!launch.args().contains(&"--expect-state".to_string()));
+        launch.addrs_file = None;
+        let args = launch.args();
+        assert!(!args.contains(&"--expect-state".to_string()));
+        assert!(!args.contains(&"--addrs-file".to_string()), "{args:?}");
     }
 }

@@ -1,10 +1,13 @@
 //! The local runtime: members are `raft-node` processes on this machine, member
-//! `id` on 127.0.0.`id` with ports picked free at each start, data and logs under
-//! the state folder. A member that exits is started again on fresh ports with
+//! `id` on 127.0.0.`id`, data and logs under the state folder. Each start asks
+//! for port 0 everywhere: raft-node binds ports the OS picks (no port is probed
+//! and released first, for another process to take) and writes them to
+//! `member-<id>.addrs` before serving; until then the member is listed without
+//! an address. A member that exits is started again on fresh ports with
 //! its id and data, as a rescheduled pod comes back on a new IP. What a member
 //! runs as is recorded in `member-<id>.json`, written before the process is
-//! started, so a restarted operator adopts the processes it left running
-//! instead of starting them twice. A member deleted
+//! started (its addresses added once known), so a restarted operator adopts
+//! the processes it left running instead of starting them twice. A member deleted
 //! after leaving the membership has its data dir retired (renamed, kept).
 //!
 //! Once a member's data dir is seen holding raft state, `member-<id>.holds-state`
@@ -15,7 +18,6 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::fs;
-use std::net::TcpListener;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 
@@ -307,6 +309,16 @@ impl LocalTls {
     }
 }
 
+/// Where a started member listens: what raft-node writes to its addrs file
+/// (`--addrs-file`), and what its record holds once that was read.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
+struct Bound {
+    peer: String,
+    client: String,
+    admin: String,
+    metrics: String,
+}
+
 /// What is recorded of a started member.
 #[derive(Serialize, Deserialize, Clone, Debug)]
 struct Record {
@@ -314,10 +326,10 @@ struct Record {
     /// the pid right after it (see [`LocalRuntime::settle`]).
     #[serde(default)]
     pid: Option<u32>,
-    peer: String,
-    client: String,
-    admin: String,
-    metrics: String,
+    /// Its addresses, as fields `peer`, `client`, `admin` and `metrics`;
+    /// absent until raft-node wrote its addrs file and a `list` read it.
+    #[serde(flatten)]
+    addrs: Option<Bound>,
     /// The spec revision it was started at.
     #[serde(default)]
     revision: Option<String>,
@@ -349,13 +361,6 @@ pub struct LocalRuntime {
     children: BTreeMap<u64, Child>,
 }
 
-fn free_port(ip: &str) -> anyhow::Result<u16> {
-    Ok(TcpListener::bind((ip, 0))
-        .with_context(|| format!("no free port on {ip}"))?
-        .local_addr()?
-        .port())
-}
-
 /// True when raft-node has written its log under the data dir `data` (it does
 /// before it can answer or join); raft-node's `--expect-state` asks the same.
 fn has_raft_state(data: &Path) -> bool {
@@ -385,17 +390,17 @@ fn remove_if_present(path: &Path) -> anyhow::Result<()> {
         .with_context(|| format!("removing {}", path.display()))
 }
 
-/// The live raft-node process started with data dir `data` and peer address
-/// `peer`, if there is one: what a record without a pid was written for.
-fn find_started(data: &str, peer: &str) -> Option<u32> {
-    let started_as = |argv: &[&str]| {
-        let has = |flag: &str, value: &str| argv.windows(2).any(|w| w == [flag, value]);
-        has("--data-dir", data) && has("--peer-addr", peer)
-    };
+/// The live raft-node process started with data dir `data`, if there is one:
+/// what a record without a pid was written for. Only one raft-node runs on a
+/// data dir: it locks its raft log (`<data>/raft/LOCK`), and a second one
+/// exits after waiting a while for that lock. In that while both exist, so
+/// the newest start is taken: a record is written for the latest start.
+fn find_started(data: &str) -> Option<u32> {
+    let started_as = |argv: &[&str]| argv.windows(2).any(|w| w == ["--data-dir", data]);
     fs::read_dir("/proc")
         .ok()?
         .filter_map(|e| e.ok()?.file_name().to_str()?.parse::<u32>().ok())
-        .find(|&pid| {
+        .filter(|&pid| {
             fs::read(format!("/proc/{pid}/cmdline")).is_ok_and(|c| {
                 let argv: Vec<&str> = std::str::from_utf8(&c)
                     .unwrap_or_default()
@@ -404,6 +409,20 @@ fn find_started(data: &str, peer: &str) -> Option<u32> {
                 started_as(&argv)
             }) && alive(pid)
         })
+        .max_by_key(|&pid| (started_at(pid), pid))
+}
+
+/// When process `pid` started, in clock ticks since boot (`/proc/<pid>/stat`
+/// field 22).
+fn started_at(pid: u32) -> Option<u64> {
+    let stat = fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    // Fields after the command (which may hold spaces) start at field 3.
+    stat.rsplit_once(')')?
+        .1
+        .split_whitespace()
+        .nth(22 - 3)?
+        .parse()
+        .ok()
 }
 
 /// True when `pid` is a live raft-node process (not a reused pid).
@@ -486,6 +505,23 @@ impl LocalRuntime {
         self.dir.join(format!("member-{id}.json"))
     }
 
+    /// Where member `id`'s raft-node writes the addresses it bound.
+    fn addrs_path(&self, id: u64) -> PathBuf {
+        self.dir.join(format!("member-{id}.addrs"))
+    }
+
+    /// The addresses member `id`'s raft-node reported, once it has (the file
+    /// is written whole, so it is there complete or not at all).
+    fn read_addrs(&self, id: u64) -> anyhow::Result<Option<Bound>> {
+        let path = self.addrs_path(id);
+        match read_opt(&path)? {
+            None => Ok(None),
+            Some(t) => serde_json::from_str(&t)
+                .map(Some)
+                .with_context(|| format!("{}: unreadable", path.display())),
+        }
+    }
+
     fn data_dir(&self, id: u64) -> PathBuf {
         self.dir.join(format!("member-{id}"))
     }
@@ -526,15 +562,17 @@ impl LocalRuntime {
 
     /// A record without a pid was left by a `create` that stopped (crashed,
     /// or failed to write) between writing it and recording the pid. If the
-    /// spawn happened, its process is the raft-node started with this
-    /// record's data dir and peer address (ports are picked fresh at each
-    /// start, so no other start has both): it is adopted, its pid recorded.
-    /// Found none, the start never ran and the record is removed. Only one
-    /// operator runs per state dir (its lock) and `create` does not yield
-    /// between the record and the spawn, so no start is in flight here.
+    /// spawn happened, its process is the raft-node started on this member's
+    /// data dir (a member's process is stopped before it is started again,
+    /// and raft-node locks its data dir: see [`find_started`]): it is
+    /// adopted, its pid recorded; its addresses are read from its addrs file
+    /// by `list`, as for any start. Found none, the start never ran and the
+    /// record is removed. Only one operator runs per state dir (its lock) and
+    /// `create` does not yield between the record and the spawn, so no start
+    /// is in flight here.
     fn settle(&self, id: u64, mut rec: Record) -> anyhow::Result<Option<Record>> {
         let data = self.data_dir(id).display().to_string();
-        match find_started(&data, &rec.peer) {
+        match find_started(&data) {
             Some(pid) => {
                 tracing::warn!(member = id, pid, "adopting member {id}, started unrecorded");
                 rec.pid = Some(pid);
@@ -605,6 +643,7 @@ impl LocalRuntime {
             );
             retire_data(&self.data_dir(id))?;
             remove_if_present(&self.record_path(id))?;
+            remove_if_present(&self.addrs_path(id))?;
             remove_if_present(&self.marker_path(id))?;
         }
         Ok(())
@@ -654,14 +693,37 @@ fn terminate(pid: u32) {
 }
 
 impl Runtime for LocalRuntime {
+    /// Running members; one whose raft-node has not reported its addresses
+    /// yet is listed without any (neither missing nor reachable). Reported,
+    /// they are kept in its record.
     async fn list(&mut self, repair: bool) -> anyhow::Result<Vec<Member>> {
         self.reap(repair)?;
-        Ok(self
-            .records()?
-            .into_iter()
-            .filter(|(_, r)| r.pid.is_some_and(alive))
-            .map(|(id, r)| Member::at(id, r.peer, r.client, r.admin).at_revision(r.revision))
-            .collect())
+        let mut out = Vec::new();
+        for (id, mut r) in self.records()? {
+            if !r.pid.is_some_and(alive) {
+                continue;
+            }
+            if r.addrs.is_none() {
+                match self.read_addrs(id) {
+                    Ok(Some(b)) => {
+                        r.addrs = Some(b);
+                        self.write_record(id, &r)?;
+                    }
+                    Ok(None) => {}
+                    // Written whole by raft-node, so this is not a half-written
+                    // file: the member stays without an address, and said why.
+                    Err(e) => tracing::warn!(member = id, "member {id}: {e:#}"),
+                }
+            }
+            out.push(
+                match r.addrs {
+                    Some(b) => Member::at(id, b.peer, b.client, b.admin),
+                    None => Member::unreachable(id),
+                }
+                .at_revision(r.revision),
+            );
+        }
+        Ok(out)
     }
 
     async fn create(
@@ -674,14 +736,10 @@ impl Runtime for LocalRuntime {
             (1..=u64::from(MAX_REPLICAS)).contains(&id),
             "member id {id} has no 127.0.0.x address"
         );
-        let ip = format!("127.0.0.{id}");
-        let addr = |port: u16| format!("{ip}:{port}");
-        let rec_addrs = [
-            free_port(&ip)?,
-            free_port(&ip)?,
-            free_port(&ip)?,
-            free_port(&ip)?,
-        ];
+        // Port 0: raft-node binds ports the OS picks and reports them in its
+        // addrs file, which `list` reads.
+        let any_port = format!("127.0.0.{id}:0");
+        let addrs_file = self.addrs_path(id);
         let log = fs::OpenOptions::new()
             .create(true)
             .append(true)
@@ -691,15 +749,16 @@ impl Runtime for LocalRuntime {
             cluster_id: &self.cluster_id,
             data_dir: self.data_dir(id).display().to_string(),
             listen: Listen {
-                peer: addr(rec_addrs[0]),
-                client: addr(rec_addrs[1]),
-                admin: addr(rec_addrs[2]),
-                metrics: addr(rec_addrs[3]),
+                peer: any_port.clone(),
+                client: any_port.clone(),
+                admin: any_port.clone(),
+                metrics: any_port,
                 advertise: None,
             },
             peers,
             initial_voters,
             expect_state: self.marker_path(id).exists(),
+            addrs_file: Some(addrs_file.display().to_string()),
             raft: &self.raft,
             transport: match &self.tls {
                 Some(t) => {
@@ -715,13 +774,13 @@ impl Runtime for LocalRuntime {
         // Recorded before it runs: a crash after the spawn cannot leave a
         // process no record names (the operator restarted would start the
         // member twice, on one data dir). The record has no pid until the
-        // spawn returns one; one left without is settled by `records`.
+        // spawn returns one; one left without is settled by `records`. An
+        // addrs file of an earlier start goes first: the one `list` reads is
+        // this start's.
+        remove_if_present(&addrs_file)?;
         let mut rec = Record {
             pid: None,
-            peer: addr(rec_addrs[0]),
-            client: addr(rec_addrs[1]),
-            admin: addr(rec_addrs[2]),
-            metrics: addr(rec_addrs[3]),
+            addrs: None,
             revision: Some(self.revision.clone()),
         };
         self.write_record(id, &rec)?;
@@ -742,11 +801,13 @@ impl Runtime for LocalRuntime {
         rec.pid = Some(child.id());
         self.children.insert(id, child);
         self.write_record(id, &rec)?;
-        Ok(Member::at(id, rec.peer, rec.client, rec.admin).at_revision(rec.revision))
+        // Its ports are known once it has bound them: a later `list` says.
+        Ok(Member::unreachable(id).at_revision(rec.revision))
     }
 
     /// Stops the process (SIGTERM, waited for) and starts it again on its
-    /// data dir, on new ports, with the spec as it is now.
+    /// data dir, on new ports, with the spec as it is now (listed without
+    /// an address until it has bound them).
     async fn restart(&mut self, id: u64, peers: &BTreeMap<u64, String>) -> anyhow::Result<Member> {
         if let Some(pid) = self.records()?.get(&id).and_then(|r| r.pid) {
             stop(pid).await;
@@ -772,6 +833,7 @@ impl Runtime for LocalRuntime {
         if let Some(t) = &self.tls {
             t.forget_member(id)?;
         }
+        remove_if_present(&self.addrs_path(id))?;
         remove_if_present(&self.record_path(id))?;
         Ok(())
     }
@@ -847,6 +909,123 @@ mod tests {
             assert!(Instant::now() < deadline, "{what}: not within 20 s");
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
+    }
+
+    #[test]
+    fn a_record_holds_its_addresses_as_fields_once_known_and_none_before() {
+        let known = r#"{"pid":7,"peer":"127.0.0.1:1","client":"127.0.0.1:2",
+            "admin":"127.0.0.1:3","metrics":"127.0.0.1:4","revision":"r"}"#;
+        let rec: Record = serde_json::from_str(known).unwrap();
+        assert_eq!(
+            rec.addrs.as_ref().map(|a| a.admin.as_str()),
+            Some("127.0.0.1:3")
+        );
+        let back = serde_json::to_value(&rec).unwrap();
+        assert_eq!(back["admin"], "127.0.0.1:3", "{back}");
+        let starting: Record = serde_json::from_str(r#"{"pid":null,"revision":"r"}"#).unwrap();
+        assert!(starting.addrs.is_none() && starting.pid.is_none());
+        let back = serde_json::to_value(&starting).unwrap();
+        assert!(
+            back.get("admin").is_none() && back.get("peer").is_none(),
+            "{back}"
+        );
+    }
+
+    /// Lists until member `id` is listed with addresses (bounded); returns them.
+    async fn listed_at(rt: &mut LocalRuntime, id: u64) -> crate::plan::Addrs {
+        let deadline = Instant::now() + Duration::from_secs(20);
+        loop {
+            let listed = rt.list(true).await.unwrap();
+            if let Some(a) = listed
+                .iter()
+                .find(|m| m.id == id)
+                .and_then(|m| m.addrs.clone())
+            {
+                return a;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "member {id} listed without addresses for 20 s: {listed:?}\n{}",
+                fs::read_to_string(rt.dir.join(format!("member-{id}.log"))).unwrap_or_default()
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
+    /// The member binds its own ports (port 0): `create` cannot say where
+    /// it is, `list` says once raft-node reported them, the record keeps
+    /// them, and the member answers there. Started again, it binds anew.
+    #[tokio::test]
+    async fn a_member_started_by_create_is_reachable_at_the_ports_it_bound() {
+        use raftlane_proto::admin::node_admin_client::NodeAdminClient;
+        use raftlane_proto::admin::StatusRequest;
+
+        let tmp = tempfile::tempdir().unwrap();
+        let mut rt = runtime(tmp.path());
+        let certs = rt.sync_certs(1, None).unwrap().unwrap();
+        // A file of some earlier start is not taken for this start's.
+        fs::write(
+            rt.addrs_path(1),
+            r#"{"peer":"127.0.0.1:1","client":"127.0.0.1:2","admin":"127.0.0.1:3","metrics":"127.0.0.1:4"}"#,
+        )
+        .unwrap();
+        let voters = BTreeSet::from([1]);
+        let m = rt.create(1, Some(&voters), &BTreeMap::new()).await.unwrap();
+        assert!(m.addrs.is_none(), "no address before it bound: {m:?}");
+        assert_eq!(m.revision.as_deref(), Some(rt.revision.as_str()));
+        let args = fs::read(format!(
+            "/proc/{}/cmdline",
+            rt.records().unwrap()[&1].pid.unwrap()
+        ))
+        .unwrap();
+        let args = String::from_utf8_lossy(&args).replace('\0', " ");
+        assert!(
+            args.contains("--peer-addr 127.0.0.1:0") && args.contains("--addrs-file"),
+            "{args}"
+        );
+
+        let a = listed_at(&mut rt, 1).await;
+        let rec = rt.records().unwrap()[&1].clone();
+        let bound = rec.addrs.clone().expect("recorded once known");
+        assert_eq!(
+            (&bound.peer, &bound.client, &bound.admin),
+            (&a.peer, &a.client, &a.admin)
+        );
+        assert_eq!(rt.read_addrs(1).unwrap().as_ref(), Some(&bound));
+        for addr in [&bound.peer, &bound.client, &bound.admin, &bound.metrics] {
+            let (ip, port) = addr.rsplit_once(':').unwrap();
+            assert_eq!(ip, "127.0.0.1", "{addr}");
+            assert_ne!(port.parse::<u16>().unwrap(), 0, "{addr}");
+            std::net::TcpStream::connect(addr.as_str()).unwrap();
+        }
+        let deadline = Instant::now() + Duration::from_secs(20);
+        let status = loop {
+            let ep = certs.dialer.endpoint(&a.admin).unwrap();
+            if let Ok(ch) = certs
+                .dialer
+                .connect(ep, raftlane_tls::Expect::AnyMember)
+                .await
+            {
+                if let Ok(s) = NodeAdminClient::new(ch).status(StatusRequest {}).await {
+                    break s.into_inner();
+                }
+            }
+            assert!(
+                Instant::now() < deadline,
+                "member 1 not reached at {}",
+                a.admin
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        };
+        assert_eq!((status.id, status.cluster_id.as_str()), (1, "c"));
+
+        // Restarted, it is without an address until it bound new ports.
+        let m = rt.restart(1, &BTreeMap::new()).await.unwrap();
+        assert!(m.addrs.is_none());
+        assert!(rt.records().unwrap()[&1].addrs.is_none());
+        let again = listed_at(&mut rt, 1).await;
+        std::net::TcpStream::connect(again.admin.as_str()).unwrap();
+        rt.stop_all().unwrap();
     }
 
     #[tokio::test]
@@ -942,8 +1121,8 @@ mod tests {
             assert_eq!(mode & 0o777, 0o600, "{f}");
         }
         let voters = BTreeSet::from([1]);
-        let m = rt.create(1, Some(&voters), &BTreeMap::new()).await.unwrap();
-        let admin = m.addrs.unwrap().admin;
+        rt.create(1, Some(&voters), &BTreeMap::new()).await.unwrap();
+        let admin = listed_at(&mut rt, 1).await.admin;
         let deadline = Instant::now() + Duration::from_secs(20);
         let status = loop {
             let ep = certs.dialer.endpoint(&admin).unwrap();
