@@ -16,6 +16,7 @@ use raftlane_e2e::controlplane::servers::client_from;
 use raftlane_e2e::controlplane::{checks, ControlPlaneEnv};
 use raftlane_e2e::kind::ScaleBy;
 use raftlane_e2e::scenarios;
+use raftlane_e2e::Target;
 
 /// Bounds the whole suite, the Go build of a cold machine included.
 const WHOLE_RUN: Duration = Duration::from_secs(80 * 60);
@@ -149,6 +150,15 @@ async fn scenarios_on_control_plane() {
     eprintln!(
         "measured: failed rollout (unknown image) reverted to all pods healthy again: {took:?}"
     );
+
+    let took = scenarios::failed_member_is_replaced(&mut t, &keys)
+        .await
+        .unwrap();
+    eprintln!("measured: member whose raft-node cannot start to replaced and healthy (after: 10s): {took:?}");
+    // Off again: later scenarios take members down on purpose.
+    t.patch_spec(serde_json::json!({"failureReplacement": null}))
+        .await
+        .unwrap();
 
     let took = scenarios::lost_member_rejoins_empty(&mut t, &keys)
         .await

@@ -353,36 +353,9 @@ pub async fn wiped_volume_is_replaced(
     use crate::Target;
     let s = crate::scenarios::wait_settled(t, 3).await?;
     let victim = crate::scenarios::follower(&s)?;
-    let pod = t
-        .pod(victim)
-        .await?
-        .ok_or_else(|| anyhow::anyhow!("member {victim} has no pod"))?;
-    let claim = pod
-        .spec
-        .iter()
-        .flat_map(|s| s.volumes.iter().flatten())
-        .find_map(|v| v.persistent_volume_claim.as_ref())
-        .map(|c| c.claim_name.clone())
-        .ok_or_else(|| anyhow::anyhow!("no claim"))?;
+    let claim = t.claim(victim).await?;
     let claims: Api<PersistentVolumeClaim> = Api::namespaced(env.client.clone(), NAMESPACE);
-    let pv = claims
-        .get(&claim)
-        .await?
-        .spec
-        .and_then(|s| s.volume_name)
-        .ok_or_else(|| anyhow::anyhow!("{claim} not bound"))?;
-    let pvs: Api<k8s_openapi::api::core::v1::PersistentVolume> = Api::all(env.client.clone());
-    let dir = pvs
-        .get(&pv)
-        .await?
-        .spec
-        .and_then(|s| s.host_path)
-        .map(|h| std::path::PathBuf::from(h.path))
-        .ok_or_else(|| anyhow::anyhow!("{pv} is not host-path"))?;
-    anyhow::ensure!(
-        dir.starts_with("/tmp/hostpath_pv"),
-        "unexpected PV dir {dir:?}"
-    );
+    let dir = t.volume_dir(&claim).await?;
     let wiped = Instant::now();
     for entry in std::fs::read_dir(&dir)? {
         let p = entry?.path();

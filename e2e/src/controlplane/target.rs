@@ -69,6 +69,45 @@ impl ControlPlaneTarget {
         Ok(self.pods().get_opt(&pod_name(&self.name, id)).await?)
     }
 
+    /// The PVC member `id`'s pod mounts.
+    pub async fn claim(&self, id: u64) -> anyhow::Result<String> {
+        let pod = self
+            .pod(id)
+            .await?
+            .with_context(|| format!("member {id} has no pod"))?;
+        pod.spec
+            .iter()
+            .flat_map(|s| s.volumes.iter().flatten())
+            .find_map(|v| v.persistent_volume_claim.as_ref())
+            .map(|c| c.claim_name.clone())
+            .with_context(|| format!("member {id}'s pod has no volume claim"))
+    }
+
+    /// The host directory behind PVC `claim` (the controller-manager's
+    /// host-path provisioner makes them under /tmp/hostpath_pv).
+    pub async fn volume_dir(&self, claim: &str) -> anyhow::Result<std::path::PathBuf> {
+        use k8s_openapi::api::core::v1::{PersistentVolume, PersistentVolumeClaim};
+        let claims: Api<PersistentVolumeClaim> = Api::namespaced(self.client.clone(), NAMESPACE);
+        let pv = claims
+            .get(claim)
+            .await?
+            .spec
+            .and_then(|s| s.volume_name)
+            .with_context(|| format!("{claim} not bound"))?;
+        let dir = Api::<PersistentVolume>::all(self.client.clone())
+            .get(&pv)
+            .await?
+            .spec
+            .and_then(|s| s.host_path)
+            .map(|h| std::path::PathBuf::from(h.path))
+            .with_context(|| format!("{pv} is not host-path"))?;
+        anyhow::ensure!(
+            dir.starts_with("/tmp/hostpath_pv"),
+            "unexpected PV dir {dir:?}"
+        );
+        Ok(dir)
+    }
+
     async fn member_addr(&self, id: u64, port: u16) -> anyhow::Result<Option<String>> {
         Ok(self
             .pod(id)
@@ -113,9 +152,14 @@ impl Target for ControlPlaneTarget {
         .into())
     }
 
-    /// Not here yet: a pod's volume is not this process's to break.
+    /// The raft log directory on the member's host-path volume becomes a
+    /// file: every start of raft-node fails reading it (not the refusal of
+    /// a wiped volume, exit 66: it is a member that cannot start).
     async fn break_member(&mut self, id: u64) -> anyhow::Result<()> {
-        anyhow::bail!("break_member({id}): not supported by this target")
+        let raft = self.volume_dir(&self.claim(id).await?).await?.join("raft");
+        std::fs::remove_dir_all(&raft).with_context(|| format!("removing {}", raft.display()))?;
+        std::fs::write(&raft, b"not a directory\n")?;
+        self.kill_member(id).await
     }
 
     async fn status(&self) -> anyhow::Result<Option<RaftClusterStatus>> {
@@ -167,17 +211,7 @@ impl Target for ControlPlaneTarget {
 
     /// Deletes the member's PVC (it goes once its pod is gone), then the pod.
     async fn lose_member(&mut self, id: u64) -> anyhow::Result<()> {
-        let pod = self
-            .pod(id)
-            .await?
-            .with_context(|| format!("member {id} has no pod"))?;
-        let claim = pod
-            .spec
-            .iter()
-            .flat_map(|s| s.volumes.iter().flatten())
-            .find_map(|v| v.persistent_volume_claim.as_ref())
-            .map(|c| c.claim_name.clone())
-            .with_context(|| format!("member {id}'s pod has no volume claim"))?;
+        let claim = self.claim(id).await?;
         self.kube
             .call(&["delete", "pvc", &claim, "--wait=false"])
             .await?;
