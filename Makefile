@@ -48,8 +48,8 @@ soak:
 # Regenerate the CRD manifest from the Rust types, and its copy in the Helm chart
 # (tests fail when either is stale).
 crds:
-	$(CARGO) run -q -p raft-operator -- crdgen --out crds/raftcluster.yaml
-	cp crds/raftcluster.yaml charts/raft-operator/crds/raftcluster.yaml
+	$(CARGO) run -q -p raft-operator -- crdgen --out-dir crds
+	cp crds/raftcluster.yaml crds/raftclusterbackup.yaml charts/raft-operator/crds/
 
 # Offline checks of the chart, the CRD and the examples (helm lint, helm
 # template + kubernetes-validate, CRD schema); tools pinned in scripts/tools.sh,

@@ -49,6 +49,12 @@ use serde::{Deserialize, Serialize};
     )
 )]
 #[serde(rename_all = "camelCase")]
+#[x_kube(validation = Rule::new(
+    "has(self.restore) == has(oldSelf.restore) && (!has(self.restore) || self.restore == oldSelf.restore)"
+)
+.message(
+    "spec.restore is set only when a cluster is created: a cluster that exists is never restored into"
+))]
 pub struct RaftClusterSpec {
     /// Members of the cluster (ids 1..=replicas), at most 254. Scale by changing it.
     #[x_kube(
@@ -96,6 +102,25 @@ pub struct RaftClusterSpec {
     /// running members: a rolling update, one member at a time.
     #[serde(default)]
     pub update_strategy: UpdateStrategy,
+    /// Start this new cluster from a backup: every initial member
+    /// bootstraps from the file (its checksum verified), then replicates as
+    /// usual. Set only when the cluster is created.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub restore: Option<RestoreSpec>,
+}
+
+/// Where a new cluster's initial state comes from.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct RestoreSpec {
+    /// The backup file: locally its path; on Kubernetes its name on the
+    /// backup volume of `backup` (as `status.backups[].file` lists it).
+    #[x_kube(validation = Rule::new("self != ''").message("spec.restore.file must name a backup file"))]
+    pub file: String,
+    /// Kubernetes: the RaftClusterBackup whose PVC (`<backup>-backups`)
+    /// holds `file`; the initial members mount it read-only.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub backup: Option<String>,
 }
 
 /// A rolling update restarts members on their own data, one at a time,
@@ -136,7 +161,7 @@ impl UpdateStrategy {
 
 /// A duration such as `1h30m`, `90s`; None when it does not parse or is under
 /// 10 s (a restart or a reschedule takes about that long).
-fn duration(text: &str) -> Option<std::time::Duration> {
+pub(crate) fn duration(text: &str) -> Option<std::time::Duration> {
     let mut secs = 0u64;
     let mut num = String::new();
     for c in text.chars() {

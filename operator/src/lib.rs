@@ -1,5 +1,6 @@
 //! raft-operator: reconciles `RaftCluster` resources into raft-node members.
 
+pub mod backup;
 pub mod certs;
 pub mod crd;
 pub mod k8s;

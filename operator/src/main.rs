@@ -84,10 +84,11 @@ enum Cmd {
     Run(RunArgs),
     /// Run the cluster of a manifest as local processes until Ctrl-C.
     Local(LocalCmd),
-    /// Print the RaftCluster CRD as YAML, or write it to --out.
+    /// Print the CRDs (RaftCluster, RaftClusterBackup) as YAML, or write
+    /// them into --out-dir as raftcluster.yaml and raftclusterbackup.yaml.
     Crdgen {
         #[arg(long)]
-        out: Option<PathBuf>,
+        out_dir: Option<PathBuf>,
     },
     /// Check RaftCluster manifests against the CRD's schema and rules.
     Validate { files: Vec<PathBuf> },
@@ -145,16 +146,19 @@ fn run_options(a: RunArgs) -> raft_operator::k8s::RunOptions {
     }
 }
 
-fn crdgen(out: Option<PathBuf>) -> anyhow::Result<()> {
-    let yaml = raft_operator::crd::crd_yaml();
-    match out {
-        Some(path) => std::fs::write(&path, yaml)
-            .map_err(|e| anyhow::anyhow!("--out {}: {e}", path.display())),
-        None => {
-            print!("{yaml}");
-            Ok(())
+fn crdgen(out_dir: Option<PathBuf>) -> anyhow::Result<()> {
+    let crds = [
+        ("raftcluster.yaml", raft_operator::crd::crd_yaml()),
+        ("raftclusterbackup.yaml", raft_operator::backup::crd_yaml()),
+    ];
+    for (file, yaml) in crds {
+        match &out_dir {
+            Some(dir) => std::fs::write(dir.join(file), yaml)
+                .map_err(|e| anyhow::anyhow!("--out-dir {}: {e}", dir.display()))?,
+            None => print!("---\n{yaml}"),
         }
     }
+    Ok(())
 }
 
 fn validate(files: Vec<PathBuf>) -> anyhow::Result<()> {
@@ -199,7 +203,7 @@ async fn main() -> ExitCode {
             action: Some(LocalAction::Down(args)),
             ..
         }) => options(args).and_then(|o| local::down(&o)),
-        Cmd::Crdgen { out } => crdgen(out),
+        Cmd::Crdgen { out_dir } => crdgen(out_dir),
         Cmd::Validate { files } => validate(files),
     };
     match result {

@@ -11,13 +11,17 @@ fn repo(path: &str) -> std::path::PathBuf {
 }
 
 #[test]
-fn checked_in_crd_is_current() {
-    let committed =
-        std::fs::read_to_string(repo("crds/raftcluster.yaml")).expect("crds/raftcluster.yaml");
-    assert!(
-        committed == crd_yaml(),
-        "crds/raftcluster.yaml is stale: run `cargo run -p raft-operator -- crdgen --out crds/raftcluster.yaml`"
-    );
+fn checked_in_crds_are_current() {
+    for (file, want) in [
+        ("raftcluster.yaml", crd_yaml()),
+        ("raftclusterbackup.yaml", raft_operator::backup::crd_yaml()),
+    ] {
+        for dir in ["crds", "charts/raft-operator/crds"] {
+            let path = format!("{dir}/{file}");
+            let committed = std::fs::read_to_string(repo(&path)).expect(&path);
+            assert!(committed == want, "{path} is stale: run `make crds`");
+        }
+    }
 }
 
 #[test]
@@ -134,6 +138,40 @@ fn tls_settings_cannot_change_on_a_running_cluster() {
         .to_string();
     assert!(
         err.contains("spec.tls cannot change once the cluster exists"),
+        "{err}"
+    );
+}
+
+#[test]
+fn a_restore_is_given_only_when_a_cluster_is_created() {
+    let plain = parse_cluster(&manifest("  replicas: 3\n")).unwrap();
+    let restored = parse_cluster(&manifest(
+        "  replicas: 3\n  restore:\n    file: /b/nightly.rlb\n",
+    ))
+    .unwrap();
+    let other = parse_cluster(&manifest(
+        "  replicas: 5\n  restore:\n    file: /b/other.rlb\n",
+    ))
+    .unwrap();
+    let mut scaled = restored.clone();
+    scaled.spec.replicas = 5;
+    assert!(RaftCluster::validate_cel_update(&scaled, &restored).is_ok());
+    for (new, old) in [
+        (&restored, &plain),
+        (&plain, &restored),
+        (&other, &restored),
+    ] {
+        let err = RaftCluster::validate_cel_update(new, old)
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("spec.restore is set only when a cluster is created"),
+            "{err}"
+        );
+    }
+    let err = parse_cluster(&manifest("  replicas: 3\n  restore:\n    file: ''\n")).unwrap_err();
+    assert!(
+        err.contains("spec.restore.file must name a backup file"),
         "{err}"
     );
 }
