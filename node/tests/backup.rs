@@ -3,6 +3,9 @@
 //! voter is started with `--restore-from` that file holds every key, as each
 //! member's own status and reads show. A corrupt backup, a restore into a
 //! formed cluster and a backup by a non-admin certificate are refused.
+//! Scheduled backups: `--series`/`--keep` leave the newest files of a series
+//! and nothing else touched, `--summary-file` records the run, and bad
+//! retention flags are refused before any backup is taken.
 
 mod common;
 
@@ -142,4 +145,146 @@ async fn a_corrupt_backup_is_refused_and_only_admins_may_take_one() {
         .await
         .unwrap_err();
     assert_eq!(err.code(), tonic::Code::PermissionDenied, "{err}");
+}
+
+/// The names of the entries of `dir`, sorted.
+fn names_in(dir: &std::path::Path) -> Vec<String> {
+    let mut v: Vec<String> = std::fs::read_dir(dir)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().into_string().unwrap())
+        .collect();
+    v.sort();
+    v
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_series_keeps_its_newest_backups_and_a_summary_records_each() {
+    let c = Cluster::start(1, &[]);
+    c.wait_leader(ELECTION * 20).await;
+    write_keys(&c.kv(&[1]), "s/", 0..100).await;
+    let admin = c.members[&1].admin.clone();
+    let dir = c.tmp.path().join("backups");
+    std::fs::create_dir(&dir).unwrap();
+    // Not of the series, a leftover partial and a directory named like an old
+    // backup: none of them is ever deleted.
+    std::fs::write(dir.join("other-20261201T090000Z.rlb"), b"unrelated").unwrap();
+    std::fs::write(dir.join("demo-x.partial"), b"partial").unwrap();
+    std::fs::create_dir(dir.join("demo-20261101T000000Z.rlb")).unwrap();
+    let summary = c.tmp.path().join("summary.json");
+    let name = |s: u32| format!("demo-20261201T10000{s}Z.rlb");
+
+    let mut removed_by_run = Vec::new();
+    for s in 0..3 {
+        let file = dir.join(name(s));
+        let args = [
+            "--admin",
+            &admin,
+            "backup",
+            "--out",
+            file.to_str().unwrap(),
+            "--series",
+            "demo",
+            "--keep",
+            "2",
+            "--summary-file",
+            summary.to_str().unwrap(),
+        ];
+        let (code, stdout, err) = raftctl(&c, &args);
+        assert_eq!(code, 0, "{stdout}{err}");
+        assert!(stdout.contains("crc32c"), "{stdout}");
+        let kept = match s {
+            0 => format!("kept 1 [{}], removed 0 []", name(0)),
+            1 => format!("kept 2 [{}, {}], removed 0 []", name(1), name(0)),
+            _ => format!("kept 2 [{}, {}], removed 1 [{}]", name(2), name(1), name(0)),
+        };
+        assert!(err.contains(&kept), "{err}");
+
+        let bytes = std::fs::read(&file).unwrap();
+        let j: serde_json::Value =
+            serde_json::from_str(&std::fs::read_to_string(&summary).unwrap()).unwrap();
+        assert_eq!(j["file"], file.to_str().unwrap(), "{j}");
+        assert_eq!(j["size"], bytes.len() as u64, "{j}");
+        let tail = u32::from_le_bytes(bytes[bytes.len() - 4..].try_into().unwrap());
+        assert_eq!(j["crc32c"], tail, "{j}");
+        assert!(stdout.contains(&format!("crc32c {tail:#010x}")), "{stdout}");
+        assert_eq!(j["member"], 1, "{j}");
+        assert_eq!(j["cluster"], c.cluster_id.as_str(), "{j}");
+        assert!(j["term"].as_u64().unwrap() >= 1, "{j}");
+        assert!(j["index"].as_u64().unwrap() >= 100, "{j}");
+        assert!(j["seconds"].as_f64().unwrap() >= 0.0, "{j}");
+        removed_by_run.push(j["removed"].clone());
+        assert!(!summary.with_extension("json.tmp").exists());
+    }
+    assert_eq!(
+        removed_by_run,
+        [
+            serde_json::json!([]),
+            serde_json::json!([]),
+            serde_json::json!([name(0)]),
+        ]
+    );
+    assert_eq!(
+        names_in(&dir),
+        [
+            "demo-20261101T000000Z.rlb",
+            &name(1),
+            &name(2),
+            "demo-x.partial",
+            "other-20261201T090000Z.rlb",
+        ]
+    );
+
+    // A failed backup (no member there) deletes nothing and writes no summary.
+    let before = names_in(&dir);
+    std::fs::remove_file(&summary).unwrap();
+    let dead = format!("{}:1", c.members[&1].ip);
+    let file = dir.join(name(3));
+    let (code, _, err) = raftctl(
+        &c,
+        &[
+            "--admin",
+            &dead,
+            "backup",
+            "--out",
+            file.to_str().unwrap(),
+            "--series",
+            "demo",
+            "--keep",
+            "1",
+            "--summary-file",
+            summary.to_str().unwrap(),
+        ],
+    );
+    assert_ne!(code, 0, "{err}");
+    assert!(!summary.exists());
+    assert!(!file.exists());
+    assert_eq!(names_in(&dir), before);
+}
+
+#[test]
+fn retention_flags_are_refused_before_any_backup() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("demo-20261201T100000Z.rlb");
+    let run = |args: &[&str]| {
+        let o = Command::new(env!("CARGO_BIN_EXE_raftctl"))
+            .args(["--insecure-plaintext", "--admin", "127.0.0.1:1", "backup"])
+            .args(["--out", out.to_str().unwrap()])
+            .args(args)
+            .output()
+            .unwrap();
+        (
+            o.status.success(),
+            String::from_utf8_lossy(&o.stderr).into_owned(),
+        )
+    };
+    let (ok, err) = run(&["--series", "demo", "--keep", "0"]);
+    assert!(!ok && err.contains("--keep"), "{err}");
+    let (ok, err) = run(&["--keep", "2"]);
+    assert!(!ok && err.contains("--series"), "{err}");
+    let (ok, err) = run(&["--series", "demo"]);
+    assert!(!ok && err.contains("--keep"), "{err}");
+    // FILE must belong to the series it prunes, or --keep would not count it.
+    let (ok, err) = run(&["--series", "other", "--keep", "2"]);
+    assert!(!ok && err.contains("--series other"), "{err}");
+    assert!(names_in(dir.path()).is_empty());
 }

@@ -109,9 +109,32 @@ enum Cmd {
     /// Write a consistent backup of the member's state (a fresh snapshot) to
     /// FILE, checked against its size and CRC32C; restore a new cluster with
     /// `raft-node --restore-from FILE`.
+    ///
+    /// For scheduled backups: --series/--keep delete older files of the series
+    /// once FILE is verified, and --summary-file leaves a JSON record of the run
+    /// for the scheduler.
     Backup {
-        #[arg(long)]
+        /// The backup file. Written as `<FILE stem>.partial` first and renamed
+        /// only once verified, so FILE is never a partial backup.
+        #[arg(long, value_name = "FILE")]
         out: PathBuf,
+        /// Retention: once FILE is written and verified, keep the N newest
+        /// regular files named `SERIES-*.rlb` in FILE's directory and delete the
+        /// others. Newest is the greatest name, so name them
+        /// `SERIES-<yyyymmddThhmmssZ>.rlb` (UTC); FILE counts and is never
+        /// deleted. A failed backup deletes nothing.
+        #[arg(long, value_name = "N", requires = "series",
+              value_parser = clap::value_parser!(u32).range(1..))]
+        keep: Option<u32>,
+        /// The series --keep prunes; FILE's name must be `SERIES-*.rlb`, so that
+        /// it counts among the N kept.
+        #[arg(long, value_name = "SERIES", requires = "keep")]
+        series: Option<String>,
+        /// After success, write a JSON object here (whole: temp file, then
+        /// rename) for schedulers: file, size, crc32c, term, index, member,
+        /// cluster, seconds, removed.
+        #[arg(long, value_name = "PATH")]
+        summary_file: Option<PathBuf>,
     },
     /// Write load: prints ops/s, p50, p99 and errors.
     Bench {
@@ -234,9 +257,21 @@ async fn admin(cli: &Cli) -> anyhow::Result<NodeAdminClient<Channel>> {
     Ok(NodeAdminClient::new(ch))
 }
 
+/// A verified backup: what the summary reports.
+struct Taken {
+    size: u64,
+    /// The file's own trailer checksum, which identifies the backup.
+    crc32c: u32,
+    term: u64,
+    index: u64,
+    member: u64,
+    cluster: String,
+    seconds: f64,
+}
+
 /// Streams a backup into `out` (through a temporary file beside it, fsynced,
 /// renamed only once size and checksums match) with progress on stderr.
-async fn backup(cli: &Cli, out: &Path) -> anyhow::Result<()> {
+async fn backup(cli: &Cli, out: &Path) -> anyhow::Result<Taken> {
     use raftlane_proto::admin::backup_chunk::Part;
     let started = Instant::now();
     let mut stream = admin(cli)
@@ -310,7 +345,153 @@ async fn backup(cli: &Cli, out: &Path) -> anyhow::Result<()> {
         h.size as f64 / 1e6 / secs.max(1e-9),
         out.display()
     );
+    Ok(Taken {
+        size: h.size,
+        crc32c: sum,
+        term: h.term,
+        index: h.index,
+        member: h.member_id,
+        cluster: h.cluster_id,
+        seconds: secs,
+    })
+}
+
+/// Whether `name` is a file of backup series `series`: `SERIES-*.rlb`.
+fn in_series(name: &str, series: &str) -> bool {
+    name.strip_prefix(series)
+        .and_then(|r| r.strip_prefix('-'))
+        .is_some_and(|r| r.ends_with(".rlb"))
+}
+
+/// Checked before the backup is taken, so a bad --series costs no backup and
+/// --keep can count FILE among the files it keeps.
+fn check_series(out: &Path, series: &str) -> anyhow::Result<()> {
+    anyhow::ensure!(
+        !series.is_empty() && !series.contains(std::path::is_separator),
+        "--series {series:?}: must be a non-empty file name prefix"
+    );
+    let name = out.file_name().and_then(|n| n.to_str()).unwrap_or("");
+    anyhow::ensure!(
+        in_series(name, series),
+        "--out {}: with --series {series} the file must be named \
+         {series}-<yyyymmddThhmmssZ>.rlb",
+        out.display()
+    );
     Ok(())
+}
+
+/// Splits a series' file names into (kept, removed), both newest first: the
+/// `keep` greatest names, plus `own` (the file just written) should a greater
+/// name exist beyond them: that one may be a concurrent run's newer backup,
+/// and `own` is never deleted.
+fn retention(mut names: Vec<String>, own: &str, keep: usize) -> (Vec<String>, Vec<String>) {
+    names.sort_unstable_by(|a, b| b.cmp(a));
+    names.dedup();
+    let (mut kept, mut removed) = (Vec::new(), Vec::new());
+    for n in names {
+        if kept.len() < keep || n == own {
+            kept.push(n);
+        } else {
+            removed.push(n);
+        }
+    }
+    (kept, removed)
+}
+
+/// `--keep`: deletes all but the `keep` newest files of `series` beside `out`
+/// (regular files only: never a `.partial`, a directory or a symlink); returns
+/// the names deleted.
+fn prune(out: &Path, series: &str, keep: usize) -> anyhow::Result<Vec<String>> {
+    let dir = match out.parent() {
+        Some(p) if !p.as_os_str().is_empty() => p,
+        _ => Path::new("."),
+    };
+    let own = out
+        .file_name()
+        .and_then(|n| n.to_str())
+        .ok_or_else(|| anyhow::anyhow!("--out {}: no file name", out.display()))?;
+    let mut names = Vec::new();
+    for e in
+        std::fs::read_dir(dir).map_err(|e| anyhow::anyhow!("--keep: {}: {e}", dir.display()))?
+    {
+        let e = e?;
+        if !e.file_type()?.is_file() {
+            continue;
+        }
+        if let Ok(name) = e.file_name().into_string() {
+            if in_series(&name, series) {
+                names.push(name);
+            }
+        }
+    }
+    // The file just written must be among them, or the listing is not of the
+    // directory it went to: delete nothing then.
+    anyhow::ensure!(
+        names.iter().any(|n| n == own),
+        "--keep: {own} not found in {}; nothing deleted",
+        dir.display()
+    );
+    let (kept, removed) = retention(names, own, keep);
+    if kept[0] != own {
+        eprintln!(
+            "backup: warning: {} sorts after {own} (clock or naming off, or a concurrent \
+             run?); both are kept",
+            kept[0]
+        );
+    }
+    let (mut gone, mut failed) = (Vec::new(), Vec::new());
+    for n in removed {
+        assert_ne!(n, own, "the new backup is never deleted");
+        match std::fs::remove_file(dir.join(&n)) {
+            Ok(()) => gone.push(n),
+            // Deleted meanwhile (another run): gone, but not by us.
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            Err(e) => failed.push(format!("{n}: {e}")),
+        }
+    }
+    eprintln!(
+        "backup: series {series} in {}: kept {} [{}], removed {} [{}]",
+        dir.display(),
+        kept.len(),
+        kept.join(", "),
+        gone.len(),
+        gone.join(", ")
+    );
+    anyhow::ensure!(
+        failed.is_empty(),
+        "--keep: could not delete {}",
+        failed.join("; ")
+    );
+    Ok(gone)
+}
+
+/// Writes `data` to `path` whole (a temp file beside it, fsynced, renamed), so
+/// a reader never sees a half-written summary.
+fn write_whole(path: &Path, data: &[u8]) -> anyhow::Result<()> {
+    let mut tmp = path.as_os_str().to_owned();
+    tmp.push(".tmp");
+    let tmp = PathBuf::from(tmp);
+    let write = || -> std::io::Result<()> {
+        let mut f = std::fs::File::create(&tmp)?;
+        f.write_all(data)?;
+        f.sync_all()?;
+        std::fs::rename(&tmp, path)
+    };
+    write().map_err(|e| anyhow::anyhow!("--summary-file {}: {e}", path.display()))
+}
+
+fn summary_json(out: &Path, t: &Taken, removed: &[String]) -> serde_json::Value {
+    json!({
+        "file": out.to_string_lossy(),
+        "size": t.size,
+        "crc32c": t.crc32c,
+        "term": t.term,
+        "index": t.index,
+        "member": t.member,
+        "cluster": t.cluster,
+        "seconds": t.seconds,
+        "removed": removed,
+    })
 }
 
 /// An error with its causes: a refused handshake's reason is in a source.
@@ -535,7 +716,30 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 .into_inner()
                 .message
         ),
-        Cmd::Backup { out } => backup(&cli, out).await?,
+        Cmd::Backup {
+            out,
+            keep,
+            series,
+            summary_file,
+        } => {
+            // clap makes --keep and --series come together.
+            let retain = match (keep, series) {
+                (Some(n), Some(s)) => {
+                    check_series(out, s)?;
+                    Some((s.as_str(), *n as usize))
+                }
+                _ => None,
+            };
+            let taken = backup(&cli, out).await?;
+            let removed = match retain {
+                Some((s, n)) => prune(out, s, n)?,
+                None => Vec::new(),
+            };
+            if let Some(p) = summary_file {
+                let text = summary_json(out, &taken, &removed).to_string();
+                write_whole(p, text.as_bytes())?;
+            }
+        }
         Cmd::UpsertPeers { peers } => {
             let mut map = std::collections::HashMap::new();
             for p in peers {
@@ -615,4 +819,34 @@ async fn bench(client: KvClient, ops: u64, concurrency: u64, value_size: usize) 
         pct(0.50).as_secs_f64() * 1e3,
         pct(0.99).as_secs_f64() * 1e3,
     );
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn series_names() {
+        assert!(in_series("demo-20261201T100000Z.rlb", "demo"));
+        assert!(!in_series("demo-20261201T100000Z.partial", "demo"));
+        assert!(!in_series("demo20261201T100000Z.rlb", "demo"));
+        assert!(!in_series("other-20261201T100000Z.rlb", "demo"));
+        assert!(check_series(Path::new("/b/demo-20261201T100000Z.rlb"), "demo").is_ok());
+        assert!(check_series(Path::new("/b/x.rlb"), "demo").is_err());
+        assert!(check_series(Path::new("/b/a/b-1.rlb"), "a/b").is_err());
+    }
+
+    #[test]
+    fn retention_keeps_the_newest_names_and_always_the_new_file() {
+        let names = |v: &[&str]| v.iter().map(|s| s.to_string()).collect::<Vec<_>>();
+        let (kept, removed) = retention(names(&["d-1.rlb", "d-3.rlb", "d-2.rlb"]), "d-3.rlb", 2);
+        assert_eq!(kept, names(&["d-3.rlb", "d-2.rlb"]));
+        assert_eq!(removed, names(&["d-1.rlb"]));
+        // A greater name than the new file's is kept, and the new file too.
+        let (kept, removed) = retention(names(&["d-9.rlb", "d-2.rlb", "d-1.rlb"]), "d-2.rlb", 1);
+        assert_eq!(kept, names(&["d-9.rlb", "d-2.rlb"]));
+        assert_eq!(removed, names(&["d-1.rlb"]));
+        let (kept, removed) = retention(names(&["d-1.rlb"]), "d-1.rlb", 3);
+        assert_eq!((kept, removed), (names(&["d-1.rlb"]), vec![]));
+    }
 }

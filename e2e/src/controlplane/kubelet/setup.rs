@@ -2,6 +2,13 @@
 //! volume as a host directory, the environment with its references resolved,
 //! and the program an image stands for.
 //!
+//! An image stands for one binary of this repository, and the binaries built
+//! next to it are the rest of the image's files: a container whose `command[0]`
+//! names one of those (`/usr/local/bin/raftctl` in the raft-node image, as a
+//! backup Job runs it) runs that sibling, so the image's tools run as they would
+//! in the real image rather than whatever the host has at that path (see
+//! [`program`]).
+//!
 //! There is no mount or network namespace per pod, so two translations stand
 //! in for them, both applied to env values and arguments only:
 //! - a value under a volume's `mountPath` is rewritten to that volume's host
@@ -102,6 +109,41 @@ pub fn translate(value: &str, mounts: &[(String, PathBuf)], ip: Ipv4Addr) -> Str
         }
     }
     value.to_string()
+}
+
+/// The program a container runs, given its `command[0]` (`first`) and the
+/// binary `bin` its image stands for:
+/// - the image's own binary when `first` names it (`raft-node`,
+///   `/usr/local/bin/raft-node`);
+/// - a path under a volume mount, translated, since it is a file of that volume;
+/// - a binary next to `bin` of the same file name (`/usr/local/bin/raftctl` →
+///   `<target dir>/raftctl`), as the image holds this repository's other
+///   binaries where the host may hold none or another version (`is_file` is the
+///   check, a parameter for tests);
+/// - otherwise the host's `first`.
+pub fn program(
+    first: &str,
+    image: &str,
+    bin: &Path,
+    mounts: &[(String, PathBuf)],
+    ip: Ipv4Addr,
+    is_file: impl Fn(&Path) -> bool,
+) -> PathBuf {
+    if image_name(first) == image_name(image) {
+        return bin.to_path_buf();
+    }
+    let translated = translate(first, mounts, ip);
+    if translated != first {
+        return PathBuf::from(translated);
+    }
+    let sibling = Path::new(first)
+        .file_name()
+        .zip(bin.parent())
+        .map(|(name, dir)| dir.join(name));
+    match sibling {
+        Some(s) if is_file(&s) => s,
+        _ => PathBuf::from(first),
+    }
 }
 
 /// Expands `$(VAR)` references to variables defined earlier, as the kubelet does.
@@ -410,7 +452,9 @@ impl Sandbox<'_> {
         Ok(out)
     }
 
-    /// How to start `c`, given the volumes' host directories.
+    /// How to start `c`, given the volumes' host directories: its program (see
+    /// [`program`]; the image's binary when there is no `command`), args, env
+    /// and working directory.
     pub async fn launch(
         &self,
         c: &Container,
@@ -475,11 +519,7 @@ impl Sandbox<'_> {
 
         let (program, mut args) = match c.command.as_deref() {
             Some([first, rest @ ..]) => {
-                let program = if image_name(first) == image_name(&image) {
-                    bin.path.clone()
-                } else {
-                    PathBuf::from(translate(first, &mounts, self.ip))
-                };
+                let program = program(first, &image, &bin.path, &mounts, self.ip, Path::is_file);
                 (program, rest.to_vec())
             }
             _ => (bin.path.clone(), Vec::new()),
@@ -533,6 +573,21 @@ mod tests {
             translate("e2e-1.e2e-peers.ns.svc:7000", &mounts, ip),
             "e2e-1.e2e-peers.ns.svc:7000"
         );
+    }
+
+    #[test]
+    fn a_command_runs_the_image_binary_a_sibling_of_it_or_a_host_path() {
+        let ip = Ipv4Addr::new(127, 1, 0, 9);
+        let bin = Path::new("/t/debug/raft-node");
+        let mounts = vec![("/scripts".to_string(), PathBuf::from("/h/cm"))];
+        let siblings = |p: &Path| p == Path::new("/t/debug/raftctl");
+        let run = |first: &str| program(first, "ghcr.io/x/raft-node:1", bin, &mounts, ip, siblings);
+        assert_eq!(run("/usr/local/bin/raft-node"), bin);
+        assert_eq!(run("raft-node"), bin);
+        assert_eq!(run("/usr/local/bin/raftctl"), Path::new("/t/debug/raftctl"));
+        assert_eq!(run("raftctl"), Path::new("/t/debug/raftctl"));
+        assert_eq!(run("/bin/sh"), Path::new("/bin/sh"));
+        assert_eq!(run("/scripts/raftctl"), Path::new("/h/cm/raftctl"));
     }
 
     #[test]
