@@ -533,6 +533,49 @@ pub fn parse_cluster(yaml: &str) -> Result<RaftCluster, String> {
     Ok(cluster)
 }
 
+/// A manifest of one RaftCluster and any RaftClusterBackups of it (YAML
+/// documents separated by `---`), each checked as [`parse_cluster`] does.
+pub fn parse_manifest(
+    yaml: &str,
+) -> Result<(RaftCluster, Vec<crate::backup::RaftClusterBackup>), String> {
+    use serde::Deserialize as _;
+    let (mut cluster, mut backups) = (None, Vec::new());
+    for (i, doc) in serde_yaml::Deserializer::from_str(yaml).enumerate() {
+        let value = serde_json::Value::deserialize(doc)
+            .map_err(|e| format!("document {}: not YAML: {e}", i + 1))?;
+        if value.is_null() {
+            continue;
+        }
+        let in_doc = |e: String| format!("document {}: {e}", i + 1);
+        match value["kind"].as_str() {
+            Some("RaftCluster") if cluster.is_none() => {
+                let c: RaftCluster = serde_path(&value).map_err(in_doc)?;
+                RaftCluster::validate_cel(&c).map_err(|e| in_doc(e.to_string()))?;
+                cluster = Some(c);
+            }
+            Some("RaftCluster") => return Err(in_doc("a second RaftCluster".into())),
+            Some("RaftClusterBackup") => {
+                backups.push(crate::backup::parse_backup(&value).map_err(in_doc)?)
+            }
+            other => {
+                return Err(in_doc(format!(
+                    "kind: {other:?} is neither RaftCluster nor RaftClusterBackup"
+                )))
+            }
+        }
+    }
+    let cluster = cluster.ok_or("no RaftCluster in the manifest")?;
+    let name = cluster.metadata.name.clone().unwrap_or_default();
+    if let Some(b) = backups.iter().find(|b| b.spec.cluster != name) {
+        return Err(format!(
+            "RaftClusterBackup {}: spec.cluster: {:?} is not this manifest's cluster {name:?}",
+            b.metadata.name.as_deref().unwrap_or_default(),
+            b.spec.cluster
+        ));
+    }
+    Ok((cluster, backups))
+}
+
 /// Deserializes, naming the path of a field whose value has the wrong shape.
 fn serde_path(value: &serde_json::Value) -> Result<RaftCluster, String> {
     serde_path_to_error::deserialize(value).map_err(|e| format!("{}: {}", e.path(), e.inner()))

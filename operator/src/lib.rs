@@ -5,6 +5,7 @@ pub mod certs;
 pub mod crd;
 pub mod k8s;
 pub mod local;
+pub mod local_backups;
 pub mod plan;
 pub mod reconcile;
 pub mod revision;

@@ -11,8 +11,10 @@ use anyhow::Context;
 
 use raftlane_tls::Dialer;
 
+use crate::backup::RaftClusterBackup;
 use crate::certs::{Leaf, ROTATE_CA_ANNOTATION};
-use crate::crd::{parse_cluster, RaftCluster, RaftClusterStatus};
+use crate::crd::{parse_manifest, RaftCluster, RaftClusterStatus};
+use crate::local_backups::{Auth, LocalBackups};
 use crate::plan::{Action, Observed};
 use crate::reconcile::{pass, AdminClients, Host, PassError};
 use crate::revision;
@@ -27,11 +29,14 @@ pub struct LocalOptions {
     pub node_bin: PathBuf,
 }
 
-fn load(file: &Path) -> anyhow::Result<(RaftCluster, SystemTime)> {
+/// The manifest: its RaftCluster, the RaftClusterBackups of it, and when
+/// the file was last changed.
+fn load(file: &Path) -> anyhow::Result<(RaftCluster, Vec<RaftClusterBackup>, SystemTime)> {
     let text = std::fs::read_to_string(file).with_context(|| format!("-f {}", file.display()))?;
     let mtime = std::fs::metadata(file)?.modified()?;
-    let c = parse_cluster(&text).map_err(|e| anyhow::anyhow!("{}: {e}", file.display()))?;
-    Ok((c, mtime))
+    let (c, backups) =
+        parse_manifest(&text).map_err(|e| anyhow::anyhow!("{}: {e}", file.display()))?;
+    Ok((c, backups, mtime))
 }
 
 fn cluster_dir(opts: &LocalOptions, c: &RaftCluster) -> anyhow::Result<PathBuf> {
@@ -107,7 +112,7 @@ impl OperatorLock {
 }
 
 /// Writes a file whole and durably: temporary file, fsync, rename, fsync dir.
-fn write_atomic(path: &Path, body: &[u8]) -> anyhow::Result<()> {
+pub(crate) fn write_atomic(path: &Path, body: &[u8]) -> anyhow::Result<()> {
     use std::io::Write;
     let tmp = path.with_extension("tmp");
     let mut f = std::fs::File::create(&tmp)?;
@@ -122,7 +127,7 @@ fn write_atomic(path: &Path, body: &[u8]) -> anyhow::Result<()> {
 
 /// Reconciles until Ctrl-C or SIGTERM, then stops the members.
 pub async fn run(opts: LocalOptions) -> anyhow::Result<()> {
-    let (mut cluster, mut mtime) = load(&opts.file)?;
+    let (mut cluster, mut backups, mut mtime) = load(&opts.file)?;
     let name = cluster
         .metadata
         .name
@@ -138,6 +143,14 @@ pub async fn run(opts: LocalOptions) -> anyhow::Result<()> {
     let mut host = LocalHost { dir: dir.clone() };
     let status_path = host.status_path();
     let mut current = load_status(&status_path)?;
+    if cluster.spec.restore.is_some() && (current.term > 0 || current.leader.is_some()) {
+        println!(
+            "spec.restore is not applied: {name} already formed (term {}); a backup restores \
+             only a new cluster",
+            current.term
+        );
+    }
+    let mut taker = LocalBackups::new(&dir, opts.node_bin.with_file_name("raftctl"));
     // Replaced by the operator's certificate before the first pass dials.
     let mut admins = AdminClients::new(Dialer::Plaintext);
     let mut told_where = false;
@@ -162,15 +175,16 @@ pub async fn run(opts: LocalOptions) -> anyhow::Result<()> {
                 mtime = m;
                 // The CRD's update rules too (spec.tls fixed, storage never
                 // shrinks), as the API server applies them to an edit.
-                let edit = load(&opts.file).and_then(|(c, _)| {
+                let edit = load(&opts.file).and_then(|(c, b, _)| {
                     RaftCluster::validate_cel_update(&c, &cluster)
                         .map_err(|e| anyhow::anyhow!("{}: {e}", opts.file.display()))?;
                     rt.set_spec(&c.spec)
                         .with_context(|| opts.file.display().to_string())?;
-                    Ok((c, ()))
+                    Ok((c, b))
                 });
                 match edit {
-                    Ok((c, _)) => {
+                    Ok((c, b)) => {
+                        backups = b;
                         let (from, to) = (revision::of(&cluster.spec), revision::of(&c.spec));
                         if from != to {
                             println!("revision {from} -> {to}: members are rolled to it");
@@ -239,7 +253,21 @@ pub async fn run(opts: LocalOptions) -> anyhow::Result<()> {
         )
         .await;
         match outcome {
-            Ok(o) => current = o.status,
+            Ok(o) => {
+                current = o.status;
+                let auth = match rt.tls() {
+                    Some(t) => Auth::Tls {
+                        ca: t.trust_path(),
+                        cert: t.cert_path(&Leaf::Admin),
+                        key: t.key_path(&Leaf::Admin),
+                    },
+                    None => Auth::Plaintext,
+                };
+                match taker.pass(&backups, o.leader_admin.as_deref(), &auth) {
+                    Ok(lines) => lines.iter().for_each(|l| println!("{l}")),
+                    Err(e) => eprintln!("backups failed (retried next pass): {e:#}"),
+                }
+            }
             Err(PassError::Observe(e)) => {
                 eprintln!("observing members failed (retried next pass): {e:#}");
                 continue;
@@ -259,6 +287,7 @@ pub async fn run(opts: LocalOptions) -> anyhow::Result<()> {
             last_summary = summary;
         }
     }
+    taker.stop();
     let stopped = rt.stop_all()?;
     println!("stopped members {stopped:?}");
     Ok(())
@@ -372,7 +401,7 @@ fn summarize(s: &RaftClusterStatus) -> String {
 /// an operator runs on the state dir, which would start the members again, and
 /// holds the lock while it stops them, so that none starts meanwhile.
 pub fn down(opts: &LocalOptions) -> anyhow::Result<()> {
-    let (cluster, _) = load(&opts.file)?;
+    let (cluster, _, _) = load(&opts.file)?;
     let dir = cluster_dir(opts, &cluster)?;
     let name = cluster.metadata.name.clone().unwrap_or_default();
     let _lock = match OperatorLock::take(&dir)? {

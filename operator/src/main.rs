@@ -166,9 +166,14 @@ fn validate(files: Vec<PathBuf>) -> anyhow::Result<()> {
     for f in &files {
         let result = std::fs::read_to_string(f)
             .map_err(|e| e.to_string())
-            .and_then(|t| raft_operator::crd::parse_cluster(&t));
+            .and_then(|t| raft_operator::crd::parse_manifest(&t));
         match result {
-            Ok(c) => println!("{}: ok ({} replicas)", f.display(), c.spec.replicas),
+            Ok((c, backups)) => println!(
+                "{}: ok ({} replicas, {} backups)",
+                f.display(),
+                c.spec.replicas,
+                backups.len()
+            ),
             Err(e) => {
                 eprintln!("{}: {e}", f.display());
                 bad += 1;

@@ -124,6 +124,9 @@ pub struct Outcome {
     pub status: RaftClusterStatus,
     /// Steps were taken or are waiting: the next pass should come soon.
     pub busy: bool,
+    /// The admin address of the member leading, as observed (backups are
+    /// taken from it).
+    pub leader_admin: Option<String>,
 }
 
 /// One pass over `cluster`, whose members carry `cluster_id`, from the
@@ -284,14 +287,23 @@ async fn finish<H: Host>(
     let mut next = status::compute(&name, seen, p, &current, &now);
     next.observed_generation = cluster.metadata.generation;
     let busy = p.held.is_none() && (!p.actions.is_empty() || p.waiting.is_some());
+    let leader_admin = seen
+        .leader()
+        .and_then(|l| seen.running.get(&l.id)?.addrs.as_ref())
+        .map(|a| a.admin.clone());
     if !status::changed(&current, &next) {
         return Ok(Outcome {
             status: current,
             busy,
+            leader_admin,
         });
     }
     save(host, &next, seen).await?;
-    Ok(Outcome { status: next, busy })
+    Ok(Outcome {
+        status: next,
+        busy,
+        leader_admin,
+    })
 }
 
 /// Saves the status, unless this process may no longer act: a status from a
@@ -446,7 +458,7 @@ async fn act<R: Runtime>(
             let at = seen.update_revision.as_deref().unwrap_or("?");
             match &m.addrs {
                 Some(a) => format!("member {id} restarted at revision {at} (peer {})", a.peer),
-                None => format!("member {id} stopped, to start again at revision {at}"),
+                None => format!("member {id} restarting at revision {at}"),
             }
         }
     })

@@ -447,6 +447,77 @@ async fn create_cluster_writes_services_budget_volumes_pods_then_status() {
 }
 
 #[tokio::test]
+async fn a_restored_clusters_initial_pods_read_the_backup_volume_and_later_pods_do_not() {
+    let (api, client) = FakeApi::start();
+    let ctx = context(client);
+    let mut rc = cluster(3, json!({}));
+    rc["spec"]["restore"] = json!({"file": "snap-20261201T100000Z.rlb", "backup": "snap"});
+    api.put(&clusters_path(), rc);
+    let (_, calls) = pass(&api, &ctx).await;
+    let pods: Vec<&Value> = calls
+        .iter()
+        .filter(|c| c.method == "POST" && c.path == pods_path())
+        .map(|c| &c.body)
+        .collect();
+    assert_eq!(pods.len(), 3, "{:?}", lines(&calls));
+    for pod in &pods {
+        assert_eq!(
+            env(pod, "RAFTLANE_RESTORE_FROM"),
+            Some("/restore/snap-20261201T100000Z.rlb")
+        );
+        assert!(env(pod, "RAFTLANE_INITIAL_VOTERS").is_some());
+        let volume = pod["spec"]["volumes"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|v| v["name"] == "restore")
+            .expect("the backup volume");
+        assert_eq!(volume["persistentVolumeClaim"]["claimName"], "snap-backups");
+        assert_eq!(volume["persistentVolumeClaim"]["readOnly"], true);
+        let mounts = pod["spec"]["containers"][0]["volumeMounts"]
+            .as_array()
+            .unwrap();
+        assert!(mounts
+            .iter()
+            .any(|m| m["mountPath"] == "/restore" && m["readOnly"] == true));
+    }
+    // A member created once the cluster formed (no initial voters) does not.
+    let rc = typed(&api.get(&clusters_path(), "demo").unwrap());
+    let later = serde_json::to_value(member_pod(&rc, 4, "data-demo-3-x", None, false)).unwrap();
+    assert_eq!(env(&later, "RAFTLANE_RESTORE_FROM"), None);
+    assert!(!later.to_string().contains("snap-backups"));
+}
+
+#[tokio::test]
+async fn a_restore_naming_no_backup_is_refused_before_any_pod() {
+    let (api, client) = FakeApi::start();
+    let ctx = context(client);
+    let mut rc = cluster(3, json!({}));
+    rc["spec"]["restore"] = json!({"file": "snap.rlb"});
+    api.put(&clusters_path(), rc.clone());
+    let guard: DeserializeGuard<RaftCluster> = serde_json::from_value(rc).unwrap();
+    let err = reconcile(Arc::new(guard), ctx.clone()).await.unwrap_err();
+    assert!(err.to_string().contains("spec.restore.backup"), "{err}");
+    let calls = api.take_calls();
+    assert!(
+        !calls
+            .iter()
+            .any(|c| c.method == "POST" && c.path == pods_path()),
+        "{:?}",
+        lines(&calls)
+    );
+    let failed = calls
+        .iter()
+        .find(|c| c.path == events_path() && c.body["type"] == "Warning")
+        .expect("a Warning event");
+    let note = failed.body["note"].as_str().unwrap();
+    assert!(
+        note.contains("spec.restore.backup must name the RaftClusterBackup"),
+        "{note}"
+    );
+}
+
+#[tokio::test]
 async fn scale_up_one_step_creates_then_adds_a_learner_then_promotes() {
     let (api, ctx, mut members) = running_cluster(3).await;
     scale(&api, 4);

@@ -50,6 +50,14 @@ pub const TLS_DIR: &str = "/etc/raftlane/tls";
 pub const CERTIFICATE_LABEL: &str = "raftlane.io/certificate";
 /// On a certificate Secret: the generation of the CA that issued it.
 pub const CA_GENERATION_ANNOTATION: &str = "raftlane.io/ca-generation";
+/// Where the initial members of a restored cluster mount the backup volume.
+pub const RESTORE_DIR: &str = "/restore";
+
+/// The PVC the backups of RaftClusterBackup `backup` are written to.
+pub fn backup_claim_name(backup: &str) -> String {
+    format!("{backup}-backups")
+}
+
 /// Pod (and hostname) of member `id`: `<cluster>-<ordinal>`, ordinal = id - 1.
 pub fn pod_name(cluster: &str, id: u64) -> String {
     format!("{cluster}-{}", id - 1)
@@ -443,6 +451,10 @@ pub fn member_pod(
         initial_voters,
         expect_state,
         addrs_file: None,
+        restore_from: spec
+            .restore
+            .as_ref()
+            .map(|r| format!("{RESTORE_DIR}/{}", r.file)),
         raft: &spec.raft,
         transport: match spec.tls.enabled {
             true => Transport::Tls {
@@ -534,6 +546,23 @@ pub fn member_pod(
             .as_array_mut()
             .expect("volume mounts")
             .push(json!({"name": "tls", "mountPath": TLS_DIR, "readOnly": true}));
+    }
+    // The initial members of a restored cluster read the backup from its
+    // volume (read-only; the Kubernetes runtime refuses a restore naming no
+    // RaftClusterBackup).
+    let restore = spec.restore.as_ref().filter(|_| initial_voters.is_some());
+    if let Some(backup) = restore.and_then(|r| r.backup.as_ref()) {
+        pod["spec"]["volumes"]
+            .as_array_mut()
+            .expect("volumes")
+            .push(json!({"name": "restore", "persistentVolumeClaim": {
+                "claimName": backup_claim_name(backup),
+                "readOnly": true,
+            }}));
+        pod["spec"]["containers"][0]["volumeMounts"]
+            .as_array_mut()
+            .expect("volume mounts")
+            .push(json!({"name": "restore", "mountPath": RESTORE_DIR, "readOnly": true}));
     }
     if let Some(r) = &spec.resources {
         pod["spec"]["containers"][0]["resources"] = json!(r);

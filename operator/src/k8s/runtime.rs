@@ -280,6 +280,19 @@ impl Runtime for KubeRuntime {
         initial_voters: Option<&BTreeSet<u64>>,
         _peers: &BTreeMap<u64, String>,
     ) -> anyhow::Result<Member> {
+        if let Some(r) = self
+            .cluster
+            .spec
+            .restore
+            .as_ref()
+            .filter(|_| initial_voters.is_some())
+        {
+            anyhow::ensure!(
+                r.backup.is_some(),
+                "spec.restore.backup must name the RaftClusterBackup whose volume holds {}",
+                r.file
+            );
+        }
         let claim = match self.volumes.get(&id) {
             Some(v) => v.name.clone(),
             None => {

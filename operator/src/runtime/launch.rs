@@ -80,6 +80,9 @@ pub struct Launch<'a> {
     /// Where raft-node writes the addresses it bound, once it has (how ports
     /// asked for as 0 are learned): only the local runtime sets it.
     pub addrs_file: Option<String>,
+    /// A backup file every initial voter of a new cluster bootstraps from
+    /// (`spec.restore`); given only with `initial_voters`.
+    pub restore_from: Option<String>,
     pub raft: &'a RaftSettings,
     pub transport: Transport,
 }
@@ -120,6 +123,9 @@ impl Launch<'_> {
         if let Some(v) = self.initial_voters {
             let v: Vec<String> = v.iter().map(u64::to_string).collect();
             out.push(Setting::new("initial-voters", v.join(",")));
+            if let Some(f) = &self.restore_from {
+                out.push(Setting::new("restore-from", f));
+            }
         }
         if self.expect_state {
             out.push(Setting::switch("expect-state"));
@@ -193,6 +199,7 @@ mod tests {
             initial_voters: Some(voters),
             expect_state: true,
             addrs_file: Some("/state/member-2.addrs".into()),
+            restore_from: Some("/restore/nightly.rlb".into()),
             raft,
             transport: Transport::Tls {
                 cert: "/tls/tls.crt".into(),

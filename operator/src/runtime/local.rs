@@ -355,6 +355,8 @@ pub struct LocalRuntime {
     node_bin: PathBuf,
     raft: RaftSettings,
     revision: String,
+    /// `spec.restore.file`: what the initial voters of a new cluster start from.
+    restore: Option<PathBuf>,
     /// The cluster's certificates; none when the spec turns TLS off.
     tls: Option<LocalTls>,
     /// Processes this operator started (so they can be reaped).
@@ -458,6 +460,7 @@ impl LocalRuntime {
             default_bin,
             raft: spec.raft.clone(),
             revision: revision::of(spec),
+            restore: None,
             tls: tls
                 .enabled
                 .then(|| LocalTls::new(dir, cluster_id, tls.client_auth)),
@@ -480,6 +483,7 @@ impl LocalRuntime {
         self.node_bin = bin;
         self.raft = spec.raft.clone();
         self.revision = revision::of(spec);
+        self.restore = spec.restore.as_ref().map(|r| PathBuf::from(&r.file));
         Ok(())
     }
 
@@ -759,6 +763,7 @@ impl Runtime for LocalRuntime {
             initial_voters,
             expect_state: self.marker_path(id).exists(),
             addrs_file: Some(addrs_file.display().to_string()),
+            restore_from: self.restore.as_ref().map(|f| f.display().to_string()),
             raft: &self.raft,
             transport: match &self.tls {
                 Some(t) => {
