@@ -7,10 +7,10 @@
 #      kubernetes-validate --strict at each Kubernetes version in KUBE_VERSIONS,
 #      then cross-checked (selectors, named ports, bindings, service accounts)
 #      and checked for what the values promise: the members' NetworkPolicy
-#      (on by default; admin port 7002 from the operator pods only, 7001 from
-#      clientFrom, 7003 from metricsFrom, the peer port 7000 left to the
-#      operator's per-cluster policy), Secrets granted to the operator alone,
-#      the operator's ServiceAccount token mounted;
+#      (on by default; admin port 7002 from the operator pods and its backup
+#      Jobs only, 7001 from clientFrom, 7003 from metricsFrom, the peer port
+#      7000 left to the operator's per-cluster policy), Secrets granted to the
+#      operator alone, the operator's ServiceAccount token mounted;
 #   3. examples/*.yaml valid against the CRD's openAPIV3Schema, and every
 #      examples/invalid/*.yaml rejected by it at the field it names;
 #   4. every value in values.yaml commented and listed in the chart README.

@@ -16,7 +16,8 @@ with the interpreter of .tools/venv (kubernetes-validate, jsonschema, PyYAML).
       selects member pods by labels the operator sets (read from RS, its
       resources.rs), names the ports 7001, 7002, 7003 and leaves the peer port
       7000 to the operator's per-cluster policy, admits the admin port 7002
-      from the operator pods only, 7001 from clientFrom and 7003 from
+      from the operator pods (and the operator's backup Job pods of the
+      policy's namespace) only, 7001 from clientFrom and 7003 from
       metricsFrom (default the release namespace); Secrets are granted only to
       roles bound to the operator's ServiceAccount alone; the operator pods
       mount their ServiceAccount token.
@@ -257,6 +258,9 @@ def cross_check(label, objs):
 # k8s: the security of a render (NetworkPolicy, Secrets, the operator's token)
 
 PEER_PORT, CLIENT_PORT, ADMIN_PORT, METRICS_PORT = 7000, 7001, 7002, 7003
+# The pods of the operator's backup Jobs (operator/src/k8s/backups.rs), in the
+# policy's own namespace: the one other peer the admin port may admit.
+BACKUP_JOB_PEER = {"podSelector": {"matchExpressions": [{"key": "raftlane.io/backup-job", "operator": "Exists"}]}}
 
 
 def chart_values(files, sets):
@@ -415,11 +419,15 @@ def security_check(label, objs, args):
 
         i, admin = by_port[ADMIN_PORT]
         frm = admin.get("from") or []
-        if rule_ports(admin) != [ADMIN_PORT] or not frm or not all(operator_only(f, ns) for f in frm):
+        ops = [f for f in frm if operator_only(f, ns)]
+        jobs = [f for f in frm if f == BACKUP_JOB_PEER]
+        if rule_ports(admin) != [ADMIN_PORT] or not ops or len(ops) + len(jobs) != len(frm) or len(jobs) > 1:
             fail(f"{label}: {ident(p)}: admin port {ADMIN_PORT} (ingress[{i}]) is not from the operator "
-                 f"pods only ({op_ns}, {op['spec']['selector']['matchLabels']}): ports {rule_ports(admin)}, from {frm}")
+                 f"pods ({op_ns}, {op['spec']['selector']['matchLabels']}) and at most the backup Job pods "
+                 f"of its own namespace ({BACKUP_JOB_PEER}) only: ports {rule_ports(admin)}, from {frm}")
         else:
-            ok(f"{label}: {ident(p)}: admin port {ADMIN_PORT} from the operator pods in {op_ns} only")
+            also = " and the backup Job pods of its namespace" if jobs else ""
+            ok(f"{label}: {ident(p)}: admin port {ADMIN_PORT} from the operator pods in {op_ns}{also} only")
 
         i, client = by_port[CLIENT_PORT]
         want = np_values.get("clientFrom") or None

@@ -11,6 +11,7 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex, PoisonError};
 
 use anyhow::Context;
+use raft_operator::backup::RaftClusterBackupStatus;
 use raft_operator::crd::RaftClusterStatus;
 use serde_json::Value;
 
@@ -91,6 +92,17 @@ impl KindTarget {
         })
     }
 
+    /// `kubectl apply` of `manifest`, written as `<stem>.json` in this
+    /// target's temporary directory.
+    async fn apply(&self, stem: &str, manifest: &Value) -> anyhow::Result<()> {
+        let path = self._logs.path().join(format!("{stem}.json"));
+        std::fs::write(&path, serde_json::to_vec_pretty(manifest)?)
+            .with_context(|| format!("writing {}", path.display()))?;
+        let path = path.to_str().expect("a UTF-8 temporary path");
+        self.kube.call(&["apply", "-f", path]).await?;
+        Ok(())
+    }
+
     /// Member pods by name.
     async fn pods(&self) -> anyhow::Result<HashMap<String, Pod>> {
         let selector = format!("app.kubernetes.io/instance={}", self.name);
@@ -160,6 +172,45 @@ impl Target for KindTarget {
             false => "raftlane/raft-node-broken:e2e",
         }
         .into())
+    }
+
+    /// `kubectl apply` of RaftClusterBackup `name` in the suite's namespace.
+    async fn apply_backup(&mut self, name: &str, spec: serde_json::Value) -> anyhow::Result<()> {
+        let mut full = serde_json::json!({ "cluster": self.name });
+        crate::controlplane::env::merge_json(&mut full, spec);
+        let manifest = serde_json::json!({
+            "apiVersion": "raftlane.io/v1alpha1",
+            "kind": "RaftClusterBackup",
+            "metadata": {"name": name},
+            "spec": full,
+        });
+        self.apply(&format!("backup-{name}"), &manifest).await
+    }
+
+    /// The `.status` of RaftClusterBackup `name`; None while the operator
+    /// wrote none (or the resource is not there).
+    async fn backup_status(&self, name: &str) -> anyhow::Result<Option<RaftClusterBackupStatus>> {
+        let Some(b) = self.kube.get_json(&["raftclusterbackup", name]).await? else {
+            return Ok(None);
+        };
+        match &b["status"] {
+            Value::Null => Ok(None),
+            s => Ok(Some(serde_json::from_value(s.clone())?)),
+        }
+    }
+
+    /// RaftCluster `name` as `KindEnv::create_cluster` makes it (after
+    /// removing one a kept run left behind), with `spec` merged in.
+    async fn new_cluster(
+        &mut self,
+        name: &str,
+        replicas: u32,
+        spec: serde_json::Value,
+    ) -> anyhow::Result<Self> {
+        env::delete_raftcluster(&self.kube, name).await?;
+        self.apply(name, &env::cluster_manifest(name, replicas, spec))
+            .await?;
+        KindTarget::new(self.kube.clone(), name, self.operator.clone())
     }
 
     /// Not here yet: a pod's volume is not this process's to break.

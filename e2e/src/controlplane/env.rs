@@ -87,12 +87,45 @@ fn tools(root: &Path) -> anyhow::Result<PathBuf> {
     Ok(bin)
 }
 
+/// `patch` merged into `into` (JSON merge patch: objects merge, null removes).
+pub fn merge_json(into: &mut serde_json::Value, patch: serde_json::Value) {
+    match (into, patch) {
+        (serde_json::Value::Object(a), serde_json::Value::Object(b)) => {
+            for (k, v) in b {
+                if v.is_null() {
+                    a.remove(&k);
+                } else {
+                    merge_json(a.entry(k).or_insert(serde_json::Value::Null), v);
+                }
+            }
+        }
+        (a, b) => *a = b,
+    }
+}
+
+/// The suite's RaftCluster `name`: `replicas` members of the raft-node image
+/// on 256Mi volumes that go with the members, `spec` merged into its spec.
+pub fn cluster_manifest(name: &str, replicas: u32, spec: serde_json::Value) -> serde_json::Value {
+    let mut m = serde_json::json!({
+        "apiVersion": "raftlane.io/v1alpha1",
+        "kind": "RaftCluster",
+        "metadata": {"name": name},
+        "spec": {
+            "replicas": replicas,
+            "image": NODE_IMAGE,
+            "storage": {
+                "size": "256Mi",
+                "retentionPolicy": {"whenScaled": "Delete", "whenDeleted": "Delete"},
+            },
+        },
+    });
+    merge_json(&mut m["spec"], spec);
+    m
+}
+
+/// [`cluster_manifest`] as text (JSON, which kubectl reads as YAML).
 fn manifest(name: &str, replicas: u32) -> String {
-    format!(
-        "apiVersion: raftlane.io/v1alpha1\nkind: RaftCluster\nmetadata:\n  name: {name}\nspec:\n  \
-         replicas: {replicas}\n  image: {NODE_IMAGE}\n  storage:\n    size: 256Mi\n    \
-         retentionPolicy:\n      whenScaled: Delete\n      whenDeleted: Delete\n"
-    )
+    cluster_manifest(name, replicas, serde_json::json!({})).to_string()
 }
 
 /// A running control plane with the operator installed in [`NAMESPACE`].
@@ -303,7 +336,11 @@ impl ControlPlaneEnv {
     /// members' and servers' logs. Blocking (each kubectl call bounded).
     pub fn print_diagnostics(&self) {
         for args in [
-            &["get", "raftclusters,pods,pvc,pv,nodes", "--output=wide"][..],
+            &[
+                "get",
+                "raftclusters,raftclusterbackups,jobs,pods,pvc,pv,nodes",
+                "--output=wide",
+            ][..],
             &["get", "raftclusters", "--output=yaml"],
             &["get", "events", "--sort-by=.metadata.creationTimestamp"],
         ] {
@@ -360,5 +397,14 @@ mod tests {
         let c = raft_operator::crd::parse_cluster(&super::manifest("e2e", 3)).unwrap();
         assert_eq!(c.spec.replicas, 3);
         assert_eq!(c.spec.storage.size, "256Mi");
+        let spec = serde_json::json!({"storage": {"size": "1Gi"}, "paused": true});
+        let m = super::cluster_manifest("e2e", 1, spec);
+        let c = raft_operator::crd::parse_cluster(&m.to_string()).unwrap();
+        assert_eq!((c.spec.replicas, c.spec.paused), (1, true));
+        assert_eq!(c.spec.storage.size, "1Gi");
+        assert_eq!(
+            c.spec.storage.retention_policy.when_deleted,
+            raft_operator::crd::Retention::Delete
+        );
     }
 }

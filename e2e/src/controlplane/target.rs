@@ -7,10 +7,11 @@ use anyhow::Context;
 use k8s_openapi::api::core::v1::{Pod, Secret};
 use kube::api::Api;
 use kube::Client;
+use raft_operator::backup::{RaftClusterBackup, RaftClusterBackupStatus};
 use raft_operator::crd::{RaftCluster, RaftClusterStatus};
 use raftlane_tls::Dialer;
 
-use super::env::NAMESPACE;
+use super::env::{cluster_manifest, merge_json, NAMESPACE};
 use super::kubectl::Kubectl;
 use crate::kind::ScaleBy;
 use crate::Target;
@@ -108,6 +109,17 @@ impl ControlPlaneTarget {
         Ok(dir)
     }
 
+    /// `kubectl apply` of `manifest`, written as `<stem>.json` beside the
+    /// admin kubeconfig (the suite's state directory).
+    async fn apply(&self, stem: &str, manifest: &serde_json::Value) -> anyhow::Result<()> {
+        let path = self.kube.kubeconfig.with_file_name(format!("{stem}.json"));
+        std::fs::write(&path, serde_json::to_vec_pretty(manifest)?)
+            .with_context(|| format!("writing {}", path.display()))?;
+        let path = path.display().to_string();
+        self.kube.call(&["apply", "-f", &path]).await?;
+        Ok(())
+    }
+
     async fn member_addr(&self, id: u64, port: u16) -> anyhow::Result<Option<String>> {
         Ok(self
             .pod(id)
@@ -150,6 +162,43 @@ impl Target for ControlPlaneTarget {
             false => "raftlane/raft-node-broken:e2e",
         }
         .into())
+    }
+
+    /// `kubectl apply` of RaftClusterBackup `name` in the suite's namespace.
+    async fn apply_backup(&mut self, name: &str, spec: serde_json::Value) -> anyhow::Result<()> {
+        let mut full = serde_json::json!({ "cluster": self.name });
+        merge_json(&mut full, spec);
+        let manifest = serde_json::json!({
+            "apiVersion": "raftlane.io/v1alpha1",
+            "kind": "RaftClusterBackup",
+            "metadata": {"name": name},
+            "spec": full,
+        });
+        self.apply(&format!("backup-{name}"), &manifest).await
+    }
+
+    /// The `.status` of RaftClusterBackup `name`; None while the operator
+    /// wrote none (or the resource is not there).
+    async fn backup_status(&self, name: &str) -> anyhow::Result<Option<RaftClusterBackupStatus>> {
+        let api: Api<RaftClusterBackup> = Api::namespaced(self.client.clone(), NAMESPACE);
+        Ok(api.get_opt(name).await?.and_then(|b| b.status))
+    }
+
+    /// `kubectl apply` of RaftCluster `name`, the suite's manifest (as
+    /// `ControlPlaneEnv::create_cluster` makes it) with `spec` merged in.
+    async fn new_cluster(
+        &mut self,
+        name: &str,
+        replicas: u32,
+        spec: serde_json::Value,
+    ) -> anyhow::Result<Self> {
+        let manifest = cluster_manifest(name, replicas, spec);
+        self.apply(name, &manifest).await?;
+        Ok(ControlPlaneTarget::new(
+            self.client.clone(),
+            self.kube.clone(),
+            name,
+        ))
     }
 
     /// The raft log directory on the member's host-path volume becomes a

@@ -116,12 +116,54 @@ fn operator_deployment(kube: &Kubectl) -> anyhow::Result<String> {
     }
 }
 
+/// The suite's RaftCluster `name` (the raft-node image loaded into kind,
+/// 256Mi volumes that go with the members), `spec` merged into its spec.
+pub(super) fn cluster_manifest(
+    name: &str,
+    replicas: u32,
+    spec: serde_json::Value,
+) -> serde_json::Value {
+    let mut m = serde_json::json!({
+        "apiVersion": "raftlane.io/v1alpha1",
+        "kind": "RaftCluster",
+        "metadata": {"name": name},
+        "spec": {
+            "replicas": replicas,
+            "image": NODE_IMAGE,
+            "storage": {
+                "size": "256Mi",
+                "retentionPolicy": {"whenScaled": "Delete", "whenDeleted": "Delete"},
+            },
+        },
+    });
+    crate::controlplane::env::merge_json(&mut m["spec"], spec);
+    m
+}
+
+/// [`cluster_manifest`] as text (JSON, which kubectl reads as YAML).
 fn manifest(name: &str, replicas: u32) -> String {
-    format!(
-        "apiVersion: raftlane.io/v1alpha1\nkind: RaftCluster\nmetadata:\n  name: {name}\nspec:\n  \
-         replicas: {replicas}\n  image: {NODE_IMAGE}\n  storage:\n    size: 256Mi\n    \
-         retentionPolicy:\n      whenScaled: Delete\n      whenDeleted: Delete\n"
-    )
+    cluster_manifest(name, replicas, serde_json::json!({})).to_string()
+}
+
+/// `kubectl delete raftcluster <name>`, then waits until its pods are gone
+/// (a no-op when there is none).
+pub(super) async fn delete_raftcluster(kube: &Kubectl, name: &str) -> anyhow::Result<()> {
+    let mut delete = kube.command(&[
+        "delete",
+        "raftcluster",
+        name,
+        "--ignore-not-found",
+        "--timeout=120s",
+    ]);
+    blocking(move || output(&mut delete, Duration::from_secs(150))).await?;
+    let selector = format!("app.kubernetes.io/instance={name}");
+    wait_for(&format!("the pods of {name} gone"), PODS_GONE, || async {
+        let pods = kube
+            .call(&["get", "pods", "--selector", &selector, "--output=name"])
+            .await?;
+        Ok(pods.trim().is_empty().then_some(()))
+    })
+    .await
 }
 
 impl KindEnv {
@@ -183,18 +225,23 @@ impl KindEnv {
         run_shown(&mut load, CLUSTER_CHANGE)
     }
 
-    /// Applies the generated CRD; the chart's copy in crds/ is then skipped by helm.
+    /// Applies the generated CRDs (RaftCluster, RaftClusterBackup); the
+    /// chart's copies in crds/ are then skipped by helm.
     fn install_crd(&self, root: &Path) -> anyhow::Result<()> {
-        let crd = root.join("crds/raftcluster.yaml");
-        let crd = crd.to_str().expect("a UTF-8 repository path");
-        self.kube
-            .run(&["apply", "--server-side", "--force-conflicts", "-f", crd])?;
-        self.kube.run(&[
-            "wait",
-            "--for=condition=Established",
-            "--timeout=25s",
-            "crd/raftclusters.raftlane.io",
-        ])?;
+        for (file, crd) in [
+            ("crds/raftcluster.yaml", "crd/raftclusters.raftlane.io"),
+            (
+                "crds/raftclusterbackup.yaml",
+                "crd/raftclusterbackups.raftlane.io",
+            ),
+        ] {
+            let path = root.join(file);
+            let path = path.to_str().expect("a UTF-8 repository path");
+            self.kube
+                .run(&["apply", "--server-side", "--force-conflicts", "-f", path])?;
+            self.kube
+                .run(&["wait", "--for=condition=Established", "--timeout=25s", crd])?;
+        }
         Ok(())
     }
 
@@ -237,23 +284,7 @@ impl KindEnv {
     }
 
     async fn delete_named(&self, name: &str) -> anyhow::Result<()> {
-        let mut delete = self.kube.command(&[
-            "delete",
-            "raftcluster",
-            name,
-            "--ignore-not-found",
-            "--timeout=120s",
-        ]);
-        blocking(move || output(&mut delete, Duration::from_secs(150))).await?;
-        let selector = format!("app.kubernetes.io/instance={name}");
-        wait_for(&format!("the pods of {name} gone"), PODS_GONE, || async {
-            let pods = self
-                .kube
-                .call(&["get", "pods", "--selector", &selector, "--output=name"])
-                .await?;
-            Ok(pods.trim().is_empty().then_some(()))
-        })
-        .await
+        delete_raftcluster(&self.kube, name).await
     }
 
     /// What a failed run leaves to read: resources, events, the operator's log.
@@ -262,7 +293,11 @@ impl KindEnv {
             Ok(out) => eprintln!("--- kubectl {} ---\n{out}", args.join(" ")),
             Err(e) => eprintln!("--- kubectl {}: {e:#}", args.join(" ")),
         };
-        show(&["get", "raftclusters,pods,pvc", "--output=wide"]);
+        show(&[
+            "get",
+            "raftclusters,raftclusterbackups,jobs,pods,pvc",
+            "--output=wide",
+        ]);
         show(&["get", "raftclusters", "--output=yaml"]);
         show(&["get", "events", "--sort-by=.metadata.creationTimestamp"]);
         match operator_deployment(&self.kube) {
@@ -302,5 +337,9 @@ mod tests {
         assert_eq!(c.spec.replicas, 3);
         assert_eq!(c.spec.image, super::NODE_IMAGE);
         assert_eq!(c.spec.storage.size, "256Mi");
+        let m = super::cluster_manifest("e2e", 1, serde_json::json!({"paused": true}));
+        let c = raft_operator::crd::parse_cluster(&m.to_string()).unwrap();
+        assert_eq!((c.spec.replicas, c.spec.paused), (1, true));
+        assert_eq!(c.spec.image, super::NODE_IMAGE);
     }
 }

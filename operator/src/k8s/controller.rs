@@ -148,12 +148,12 @@ impl Context {
         self
     }
 
-    fn leading(&self) -> bool {
+    pub(crate) fn leading(&self) -> bool {
         self.lost.as_ref().is_none_or(|l| !*l.borrow())
     }
 
     /// Before a write: `Err(NotLeader)` once the Lease is lost.
-    fn still_leading(&self) -> Result<(), Error> {
+    pub(crate) fn still_leading(&self) -> Result<(), Error> {
         match self.leading() {
             true => Ok(()),
             false => Err(Error::NotLeader),
@@ -169,7 +169,7 @@ impl Context {
     /// note, and here every note matters (which member, which address).
     /// Events are written for steps, failures and changed waits: an idle
     /// pass writes none.
-    async fn publish(
+    pub(crate) async fn publish(
         &self,
         regarding: &ObjectReference,
         type_: EventType,

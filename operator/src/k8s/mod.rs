@@ -1,8 +1,10 @@
 //! raft-operator on Kubernetes (`raft-operator run`): waits for the CRD to be
-//! established, takes the leader-election Lease, then runs the controller
+//! established, takes the leader-election Lease, then runs the controllers
+//! (RaftClusters, and RaftClusterBackups in `backups.rs`)
 //! until SIGTERM (or until the Lease is lost, when it exits so a restart
 //! campaigns again).
 
+pub mod backups;
 pub mod controller;
 pub mod lease;
 pub mod metrics;
@@ -18,6 +20,7 @@ use std::time::Duration;
 
 use anyhow::Context as _;
 use futures::StreamExt;
+use k8s_openapi::api::batch::v1::Job;
 use k8s_openapi::api::coordination::v1::Lease;
 use k8s_openapi::api::core::v1::{PersistentVolumeClaim, Pod, Service};
 use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
@@ -29,6 +32,7 @@ use tokio::sync::watch;
 use tokio::task::JoinHandle;
 use tokio::time::Instant;
 
+use crate::backup::RaftClusterBackup;
 use crate::crd::RaftCluster;
 use controller::{error_policy, reconcile, Context};
 use lease::LeaseLock;
@@ -269,7 +273,7 @@ pub async fn run(opts: RunOptions) -> anyhow::Result<()> {
         ctx.network_policies_in(controller::PolicyScope::Namespaces(scope))
             .leading_while(lost.clone())
     });
-    let until = {
+    let until = || {
         let (stop, lost) = (stop.clone(), lost.clone());
         async move {
             tokio::select! {
@@ -278,18 +282,37 @@ pub async fn run(opts: RunOptions) -> anyhow::Result<()> {
             }
         }
     };
-    Controller::new(clusters, watcher::Config::default())
+    // RaftClusterBackups and their Jobs: a second controller on the same
+    // context (Lease, request client, events), stopped with the first.
+    let (backups, jobs): (Api<DeserializeGuard<RaftClusterBackup>>, Api<Job>) =
+        match &opts.namespace {
+            Some(ns) => (
+                Api::namespaced(watches.clone(), ns),
+                Api::namespaced(watches.clone(), ns),
+            ),
+            None => (Api::all(watches.clone()), Api::all(watches.clone())),
+        };
+    let clusters_done = Controller::new(clusters, watcher::Config::default())
         .owns(pods, owned.clone())
         .owns(claims, owned.clone())
-        .owns(services, owned)
-        .graceful_shutdown_on(until)
-        .run(reconcile, error_policy, ctx)
+        .owns(services, owned.clone())
+        .graceful_shutdown_on(until())
+        .run(reconcile, error_policy, ctx.clone())
         .for_each(|r| async move {
             if let Err(e) = r {
                 tracing::debug!(error = %e, "controller");
             }
-        })
-        .await;
+        });
+    let backups_done = Controller::new(backups, watcher::Config::default())
+        .owns(jobs, owned)
+        .graceful_shutdown_on(until())
+        .run(backups::reconcile, backups::error_policy, ctx)
+        .for_each(|r| async move {
+            if let Err(e) = r {
+                tracing::debug!(error = %e, "backup controller");
+            }
+        });
+    futures::future::join(clusters_done, backups_done).await;
     metrics.leader.set(0);
     if *lost.borrow_and_update() {
         anyhow::bail!("lost the leader-election lease; exiting so a restart campaigns again");

@@ -78,6 +78,15 @@ pub fn clusters_path() -> String {
 pub fn storage_classes_path() -> String {
     "/apis/storage.k8s.io/v1/storageclasses".to_string()
 }
+// Used by the backup tests only (each test binary compiles the support).
+#[allow(dead_code)]
+pub fn jobs_path() -> String {
+    format!("/apis/batch/v1/namespaces/{NS}/jobs")
+}
+#[allow(dead_code)]
+pub fn backups_path() -> String {
+    format!("/apis/raftlane.io/v1alpha1/namespaces/{NS}/raftclusterbackups")
+}
 pub fn events_path() -> String {
     format!("/apis/events.k8s.io/v1/namespaces/{NS}/events")
 }
@@ -322,6 +331,8 @@ fn is_collection(path: &str) -> bool {
         "networkpolicies",
         "certificates",
         "storageclasses",
+        "jobs",
+        "raftclusterbackups",
     ]
     .iter()
     .any(|c| path.ends_with(&format!("/{c}")))
