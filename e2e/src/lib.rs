@@ -11,6 +11,7 @@ pub mod scenarios;
 
 use std::time::{Duration, Instant};
 
+use raft_operator::backup::RaftClusterBackupStatus;
 use raft_operator::crd::RaftClusterStatus;
 use raftlane_tls::files::Material;
 use raftlane_tls::{Dialer, TlsSource};
@@ -52,6 +53,23 @@ pub trait Target {
     /// whose members never become healthy (a raft-node that exits at start,
     /// an image that does not exist).
     async fn rollout_image(&mut self, works: bool) -> anyhow::Result<String>;
+    /// Applies RaftClusterBackup `name` of this cluster: `spec` merged over
+    /// `{cluster: <this cluster>}` (a document beside the cluster's in the
+    /// local manifest, `kubectl apply` on Kubernetes).
+    async fn apply_backup(&mut self, name: &str, spec: serde_json::Value) -> anyhow::Result<()>;
+    /// The status the operator last wrote for RaftClusterBackup `name`.
+    async fn backup_status(&self, name: &str) -> anyhow::Result<Option<RaftClusterBackupStatus>>;
+    /// A new RaftCluster `name` of `replicas` members beside this one (its
+    /// own operator locally, the same namespace and operator on
+    /// Kubernetes), with `spec` merged into its spec.
+    async fn new_cluster(
+        &mut self,
+        name: &str,
+        replicas: u32,
+        spec: serde_json::Value,
+    ) -> anyhow::Result<Self>
+    where
+        Self: Sized;
     /// Makes member `id` unable to start from now on (its data dir turned
     /// into a file, so raft-node fails at start every time) and kills it.
     async fn break_member(&mut self, id: u64) -> anyhow::Result<()>;

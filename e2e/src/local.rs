@@ -6,6 +6,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 
 use anyhow::Context;
+use raft_operator::backup::RaftClusterBackupStatus;
 use raft_operator::crd::RaftClusterStatus;
 use raftlane_tls::Dialer;
 
@@ -17,8 +18,12 @@ pub struct LocalTarget {
     dir: tempfile::TempDir,
     bin_dir: PathBuf,
     operator: Option<Child>,
+    /// The cluster's name.
+    name: String,
     /// The manifest's spec, as edits leave it.
     spec: serde_json::Value,
+    /// RaftClusterBackup documents of the manifest, by name: their specs.
+    backups: std::collections::BTreeMap<String, serde_json::Value>,
 }
 
 /// `patch` merged into `into` (JSON merge patch: objects merge, null removes).
@@ -58,37 +63,61 @@ pub(crate) fn bin_dir() -> anyhow::Result<PathBuf> {
 impl LocalTarget {
     /// Writes a manifest of `replicas` members and starts the operator on it.
     pub fn start(replicas: u32) -> anyhow::Result<LocalTarget> {
+        LocalTarget::start_named(NAME, replicas, serde_json::json!({}))
+    }
+
+    /// Cluster `name` of `replicas` members, `spec` merged into its spec.
+    fn start_named(
+        name: &str,
+        replicas: u32,
+        spec: serde_json::Value,
+    ) -> anyhow::Result<LocalTarget> {
         let mut t = LocalTarget {
             dir: tempfile::tempdir()?,
             bin_dir: bin_dir()?,
             operator: None,
+            name: name.into(),
             spec: serde_json::json!({
                 "replicas": replicas,
                 "raft": {"tickMs": 50, "electionTicks": 10, "heartbeatTicks": 2},
             }),
+            backups: Default::default(),
         };
+        merge(&mut t.spec, spec);
         t.write_manifest()?;
         t.spawn_operator(None)?;
         Ok(t)
     }
 
-    /// Writes the manifest as an edit is saved: whole, then renamed in.
+    /// Writes the manifest as an edit is saved: whole, then renamed in. The
+    /// RaftCluster first, then a document per RaftClusterBackup.
     fn write_manifest(&self) -> anyhow::Result<()> {
         let path = self.dir.path().join("cluster.yaml");
         let tmp = path.with_extension("tmp");
-        let manifest = serde_json::json!({
+        let cluster = serde_json::json!({
             "apiVersion": "raftlane.io/v1alpha1",
             "kind": "RaftCluster",
-            "metadata": {"name": NAME},
+            "metadata": {"name": self.name},
             "spec": self.spec,
         });
-        fs::write(&tmp, serde_yaml::to_string(&manifest)?)?;
+        let mut text = serde_yaml::to_string(&cluster)?;
+        for (name, spec) in &self.backups {
+            let backup = serde_json::json!({
+                "apiVersion": "raftlane.io/v1alpha1",
+                "kind": "RaftClusterBackup",
+                "metadata": {"name": name},
+                "spec": spec,
+            });
+            text.push_str("---\n");
+            text.push_str(&serde_yaml::to_string(&backup)?);
+        }
+        fs::write(&tmp, text)?;
         fs::rename(&tmp, &path)?;
         Ok(())
     }
 
     fn state(&self) -> PathBuf {
-        self.dir.path().join("state").join(NAME)
+        self.dir.path().join("state").join(&self.name)
     }
 
     fn spawn_operator(&mut self, failpoint: Option<&str>) -> anyhow::Result<()> {
@@ -159,6 +188,34 @@ impl Target for LocalTarget {
             }
         };
         Ok(bin.display().to_string())
+    }
+
+    async fn apply_backup(&mut self, name: &str, spec: serde_json::Value) -> anyhow::Result<()> {
+        let mut full = serde_json::json!({ "cluster": self.name });
+        merge(&mut full, spec);
+        self.backups.insert(name.into(), full);
+        self.write_manifest()
+    }
+
+    async fn backup_status(&self, name: &str) -> anyhow::Result<Option<RaftClusterBackupStatus>> {
+        let path = self
+            .state()
+            .join("backups")
+            .join(format!("{name}.status.yaml"));
+        match fs::read_to_string(path) {
+            Ok(t) => Ok(Some(serde_yaml::from_str(&t)?)),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+            Err(e) => Err(e.into()),
+        }
+    }
+
+    async fn new_cluster(
+        &mut self,
+        name: &str,
+        replicas: u32,
+        spec: serde_json::Value,
+    ) -> anyhow::Result<LocalTarget> {
+        LocalTarget::start_named(name, replicas, spec)
     }
 
     async fn break_member(&mut self, id: u64) -> anyhow::Result<()> {

@@ -764,3 +764,128 @@ pub async fn failed_rollout_stops_and_resumes_after_revert<T: Target>(
     }
     Ok(took)
 }
+
+/// Writes `count` keys `<prefix><i>` (value `v<i>`), 32 at a time; every
+/// write must be acknowledged.
+pub async fn write_many<T: Target>(t: &T, prefix: &str, count: u64) -> anyhow::Result<()> {
+    use futures::StreamExt;
+    let client = kv(t, None).await?;
+    let writes = futures::stream::iter(0..count).map(|i| {
+        let client = &client;
+        async move {
+            let (k, v) = (format!("{prefix}{i:07}"), format!("v{i}"));
+            client.put(k.as_bytes(), v.as_bytes()).await
+        }
+    });
+    let mut writes = writes.buffer_unordered(32);
+    while let Some(r) = writes.next().await {
+        r?;
+    }
+    Ok(())
+}
+
+/// Checks, through each of members `ids` alone, that the keys under
+/// `prefix` are exactly `<prefix><i>` = `v<i>` for i < `count`.
+async fn check_many<T: Target>(t: &T, ids: &[u64], prefix: &str, count: u64) -> anyhow::Result<()> {
+    for id in ids {
+        let client = kv(t, Some(&[*id])).await?;
+        let (mut next, mut bad) = (0u64, None);
+        client
+            .scan(prefix.as_bytes(), 10_000, 0, |kv| {
+                let want = (format!("{prefix}{next:07}"), format!("v{next}"));
+                if bad.is_none() && (kv.key != want.0.as_bytes() || kv.value != want.1.as_bytes()) {
+                    bad = Some(format!(
+                        "{:?} = {:?}",
+                        String::from_utf8_lossy(&kv.key),
+                        String::from_utf8_lossy(&kv.value)
+                    ));
+                }
+                next += 1;
+            })
+            .await?;
+        anyhow::ensure!(
+            bad.is_none(),
+            "member {id}: unexpected pair {}",
+            bad.unwrap_or_default()
+        );
+        anyhow::ensure!(
+            next == count,
+            "member {id}: {next} keys under {prefix}, not {count}"
+        );
+    }
+    Ok(())
+}
+
+/// What a backup and its restore took.
+#[derive(Debug)]
+pub struct BackupRestore {
+    /// From the RaftClusterBackup applied to its status listing the file.
+    pub backup: Duration,
+    /// From the restored RaftCluster applied to every member healthy.
+    pub restore: Duration,
+    /// The file's size, when the status has it.
+    pub bytes: Option<u64>,
+}
+
+/// Backup and restore: `count` keys written; a RaftClusterBackup takes one
+/// backup (status: the file, Ready); a new RaftCluster with `spec.restore`
+/// from it forms with every key equal on every member, each read through
+/// that member alone. Keys written after the backup are not in it.
+pub async fn backup_and_restore<T: Target>(t: &mut T, count: u64) -> anyhow::Result<BackupRestore> {
+    wait_settled(t, 3).await?;
+    write_many(t, "bulk/", count).await?;
+    let applied = Instant::now();
+    t.apply_backup("snap", serde_json::json!({"keep": 2}))
+        .await?;
+    let file = wait_for("the backup in the status", OPERATION, || async {
+        let s = t.backup_status("snap").await?.unwrap_or_default();
+        if let Some(e) = &s.last_error {
+            anyhow::bail!("the backup failed: {e}");
+        }
+        let ready = s
+            .conditions
+            .iter()
+            .any(|c| c.type_ == "Ready" && c.status == "True");
+        Ok(s.backups.first().filter(|_| ready).cloned())
+    })
+    .await?;
+    let backup = applied.elapsed();
+    write_keys(t, "after-backup/", 10).await?;
+    let created = Instant::now();
+    let restore = serde_json::json!({"restore": {"file": file.file, "backup": "snap"}});
+    let restored = t.new_cluster("restored", 3, restore).await?;
+    let s = wait_settled(&restored, 3).await?;
+    let took = created.elapsed();
+    anyhow::ensure!(s.leader.is_some(), "the restored cluster has no leader");
+    for id in 1..=3 {
+        let st = node_status(&restored, id).await?;
+        anyhow::ensure!(
+            st.voters == [1, 2, 3] && st.applied_index > 0,
+            "restored member {id}'s own view: voters {:?}, applied {}",
+            st.voters,
+            st.applied_index
+        );
+    }
+    check_many(&restored, &[1, 2, 3], "bulk/", count).await?;
+    check_many(&restored, &[1, 2, 3], "after-backup/", 0).await?;
+    Ok(BackupRestore {
+        backup,
+        restore: took,
+        bytes: file.size,
+    })
+}
+
+/// The rollout scenarios of a 3-member cluster, each printing what it
+/// measured: a rolling update under writes, then a failed rollout and its
+/// revert. `members` names what the members are ("members", "member pods").
+pub async fn rollouts<T: Target>(t: &mut T, keys: &[String], members: &str) -> anyhow::Result<()> {
+    let (took, writes) = rolling_update_under_writes(t, 3, keys).await?;
+    eprintln!(
+        "measured: rolling update of 3 {members} under writes: {took:?} ({} writes acknowledged, {} retried)",
+        writes.acked.len(),
+        writes.retried
+    );
+    let took = failed_rollout_stops_and_resumes_after_revert(t, keys).await?;
+    eprintln!("measured: failed rollout reverted to all {members} healthy again: {took:?}");
+    Ok(())
+}

@@ -136,20 +136,18 @@ async fn scenarios_on_control_plane() {
         .unwrap();
     eprintln!("checked: paused, a deleted follower pod stays gone for 6 s; unpaused, it is back");
 
-    let (took, writes) = scenarios::rolling_update_under_writes(&mut t, 3, &keys)
+    scenarios::rollouts(&mut t, &keys, "member pods")
+        .await
+        .unwrap();
+
+    let r = scenarios::backup_and_restore(&mut t, 100_000)
         .await
         .unwrap();
     eprintln!(
-        "measured: rolling update of 3 member pods under writes: {took:?} ({} writes acknowledged, {} retried)",
-        writes.acked.len(),
-        writes.retried
+        "measured: RaftClusterBackup (a Job) of 100000 keys: {:?} ({:?} bytes); restored 3-member cluster to healthy: {:?}",
+        r.backup, r.bytes, r.restore
     );
-    let took = scenarios::failed_rollout_stops_and_resumes_after_revert(&mut t, &keys)
-        .await
-        .unwrap();
-    eprintln!(
-        "measured: failed rollout (unknown image) reverted to all pods healthy again: {took:?}"
-    );
+    env.delete_cluster("restored").await.unwrap();
 
     let took = scenarios::failed_member_is_replaced(&mut t, &keys)
         .await

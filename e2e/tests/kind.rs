@@ -42,20 +42,18 @@ async fn scenarios_on_kind() {
         .unwrap();
     eprintln!("measured: leader pod deleted to peers updated and the leader streaming to its new IP: {took:?}");
 
-    let (took, writes) = scenarios::rolling_update_under_writes(&mut t, 3, &keys)
+    scenarios::rollouts(&mut t, &keys, "member pods")
+        .await
+        .unwrap();
+
+    let r = scenarios::backup_and_restore(&mut t, 100_000)
         .await
         .unwrap();
     eprintln!(
-        "measured: rolling update of 3 member pods under writes: {took:?} ({} writes acknowledged, {} retried)",
-        writes.acked.len(),
-        writes.retried
+        "measured: RaftClusterBackup (a Job) of 100000 keys: {:?} ({:?} bytes); restored 3-member cluster to healthy: {:?}",
+        r.backup, r.bytes, r.restore
     );
-    let took = scenarios::failed_rollout_stops_and_resumes_after_revert(&mut t, &keys)
-        .await
-        .unwrap();
-    eprintln!(
-        "measured: failed rollout (unpullable image) reverted to all pods healthy again: {took:?}"
-    );
+    env.delete_named("restored").await.unwrap();
 
     let took = scenarios::lost_member_rejoins_empty(&mut t, &keys)
         .await

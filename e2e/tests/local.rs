@@ -81,16 +81,17 @@ async fn pause_holds_every_step_then_a_member_that_cannot_start_is_replaced() {
 async fn rolling_update_under_writes_then_a_failed_rollout_is_reverted() {
     let mut t = LocalTarget::start(3).unwrap();
     let keys = scenarios::create_three(&t).await.unwrap();
-    let (took, writes) = scenarios::rolling_update_under_writes(&mut t, 3, &keys)
+    scenarios::rollouts(&mut t, &keys, "members").await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_backup_of_100k_keys_restores_a_new_cluster_with_every_key() {
+    let mut t = LocalTarget::start(3).unwrap();
+    let r = scenarios::backup_and_restore(&mut t, 100_000)
         .await
         .unwrap();
     eprintln!(
-        "measured: rolling update of 3 members under writes: {took:?} ({} writes acknowledged, {} retried)",
-        writes.acked.len(),
-        writes.retried
+        "measured: RaftClusterBackup of 100000 keys: {:?} ({:?} bytes); restored 3-member cluster to healthy: {:?}",
+        r.backup, r.bytes, r.restore
     );
-    let took = scenarios::failed_rollout_stops_and_resumes_after_revert(&mut t, &keys)
-        .await
-        .unwrap();
-    eprintln!("measured: failed rollout reverted to all members healthy again: {took:?}");
 }

@@ -59,7 +59,7 @@ pub async fn printer_columns(env: &ControlPlaneEnv, name: &str) -> anyhow::Resul
         .unwrap_or_default()
         .split_whitespace()
         .collect();
-    for col in ["NAME", "REPLICAS", "READY", "LEADER", "AGE"] {
+    for col in ["NAME", "REPLICAS", "READY", "UPDATED", "LEADER", "AGE"] {
         anyhow::ensure!(header.contains(&col), "no {col} column: {header:?}");
     }
     let row: Vec<&str> = lines
@@ -76,6 +76,7 @@ pub async fn printer_columns(env: &ControlPlaneEnv, name: &str) -> anyhow::Resul
             && cell("NAME") == Some(name)
             && cell("REPLICAS") == Some("3")
             && cell("READY") == Some("3")
+            && cell("UPDATED") == Some("3")
             && cell("LEADER").is_some_and(|l| l.starts_with(name)),
         "row {row:?} under {header:?}"
     );

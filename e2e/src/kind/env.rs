@@ -283,7 +283,8 @@ impl KindEnv {
         self.delete_named(&name).await
     }
 
-    async fn delete_named(&self, name: &str) -> anyhow::Result<()> {
+    /// Deletes RaftCluster `name` and waits until its pods are gone.
+    pub async fn delete_named(&self, name: &str) -> anyhow::Result<()> {
         delete_raftcluster(&self.kube, name).await
     }
 
