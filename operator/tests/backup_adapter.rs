@@ -192,6 +192,8 @@ async fn a_backup_creates_its_pvc_and_a_job_then_lists_the_file_once_the_job_suc
             "nightly",
             "--keep",
             "3",
+            "--summary-file",
+            "/dev/termination-log",
         ])
     );
     assert_eq!(

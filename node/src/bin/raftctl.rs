@@ -465,17 +465,14 @@ fn prune(out: &Path, series: &str, keep: usize) -> anyhow::Result<Vec<String>> {
     Ok(gone)
 }
 
-/// Writes `data` to `path` whole (a temp file beside it, fsynced, renamed), so
-/// a reader never sees a half-written summary.
-fn write_whole(path: &Path, data: &[u8]) -> anyhow::Result<()> {
-    let mut tmp = path.as_os_str().to_owned();
-    tmp.push(".tmp");
-    let tmp = PathBuf::from(tmp);
+/// Writes `data` to `path` in place (truncated, written, fsynced): it is read
+/// once raftctl has exited, and it may be a file that cannot be replaced by
+/// a rename, such as a container's `/dev/termination-log`.
+fn write_summary(path: &Path, data: &[u8]) -> anyhow::Result<()> {
     let write = || -> std::io::Result<()> {
-        let mut f = std::fs::File::create(&tmp)?;
+        let mut f = std::fs::File::create(path)?;
         f.write_all(data)?;
-        f.sync_all()?;
-        std::fs::rename(&tmp, path)
+        f.sync_all()
     };
     write().map_err(|e| anyhow::anyhow!("--summary-file {}: {e}", path.display()))
 }
@@ -737,7 +734,7 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             };
             if let Some(p) = summary_file {
                 let text = summary_json(out, &taken, &removed).to_string();
-                write_whole(p, text.as_bytes())?;
+                write_summary(p, text.as_bytes())?;
             }
         }
         Cmd::UpsertPeers { peers } => {

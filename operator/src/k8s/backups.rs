@@ -23,8 +23,7 @@
 //! none is due again. No write once the Lease is lost.
 //!
 //! Size, CRC32C and raft index of a backup come from the backup pod's
-//! termination message when it holds raftctl's JSON summary; without one
-//! they stay unknown (see [`SUMMARY_FILE`]).
+//! termination message: raftctl writes its JSON summary there.
 
 use std::collections::BTreeMap;
 use std::net::IpAddr;
@@ -48,7 +47,7 @@ use crate::certs::Leaf;
 use crate::crd::RaftCluster;
 use crate::k8s::controller::{Context, Error, STATUS_MANAGER};
 use crate::k8s::metrics::FailureLabel;
-use crate::k8s::resources::{leaf_secret_name, ADMIN_PORT};
+use crate::k8s::resources::{self, backup_claim_name, leaf_secret_name, ADMIN_PORT};
 
 /// On the backup PVC and on each Job: the RaftClusterBackup it serves.
 pub const BACKUP_LABEL: &str = "raftlane.io/backup";
@@ -68,20 +67,11 @@ pub const BACKUP_DIR: &str = "/backups";
 pub const JOB_TLS_DIR: &str = "/tls";
 /// The container's termination message file (Kubernetes' default path).
 pub const TERMINATION_LOG: &str = "/dev/termination-log";
-/// `--summary-file` of the Job's raftctl: none. raftctl writes a summary
-/// whole (a temp file beside it, then a rename), which the termination log
-/// cannot take: `/dev` is not writable by the non-root user, and a file the
-/// kubelet bind-mounts cannot be renamed over. Passing it would fail every
-/// backup after the file was written; the summary is still read from the
-/// termination message when one holds it.
-pub const SUMMARY_FILE: Option<&str> = None;
 /// A Job that did not finish in an hour is failed by the Job controller.
 const ACTIVE_DEADLINE_SECS: i64 = 3600;
 /// Finished Jobs are collected after a day (their outcome is recorded long
 /// before).
 const TTL_AFTER_FINISHED_SECS: i32 = 86_400;
-/// The non-root user of the raft-node image (as the member pods run).
-const RUN_AS: i64 = 65532;
 /// Requeue while a Job runs.
 const RUNNING_REQUEUE: Duration = Duration::from_secs(5);
 /// Longest requeue: a backup due later is looked at again within this.
@@ -89,11 +79,6 @@ const MAX_REQUEUE: Duration = Duration::from_secs(3600);
 /// Requeue after a failed pass (the RaftCluster controller's backoff is per
 /// cluster; a fixed pause is enough here: a pass is a few reads).
 const ERROR_REQUEUE: Duration = Duration::from_secs(10);
-
-/// The backup PVC of RaftClusterBackup `name`.
-pub fn claim_name(name: &str) -> String {
-    format!("{name}-backups")
-}
 
 /// The Job of a backup of `name` started at `now` (seconds).
 pub fn job_name(name: &str, now: jiff::Timestamp) -> String {
@@ -117,7 +102,7 @@ pub fn backup_claim(b: &RaftClusterBackup) -> PersistentVolumeClaim {
     let mut claim = json!({
         "apiVersion": "v1",
         "kind": "PersistentVolumeClaim",
-        "metadata": {"name": claim_name(&name), "labels": labels(&name)},
+        "metadata": {"name": backup_claim_name(&name), "labels": labels(&name)},
         "spec": {
             "accessModes": ["ReadWriteOnce"],
             "resources": {"requests": {"storage": storage.size}},
@@ -174,9 +159,9 @@ pub fn backup_job(
         "--keep".into(),
         b.spec.keep.to_string(),
     ]);
-    if let Some(summary) = SUMMARY_FILE {
-        args.extend(["--summary-file".to_string(), summary.to_string()]);
-    }
+    // raftctl writes its summary (size, CRC32C, index) in place into the
+    // termination log, which the kubelet turns into the container's message.
+    args.extend(["--summary-file".to_string(), TERMINATION_LOG.to_string()]);
     let mut pod_labels = BTreeMap::from([
         (
             "app.kubernetes.io/managed-by".to_string(),
@@ -207,13 +192,7 @@ pub fn backup_job(
                     "enableServiceLinks": false,
                     // raftctl never calls the Kubernetes API.
                     "automountServiceAccountToken": false,
-                    "securityContext": {
-                        "runAsNonRoot": true,
-                        "runAsUser": RUN_AS,
-                        "runAsGroup": RUN_AS,
-                        "fsGroup": RUN_AS,
-                        "seccompProfile": {"type": "RuntimeDefault"},
-                    },
+                    "securityContext": resources::pod_security(),
                     "containers": [{
                         "name": CONTAINER,
                         "image": spec.image,
@@ -222,17 +201,12 @@ pub fn backup_job(
                         "terminationMessagePath": TERMINATION_LOG,
                         // A failure's message is raftctl's last stderr lines.
                         "terminationMessagePolicy": "FallbackToLogsOnError",
-                        "securityContext": {
-                            "allowPrivilegeEscalation": false,
-                            "readOnlyRootFilesystem": true,
-                            "runAsNonRoot": true,
-                            "capabilities": {"drop": ["ALL"]},
-                        },
+                        "securityContext": resources::container_security(),
                         "volumeMounts": [{"name": "backups", "mountPath": BACKUP_DIR}],
                     }],
                     "volumes": [{
                         "name": "backups",
-                        "persistentVolumeClaim": {"claimName": claim_name(&name)},
+                        "persistentVolumeClaim": {"claimName": backup_claim_name(&name)},
                     }],
                 },
             },
@@ -506,7 +480,11 @@ fn requeue(
 async fn ensure_claim(b: &RaftClusterBackup, ctx: &Context) -> Result<(), Error> {
     let claims: Api<PersistentVolumeClaim> =
         Api::namespaced(ctx.client.clone(), &b.namespace().unwrap_or_default());
-    if claims.get_opt(&claim_name(&b.name_any())).await?.is_some() {
+    if claims
+        .get_opt(&backup_claim_name(&b.name_any()))
+        .await?
+        .is_some()
+    {
         return Ok(());
     }
     ctx.still_leading()?;
@@ -584,7 +562,7 @@ async fn start(
     }
     let note = format!(
         "job {job_name}: backup of cluster {cluster} from its leader {leader} ({ip}) to {}/{file}",
-        claim_name(&name)
+        backup_claim_name(&name)
     );
     Ok(Ok((job_name, note)))
 }
@@ -708,6 +686,8 @@ mod tests {
                 "nightly",
                 "--keep",
                 "3",
+                "--summary-file",
+                "/dev/termination-log",
             ])
         );
         assert_eq!(c["terminationMessagePath"], "/dev/termination-log");

@@ -413,6 +413,29 @@ pub fn volume_claim(rc: &RaftCluster, id: u64) -> PersistentVolumeClaim {
     serde_json::from_value(claim).expect("a valid PersistentVolumeClaim")
 }
 
+/// The securityContext of every pod the operator makes (members, backup
+/// Jobs): the raft-node image's non-root user, seccomp RuntimeDefault.
+pub fn pod_security() -> serde_json::Value {
+    json!({
+        "runAsNonRoot": true,
+        "runAsUser": RUN_AS,
+        "runAsGroup": RUN_AS,
+        "fsGroup": RUN_AS,
+        "seccompProfile": {"type": "RuntimeDefault"},
+    })
+}
+
+/// The securityContext of their containers: no privilege escalation, a
+/// read-only root, no capabilities.
+pub fn container_security() -> serde_json::Value {
+    json!({
+        "allowPrivilegeEscalation": false,
+        "readOnlyRootFilesystem": true,
+        "runAsNonRoot": true,
+        "capabilities": {"drop": ["ALL"]},
+    })
+}
+
 /// Member `id`'s Pod on volume `claim`. Peers are given by stable DNS name;
 /// the operator pushes pod IPs once members run. `initial_voters` is set only
 /// for the members that form a new cluster; `expect_state` once the volume
@@ -496,13 +519,7 @@ pub fn member_pod(
             "enableServiceLinks": false,
             // Members never call the Kubernetes API: no token to steal.
             "automountServiceAccountToken": false,
-            "securityContext": {
-                "runAsNonRoot": true,
-                "runAsUser": RUN_AS,
-                "runAsGroup": RUN_AS,
-                "fsGroup": RUN_AS,
-                "seccompProfile": {"type": "RuntimeDefault"},
-            },
+            "securityContext": pod_security(),
             "containers": [{
                 "name": CONTAINER,
                 "image": spec.image,
@@ -521,12 +538,7 @@ pub fn member_pod(
                 "startupProbe": probe("/healthz", 2, 30),
                 "livenessProbe": probe("/healthz", 10, 3),
                 "readinessProbe": probe("/readyz", 5, 2),
-                "securityContext": {
-                    "allowPrivilegeEscalation": false,
-                    "readOnlyRootFilesystem": true,
-                    "runAsNonRoot": true,
-                    "capabilities": {"drop": ["ALL"]},
-                },
+                "securityContext": container_security(),
                 "volumeMounts": [{"name": "data", "mountPath": DATA_DIR}],
             }],
             "volumes": [{"name": "data", "persistentVolumeClaim": {"claimName": claim}}],

@@ -40,9 +40,24 @@ enum State {
     Terminated {
         exit_code: i32,
         reason: String,
+        /// The termination log, or (FallbackToLogsOnError, a failure) the
+        /// log's tail.
+        message: String,
         started_at: String,
         finished_at: String,
     },
+}
+
+/// At most this much of a termination message is kept, as a kubelet does.
+const MESSAGE_BYTES: usize = 4096;
+
+/// The last `max` bytes of `path` (lossily UTF-8), empty when unreadable.
+fn tail(path: &std::path::Path, max: usize) -> String {
+    let bytes = std::fs::read(path).unwrap_or_default();
+    let from = bytes.len().saturating_sub(max);
+    String::from_utf8_lossy(&bytes[from..])
+        .trim_end()
+        .to_string()
 }
 
 /// One container: its process and what its status reports.
@@ -101,6 +116,8 @@ impl ContainerRun {
 
     fn start(&mut self, pgids: &super::Pgids) {
         let l = &self.launch;
+        // Each run's message is its own.
+        let _ = std::fs::remove_file(&l.termination_log);
         let mut cmd = Command::new(&l.program);
         cmd.args(&l.args)
             .env_clear()
@@ -179,9 +196,16 @@ impl ContainerRun {
             _ => String::new(),
         };
         let reason = if exit_code == 0 { "Completed" } else { "Error" };
+        let mut message = tail(&self.launch.termination_log, MESSAGE_BYTES);
+        let fallback =
+            self.spec.termination_message_policy.as_deref() == Some("FallbackToLogsOnError");
+        if message.is_empty() && exit_code != 0 && fallback {
+            message = tail(&self.log, 2048);
+        }
         self.state = State::Terminated {
             exit_code,
             reason: reason.into(),
+            message,
             started_at,
             finished_at: now_rfc3339(),
         };
@@ -201,11 +225,12 @@ impl ContainerRun {
             State::Terminated {
                 exit_code,
                 reason,
+                message,
                 started_at,
                 finished_at,
             } => json!({
                 "terminated": {
-                    "exitCode": exit_code, "reason": reason,
+                    "exitCode": exit_code, "reason": reason, "message": message,
                     "startedAt": started_at, "finishedAt": finished_at,
                 }
             }),
@@ -488,6 +513,7 @@ mod tests {
             args: vec!["-c".into(), script.into()],
             env: vec![("PATH".into(), "/usr/bin:/bin".into())],
             cwd: dir.to_path_buf(),
+            termination_log: dir.join("c.termination-log"),
         };
         let c = ContainerRun::new(spec, launch, dir.join("c.log"));
         PodRun::new(
@@ -550,6 +576,20 @@ mod tests {
         let s = run.status();
         assert_eq!(s["phase"], "Failed", "{s}");
         assert_eq!(s["containerStatuses"][0]["restartCount"], 0);
+    }
+
+    #[test]
+    fn what_a_container_leaves_in_its_termination_log_is_its_message() {
+        let dir = tempfile::tempdir().unwrap();
+        let pgids = super::super::Pgids::default();
+        let log = dir.path().join("c.termination-log");
+        let script = format!("printf '{{\"size\": 7}}' > {}; exit 0", log.display());
+        let mut run = pod_running(&script, "Never", dir.path());
+        sync_for(&mut run, &pgids, Duration::from_millis(500));
+        let s = run.status();
+        assert_eq!(s["phase"], "Succeeded", "{s}");
+        let terminated = &s["containerStatuses"][0]["state"]["terminated"];
+        assert_eq!(terminated["message"], "{\"size\": 7}", "{s}");
     }
 
     #[test]

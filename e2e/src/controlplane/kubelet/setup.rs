@@ -56,6 +56,10 @@ pub struct Launch {
     pub args: Vec<String>,
     pub env: Vec<(String, String)>,
     pub cwd: PathBuf,
+    /// The host file behind the container's `terminationMessagePath`
+    /// (`/dev/termination-log` by default): what it leaves there becomes its
+    /// terminated state's message.
+    pub termination_log: PathBuf,
 }
 
 /// Why a pod cannot start yet (its PVC is not bound, a Secret is missing):
@@ -477,6 +481,12 @@ impl Sandbox<'_> {
             std::fs::create_dir_all(&host)?;
             mounts.push((m.mount_path.trim_end_matches('/').to_string(), host));
         }
+        let termination_log = self.dir.join(format!("{}.termination-log", c.name));
+        let message_path = c.termination_message_path.as_deref();
+        mounts.push((
+            message_path.unwrap_or("/dev/termination-log").to_string(),
+            termination_log.clone(),
+        ));
         mounts.sort_by_key(|(m, _)| std::cmp::Reverse(m.len()));
 
         let mut env: Vec<(String, String)> = vec![
@@ -538,6 +548,7 @@ impl Sandbox<'_> {
             args,
             env,
             cwd: self.dir.to_path_buf(),
+            termination_log,
         })
     }
 }
