@@ -168,22 +168,15 @@ impl Target for KindTarget {
     /// `KindEnv::load_images`); a broken one that no registry serves.
     async fn rollout_image(&mut self, works: bool) -> anyhow::Result<String> {
         Ok(match works {
-            true => env::NODE_IMAGE_NEXT,
-            false => "raftlane/raft-node-broken:e2e",
+            true => crate::manifests::NODE_IMAGE_NEXT,
+            false => crate::manifests::BROKEN_IMAGE,
         }
         .into())
     }
 
     /// `kubectl apply` of RaftClusterBackup `name` in the suite's namespace.
     async fn apply_backup(&mut self, name: &str, spec: serde_json::Value) -> anyhow::Result<()> {
-        let mut full = serde_json::json!({ "cluster": self.name });
-        crate::controlplane::env::merge_json(&mut full, spec);
-        let manifest = serde_json::json!({
-            "apiVersion": "raftlane.io/v1alpha1",
-            "kind": "RaftClusterBackup",
-            "metadata": {"name": name},
-            "spec": full,
-        });
+        let manifest = crate::manifests::backup(name, &self.name, spec);
         self.apply(&format!("backup-{name}"), &manifest).await
     }
 
@@ -208,7 +201,7 @@ impl Target for KindTarget {
         spec: serde_json::Value,
     ) -> anyhow::Result<Self> {
         env::delete_raftcluster(&self.kube, name).await?;
-        self.apply(name, &env::cluster_manifest(name, replicas, spec))
+        self.apply(name, &crate::manifests::cluster(name, replicas, spec))
             .await?;
         KindTarget::new(self.kube.clone(), name, self.operator.clone())
     }

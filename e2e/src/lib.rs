@@ -7,6 +7,7 @@
 pub mod controlplane;
 pub mod kind;
 pub mod local;
+pub mod manifests;
 pub mod scenarios;
 
 use std::time::{Duration, Instant};

@@ -22,24 +22,9 @@ pub struct LocalTarget {
     name: String,
     /// The manifest's spec, as edits leave it.
     spec: serde_json::Value,
-    /// RaftClusterBackup documents of the manifest, by name: their specs.
+    /// RaftClusterBackup documents of the manifest, by name: their specs
+    /// (`cluster` aside).
     backups: std::collections::BTreeMap<String, serde_json::Value>,
-}
-
-/// `patch` merged into `into` (JSON merge patch: objects merge, null removes).
-fn merge(into: &mut serde_json::Value, patch: serde_json::Value) {
-    match (into, patch) {
-        (serde_json::Value::Object(a), serde_json::Value::Object(b)) => {
-            for (k, v) in b {
-                if v.is_null() {
-                    a.remove(&k);
-                } else {
-                    merge(a.entry(k).or_insert(serde_json::Value::Null), v);
-                }
-            }
-        }
-        (a, b) => *a = b,
-    }
 }
 
 /// Where cargo put this workspace's binaries (next to the test's `deps/`).
@@ -83,7 +68,7 @@ impl LocalTarget {
             }),
             backups: Default::default(),
         };
-        merge(&mut t.spec, spec);
+        crate::manifests::merge(&mut t.spec, spec);
         t.write_manifest()?;
         t.spawn_operator(None)?;
         Ok(t)
@@ -102,12 +87,7 @@ impl LocalTarget {
         });
         let mut text = serde_yaml::to_string(&cluster)?;
         for (name, spec) in &self.backups {
-            let backup = serde_json::json!({
-                "apiVersion": "raftlane.io/v1alpha1",
-                "kind": "RaftClusterBackup",
-                "metadata": {"name": name},
-                "spec": spec,
-            });
+            let backup = crate::manifests::backup(name, &self.name, spec.clone());
             text.push_str("---\n");
             text.push_str(&serde_yaml::to_string(&backup)?);
         }
@@ -162,7 +142,7 @@ impl Target for LocalTarget {
     }
 
     async fn patch_spec(&mut self, spec: serde_json::Value) -> anyhow::Result<()> {
-        merge(&mut self.spec, spec);
+        crate::manifests::merge(&mut self.spec, spec);
         self.write_manifest()
     }
 
@@ -171,17 +151,19 @@ impl Target for LocalTarget {
         let bin = match works {
             true => {
                 // Copied once: members may be running it.
-                let bin = self.dir.path().join("raft-node-next");
+                // Named unlike raft-node: members are known by their data
+                // dir, not by the binary's name.
+                let bin = self.dir.path().join("node-v2");
                 if !bin.exists() {
                     fs::copy(self.bin_dir.join("raft-node"), &bin)?;
                 }
                 bin
             }
             false => {
-                let bin = self.dir.path().join("raft-node-broken");
+                let bin = self.dir.path().join("node-broken");
                 fs::write(
                     &bin,
-                    "#!/bin/sh\necho 'raft-node-broken: this build exits at start' >&2\nexit 1\n",
+                    "#!/bin/sh\necho 'node-broken: this build exits at start' >&2\nexit 1\n",
                 )?;
                 fs::set_permissions(&bin, fs::Permissions::from_mode(0o755))?;
                 bin
@@ -191,9 +173,7 @@ impl Target for LocalTarget {
     }
 
     async fn apply_backup(&mut self, name: &str, spec: serde_json::Value) -> anyhow::Result<()> {
-        let mut full = serde_json::json!({ "cluster": self.name });
-        merge(&mut full, spec);
-        self.backups.insert(name.into(), full);
+        self.backups.insert(name.into(), spec);
         self.write_manifest()
     }
 

@@ -663,6 +663,15 @@ pub async fn rolling_update_under_writes<T: Target>(
     let (rolled_to, writes) = futures::join!(rollout, write_until(t, "rollout/", &done));
     let took = edited.elapsed();
     let (s, writes) = (rolled_to?, writes?);
+    // Each restart costs the writer a few failed attempts (100 ms apart)
+    // while the member it was writing to is down; far more means writes
+    // stalled.
+    let bound = 150 * n;
+    anyhow::ensure!(
+        writes.retried <= bound,
+        "{} write attempts failed during the rollout (more than {bound})",
+        writes.retried
+    );
     for id in 1..=n {
         let now = t.incarnation(id).await?;
         anyhow::ensure!(

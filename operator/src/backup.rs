@@ -42,7 +42,8 @@ pub struct RaftClusterBackupSpec {
     /// it, one backup is taken when the resource is created.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(regex(pattern = r"^([0-9]+h)?([0-9]+m)?([0-9]+s)?$"))]
-    #[x_kube(validation = Rule::new("self != ''").message("spec.every must be a duration such as 24h"))]
+    #[x_kube(validation = Rule::new("self != '' && duration(self) >= duration('10s')")
+        .message("spec.every must be a duration of at least 10s such as 24h"))]
     pub every: Option<String>,
     /// How many backup files of this resource are kept, newest first; older
     /// ones are deleted after each successful backup.
@@ -215,17 +216,66 @@ pub fn set_ready(status: &mut RaftClusterBackupStatus, now: &str) {
     }];
 }
 
+/// How `raftctl backup` authenticates to the members: with the cluster's
+/// admin certificate (PEM file paths), or plaintext for a cluster without TLS.
+pub enum Auth {
+    Tls {
+        ca: String,
+        cert: String,
+        key: String,
+    },
+    Plaintext,
+}
+
+/// One backup run of RaftClusterBackup `name`, as both runtimes start it.
+pub struct Run<'a> {
+    /// The admin address of the member the backup is taken from (the leader).
+    pub admin: &'a str,
+    pub auth: &'a Auth,
+    /// The file written (named by [`file_name`]).
+    pub out: &'a str,
+    pub name: &'a str,
+    pub keep: u32,
+    /// Where raftctl writes its JSON summary (size, CRC32C, index).
+    pub summary: &'a str,
+}
+
+impl Run<'_> {
+    /// raftctl's arguments: the backup, then the retention of the series
+    /// `name` (the newest `keep` files beside `out`).
+    pub fn raftctl_args(&self) -> Vec<String> {
+        let mut args = vec!["--admin".to_string(), self.admin.to_string()];
+        match self.auth {
+            Auth::Tls { ca, cert, key } => {
+                for (flag, path) in [("--cacert", ca), ("--cert", cert), ("--key", key)] {
+                    args.extend([flag.to_string(), path.clone()]);
+                }
+            }
+            Auth::Plaintext => args.push("--insecure-plaintext".into()),
+        }
+        args.extend(
+            [
+                "backup",
+                "--out",
+                self.out,
+                "--series",
+                self.name,
+                "--keep",
+                &self.keep.to_string(),
+                "--summary-file",
+                self.summary,
+            ]
+            .map(String::from),
+        );
+        args
+    }
+}
+
 /// Reads a RaftClusterBackup manifest, checked against the CRD's rules.
 pub fn parse_backup(value: &serde_json::Value) -> Result<RaftClusterBackup, String> {
     let b: RaftClusterBackup = serde_path_to_error::deserialize(value)
         .map_err(|e| format!("{}: {}", e.path(), e.inner()))?;
     RaftClusterBackup::validate_cel(&b).map_err(|e| e.to_string())?;
-    if b.spec.every.is_some() && b.spec.every().is_none() {
-        return Err(format!(
-            "spec.every: {:?} is not a duration of at least 10s such as 24h",
-            b.spec.every.as_deref().unwrap_or_default()
-        ));
-    }
     Ok(b)
 }
 

@@ -136,7 +136,8 @@ pub struct UpdateStrategy {
     /// goes on past an unhealthy member; reverting the spec resumes it.
     #[serde(default = "default_progress_deadline")]
     #[schemars(regex(pattern = r"^([0-9]+h)?([0-9]+m)?([0-9]+s)?$"))]
-    #[x_kube(validation = Rule::new("self != ''").message("updateStrategy.progressDeadline must be a duration such as 10m"))]
+    #[x_kube(validation = Rule::new("self != '' && duration(self) >= duration('10s')")
+        .message("spec.updateStrategy.progressDeadline must be a duration of at least 10s such as 10m"))]
     pub progress_deadline: String,
 }
 
@@ -171,12 +172,13 @@ pub(crate) fn duration(text: &str) -> Option<std::time::Duration> {
             continue;
         }
         let n: u64 = std::mem::take(&mut num).parse().ok()?;
-        secs += n * match c {
+        let unit = match c {
             'h' => 3600,
             'm' => 60,
             's' => 1,
             _ => return None,
         };
+        secs = secs.checked_add(n.checked_mul(unit)?)?;
     }
     (num.is_empty() && secs >= 10).then(|| std::time::Duration::from_secs(secs))
 }
@@ -193,7 +195,8 @@ pub struct FailureReplacement {
     /// How long a member may stay unhealthy, e.g. `10m`, `90s`, `1h30m`
     /// (at least 10s: a restart or a reschedule must not count).
     #[schemars(regex(pattern = r"^([0-9]+h)?([0-9]+m)?([0-9]+s)?$"))]
-    #[x_kube(validation = Rule::new("self != ''").message("failureReplacement.after must be a duration such as 10m"))]
+    #[x_kube(validation = Rule::new("self != '' && duration(self) >= duration('10s')")
+        .message("spec.failureReplacement.after must be a duration of at least 10s such as 10m"))]
     pub after: String,
 }
 
@@ -474,12 +477,17 @@ pub struct RaftClusterStatus {
     pub updated_replicas: u32,
 }
 
-/// A member that has not been healthy since `since` (RFC 3339).
+/// A member that has not been healthy since `since` (RFC 3339), under the
+/// spec revision `revision`: a spec change starts the count again (a revert
+/// gives a member a failed rollout broke its chance to come back before it
+/// could be taken for a failed member).
 #[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
 #[serde(rename_all = "camelCase")]
 pub struct UnhealthyMember {
     pub id: u64,
     pub since: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub revision: Option<String>,
 }
 
 /// One member as last observed.

@@ -11,10 +11,10 @@ use anyhow::Context;
 
 use raftlane_tls::Dialer;
 
-use crate::backup::RaftClusterBackup;
+use crate::backup::{Auth, RaftClusterBackup};
 use crate::certs::{Leaf, ROTATE_CA_ANNOTATION};
 use crate::crd::{parse_manifest, RaftCluster, RaftClusterStatus};
-use crate::local_backups::{Auth, LocalBackups};
+use crate::local_backups::LocalBackups;
 use crate::plan::{Action, Observed};
 use crate::reconcile::{pass, AdminClients, Host, PassError};
 use crate::revision;
@@ -140,16 +140,18 @@ pub async fn run(opts: LocalOptions) -> anyhow::Result<()> {
         Err(held) => anyhow::bail!("an operator ({held}) already runs on {}", dir.display()),
     };
     let mut rt = LocalRuntime::new(&dir, &name, opts.node_bin.clone(), &cluster.spec)?;
+    rt.set_spec(&cluster.spec)
+        .with_context(|| opts.file.display().to_string())?;
     let mut host = LocalHost { dir: dir.clone() };
     let status_path = host.status_path();
     let mut current = load_status(&status_path)?;
-    if cluster.spec.restore.is_some() && (current.term > 0 || current.leader.is_some()) {
-        println!(
-            "spec.restore is not applied: {name} already formed (term {}); a backup restores \
-             only a new cluster",
-            current.term
-        );
-    }
+    anyhow::ensure!(
+        cluster.spec.restore.is_none() || (current.term == 0 && current.leader.is_none()),
+        "{}: spec.restore: {name} already formed (term {}): a backup restores only a new \
+         cluster (remove spec.restore, or restore into a cluster of another name)",
+        opts.file.display(),
+        current.term
+    );
     let mut taker = LocalBackups::new(&dir, opts.node_bin.with_file_name("raftctl"));
     // Replaced by the operator's certificate before the first pass dials.
     let mut admins = AdminClients::new(Dialer::Plaintext);
@@ -257,9 +259,9 @@ pub async fn run(opts: LocalOptions) -> anyhow::Result<()> {
                 current = o.status;
                 let auth = match rt.tls() {
                     Some(t) => Auth::Tls {
-                        ca: t.trust_path(),
-                        cert: t.cert_path(&Leaf::Admin),
-                        key: t.key_path(&Leaf::Admin),
+                        ca: t.trust_path().display().to_string(),
+                        cert: t.cert_path(&Leaf::Admin).display().to_string(),
+                        key: t.key_path(&Leaf::Admin).display().to_string(),
                     },
                     None => Auth::Plaintext,
                 };

@@ -12,18 +12,7 @@ use std::process::{Child, Command, Stdio};
 
 use anyhow::Context;
 
-use crate::backup::{self, BackupFile, RaftClusterBackup, RaftClusterBackupStatus};
-
-/// How raftctl authenticates to the members: the admin certificate, or
-/// plaintext for a cluster without TLS.
-pub enum Auth {
-    Tls {
-        ca: PathBuf,
-        cert: PathBuf,
-        key: PathBuf,
-    },
-    Plaintext,
-}
+use crate::backup::{self, Auth, BackupFile, RaftClusterBackup, RaftClusterBackupStatus};
 
 /// A backup being taken.
 struct Running {
@@ -201,21 +190,16 @@ impl LocalBackups {
         file: &Path,
     ) -> anyhow::Result<Child> {
         let log = std::fs::File::create(self.dir.join(format!("{name}.log")))?;
+        let run = backup::Run {
+            admin,
+            auth,
+            out: &file.display().to_string(),
+            name,
+            keep,
+            summary: &self.summary_path(name).display().to_string(),
+        };
         let mut cmd = Command::new(&self.raftctl);
-        cmd.args(["--admin", admin]);
-        match auth {
-            Auth::Tls { ca, cert, key } => {
-                cmd.arg("--cacert").arg(ca);
-                cmd.arg("--cert").arg(cert);
-                cmd.arg("--key").arg(key);
-            }
-            Auth::Plaintext => {
-                cmd.arg("--insecure-plaintext");
-            }
-        }
-        cmd.arg("backup").arg("--out").arg(file);
-        cmd.args(["--series", name, "--keep", &keep.to_string()]);
-        cmd.arg("--summary-file").arg(self.summary_path(name));
+        cmd.args(run.raftctl_args());
         cmd.stdin(Stdio::null())
             .stdout(log.try_clone()?)
             .stderr(log)

@@ -53,14 +53,15 @@ impl AdminClients {
         &self.dialer
     }
 
-    /// Drops the clients of addresses no member in `running` listens on.
+    /// Drops the clients of (member, address) pairs no member in `running`
+    /// is at now.
     fn keep_only(&mut self, running: &BTreeMap<u64, Member>) {
-        let current: HashSet<&str> = running
+        let current: HashSet<(u64, &str)> = running
             .values()
-            .filter_map(|m| Some(m.addrs.as_ref()?.admin.as_str()))
+            .filter_map(|m| Some((m.id, m.addrs.as_ref()?.admin.as_str())))
             .collect();
         self.by_addr
-            .retain(|(_, addr), _| current.contains(addr.as_str()));
+            .retain(|(id, addr), _| current.contains(&(*id, addr.as_str())));
     }
 
     /// The client of member `id` at `addr`; with TLS it verifies that the
@@ -702,6 +703,8 @@ mod tests {
             (1, "127.0.0.1:7002"),
             (2, "127.0.0.2:7002"),
             (2, "127.0.0.2:9999"),
+            // Another member's client for an address member 2 listens on now.
+            (4, "127.0.0.2:9999"),
         ] {
             admins.get(id, addr).unwrap();
         }

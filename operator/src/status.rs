@@ -201,8 +201,8 @@ pub fn compute(
 }
 
 /// Members of the membership that are not healthy, each since the first
-/// status that saw it so. Without a leader the membership is unknown and the
-/// list is kept as it was.
+/// status that saw it so under the spec's revision now. Without a leader the
+/// membership is unknown and the list is kept as it was.
 fn unhealthy(obs: &Observed, previous: &RaftClusterStatus, now: &str) -> Vec<UnhealthyMember> {
     let Some(leader) = obs.leader() else {
         return previous.unhealthy.clone();
@@ -216,8 +216,9 @@ fn unhealthy(obs: &Observed, previous: &RaftClusterStatus, now: &str) -> Vec<Unh
             since: previous
                 .unhealthy
                 .iter()
-                .find(|u| u.id == *id)
+                .find(|u| u.id == *id && u.revision == obs.update_revision)
                 .map_or_else(|| now.to_string(), |u| u.since.clone()),
+            revision: obs.update_revision.clone(),
         })
         .collect()
 }
@@ -300,6 +301,23 @@ mod tests {
         let s4 = compute("demo", &seen(0, &[1, 2, 3]), &plan, &s3, "t4");
         assert_eq!(cond(&s4, "Degraded").reason, "NoLeader");
         assert_eq!(cond(&s4, "Available").status, "False");
+    }
+
+    #[test]
+    fn a_spec_change_starts_the_unhealthy_count_again() {
+        let plan = Plan::default();
+        let mut obs = seen(1, &[1, 2]);
+        obs.update_revision = Some("a".into());
+        let s1 = compute("demo", &obs, &plan, &RaftClusterStatus::default(), "t1");
+        assert_eq!(s1.unhealthy[0].id, 3);
+        let s2 = compute("demo", &obs, &plan, &s1, "t2");
+        assert_eq!(s2.unhealthy[0].since, "t1", "kept while the spec stays");
+        obs.update_revision = Some("b".into());
+        let s3 = compute("demo", &obs, &plan, &s2, "t3");
+        assert_eq!(
+            s3.unhealthy[0].since, "t3",
+            "counted again under the new revision"
+        );
     }
 
     #[test]

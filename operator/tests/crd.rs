@@ -60,6 +60,14 @@ fn bad_specs_are_refused_naming_their_field() {
             "lanes must be 1 or 4",
         ),
         (
+            "  replicas: 3\n  failureReplacement:\n    after: 5s\n",
+            "spec.failureReplacement.after must be a duration of at least 10s",
+        ),
+        (
+            "  replicas: 3\n  updateStrategy:\n    progressDeadline: 9s\n",
+            "spec.updateStrategy.progressDeadline must be a duration of at least 10s",
+        ),
+        (
             "  replicas: 3\n  raft:\n    tickMs: 0\n",
             "tickMs must be 1 to 10000",
         ),

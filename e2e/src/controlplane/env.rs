@@ -30,7 +30,6 @@ pub const NAMESPACE: &str = "raftlane-e2e";
 /// The chart's release; its Deployment carries `app.kubernetes.io/instance=<it>`.
 pub const RELEASE: &str = "raft-operator";
 pub const NODE: &str = "raftlane-e2e-node";
-const NODE_IMAGE: &str = "raftlane/raft-node:e2e";
 /// Bound on a cold build of the three binaries (measured 393 s on 2 cores
 /// with empty Go caches, 567 s while other builds ran).
 const GO_BUILD: Duration = Duration::from_secs(60 * 60);
@@ -87,45 +86,9 @@ fn tools(root: &Path) -> anyhow::Result<PathBuf> {
     Ok(bin)
 }
 
-/// `patch` merged into `into` (JSON merge patch: objects merge, null removes).
-pub fn merge_json(into: &mut serde_json::Value, patch: serde_json::Value) {
-    match (into, patch) {
-        (serde_json::Value::Object(a), serde_json::Value::Object(b)) => {
-            for (k, v) in b {
-                if v.is_null() {
-                    a.remove(&k);
-                } else {
-                    merge_json(a.entry(k).or_insert(serde_json::Value::Null), v);
-                }
-            }
-        }
-        (a, b) => *a = b,
-    }
-}
-
-/// The suite's RaftCluster `name`: `replicas` members of the raft-node image
-/// on 256Mi volumes that go with the members, `spec` merged into its spec.
-pub fn cluster_manifest(name: &str, replicas: u32, spec: serde_json::Value) -> serde_json::Value {
-    let mut m = serde_json::json!({
-        "apiVersion": "raftlane.io/v1alpha1",
-        "kind": "RaftCluster",
-        "metadata": {"name": name},
-        "spec": {
-            "replicas": replicas,
-            "image": NODE_IMAGE,
-            "storage": {
-                "size": "256Mi",
-                "retentionPolicy": {"whenScaled": "Delete", "whenDeleted": "Delete"},
-            },
-        },
-    });
-    merge_json(&mut m["spec"], spec);
-    m
-}
-
-/// [`cluster_manifest`] as text (JSON, which kubectl reads as YAML).
+/// [`crate::manifests::cluster`] as text (JSON, which kubectl reads as YAML).
 fn manifest(name: &str, replicas: u32) -> String {
-    cluster_manifest(name, replicas, serde_json::json!({})).to_string()
+    crate::manifests::cluster(name, replicas, serde_json::json!({})).to_string()
 }
 
 /// A running control plane with the operator installed in [`NAMESPACE`].
@@ -398,7 +361,7 @@ mod tests {
         assert_eq!(c.spec.replicas, 3);
         assert_eq!(c.spec.storage.size, "256Mi");
         let spec = serde_json::json!({"storage": {"size": "1Gi"}, "paused": true});
-        let m = super::cluster_manifest("e2e", 1, spec);
+        let m = crate::manifests::cluster("e2e", 1, spec);
         let c = raft_operator::crd::parse_cluster(&m.to_string()).unwrap();
         assert_eq!((c.spec.replicas, c.spec.paused), (1, true));
         assert_eq!(c.spec.storage.size, "1Gi");

@@ -11,9 +11,10 @@ use raft_operator::backup::{RaftClusterBackup, RaftClusterBackupStatus};
 use raft_operator::crd::{RaftCluster, RaftClusterStatus};
 use raftlane_tls::Dialer;
 
-use super::env::{cluster_manifest, merge_json, NAMESPACE};
+use super::env::NAMESPACE;
 use super::kubectl::Kubectl;
 use crate::kind::ScaleBy;
+use crate::manifests;
 use crate::Target;
 
 const CLIENT_PORT: u16 = 7001;
@@ -158,22 +159,15 @@ impl Target for ControlPlaneTarget {
     /// the tag: another tag runs raft-node; an unknown name never starts.
     async fn rollout_image(&mut self, works: bool) -> anyhow::Result<String> {
         Ok(match works {
-            true => "raftlane/raft-node:e2e-next",
-            false => "raftlane/raft-node-broken:e2e",
+            true => manifests::NODE_IMAGE_NEXT,
+            false => manifests::BROKEN_IMAGE,
         }
         .into())
     }
 
     /// `kubectl apply` of RaftClusterBackup `name` in the suite's namespace.
     async fn apply_backup(&mut self, name: &str, spec: serde_json::Value) -> anyhow::Result<()> {
-        let mut full = serde_json::json!({ "cluster": self.name });
-        merge_json(&mut full, spec);
-        let manifest = serde_json::json!({
-            "apiVersion": "raftlane.io/v1alpha1",
-            "kind": "RaftClusterBackup",
-            "metadata": {"name": name},
-            "spec": full,
-        });
+        let manifest = manifests::backup(name, &self.name, spec);
         self.apply(&format!("backup-{name}"), &manifest).await
     }
 
@@ -192,7 +186,7 @@ impl Target for ControlPlaneTarget {
         replicas: u32,
         spec: serde_json::Value,
     ) -> anyhow::Result<Self> {
-        let manifest = cluster_manifest(name, replicas, spec);
+        let manifest = manifests::cluster(name, replicas, spec);
         self.apply(name, &manifest).await?;
         Ok(ControlPlaneTarget::new(
             self.client.clone(),

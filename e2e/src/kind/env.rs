@@ -16,9 +16,7 @@ use crate::wait_for;
 
 const DEFAULT_CLUSTER: &str = "raftlane-e2e";
 const TOOLS: [&str; 4] = ["kind", "docker", "kubectl", "helm"];
-const NODE_IMAGE: &str = "raftlane/raft-node:e2e";
-/// The same image under a second tag: a rolling update's new revision.
-pub const NODE_IMAGE_NEXT: &str = "raftlane/raft-node:e2e-next";
+use crate::manifests::{NODE_IMAGE, NODE_IMAGE_NEXT};
 const OPERATOR_IMAGE: &str = "raftlane/raft-operator:e2e";
 /// The chart's release; its Deployment carries `app.kubernetes.io/instance=<it>`.
 const RELEASE: &str = "raft-operator";
@@ -116,33 +114,9 @@ fn operator_deployment(kube: &Kubectl) -> anyhow::Result<String> {
     }
 }
 
-/// The suite's RaftCluster `name` (the raft-node image loaded into kind,
-/// 256Mi volumes that go with the members), `spec` merged into its spec.
-pub(super) fn cluster_manifest(
-    name: &str,
-    replicas: u32,
-    spec: serde_json::Value,
-) -> serde_json::Value {
-    let mut m = serde_json::json!({
-        "apiVersion": "raftlane.io/v1alpha1",
-        "kind": "RaftCluster",
-        "metadata": {"name": name},
-        "spec": {
-            "replicas": replicas,
-            "image": NODE_IMAGE,
-            "storage": {
-                "size": "256Mi",
-                "retentionPolicy": {"whenScaled": "Delete", "whenDeleted": "Delete"},
-            },
-        },
-    });
-    crate::controlplane::env::merge_json(&mut m["spec"], spec);
-    m
-}
-
-/// [`cluster_manifest`] as text (JSON, which kubectl reads as YAML).
+/// [`crate::manifests::cluster`] as text (JSON, which kubectl reads as YAML).
 fn manifest(name: &str, replicas: u32) -> String {
-    cluster_manifest(name, replicas, serde_json::json!({})).to_string()
+    crate::manifests::cluster(name, replicas, serde_json::json!({})).to_string()
 }
 
 /// `kubectl delete raftcluster <name>`, then waits until its pods are gone
@@ -338,7 +312,7 @@ mod tests {
         assert_eq!(c.spec.replicas, 3);
         assert_eq!(c.spec.image, super::NODE_IMAGE);
         assert_eq!(c.spec.storage.size, "256Mi");
-        let m = super::cluster_manifest("e2e", 1, serde_json::json!({"paused": true}));
+        let m = crate::manifests::cluster("e2e", 1, serde_json::json!({"paused": true}));
         let c = raft_operator::crd::parse_cluster(&m.to_string()).unwrap();
         assert_eq!((c.spec.replicas, c.spec.paused), (1, true));
         assert_eq!(c.spec.image, super::NODE_IMAGE);

@@ -119,14 +119,14 @@ enum Cmd {
         #[arg(long, value_name = "FILE")]
         out: PathBuf,
         /// Retention: once FILE is written and verified, keep the N newest
-        /// regular files named `SERIES-*.rlb` in FILE's directory and delete the
-        /// others. Newest is the greatest name, so name them
-        /// `SERIES-<yyyymmddThhmmssZ>.rlb` (UTC); FILE counts and is never
-        /// deleted. A failed backup deletes nothing.
+        /// regular files named `SERIES-<yyyymmddThhmmssZ>.rlb` (UTC: the
+        /// greatest name is the newest) in FILE's directory and delete the
+        /// others; FILE counts and is never deleted. A failed backup deletes
+        /// nothing.
         #[arg(long, value_name = "N", requires = "series",
               value_parser = clap::value_parser!(u32).range(1..))]
         keep: Option<u32>,
-        /// The series --keep prunes; FILE's name must be `SERIES-*.rlb`, so that
+        /// The series --keep prunes; FILE's name must be `SERIES-<yyyymmddThhmmssZ>.rlb`, so that
         /// it counts among the N kept.
         #[arg(long, value_name = "SERIES", requires = "keep")]
         series: Option<String>,
@@ -356,11 +356,22 @@ async fn backup(cli: &Cli, out: &Path) -> anyhow::Result<Taken> {
     })
 }
 
-/// Whether `name` is a file of backup series `series`: `SERIES-*.rlb`.
+/// Whether `name` is a file of backup series `series`:
+/// `SERIES-<yyyymmddThhmmssZ>.rlb` exactly, so that series `nightly` never
+/// counts (or deletes) the files of a series `nightly-weekly` beside it.
 fn in_series(name: &str, series: &str) -> bool {
-    name.strip_prefix(series)
+    let Some(stamp) = name
+        .strip_prefix(series)
         .and_then(|r| r.strip_prefix('-'))
-        .is_some_and(|r| r.ends_with(".rlb"))
+        .and_then(|r| r.strip_suffix(".rlb"))
+    else {
+        return false;
+    };
+    let b = stamp.as_bytes();
+    b.len() == 16
+        && b[8] == b'T'
+        && b[15] == b'Z'
+        && b[..8].iter().chain(&b[9..15]).all(u8::is_ascii_digit)
 }
 
 /// Checked before the backup is taken, so a bad --series costs no backup and
@@ -828,6 +839,10 @@ mod tests {
         assert!(!in_series("demo-20261201T100000Z.partial", "demo"));
         assert!(!in_series("demo20261201T100000Z.rlb", "demo"));
         assert!(!in_series("other-20261201T100000Z.rlb", "demo"));
+        // Another series whose name starts with this one's is not this one.
+        assert!(!in_series("demo-weekly-20261201T100000Z.rlb", "demo"));
+        assert!(in_series("demo-weekly-20261201T100000Z.rlb", "demo-weekly"));
+        assert!(!in_series("demo-x.rlb", "demo"));
         assert!(check_series(Path::new("/b/demo-20261201T100000Z.rlb"), "demo").is_ok());
         assert!(check_series(Path::new("/b/x.rlb"), "demo").is_err());
         assert!(check_series(Path::new("/b/a/b-1.rlb"), "a/b").is_err());

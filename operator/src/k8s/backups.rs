@@ -40,7 +40,7 @@ use kube::{Api, Resource, ResourceExt};
 use serde_json::{json, Value};
 
 use crate::backup::{
-    due, file_name, next_due, record_failure, record_success, set_ready, BackupFile,
+    self, due, file_name, next_due, record_failure, record_success, set_ready, BackupFile,
     RaftClusterBackup, RaftClusterBackupStatus,
 };
 use crate::certs::Leaf;
@@ -137,31 +137,25 @@ pub fn backup_job(
     let name = b.name_any();
     let file = file_name(&name, now);
     let spec = &rc.spec;
-    let mut args: Vec<String> = vec!["--admin".into(), admin_addr(leader_ip)];
-    if spec.tls.enabled {
-        for (flag, f) in [
-            ("--cacert", "ca.crt"),
-            ("--cert", "tls.crt"),
-            ("--key", "tls.key"),
-        ] {
-            args.push(flag.into());
-            args.push(format!("{JOB_TLS_DIR}/{f}"));
-        }
-    } else {
-        args.push("--insecure-plaintext".into());
+    let auth = match spec.tls.enabled {
+        true => backup::Auth::Tls {
+            ca: format!("{JOB_TLS_DIR}/ca.crt"),
+            cert: format!("{JOB_TLS_DIR}/tls.crt"),
+            key: format!("{JOB_TLS_DIR}/tls.key"),
+        },
+        false => backup::Auth::Plaintext,
+    };
+    // raftctl writes its summary in place into the termination log, which
+    // the kubelet turns into the container's message.
+    let args = backup::Run {
+        admin: &admin_addr(leader_ip),
+        auth: &auth,
+        out: &format!("{BACKUP_DIR}/{file}"),
+        name: &name,
+        keep: b.spec.keep,
+        summary: TERMINATION_LOG,
     }
-    args.extend([
-        "backup".to_string(),
-        "--out".into(),
-        format!("{BACKUP_DIR}/{file}"),
-        "--series".into(),
-        name.clone(),
-        "--keep".into(),
-        b.spec.keep.to_string(),
-    ]);
-    // raftctl writes its summary (size, CRC32C, index) in place into the
-    // termination log, which the kubelet turns into the container's message.
-    args.extend(["--summary-file".to_string(), TERMINATION_LOG.to_string()]);
+    .raftctl_args();
     let mut pod_labels = BTreeMap::from([
         (
             "app.kubernetes.io/managed-by".to_string(),
@@ -324,19 +318,8 @@ pub async fn reconcile(
     let result = match &obj.0 {
         Ok(b) => apply(b, &ctx).await,
         Err(invalid) => {
-            tracing::warn!(
-                name = invalid.metadata.name.as_deref().unwrap_or("?"),
-                error = %invalid.error,
-                "skipping a RaftClusterBackup that cannot be read"
-            );
-            let note = invalid.error.clone();
-            ctx.publish(
-                &obj.object_ref(&()),
-                EventType::Warning,
-                "InvalidSpec",
-                note,
-            )
-            .await;
+            ctx.unreadable("RaftClusterBackup", &obj.object_ref(&()), invalid)
+                .await;
             Ok(Action::await_change())
         }
     };

@@ -194,6 +194,29 @@ impl Context {
             tracing::warn!(error = %e, reason, "writing an event failed");
         }
     }
+
+    /// Reports an object of `kind` whose stored form cannot be read (a
+    /// warning, and a Warning event `InvalidSpec` naming why): it is left
+    /// alone, and never stops the watch.
+    pub(crate) async fn unreadable(
+        &self,
+        kind: &str,
+        regarding: &ObjectReference,
+        invalid: &kube::core::error_boundary::InvalidObject,
+    ) {
+        tracing::warn!(
+            name = invalid.metadata.name.as_deref().unwrap_or("?"),
+            error = %invalid.error,
+            "skipping a {kind} that cannot be read"
+        );
+        self.publish(
+            regarding,
+            EventType::Warning,
+            "InvalidSpec",
+            invalid.error.clone(),
+        )
+        .await;
+    }
 }
 
 /// Longest event note the API server accepts (1 kB), in bytes.
@@ -248,19 +271,8 @@ pub async fn reconcile(
             .map_err(|e| Error::Finalizer(Box::new(e)))
         }
         Err(invalid) => {
-            tracing::warn!(
-                name = invalid.metadata.name.as_deref().unwrap_or("?"),
-                error = %invalid.error,
-                "skipping a RaftCluster that cannot be read"
-            );
-            let note = invalid.error.clone();
-            ctx.publish(
-                &obj.object_ref(&()),
-                EventType::Warning,
-                "InvalidSpec",
-                note,
-            )
-            .await;
+            ctx.unreadable("RaftCluster", &obj.object_ref(&()), invalid)
+                .await;
             if obj.meta().deletion_timestamp.is_some() {
                 release_unreadable(&obj, &ctx).await
             } else {

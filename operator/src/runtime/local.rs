@@ -398,19 +398,10 @@ fn remove_if_present(path: &Path) -> anyhow::Result<()> {
 /// exits after waiting a while for that lock. In that while both exist, so
 /// the newest start is taken: a record is written for the latest start.
 fn find_started(data: &str) -> Option<u32> {
-    let started_as = |argv: &[&str]| argv.windows(2).any(|w| w == ["--data-dir", data]);
     fs::read_dir("/proc")
         .ok()?
         .filter_map(|e| e.ok()?.file_name().to_str()?.parse::<u32>().ok())
-        .filter(|&pid| {
-            fs::read(format!("/proc/{pid}/cmdline")).is_ok_and(|c| {
-                let argv: Vec<&str> = std::str::from_utf8(&c)
-                    .unwrap_or_default()
-                    .split('\0')
-                    .collect();
-                started_as(&argv)
-            }) && alive(pid)
-        })
+        .filter(|&pid| alive(pid, data))
         .max_by_key(|&pid| (started_at(pid), pid))
 }
 
@@ -427,10 +418,16 @@ fn started_at(pid: u32) -> Option<u64> {
         .ok()
 }
 
-/// True when `pid` is a live raft-node process (not a reused pid).
-fn alive(pid: u32) -> bool {
+/// True when `pid` is a live process started on data dir `data` (a member
+/// of ours, not a reused pid), whatever its binary is called (`spec.image`
+/// may name any file).
+fn alive(pid: u32, data: &str) -> bool {
     fs::read(format!("/proc/{pid}/cmdline"))
-        .map(|c| String::from_utf8_lossy(&c).contains("raft-node"))
+        .map(|c| {
+            let argv: Vec<&[u8]> = c.split(|b| *b == 0).collect();
+            argv.windows(2)
+                .any(|w| w[0] == b"--data-dir" && w[1] == data.as_bytes())
+        })
         .unwrap_or(false)
         && !fs::read_to_string(format!("/proc/{pid}/stat"))
             .map(|s| {
@@ -444,7 +441,8 @@ fn alive(pid: u32) -> bool {
 impl LocalRuntime {
     /// Members of cluster `cluster_id` live under `dir`, with certificates
     /// under `dir/tls` unless `spec.tls.enabled` is false; `default_bin` is
-    /// raft-node unless `spec.image` names a binary.
+    /// raft-node unless `spec.image` names a binary. The binary is checked by
+    /// [`LocalRuntime::set_spec`] (stopping members needs none).
     pub fn new(
         dir: &Path,
         cluster_id: &str,
@@ -453,21 +451,19 @@ impl LocalRuntime {
     ) -> anyhow::Result<LocalRuntime> {
         fs::create_dir_all(dir).with_context(|| format!("state dir {}", dir.display()))?;
         let tls = &spec.tls;
-        let mut rt = LocalRuntime {
+        Ok(LocalRuntime {
             dir: dir.to_path_buf(),
             cluster_id: cluster_id.to_string(),
-            node_bin: default_bin.clone(),
+            node_bin: node_binary(&spec.image, &default_bin),
             default_bin,
             raft: spec.raft.clone(),
             revision: revision::of(spec),
-            restore: None,
+            restore: spec.restore.as_ref().map(|r| PathBuf::from(&r.file)),
             tls: tls
                 .enabled
                 .then(|| LocalTls::new(dir, cluster_id, tls.client_auth)),
             children: BTreeMap::new(),
-        };
-        rt.set_spec(spec)?;
-        Ok(rt)
+        })
     }
 
     /// Members started from now on run as `spec` says (binary, raft
@@ -657,7 +653,8 @@ impl LocalRuntime {
     pub fn stop_all(&mut self) -> anyhow::Result<Vec<u64>> {
         let mut stopped = Vec::new();
         for (id, rec) in self.records()? {
-            if let Some(pid) = rec.pid.filter(|&p| alive(p)) {
+            let data = self.data_dir(id).display().to_string();
+            if let Some(pid) = rec.pid.filter(|&p| alive(p, &data)) {
                 terminate(pid);
                 stopped.push(id);
             }
@@ -672,13 +669,13 @@ impl LocalRuntime {
 
 /// Asks a member to stop and waits for it, killing it if it takes too long, so
 /// its data is never moved while it still writes.
-async fn stop(pid: u32) {
-    if !alive(pid) {
+async fn stop(pid: u32, data: &str) {
+    if !alive(pid, data) {
         return;
     }
     terminate(pid);
     for _ in 0..100 {
-        if !alive(pid) {
+        if !alive(pid, data) {
             return;
         }
         tokio::time::sleep(std::time::Duration::from_millis(50)).await;
@@ -686,6 +683,13 @@ async fn stop(pid: u32) {
     // SAFETY: kill(2) with a pid read from our own record; no memory is shared.
     unsafe {
         libc::kill(pid as i32, libc::SIGKILL);
+    }
+    // Gone before anything else uses its data dir (a restart, a retirement).
+    for _ in 0..100 {
+        if !alive(pid, data) {
+            return;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
     }
 }
 
@@ -704,7 +708,8 @@ impl Runtime for LocalRuntime {
         self.reap(repair)?;
         let mut out = Vec::new();
         for (id, mut r) in self.records()? {
-            if !r.pid.is_some_and(alive) {
+            let data = self.data_dir(id).display().to_string();
+            if !r.pid.is_some_and(|p| alive(p, &data)) {
                 continue;
             }
             if r.addrs.is_none() {
@@ -815,7 +820,7 @@ impl Runtime for LocalRuntime {
     /// an address until it has bound them).
     async fn restart(&mut self, id: u64, peers: &BTreeMap<u64, String>) -> anyhow::Result<Member> {
         if let Some(pid) = self.records()?.get(&id).and_then(|r| r.pid) {
-            stop(pid).await;
+            stop(pid, &self.data_dir(id).display().to_string()).await;
         }
         if let Some(mut c) = self.children.remove(&id) {
             let _ = c.wait();
@@ -825,7 +830,7 @@ impl Runtime for LocalRuntime {
 
     async fn delete(&mut self, id: u64) -> anyhow::Result<()> {
         if let Some(pid) = self.records()?.get(&id).and_then(|r| r.pid) {
-            stop(pid).await;
+            stop(pid, &self.data_dir(id).display().to_string()).await;
         }
         if let Some(mut c) = self.children.remove(&id) {
             let _ = c.try_wait();
