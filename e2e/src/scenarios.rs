@@ -682,6 +682,18 @@ pub async fn rolling_update_under_writes<T: Target>(
     let progressing = condition(&s, "Progressing").context("no Progressing condition")?;
     anyhow::ensure!(progressing.reason != "RollingUpdate", "{progressing:?}");
     let ids: Vec<u64> = (1..=n).collect();
+    // Every member's own view: the same voters, one leader, in one term.
+    let mut views = Vec::new();
+    for id in &ids {
+        let st = node_status(t, *id).await?;
+        views.push((st.voters.clone(), st.leader_id, st.term));
+    }
+    anyhow::ensure!(
+        views
+            .iter()
+            .all(|v| v.0 == ids && v.1 != 0 && *v == views[0]),
+        "members' own views after the rollout: {views:?}"
+    );
     for id in &ids {
         check_keys(t, &[*id], keys).await?;
         check_keys(t, &[*id], &writes.acked).await?;

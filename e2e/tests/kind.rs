@@ -42,6 +42,10 @@ async fn scenarios_on_kind() {
         .unwrap();
     eprintln!("measured: leader pod deleted to peers updated and the leader streaming to its new IP: {took:?}");
 
+    scenarios::paused_cluster_is_left_alone(&mut t, &keys)
+        .await
+        .unwrap();
+
     scenarios::rollouts(&mut t, &keys, "member pods")
         .await
         .unwrap();

@@ -24,6 +24,12 @@ use crate::crd::{duration, Condition};
     shortname = "raftbackup",
     status = "RaftClusterBackupStatus",
     cel,
+    // Its Jobs are `<name>-<yyyymmddhhmmss>`, and the Job name is a label
+    // value of their pods (63 characters at most).
+    validation = Rule::new(
+        "size(self.metadata.name) <= 48 && self.metadata.name.matches('^[a-z]([-a-z0-9]*[a-z0-9])?$')"
+    )
+    .message("metadata.name must be a DNS label of at most 48 characters starting with a letter"),
     printcolumn(name = "Cluster", type_ = "string", json_path = ".spec.cluster"),
     printcolumn(name = "Every", type_ = "string", json_path = ".spec.every"),
     printcolumn(name = "Last", type_ = "string", json_path = ".status.backups[0].file"),
@@ -382,6 +388,10 @@ mod tests {
             let e = parse_backup(&manifest(spec.clone())).unwrap_err();
             assert!(e.contains(want), "{spec}: {e}");
         }
+        let mut long = manifest(serde_json::json!({"cluster": "demo"}));
+        long["metadata"]["name"] = serde_json::json!("b".repeat(49));
+        let e = parse_backup(&long).unwrap_err();
+        assert!(e.contains("at most 48 characters"), "{e}");
         let ok = parse_backup(&manifest(
             serde_json::json!({"cluster": "demo", "every": "24h"}),
         ));

@@ -80,6 +80,26 @@ impl LocalBackups {
     ) -> anyhow::Result<Vec<String>> {
         std::fs::create_dir_all(&self.dir).with_context(|| format!("{}", self.dir.display()))?;
         let mut out = Vec::new();
+        // A backup removed from the manifest: its run is stopped.
+        let listed: Vec<String> = backups
+            .iter()
+            .filter_map(|b| b.metadata.name.clone())
+            .collect();
+        let gone: Vec<String> = self
+            .running
+            .keys()
+            .filter(|n| !listed.contains(n))
+            .cloned()
+            .collect();
+        for name in gone {
+            if let Some(mut run) = self.running.remove(&name) {
+                let _ = run.child.kill();
+                let _ = run.child.wait();
+                out.push(format!(
+                    "backup {name}: removed from the manifest, its run stopped"
+                ));
+            }
+        }
         let now = jiff::Timestamp::now();
         for b in backups {
             let name = b.metadata.name.clone().unwrap_or_default();

@@ -174,6 +174,20 @@ impl Observed {
         self.healthy_voters(voters) >= quorum(voters.len())
     }
 
+    /// True when member `id` is healthy and has applied within
+    /// `CATCH_UP_SLACK` entries of the newest leader's commit index: a
+    /// learner may be promoted, a rollout may go on to the next member.
+    pub fn caught_up(&self, id: u64) -> bool {
+        let Some(leader) = self.leader() else {
+            return false;
+        };
+        self.healthy(id)
+            && self
+                .reports
+                .get(&id)
+                .is_some_and(|r| r.applied_index + CATCH_UP_SLACK >= leader.commit_index)
+    }
+
     /// True when member `id` runs at a revision other than the spec's.
     pub fn outdated(&self, id: u64) -> bool {
         let Some(update) = &self.update_revision else {
@@ -276,8 +290,8 @@ impl Plan {
     }
 }
 
-/// A learner is promoted once it has applied this share of the leader's commit
-/// index (and is at most `CATCH_UP_SLACK` entries behind).
+/// A member is caught up (a learner may be promoted, a rollout may move on)
+/// once it has applied within this many entries of the leader's commit index.
 const CATCH_UP_SLACK: u64 = 100;
 
 fn quorum(voters: usize) -> usize {
@@ -401,11 +415,7 @@ pub fn plan(replicas: u64, obs: &Observed) -> Plan {
             }
         }
     }
-    let caught_up = |id: &u64| {
-        obs.reports.get(id).is_some_and(|r| {
-            r.applied_index + CATCH_UP_SLACK >= leader.commit_index && r.leader_id == leader.id
-        })
-    };
+    let caught_up = |id: &u64| obs.caught_up(*id);
 
     // 0. A member that lost its data leaves the membership first.
     if let Some(&id) = lost.first() {
@@ -526,13 +536,7 @@ fn roll(obs: &Observed, leader: &MemberReport, voters: &BTreeSet<u64>, p: &mut P
     let Some(revision) = &obs.update_revision else {
         return;
     };
-    let caught_up = |id: u64| {
-        obs.healthy(id)
-            && obs
-                .reports
-                .get(&id)
-                .is_some_and(|r| r.applied_index + CATCH_UP_SLACK >= leader.commit_index)
-    };
+    let caught_up = |id: u64| obs.caught_up(id);
     // Followers first, an unhealthy one before the rest (restarting it takes
     // nobody else down), then highest id first; the leader last.
     let next = voters

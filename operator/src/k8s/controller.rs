@@ -561,11 +561,7 @@ impl Host for KubeHost<'_> {
         status: &RaftClusterStatus,
         _: &Observed,
     ) -> anyhow::Result<()> {
-        match apply_status(self.rc, self.ctx, status).await {
-            Ok(()) => Ok(()),
-            Err(Error::Kube(e)) => Err(e.into()),
-            Err(e) => Err(e.into()),
-        }
+        Ok(apply_status(self.rc, self.ctx, status).await?)
     }
 
     async fn step_done(&mut self, step: &Step, done: &str) {

@@ -292,6 +292,12 @@ impl Runtime for KubeRuntime {
                 "spec.restore.backup must name the RaftClusterBackup whose volume holds {}",
                 r.file
             );
+            anyhow::ensure!(
+                !r.file.contains('/') && r.file != ".." && r.file != ".",
+                "spec.restore.file {:?} must be a file name on the backup volume (as \
+                 status.backups[].file lists it), not a path",
+                r.file
+            );
         }
         let claim = match self.volumes.get(&id) {
             Some(v) => v.name.clone(),
