@@ -206,9 +206,52 @@ impl Target for KindTarget {
         KindTarget::new(self.kube.clone(), name, self.operator.clone())
     }
 
-    /// Not here yet: a pod's volume is not this process's to break.
+    /// The raft log directory on the member's volume becomes a file, by
+    /// `docker exec` on the kind node that runs its pod (kind's local-path
+    /// volumes are directories of the node): every start of raft-node fails
+    /// reading it, as on the control plane.
     async fn break_member(&mut self, id: u64) -> anyhow::Result<()> {
-        anyhow::bail!("break_member({id}): not supported by this target")
+        let pod = pod_name(&self.name, id);
+        let spec = self
+            .kube
+            .get_json(&["pod", &pod])
+            .await?
+            .with_context(|| format!("pod {pod} not found"))?;
+        let node = spec["spec"]["nodeName"]
+            .as_str()
+            .with_context(|| format!("pod {pod} is not scheduled"))?
+            .to_string();
+        let claim = spec["spec"]["volumes"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .find_map(|v| v["persistentVolumeClaim"]["claimName"].as_str())
+            .with_context(|| format!("pod {pod} has no volume claim"))?
+            .to_string();
+        let pvc = self.kube.get_json(&["pvc", &claim]).await?;
+        let pv = pvc
+            .as_ref()
+            .and_then(|c| c["spec"]["volumeName"].as_str())
+            .with_context(|| format!("{claim} is not bound"))?
+            .to_string();
+        let pv = self
+            .kube
+            .get_json(&["pv", &pv])
+            .await?
+            .with_context(|| format!("PV {pv} not found"))?;
+        let dir = pv["spec"]["hostPath"]["path"]
+            .as_str()
+            .or(pv["spec"]["local"]["path"].as_str())
+            .with_context(|| format!("{claim}'s volume is neither hostPath nor local"))?
+            .to_string();
+        let script = format!("rm -rf '{dir}/raft' && echo 'not a directory' > '{dir}/raft'");
+        cmd::blocking(move || {
+            let mut exec = std::process::Command::new("docker");
+            exec.args(["exec", &node, "sh", "-c", &script]);
+            cmd::output(&mut exec, std::time::Duration::from_secs(30)).map(|_| ())
+        })
+        .await?;
+        self.kill_member(id).await
     }
 
     async fn status(&self) -> anyhow::Result<Option<RaftClusterStatus>> {

@@ -7,6 +7,7 @@ use std::time::Duration;
 
 use raftlane_e2e::kind::{KindEnv, ScaleBy};
 use raftlane_e2e::scenarios;
+use raftlane_e2e::Target;
 
 /// Under the workflow's 90 minutes, so a stuck step fails here (and the kind
 /// cluster is torn down) instead of the job being killed.
@@ -43,6 +44,14 @@ async fn scenarios_on_kind() {
     eprintln!("measured: leader pod deleted to peers updated and the leader streaming to its new IP: {took:?}");
 
     scenarios::paused_cluster_is_left_alone(&mut t, &keys)
+        .await
+        .unwrap();
+    let took = scenarios::failed_member_is_replaced(&mut t, &keys)
+        .await
+        .unwrap();
+    eprintln!("measured: member whose raft-node cannot start to replaced and healthy (after: 10s): {took:?}");
+    // Off again: later scenarios take members down on purpose.
+    t.patch_spec(serde_json::json!({"failureReplacement": null}))
         .await
         .unwrap();
 
