@@ -103,6 +103,24 @@ impl KindTarget {
         Ok(())
     }
 
+    /// Member `id`'s pod (as JSON) and the PVC it mounts.
+    async fn pod_and_claim(&self, id: u64) -> anyhow::Result<(Value, String)> {
+        let pod = pod_name(&self.name, id);
+        let spec = self
+            .kube
+            .get_json(&["pod", &pod])
+            .await?
+            .with_context(|| format!("pod {pod} not found"))?;
+        let claim = spec["spec"]["volumes"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .find_map(|v| v["persistentVolumeClaim"]["claimName"].as_str())
+            .with_context(|| format!("pod {pod} has no volume claim"))?
+            .to_string();
+        Ok((spec, claim))
+    }
+
     /// Member pods by name.
     async fn pods(&self) -> anyhow::Result<HashMap<String, Pod>> {
         let selector = format!("app.kubernetes.io/instance={}", self.name);
@@ -167,11 +185,7 @@ impl Target for KindTarget {
     /// A second tag of the raft-node image, loaded with it (see
     /// `KindEnv::load_images`); a broken one that no registry serves.
     async fn rollout_image(&mut self, works: bool) -> anyhow::Result<String> {
-        Ok(match works {
-            true => crate::manifests::NODE_IMAGE_NEXT,
-            false => crate::manifests::BROKEN_IMAGE,
-        }
-        .into())
+        Ok(crate::manifests::rollout_image(works).into())
     }
 
     /// `kubectl apply` of RaftClusterBackup `name` in the suite's namespace.
@@ -211,22 +225,10 @@ impl Target for KindTarget {
     /// volumes are directories of the node): every start of raft-node fails
     /// reading it, as on the control plane.
     async fn break_member(&mut self, id: u64) -> anyhow::Result<()> {
-        let pod = pod_name(&self.name, id);
-        let spec = self
-            .kube
-            .get_json(&["pod", &pod])
-            .await?
-            .with_context(|| format!("pod {pod} not found"))?;
+        let (spec, claim) = self.pod_and_claim(id).await?;
         let node = spec["spec"]["nodeName"]
             .as_str()
-            .with_context(|| format!("pod {pod} is not scheduled"))?
-            .to_string();
-        let claim = spec["spec"]["volumes"]
-            .as_array()
-            .into_iter()
-            .flatten()
-            .find_map(|v| v["persistentVolumeClaim"]["claimName"].as_str())
-            .with_context(|| format!("pod {pod} has no volume claim"))?
+            .with_context(|| format!("member {id}'s pod is not scheduled"))?
             .to_string();
         let pvc = self.kube.get_json(&["pvc", &claim]).await?;
         let pv = pvc
@@ -321,19 +323,7 @@ impl Target for KindTarget {
 
     /// Deletes the member's PVC (it goes once its pod is gone), then the pod.
     async fn lose_member(&mut self, id: u64) -> anyhow::Result<()> {
-        let pod = pod_name(&self.name, id);
-        let spec = self
-            .kube
-            .get_json(&["pod", &pod])
-            .await?
-            .with_context(|| format!("pod {pod} not found"))?;
-        let claim = spec["spec"]["volumes"]
-            .as_array()
-            .into_iter()
-            .flatten()
-            .find_map(|v| v["persistentVolumeClaim"]["claimName"].as_str())
-            .with_context(|| format!("pod {pod} has no volume claim"))?
-            .to_string();
+        let (_, claim) = self.pod_and_claim(id).await?;
         self.kube
             .call(&["delete", "pvc", &claim, "--wait=false"])
             .await?;

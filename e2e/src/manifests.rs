@@ -12,6 +12,15 @@ pub const NODE_IMAGE_NEXT: &str = "raftlane/raft-node:e2e-next";
 /// revision whose members never start.
 pub const BROKEN_IMAGE: &str = "raftlane/raft-node-broken:e2e";
 
+/// The image a Kubernetes suite rolls to: [`NODE_IMAGE_NEXT`] when it
+/// `works`, else [`BROKEN_IMAGE`].
+pub fn rollout_image(works: bool) -> &'static str {
+    match works {
+        true => NODE_IMAGE_NEXT,
+        false => BROKEN_IMAGE,
+    }
+}
+
 /// `patch` merged into `into` (JSON merge patch: objects merge, null removes).
 pub fn merge(into: &mut Value, patch: Value) {
     match (into, patch) {

@@ -474,7 +474,7 @@ pub async fn paused_cluster_is_left_alone<T: Target>(
 /// follower that cannot start any more is replaced: it leaves the membership
 /// (as the other members see it), comes back as a new incarnation on fresh
 /// storage, is promoted, and serves every key. Returns the time from the
-/// failure to three healthy voters again.
+/// failure to three healthy voters again; replacement is off again after.
 pub async fn failed_member_is_replaced<T: Target>(
     t: &mut T,
     keys: &[String],
@@ -490,6 +490,9 @@ pub async fn failed_member_is_replaced<T: Target>(
     );
     let took = failed.elapsed();
     check_keys(t, &[victim], keys).await?;
+    // Off again: later scenarios take members down on purpose.
+    t.patch_spec(serde_json::json!({"failureReplacement": null}))
+        .await?;
     Ok(took)
 }
 
@@ -837,7 +840,7 @@ async fn check_many<T: Target>(t: &T, ids: &[u64], prefix: &str, count: u64) -> 
     Ok(())
 }
 
-/// What a backup and its restore took.
+/// What a backup and its restore took; shown as the `measured:` line.
 #[derive(Debug)]
 pub struct BackupRestore {
     /// From the RaftClusterBackup applied to its status listing the file.
@@ -846,6 +849,17 @@ pub struct BackupRestore {
     pub restore: Duration,
     /// The file's size, when the status has it.
     pub bytes: Option<u64>,
+}
+
+impl std::fmt::Display for BackupRestore {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "RaftClusterBackup listed in its status {:?} after it was applied ({:?} bytes); \
+             restored 3-member cluster to healthy: {:?}",
+            self.backup, self.bytes, self.restore
+        )
+    }
 }
 
 /// Backup and restore: `count` keys written; a RaftClusterBackup takes one

@@ -90,8 +90,5 @@ async fn a_backup_of_100k_keys_restores_a_new_cluster_with_every_key() {
     let r = scenarios::backup_and_restore(&mut t, 100_000)
         .await
         .unwrap();
-    eprintln!(
-        "measured: RaftClusterBackup of 100000 keys: {:?} ({:?} bytes); restored 3-member cluster to healthy: {:?}",
-        r.backup, r.bytes, r.restore
-    );
+    eprintln!("measured: 100000 keys: {r}");
 }

@@ -158,11 +158,7 @@ impl Target for ControlPlaneTarget {
     /// The process kubelet maps an image to a binary by name, whatever
     /// the tag: another tag runs raft-node; an unknown name never starts.
     async fn rollout_image(&mut self, works: bool) -> anyhow::Result<String> {
-        Ok(match works {
-            true => manifests::NODE_IMAGE_NEXT,
-            false => manifests::BROKEN_IMAGE,
-        }
-        .into())
+        Ok(manifests::rollout_image(works).into())
     }
 
     /// `kubectl apply` of RaftClusterBackup `name` in the suite's namespace.

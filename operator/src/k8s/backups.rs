@@ -32,12 +32,12 @@ use std::time::{Duration, Instant};
 
 use k8s_openapi::api::batch::v1::Job;
 use k8s_openapi::api::core::v1::{PersistentVolumeClaim, Pod};
-use kube::api::{ListParams, Patch, PatchParams, PostParams};
+use kube::api::{ListParams, PostParams};
 use kube::core::DeserializeGuard;
 use kube::runtime::controller::Action;
 use kube::runtime::events::EventType;
 use kube::{Api, Resource, ResourceExt};
-use serde_json::{json, Value};
+use serde_json::json;
 
 use crate::backup::{
     self, due, file_name, next_due, record_failure, record_success, set_ready, BackupFile,
@@ -45,7 +45,7 @@ use crate::backup::{
 };
 use crate::certs::Leaf;
 use crate::crd::RaftCluster;
-use crate::k8s::controller::{Context, Error, STATUS_MANAGER};
+use crate::k8s::controller::{apply_status, Context, Error};
 use crate::k8s::metrics::FailureLabel;
 use crate::k8s::resources::{self, backup_claim_name, leaf_secret_name, ADMIN_PORT};
 
@@ -548,29 +548,6 @@ async fn start(
         backup_claim_name(&name)
     );
     Ok(Ok((job_name, note)))
-}
-
-/// Writes the status with server-side apply; none once the Lease is lost.
-async fn apply_status(
-    b: &RaftClusterBackup,
-    ctx: &Context,
-    status: &RaftClusterBackupStatus,
-) -> Result<(), Error> {
-    ctx.still_leading()?;
-    let api: Api<RaftClusterBackup> =
-        Api::namespaced(ctx.client.clone(), &b.namespace().unwrap_or_default());
-    let body: Value = json!({
-        "apiVersion": RaftClusterBackup::api_version(&()),
-        "kind": RaftClusterBackup::kind(&()),
-        "status": status,
-    });
-    api.patch_status(
-        &b.name_any(),
-        &PatchParams::apply(STATUS_MANAGER).force(),
-        &Patch::Apply(&body),
-    )
-    .await?;
-    Ok(())
 }
 
 #[cfg(test)]

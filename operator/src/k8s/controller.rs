@@ -362,24 +362,30 @@ async fn ensure_cluster_objects(
     Ok(())
 }
 
-/// Writes the status with server-side apply under its own field manager;
-/// every status write goes through here, and none once the Lease is lost (a
-/// stale status could overwrite the new leader's).
-async fn apply_status(
-    rc: &RaftCluster,
+/// Writes the status of `obj` (a RaftCluster, a RaftClusterBackup) with
+/// server-side apply under its own field manager; every status write of both
+/// controllers goes through here, and none once the Lease is lost (a stale
+/// status could overwrite the new leader's).
+pub(crate) async fn apply_status<K>(
+    obj: &K,
     ctx: &Context,
-    status: &RaftClusterStatus,
-) -> Result<(), Error> {
+    status: &impl serde::Serialize,
+) -> Result<(), Error>
+where
+    K: kube::Resource<DynamicType = (), Scope = kube::core::NamespaceResourceScope>
+        + Clone
+        + serde::de::DeserializeOwned
+        + std::fmt::Debug,
+{
     ctx.still_leading()?;
-    let api: Api<RaftCluster> =
-        Api::namespaced(ctx.client.clone(), &rc.namespace().unwrap_or_default());
+    let api: Api<K> = Api::namespaced(ctx.client.clone(), &obj.namespace().unwrap_or_default());
     let body = json!({
-        "apiVersion": RaftCluster::api_version(&()),
-        "kind": RaftCluster::kind(&()),
+        "apiVersion": K::api_version(&()),
+        "kind": K::kind(&()),
         "status": status,
     });
     api.patch_status(
-        &rc.name_any(),
+        &obj.name_any(),
         &PatchParams::apply(STATUS_MANAGER).force(),
         &Patch::Apply(&body),
     )
