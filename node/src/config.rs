@@ -110,6 +110,13 @@ pub struct NodeConfig {
     /// leader missing committed entries); the operator replaces the member.
     #[arg(long, env = "RAFTLANE_EXPECT_STATE")]
     pub expect_state: bool,
+    /// As --expect-state when this file reads `true` at startup. A fact that
+    /// changes after the process was configured (on Kubernetes, the pod's
+    /// `raftlane.io/holds-state` annotation through a downward-API volume) so
+    /// that every restart, however it comes, sees the current answer. A
+    /// missing or unreadable file refuses the start.
+    #[arg(long, env = "RAFTLANE_EXPECT_STATE_FILE")]
+    pub expect_state_file: Option<PathBuf>,
     /// Largest snapshot accepted from a peer, bytes; never more than the data
     /// volume has free.
     #[arg(long, env = "RAFTLANE_MAX_SNAPSHOT_BYTES",
@@ -236,6 +243,28 @@ impl NodeConfig {
         self.advertise_addr
             .clone()
             .unwrap_or_else(|| bound.to_string())
+    }
+
+    /// Whether this start must find raft state in the data dir: `--expect-state`,
+    /// or `--expect-state-file` reading `true` (surrounding white space ignored).
+    pub fn expects_state(&self) -> anyhow::Result<bool> {
+        if self.expect_state {
+            return Ok(true);
+        }
+        let Some(path) = &self.expect_state_file else {
+            return Ok(false);
+        };
+        let text = std::fs::read_to_string(path).map_err(|e| {
+            anyhow::anyhow!("--expect-state-file {}: cannot read: {e}", path.display())
+        })?;
+        match text.trim() {
+            "true" => Ok(true),
+            "" | "false" => Ok(false),
+            other => anyhow::bail!(
+                "--expect-state-file {}: reads {other:?}, expected `true`, `false` or nothing",
+                path.display()
+            ),
+        }
     }
 
     pub fn ms(v: u64) -> Duration {

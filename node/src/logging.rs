@@ -1,5 +1,7 @@
 //! Logs go through `tracing` to stderr, filtered by `RAFTLANE_LOG` (default
 //! `info`); raft-rs's own slog records are bridged into the same stream.
+//! Colours only on a terminal: a container log, a file or a pod's termination
+//! message must not carry escape codes.
 
 use tracing_subscriber::EnvFilter;
 
@@ -8,5 +10,6 @@ pub fn init() {
     let _ = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .try_init();
 }

@@ -89,25 +89,18 @@ pub fn write_addrs_file(path: &std::path::Path, bound: &Bound) -> anyhow::Result
 
 /// Opens storage, bootstrapping a new cluster or waiting to join, per the flags.
 ///
-/// With `--expect-state`, a data dir without raft state ends the process with
-/// its own exit code before anything is written there: that code is how the
-/// operator learns the volume was wiped (and replaces the member), so it is
-/// not an error returned to `main`, which has one code for every failure.
+/// When state is expected (`--expect-state`, `--expect-state-file`), a data dir
+/// whose log holds no raft state ends the process with its own exit code: that
+/// code is how the operator learns the volume was wiped (and replaces the
+/// member), so it is not an error returned to `main`, which has one code for
+/// every failure. A data dir that does not exist is refused before anything is
+/// created; an existing one is opened first, which leaves only the lock and an
+/// empty log behind, and those are not state (see [`LogStore::is_fresh`]).
 fn open_storage(cfg: &NodeConfig) -> anyhow::Result<(LogStore, SnapshotStore)> {
     let raft_dir = cfg.data_dir.join("raft");
-    if cfg.expect_state {
-        let has_state = crate::storage::holds_raft_state(&cfg.data_dir)
-            .with_context(|| format!("--data-dir {}", raft_dir.display()))?;
-        if !has_state {
-            eprintln!(
-                "raft-node: --expect-state is set but --data-dir {} holds no raft state: \
-                 the volume looks wiped; refusing to rejoin empty as member {} (the operator \
-                 will replace this member: remove it, then add it back as a new learner)",
-                cfg.data_dir.display(),
-                cfg.id
-            );
-            std::process::exit(crate::config::EXPECT_STATE_EXIT_CODE);
-        }
+    let expect_state = cfg.expects_state()?;
+    if expect_state && !raft_dir.exists() {
+        refuse_wiped(cfg);
     }
     std::fs::create_dir_all(&cfg.data_dir)
         .with_context(|| format!("--data-dir {}: cannot create", cfg.data_dir.display()))?;
@@ -117,6 +110,9 @@ fn open_storage(cfg: &NodeConfig) -> anyhow::Result<(LogStore, SnapshotStore)> {
             cfg.data_dir.display()
         )
     })?;
+    if expect_state && store.is_fresh() {
+        refuse_wiped(cfg);
+    }
     let snapshots = SnapshotStore::open(&cfg.data_dir.join("snapshots"))?;
     if let (false, Some(from)) = (store.is_fresh(), &cfg.restore_from) {
         anyhow::bail!(
@@ -152,6 +148,19 @@ fn open_storage(cfg: &NodeConfig) -> anyhow::Result<(LogStore, SnapshotStore)> {
         (false, true) => tracing::info!("restarting from the data dir"),
     }
     Ok((store, snapshots))
+}
+
+/// Ends the process with [`crate::config::EXPECT_STATE_EXIT_CODE`]: state was
+/// expected and the data dir holds none.
+fn refuse_wiped(cfg: &NodeConfig) -> ! {
+    eprintln!(
+        "raft-node: --expect-state is set but --data-dir {} holds no raft state: \
+         the volume looks wiped; refusing to rejoin empty as member {} (the operator \
+         will replace this member: remove it, then add it back as a new learner)",
+        cfg.data_dir.display(),
+        cfg.id
+    );
+    std::process::exit(crate::config::EXPECT_STATE_EXIT_CODE);
 }
 
 pub async fn run(cfg: NodeConfig) -> anyhow::Result<()> {
@@ -258,7 +267,7 @@ pub async fn run(cfg: NodeConfig) -> anyhow::Result<()> {
     };
     let peer_srv = peer_server()
         .add_service(
-            RaftTransportServer::new(ReceiverService(receiver))
+            RaftTransportServer::new(ReceiverService::new(receiver, shutdown.clone()))
                 .max_decoding_message_size(MAX_MESSAGE_BYTES)
                 .max_encoding_message_size(MAX_MESSAGE_BYTES),
         )
@@ -306,7 +315,7 @@ pub async fn run(cfg: NodeConfig) -> anyhow::Result<()> {
         let every = NodeConfig::ms(cfg.tls_reload_ms);
         tokio::spawn(crate::tls::watch(src, every, metrics.clone(), grpc.clone()))
     });
-    let metrics_task = tokio::spawn(metrics::serve(metrics_l, metrics, ready));
+    let metrics_task = tokio::spawn(metrics::serve(metrics_l, metrics, ready.clone()));
     if tls.is_none() {
         tracing::warn!("--insecure-plaintext: every port is unauthenticated and unencrypted");
     }
@@ -328,14 +337,24 @@ pub async fn run(cfg: NodeConfig) -> anyhow::Result<()> {
         }
         r = loop_task => r.context("raft loop panicked")?.context("raft loop failed"),
     };
+    // Shutdown order: not ready first (what a probe then hears is true), then
+    // the ports stop accepting and every open stream ends (peers' lane
+    // streams would otherwise hold the servers open), the raft loop stops;
+    // the metrics port answers until the very end.
+    ready.store(false, std::sync::atomic::Ordering::Release);
     shutdown.cancel();
-    metrics_task.abort();
     if let Some(t) = tls_task {
         t.abort();
     }
-    let _ = tokio::time::timeout(std::time::Duration::from_secs(5), servers).await;
+    if tokio::time::timeout(SERVERS_STOP, servers).await.is_err() {
+        tracing::warn!("ports still draining after {SERVERS_STOP:?}; exiting anyway");
+    }
+    metrics_task.abort();
     result
 }
+
+/// How long the ports may take to close once every stream was told to end.
+const SERVERS_STOP: std::time::Duration = std::time::Duration::from_secs(2);
 
 pub use raftlane_tls::server::incoming;
 

@@ -128,6 +128,26 @@ async fn raftctl_data_admin_and_bench_commands() {
     write_keys(&c.kv(&[1]), "scan/", 0..5).await;
     let (code, out, _) = raftctl(&["--endpoints", &eps, "scan", "scan/"]);
     assert_eq!((code, out.lines().count()), (0, 5), "{out}");
+    // Into a pipe nobody reads (`raftctl scan | head -0`): ended by SIGPIPE
+    // like any Unix tool, never a panic.
+    let mut scan = Command::new(env!("CARGO_BIN_EXE_raftctl"))
+        .args(["--endpoints", &eps, "scan", "scan/"])
+        .envs(env.iter().map(|(k, v)| (k, v)))
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    drop(scan.stdout.take());
+    let out = scan.wait_with_output().unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!err.contains("panicked"), "{err}");
+    use std::os::unix::process::ExitStatusExt;
+    assert_eq!(
+        out.status.signal(),
+        Some(libc::SIGPIPE),
+        "{:?}: {err}",
+        out.status
+    );
     // Pages of two are followed to the end, in order; --limit stops early.
     let (code, out, _) = raftctl(&["--endpoints", &eps, "scan", "scan/", "--page-size", "2"]);
     let keys: Vec<&str> = out.lines().map(|l| l.split('\t').next().unwrap()).collect();
@@ -271,59 +291,146 @@ async fn raftctl_finds_the_local_state_dirs_certificate_and_a_client_one_may_not
     );
 }
 
+/// raft-node's flags for member 2 of cluster `c` on `dir`, any port.
+fn member_2_on(dir: &str) -> Vec<&str> {
+    vec![
+        "--id",
+        "2",
+        "--cluster-id",
+        "c",
+        "--data-dir",
+        dir,
+        "--peer-addr",
+        "127.0.0.1:0",
+        "--client-addr",
+        "127.0.0.1:0",
+        "--admin-addr",
+        "127.0.0.1:0",
+        "--metrics-addr",
+        "127.0.0.1:0",
+        "--insecure-plaintext",
+    ]
+}
+
 #[test]
 fn expect_state_on_an_empty_data_dir_exits_with_its_code_naming_flag_and_dir() {
     let tmp = tempfile::tempdir().unwrap();
-    // A volume that is gone (no data dir) and one wiped in place (raft/ empty).
+    // A volume that is gone (no data dir), one wiped in place (raft/ empty),
+    // and one wiped and then started once empty before (the lock and an
+    // empty log are there, no state).
     let gone = tmp.path().join("gone");
     let wiped = tmp.path().join("wiped");
     std::fs::create_dir_all(wiped.join("raft")).unwrap();
-    for dir in [&gone, &wiped] {
+    let started_empty = tmp.path().join("started-empty");
+    std::fs::create_dir_all(&started_empty).unwrap();
+    drop(raft_node::storage::LogStore::open(&started_empty.join("raft")).unwrap());
+    let says_true = tmp.path().join("holds-state");
+    std::fs::write(&says_true, "true\n").unwrap();
+    let from_file = ["--expect-state-file", says_true.to_str().unwrap()];
+    for dir in [&gone, &wiped, &started_empty] {
         let d = dir.to_str().unwrap();
-        let (code, err) = raft_node(&[
-            "--id",
-            "2",
-            "--cluster-id",
-            "c",
-            "--data-dir",
-            d,
-            "--peer-addr",
-            "127.0.0.1:0",
-            "--client-addr",
-            "127.0.0.1:0",
-            "--admin-addr",
-            "127.0.0.1:0",
-            "--metrics-addr",
-            "127.0.0.1:0",
-            "--insecure-plaintext",
-            "--expect-state",
-        ]);
-        assert_eq!(code, raft_node::config::EXPECT_STATE_EXIT_CODE, "{err}");
-        for part in [
-            "--expect-state",
-            &format!("--data-dir {d}"),
-            "looks wiped",
-            "operator will replace this member",
-        ] {
-            assert!(err.contains(part), "stderr lacks {part:?}: {err}");
+        for flag in [&["--expect-state"][..], &from_file[..]] {
+            let (code, err) = raft_node(&[&member_2_on(d)[..], flag].concat());
+            assert_eq!(code, raft_node::config::EXPECT_STATE_EXIT_CODE, "{err}");
+            for part in [
+                "--expect-state",
+                &format!("--data-dir {d}"),
+                "looks wiped",
+                "operator will replace this member",
+            ] {
+                assert!(err.contains(part), "stderr lacks {part:?}: {err}");
+            }
         }
     }
     assert!(!gone.exists(), "a refused start writes nothing");
 }
 
+#[test]
+fn an_expect_state_file_that_is_missing_or_unclear_refuses_the_start_naming_it() {
+    let tmp = tempfile::tempdir().unwrap();
+    let d = tmp.path().join("data");
+    let missing = tmp.path().join("missing");
+    let unclear = tmp.path().join("unclear");
+    std::fs::write(&unclear, "yes").unwrap();
+    for (file, says) in [(&missing, "cannot read"), (&unclear, "\"yes\"")] {
+        let f = file.to_str().unwrap();
+        let flags = [
+            &member_2_on(d.to_str().unwrap())[..],
+            &["--expect-state-file", f],
+        ]
+        .concat();
+        let (code, err) = raft_node(&flags);
+        assert_eq!(code, 1, "{err}");
+        assert!(err.contains(&format!("--expect-state-file {f}")), "{err}");
+        assert!(err.contains(says), "{err}");
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn expect_state_starts_on_the_data_raft_node_wrote_even_before_joining() {
+async fn expect_state_starts_on_raft_state_and_refuses_a_member_that_never_joined() {
     let mut c = Cluster::start(1, &[]);
     c.wait_leader(ELECTION * 20).await;
-    // Member 2 starts in join mode and is never added: its data dir holds
-    // only what raft-node wrote on opening it.
-    c.add_member(2);
-    c.spawn(2, &[]);
-    c.wait_status(2, ELECTION * 20, "an answer", |_| true).await;
+    // Member 2 joins and catches up: it holds state from then on.
+    c.add_learner_and_wait(1, 2).await;
+    // Member 3 starts in join mode and is never added: its data dir holds
+    // only what raft-node wrote on opening it, which is no raft state.
+    c.add_member(3);
+    c.spawn(3, &[]);
+    c.wait_status(3, ELECTION * 20, "an answer", |_| true).await;
+    c.kill9(3);
     c.kill9(2);
     c.kill9(1);
-    c.spawn(1, &["--expect-state"]);
+    // An empty file (the annotation not set yet) expects nothing.
+    let empty = c.tls_dir().with_file_name("holds-state-empty");
+    std::fs::write(&empty, "").unwrap();
+    c.spawn(1, &["--expect-state-file", empty.to_str().unwrap()]);
     assert_eq!(c.wait_leader(ELECTION * 20).await, 1);
     c.spawn(2, &["--expect-state"]);
     c.wait_status(2, ELECTION * 20, "an answer", |_| true).await;
+    c.spawn(3, &["--expect-state"]);
+    let exited = tokio::time::timeout(ELECTION * 20, async {
+        loop {
+            if let Some(code) = c.exit_code(3) {
+                return code;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+        }
+    });
+    let code = exited.await.expect("member 3 exits");
+    assert_eq!(code, raft_node::config::EXPECT_STATE_EXIT_CODE);
+    // Logs written to a file (a container's log) carry no colour codes.
+    for id in [1, 2, 3] {
+        let log = std::fs::read(c.log_path(id)).unwrap();
+        assert!(log.len() > 100, "member {id} logged");
+        assert!(!log.contains(&0x1b), "member {id}'s log has escape codes");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_ends_a_member_with_peers_connected_within_a_second() {
+    let mut c = Cluster::start(3, &[]);
+    let leader = c.wait_leader(ELECTION * 20).await;
+    write_keys(&c.kv(&[1, 2, 3]), "k", 0..50).await;
+    // A follower, then the leader: each has every peer's lane streams open.
+    let follower = *c.all_ids().iter().find(|i| **i != leader).unwrap();
+    for id in [follower, leader] {
+        c.signal(id, "TERM");
+        let t0 = std::time::Instant::now();
+        let code = loop {
+            if let Some(code) = c.exit_code(id) {
+                break code;
+            }
+            assert!(
+                t0.elapsed() < std::time::Duration::from_secs(10),
+                "member {id} still runs 10 s after SIGTERM"
+            );
+            tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+        };
+        let took = t0.elapsed();
+        assert_eq!(code, 0, "member {id} exits cleanly: {}", c.logs_tail());
+        assert!(
+            took < std::time::Duration::from_secs(1),
+            "member {id} took {took:?} to exit after SIGTERM"
+        );
+    }
 }

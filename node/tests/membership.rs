@@ -44,8 +44,17 @@ async fn remove(c: &Cluster, leader: u64, id: u64) -> Result<u64, tonic::Status>
 }
 
 fn assert_refused(r: Result<u64, tonic::Status>, says: &str) {
+    assert_refused_as(r, Code::FailedPrecondition, says);
+}
+
+/// Refused for now: ABORTED, ask again later (a learner not caught up yet).
+fn assert_not_yet(r: Result<u64, tonic::Status>, says: &str) {
+    assert_refused_as(r, Code::Aborted, says);
+}
+
+fn assert_refused_as(r: Result<u64, tonic::Status>, code: Code, says: &str) {
     let err = r.expect_err("change refused");
-    assert_eq!(err.code(), Code::FailedPrecondition, "{err:?}");
+    assert_eq!(err.code(), code, "{err:?}");
     assert!(
         err.message().contains(says),
         "{:?} lacks {says:?}",
@@ -194,13 +203,13 @@ async fn promoting_a_stopped_or_lagging_learner_is_refused() {
     write_keys(&c.kv(&[1, 2, 3]), "behind-", 0..50).await;
     let r = promote(&c, leader, 4).await;
     c.signal(4, "CONT");
-    assert_refused(r, "entries behind the leader's last index");
+    assert_not_yet(r, "entries behind the leader's last index");
     let s = c.status(leader).await.unwrap();
     assert!(s.learners == vec![4] && s.voters == vec![1, 2, 3], "{s:?}");
 
     c.kill9(4);
     tokio::time::sleep(Duration::from_secs(7)).await;
-    assert_refused(
+    assert_not_yet(
         promote(&c, leader, 4).await,
         "learner 4 has not been heard from",
     );
@@ -216,6 +225,7 @@ async fn promoting_a_stopped_or_lagging_learner_is_refused() {
             "entries behind",
         ];
         assert!(not_yet.iter().any(|m| e.message().contains(m)), "{e:?}");
+        assert_eq!(e.code(), Code::Aborted, "{e:?}");
         assert!(Instant::now() < deadline, "never promoted: {e:?}");
         tokio::time::sleep(Duration::from_millis(200)).await;
     }

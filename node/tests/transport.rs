@@ -821,8 +821,11 @@ async fn member1(limits: SnapshotLimits, members: &[u64]) -> Member1 {
     );
     let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = l.local_addr().unwrap();
-    let svc = RaftTransportServer::new(ReceiverService(Arc::new(receiver)))
-        .max_decoding_message_size(MAX_MESSAGE_BYTES);
+    let svc = RaftTransportServer::new(ReceiverService::new(
+        Arc::new(receiver),
+        tokio_util::sync::CancellationToken::new(),
+    ))
+    .max_decoding_message_size(MAX_MESSAGE_BYTES);
     let server = tokio::spawn(async move {
         raft_node::node::peer_server()
             .add_service(svc)

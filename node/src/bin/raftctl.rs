@@ -149,6 +149,7 @@ enum Cmd {
 
 #[tokio::main]
 async fn main() -> ExitCode {
+    end_quietly_on_a_closed_stdout();
     let cli = Cli::parse();
     match run(cli).await {
         Ok(code) => code,
@@ -156,6 +157,17 @@ async fn main() -> ExitCode {
             eprintln!("error: {e:#}");
             ExitCode::from(2)
         }
+    }
+}
+
+/// `raftctl scan | head` ends raftctl by SIGPIPE, as it ends any Unix tool,
+/// once `head` has read enough. Rust ignores SIGPIPE, which turns the closed
+/// pipe into a panic in `println!`; the default disposition is restored.
+fn end_quietly_on_a_closed_stdout() {
+    // SAFETY: changes only this process's disposition of one signal, before
+    // raftctl writes anything.
+    unsafe {
+        libc::signal(libc::SIGPIPE, libc::SIG_DFL);
     }
 }
 

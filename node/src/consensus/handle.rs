@@ -20,6 +20,10 @@ pub enum NodeError {
     InvalidChange(String),
     #[error("unsafe membership change refused: {0}")]
     UnsafeChange(String),
+    /// Refused for now by a condition that passes by itself (a learner still
+    /// catching up): the caller waits and asks again.
+    #[error("not yet: {0}")]
+    NotYet(String),
     #[error("proposal dropped by raft: {0}")]
     Dropped(String),
     #[error("leadership did not move to member {0} in time")]

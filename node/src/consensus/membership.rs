@@ -85,7 +85,7 @@ pub fn to_conf_change(
                 snapshot_pending: false,
             });
             if !peer.active {
-                return Err(NodeError::UnsafeChange(format!(
+                return Err(NodeError::NotYet(format!(
                     "learner {id} has not been heard from within an election timeout; \
                      promote it once it is running"
                 )));
@@ -93,7 +93,7 @@ pub fn to_conf_change(
             // A learner that holds nothing yet would look caught up by the lag
             // alone while the leader's log is short (a young cluster).
             if peer.matched == 0 || peer.snapshot_pending {
-                return Err(NodeError::UnsafeChange(format!(
+                return Err(NodeError::NotYet(format!(
                     "learner {id} is still catching up (it has not installed the leader's \
                      snapshot yet; matched {}); retry once it has",
                     peer.matched
@@ -101,7 +101,7 @@ pub fn to_conf_change(
             }
             let lag = view.last_index.saturating_sub(peer.matched);
             if lag > view.max_promote_lag {
-                return Err(NodeError::UnsafeChange(format!(
+                return Err(NodeError::NotYet(format!(
                     "learner {id} is {lag} entries behind the leader's last index {} \
                      (matched {}; at most {} allowed by --max-promote-lag); retry once it \
                      has caught up",
@@ -243,7 +243,7 @@ mod tests {
             peers: &peers,
         };
         let err = to_conf_change(Promote(4), &cs(&[1, 2, 3], &[4]), &view).unwrap_err();
-        assert!(matches!(err, NodeError::UnsafeChange(_)));
+        assert!(matches!(err, NodeError::NotYet(_)));
         assert!(
             err.to_string().contains("learner 4 is still catching up"),
             "{err}"
@@ -265,6 +265,7 @@ mod tests {
             Promote(4),
         )
         .unwrap_err();
+        assert!(matches!(err, NodeError::NotYet(_)));
         assert!(
             err.to_string().contains("learner 4 is 50 entries behind"),
             "{err}"

@@ -27,7 +27,8 @@ pub fn to_status(e: NodeError) -> Status {
         | NodeError::ChangeInProgress
         | NodeError::InvalidChange(_)
         | NodeError::UnsafeChange(_) => Status::failed_precondition(e.to_string()),
-        NodeError::TransferFailed(_) => Status::aborted(e.to_string()),
+        // ABORTED: retry later, nothing is wrong (the admin API's contract).
+        NodeError::TransferFailed(_) | NodeError::NotYet(_) => Status::aborted(e.to_string()),
         NodeError::Storage(_) => Status::internal(e.to_string()),
     };
     if let NodeError::NotLeader { leader_id } = e {

@@ -130,6 +130,13 @@ impl LogStore {
     }
 
     /// True when nothing was ever written: no term, no snapshot, no entries.
+    ///
+    /// This is what "holds raft state" means everywhere (`--expect-state`,
+    /// `--restore-from`, bootstrap): what raft needs to stay safe is the hard
+    /// state (a term, a vote), the snapshot (the configuration) and the log.
+    /// The files an empty start leaves behind (the engine's lock and an empty
+    /// log file) are none of these, so a wiped member that was started once
+    /// empty is still seen as wiped.
     pub fn is_fresh(&self) -> bool {
         self.hard_state == HardState::default()
             && self.snapshot_meta == SnapshotMetadata::default()
@@ -390,6 +397,35 @@ mod tests {
             data: format!("e{index}").into_bytes().into(),
             ..Default::default()
         }
+    }
+
+    #[test]
+    fn the_files_an_empty_start_leaves_are_not_raft_state() {
+        let dir = tempfile::tempdir().unwrap();
+        let raft = dir.path().join("raft");
+        drop(LogStore::open(&raft).unwrap());
+        drop(LogStore::open(&raft).unwrap());
+        assert!(
+            std::fs::read_dir(&raft).unwrap().next().is_some(),
+            "opening leaves files behind (the lock, an empty log)"
+        );
+        assert!(LogStore::open(&raft).unwrap().is_fresh());
+
+        // A term alone (a vote cast, a leader heard from) is state: a member
+        // that forgot it could vote twice in one term.
+        let mut s = LogStore::open(&raft).unwrap();
+        let hs = HardState {
+            term: 1,
+            ..Default::default()
+        };
+        s.append(&[], Some(&hs), true).unwrap();
+        drop(s);
+        assert!(!LogStore::open(&raft).unwrap().is_fresh());
+
+        let other = dir.path().join("other");
+        std::fs::create_dir_all(&other).unwrap();
+        drop(bootstrapped(&other, &[1, 2, 3]));
+        assert!(!LogStore::open(&other.join("raft")).unwrap().is_fresh());
     }
 
     /// A store bootstrapped as one of `voters`, with its snapshot folder beside it.

@@ -16,6 +16,7 @@ use std::io;
 use std::path::Path;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
+use tokio_util::sync::CancellationToken;
 
 use protobuf::Message as _;
 use raft::prelude::{Message, MessageType};
@@ -499,13 +500,33 @@ fn sender<T>(req: &Request<T>) -> Option<u64> {
 
 /// The gRPC face of a [`Receiver`].
 #[derive(Clone)]
-pub struct ReceiverService(pub Arc<Receiver>);
+pub struct ReceiverService {
+    receiver: Arc<Receiver>,
+    closing: CancellationToken,
+}
+
+impl ReceiverService {
+    /// Serves `receiver` until `closing`: then every open stream ends at once
+    /// with `UNAVAILABLE`. Peers hold their lane streams for as long as the
+    /// connection lives, so a member shutting down would otherwise wait for
+    /// each of them to give up.
+    pub fn new(receiver: Arc<Receiver>, closing: CancellationToken) -> ReceiverService {
+        ReceiverService { receiver, closing }
+    }
+
+    fn closed() -> Status {
+        Status::unavailable("this member is shutting down")
+    }
+}
 
 #[tonic::async_trait]
 impl RaftTransport for ReceiverService {
     async fn send(&self, req: Request<RaftEnvelope>) -> Result<Response<Ack>, Status> {
         let sender = sender(&req);
-        let (accepted, dropped) = self.0.accept_envelope(sender, req.into_inner()).await?;
+        let (accepted, dropped) = self
+            .receiver
+            .accept_envelope(sender, req.into_inner())
+            .await?;
         Ok(Response::new(Ack { accepted, dropped }))
     }
 
@@ -516,8 +537,14 @@ impl RaftTransport for ReceiverService {
         let sender = sender(&req);
         let mut stream = req.into_inner();
         let mut ack = Ack::default();
-        while let Some(env) = stream.message().await? {
-            let (a, d) = self.0.accept_envelope(sender, env).await?;
+        loop {
+            let next = tokio::select! {
+                biased;
+                _ = self.closing.cancelled() => return Err(Self::closed()),
+                next = stream.message() => next?,
+            };
+            let Some(env) = next else { break };
+            let (a, d) = self.receiver.accept_envelope(sender, env).await?;
             ack.accepted += a;
             ack.dropped += d;
         }
@@ -529,9 +556,10 @@ impl RaftTransport for ReceiverService {
         req: Request<Streaming<SnapshotChunk>>,
     ) -> Result<Response<Ack>, Status> {
         let sender = sender(&req);
-        self.0
-            .accept_snapshot(sender, req.into_inner())
-            .await
-            .map(Response::new)
+        tokio::select! {
+            biased;
+            _ = self.closing.cancelled() => Err(Self::closed()),
+            r = self.receiver.accept_snapshot(sender, req.into_inner()) => r.map(Response::new),
+        }
     }
 }

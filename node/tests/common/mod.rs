@@ -271,6 +271,14 @@ impl Cluster {
         }
     }
 
+    /// Member `id`'s exit code once its process has exited (`None` while it
+    /// runs; -1 when a signal ended it).
+    pub fn exit_code(&mut self, id: u64) -> Option<i32> {
+        let child = self.members.get_mut(&id)?.child.as_mut()?;
+        let status = child.try_wait().unwrap()?;
+        Some(status.code().unwrap_or(-1))
+    }
+
     /// Moves a stopped member to a fresh IP and ports, as a rescheduled pod.
     pub fn readdress(&mut self, id: u64) {
         let restarts = self.members[&id].restarts + 1;
