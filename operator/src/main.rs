@@ -1,7 +1,7 @@
 //! raft-operator: `run` is the Kubernetes controller (in-cluster or from a
 //! kubeconfig); `local` reconciles a cluster of local processes from a
 //! manifest (the embedded default); `crdgen` writes the CRD; `validate` checks
-//! manifests offline.
+//! manifests offline; `uninstall-check` is the chart's pre-delete hook.
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -92,6 +92,14 @@ enum Cmd {
     },
     /// Check RaftCluster manifests against the CRD's schema and rules.
     Validate { files: Vec<PathBuf> },
+    /// Exit 1, naming them, while RaftClusters exist in the watched scope:
+    /// the chart runs it before an uninstall, since a RaftCluster deleted
+    /// without an operator stays stuck on its finalizer.
+    UninstallCheck {
+        /// Namespace whose RaftClusters count (default: every namespace).
+        #[arg(long, env = "RAFTLANE_WATCH_NAMESPACE")]
+        namespace: Option<String>,
+    },
 }
 
 #[derive(Args)]
@@ -197,6 +205,8 @@ async fn main() -> ExitCode {
     tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr)
+        // Escape codes only on a terminal, never in a container's log.
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .init();
     let result = match cli.cmd {
         Cmd::Run(args) => raft_operator::k8s::run(run_options(args)).await,
@@ -210,6 +220,9 @@ async fn main() -> ExitCode {
         }) => options(args).and_then(|o| local::down(&o)),
         Cmd::Crdgen { out_dir } => crdgen(out_dir),
         Cmd::Validate { files } => validate(files),
+        Cmd::UninstallCheck { namespace } => {
+            raft_operator::k8s::uninstall_check::run(namespace.as_deref()).await
+        }
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

@@ -105,6 +105,16 @@ pub struct MemberReport {
     pub peers: BTreeMap<u64, String>,
 }
 
+impl MemberReport {
+    /// Its data holds raft state. raft has a term once it persisted anything
+    /// (a bootstrap, a vote, a leader heard from); a member waiting empty to
+    /// be added has none. The same line as raft-node's `LogStore::is_fresh`:
+    /// the files an empty start leaves are not state.
+    pub fn holds_state(&self) -> bool {
+        self.term > 0
+    }
+}
+
 /// Everything a plan is made from.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct Observed {
@@ -277,7 +287,7 @@ impl Plan {
     }
 
     /// Holds a step back until it can proceed by itself.
-    fn wait(&mut self, why: String) {
+    pub fn wait(&mut self, why: String) {
         self.waiting = Some(why);
         self.blocked = false;
     }
@@ -382,7 +392,12 @@ pub fn plan(replicas: u64, obs: &Observed) -> Plan {
     push_addresses(obs, &mut p);
 
     let Some(leader) = leader else {
-        p.block("no leader: only restoring members and addresses".into());
+        // A forming cluster has no leader until its members have started:
+        // that is waiting. A formed one without a leader is refused steps.
+        match &obs.bootstrapped {
+            Some(_) => p.wait("the new cluster is electing its first leader".into()),
+            None => p.block("no leader: only restoring members and addresses".into()),
+        }
         return p;
     };
     if let Some(id) = lost.first() {

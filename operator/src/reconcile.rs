@@ -152,14 +152,15 @@ pub async fn pass<R: Runtime, H: Host>(
     seen.update_revision = Some(revision::of(&cluster.spec));
     seen.current_revision = previous.current_revision.clone();
     seen.stalled = stalled(cluster, &seen, &previous, now);
-    let p = plan(u64::from(cluster.spec.replicas), &seen);
+    let mut p = plan(u64::from(cluster.spec.replicas), &seen);
     if paused {
         return finish(host, cluster, &seen, &p.pause(), previous).await;
     }
     if !host.may_act() {
         return Err(PassError::NotLeading);
     }
-    rt.record_state(&seen.reports.keys().copied().collect())
+    let holding = seen.reports.values().filter(|r| r.holds_state());
+    rt.record_state(&holding.map(|r| r.id).collect())
         .await
         .map_err(PassError::Store)?;
     let mut current = previous;
@@ -189,6 +190,7 @@ pub async fn pass<R: Runtime, H: Host>(
     {
         host.waiting(why, p.blocked).await;
     }
+    let mut refused = None;
     for step in &p.actions {
         if !host.may_act() {
             return Err(PassError::NotLeading);
@@ -198,13 +200,34 @@ pub async fn pass<R: Runtime, H: Host>(
                 host.step_done(step, &done).await;
                 crash_point(step);
             }
-            Err(e) => {
-                host.step_failed(step, &e).await;
-                return Err(PassError::Step(e));
-            }
+            Err(e) => match not_yet(&e) {
+                Some(why) => {
+                    refused = Some(why);
+                    break;
+                }
+                None => {
+                    host.step_failed(step, &e).await;
+                    return Err(PassError::Step(e));
+                }
+            },
         }
     }
+    // A step a member refused for now (a learner still catching up) is
+    // waited for, as the planner's own waits are: no failure, no back-off.
+    if let Some(why) = refused {
+        if current.operation.as_deref() != Some(why.as_str()) {
+            host.waiting(&why, false).await;
+        }
+        p.wait(why);
+    }
     finish(host, cluster, &seen, &p, current).await
+}
+
+/// The member's reason when `e` is a refusal for now (the admin API's
+/// `ABORTED`: nothing is wrong, ask again later).
+fn not_yet(e: &anyhow::Error) -> Option<String> {
+    let status = e.downcast_ref::<tonic::Status>()?;
+    (status.code() == tonic::Code::Aborted).then(|| status.message().to_string())
 }
 
 /// Members unhealthy (per `previous`) for longer than the cluster's

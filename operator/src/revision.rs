@@ -26,6 +26,16 @@ struct Covered<'a> {
     placement: Option<&'a Placement>,
 }
 
+/// The revision of a member started from a backup (`spec.restore`): never the
+/// spec's, so once the cluster has formed the rolling update replaces each
+/// such member, one at a time, by one started without the backup. A member
+/// that kept `--restore-from` would be refused at its next start (its data
+/// then holds state), and on Kubernetes a pod keeps its settings and volumes
+/// for life.
+pub fn restoring(spec: &RaftClusterSpec) -> String {
+    format!("{}-restoring", of(spec))
+}
+
 /// The revision of `spec`: CRC32C of the covered fields' JSON, as 8 hex
 /// digits (a label value; a collision would only skip one rollout).
 pub fn of(spec: &RaftClusterSpec) -> String {

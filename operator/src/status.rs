@@ -144,7 +144,7 @@ pub fn compute(
                     ids.join(", ")
                 )
             } else {
-                String::new()
+                degraded_message(obs, &members, leader.is_none(), &voters)
             },
         ),
         cond(
@@ -233,6 +233,45 @@ fn held_message(held: &[Action]) -> String {
             held.len()
         ),
     }
+}
+
+/// What makes a cluster Degraded, other than a stalled rollout: which
+/// members lack a leader, are missing, or are unhealthy; empty when none.
+fn degraded_message(
+    obs: &Observed,
+    members: &[MemberStatus],
+    no_leader: bool,
+    voters: &BTreeSet<u64>,
+) -> String {
+    let list = |ids: Vec<u64>| {
+        let ids: Vec<String> = ids.iter().map(u64::to_string).collect();
+        ids.join(", ")
+    };
+    let missing: Vec<u64> = voters
+        .iter()
+        .copied()
+        .filter(|v| !obs.running.contains_key(v))
+        .collect();
+    let unhealthy: Vec<u64> = members
+        .iter()
+        .filter(|m| !m.healthy)
+        .map(|m| m.id)
+        .collect();
+    let mut parts = Vec::new();
+    if no_leader {
+        parts.push(format!(
+            "no member reports a leader ({} of {} members answer)",
+            obs.reports.len(),
+            obs.running.len()
+        ));
+    }
+    if !missing.is_empty() {
+        parts.push(format!("voters {} are not running", list(missing)));
+    }
+    if !unhealthy.is_empty() {
+        parts.push(format!("members {} are unhealthy", list(unhealthy)));
+    }
+    parts.join("; ")
 }
 
 #[cfg(test)]

@@ -178,6 +178,8 @@ fn local_down_and_a_second_local_refuse_while_an_operator_runs_on_the_state_dir(
         .arg(&file)
         .arg("--state-dir")
         .arg(&state)
+        // Something is logged to stderr (rustls's handshakes with members).
+        .env("RAFTLANE_LOG", "debug")
         .stdin(Stdio::null())
         .stdout(std::fs::File::create(logs.join("operator.out")).unwrap())
         .stderr(std::fs::File::create(logs.join("operator.err")).unwrap())
@@ -211,6 +213,12 @@ fn local_down_and_a_second_local_refuse_while_an_operator_runs_on_the_state_dir(
     }
     let members = member_pids(&cluster_dir);
     assert_eq!(members.len(), 1, "{members:?}");
+    // Logs into files carry no colour codes, the operator's nor its member's.
+    for log in [logs.join("operator.err"), cluster_dir.join("member-1.log")] {
+        let text = std::fs::read(&log).unwrap();
+        assert!(!text.is_empty(), "{} is empty", log.display());
+        assert!(!text.contains(&0x1b), "escape codes in {}", log.display());
+    }
 
     let scratch = tmp.path().join("scratch");
     std::fs::create_dir_all(&scratch).unwrap();

@@ -19,7 +19,7 @@ use raft_operator::k8s::controller::{reconcile, Context, PolicyScope, FINALIZER,
 use raft_operator::k8s::metrics::Metrics;
 use raft_operator::k8s::resources::{
     ca_secret, client_service, disruption_budget, leaf_secret, member_pod, network_policy,
-    peer_service, volume_claim, CLIENT_PORT, PEER_PORT, TLS_DIR,
+    peer_service, volume_claim, CLIENT_PORT, HOLDS_STATE_ANNOTATION, PEER_PORT, TLS_DIR,
 };
 use raft_operator::runtime::WIPED_EXIT_CODE;
 use serde_json::{json, Value};
@@ -377,9 +377,8 @@ async fn create_cluster_writes_services_budget_volumes_pods_then_status() {
         assert_eq!(env(pod, "RAFTLANE_ID"), Some(id.to_string().as_str()));
         assert_eq!(env(pod, "RAFTLANE_CLUSTER_ID"), Some(UID));
         assert_eq!(env(pod, "RAFTLANE_INITIAL_VOTERS"), Some("1,2,3"));
-        assert_eq!(
-            env(pod, "RAFTLANE_EXPECT_STATE"),
-            None,
+        assert!(
+            pod["metadata"]["annotations"][HOLDS_STATE_ANNOTATION].is_null(),
             "a fresh volume holds no state"
         );
         let others: Vec<String> = (1..=3u64)
@@ -411,10 +410,10 @@ async fn create_cluster_writes_services_budget_volumes_pods_then_status() {
         assert_eq!(calls[21 + 3 * i].body["reason"], "MemberCreated");
         // The member's Secret, mounted read-only; raft-node told where.
         assert_eq!(
-            pod["spec"]["volumes"][1]["secret"]["secretName"],
+            named(&pod["spec"]["volumes"], "tls")["secret"]["secretName"],
             format!("demo-member-{id}-tls")
         );
-        let mount = &c["volumeMounts"][1];
+        let mount = named(&c["volumeMounts"], "tls");
         assert_eq!(
             (&mount["mountPath"], &mount["readOnly"]),
             (&json!(TLS_DIR), &json!(true))
@@ -556,8 +555,9 @@ async fn scale_up_one_step_creates_then_adds_a_learner_then_promotes() {
     });
 
     // Then: addresses pushed, learner added, learner promoted: each pass reads
-    // the same way and writes only events and status (no pod is touched),
-    // and once its volume, marked as holding state when member 4 answers.
+    // the same way and writes only events and status (no pod is recreated),
+    // and once its volume, then its pod, marked as holding state when
+    // member 4 shows raft state.
     let passes = passes_until(&api, &ctx, |_, calls| {
         event_reasons(calls).contains(&"LearnerPromoted".to_string())
     })
@@ -567,7 +567,8 @@ async fn scale_up_one_step_creates_then_adds_a_learner_then_promotes() {
     for calls in &passes {
         assert_eq!(lines(&calls[..8]), reads());
         for c in calls[8..].iter() {
-            if c.method == "PATCH" && c.path.starts_with(&claims_path()) {
+            let marks = c.path.starts_with(&claims_path()) || c.path.starts_with(&pods_path());
+            if c.method == "PATCH" && marks {
                 assert_eq!(
                     c.body["metadata"]["annotations"]["raftlane.io/holds-state"],
                     "true"
@@ -600,10 +601,11 @@ async fn scale_up_one_step_creates_then_adds_a_learner_then_promotes() {
     );
     assert_eq!(
         marked.len(),
-        1,
-        "member 4's volume is marked once: {marked:?}"
+        2,
+        "member 4's volume, then its pod, each marked once: {marked:?}"
     );
     assert!(marked[0].starts_with(&format!("{}/data-demo-3-", claims_path())));
+    assert_eq!(marked[1], format!("{}/demo-3", pods_path()));
     members.wait_voters(1, &[1, 2, 3, 4]).await;
 }
 
@@ -1130,17 +1132,48 @@ fn pod_env(pod: &Value) -> Vec<(String, String)> {
 
 /// raft-node as the kubelet runs it from `pod`: its environment only, at
 /// this test's "pod IP" `ip`, on the data dir `data`.
-fn pod_process(members: &Members, pod: &Value, ip: &str, data: &Path) -> std::process::Command {
+/// The entry called `name` of a JSON list of named things (volumes,
+/// mounts), or null.
+fn named<'a>(list: &'a Value, name: &str) -> &'a Value {
+    list.as_array()
+        .and_then(|l| l.iter().find(|v| v["name"] == name))
+        .unwrap_or(&Value::Null)
+}
+
+/// raft-node as the pod would run it, with `scratch` standing in for its
+/// volumes: `scratch/data` for the data volume (not created), and
+/// `scratch/member-info` for the downward-API volume, rendered from the pod's
+/// annotations as a kubelet renders it.
+fn pod_process(members: &Members, pod: &Value, ip: &str, scratch: &Path) -> std::process::Command {
     let id: u64 = env(pod, "RAFTLANE_ID").unwrap().parse().unwrap();
     // The Secret volume: this member's certificate from the members' CA.
     let (cert, _, _) = members.tls_files(id);
     let tls_dir = cert.parent().unwrap().display().to_string();
+    let info = scratch.join("member-info");
+    std::fs::create_dir_all(&info).unwrap();
+    let volume = named(&pod["spec"]["volumes"], "member-info");
+    let mount = named(&pod["spec"]["containers"][0]["volumeMounts"], "member-info");
+    let mount = mount["mountPath"].as_str().expect("its mount").to_string();
+    for item in volume["downwardAPI"]["items"].as_array().unwrap() {
+        let field = item["fieldRef"]["fieldPath"].as_str().unwrap();
+        let key = field
+            .strip_prefix("metadata.annotations['")
+            .and_then(|k| k.strip_suffix("']"))
+            .expect("an annotation");
+        let value = pod["metadata"]["annotations"][key].as_str().unwrap_or("");
+        std::fs::write(info.join(item["path"].as_str().unwrap()), value).unwrap();
+    }
+    let info = info.display().to_string();
+    let data = scratch.join("data").display().to_string();
     let mut cmd = std::process::Command::new(members.bin());
     cmd.env_clear()
         .envs(pod_env(pod).into_iter().map(|(k, v)| {
-            let v = v.replace("[::]", ip).replace(TLS_DIR, &tls_dir);
+            let v = v
+                .replace("[::]", ip)
+                .replace(TLS_DIR, &tls_dir)
+                .replace(&mount, &info);
             match k.as_str() {
-                "RAFTLANE_DATA_DIR" => (k, data.display().to_string()),
+                "RAFTLANE_DATA_DIR" => (k, data.clone()),
                 _ => (k, v),
             }
         }))
@@ -1156,8 +1189,8 @@ async fn the_pod_environment_starts_raft_node() {
     let pod = serde_json::to_value(member_pod(&rc, 1, "data", Some(&[1].into()), false)).unwrap();
     let members = Members::new(UID);
     let ip = members.ip(1, 0);
-    let data = tempfile::tempdir().unwrap();
-    let mut child = pod_process(&members, &pod, &ip, data.path())
+    let scratch = tempfile::tempdir().unwrap();
+    let mut child = pod_process(&members, &pod, &ip, scratch.path())
         .stderr(std::process::Stdio::null())
         .spawn()
         .unwrap();
@@ -1174,9 +1207,12 @@ async fn the_pod_environment_starts_raft_node() {
 /// empty data dir (a wiped volume): returns its exit code and stderr.
 fn refusal(members: &Members, rc: &RaftCluster, id: u64, ip: &str) -> (i32, String) {
     let pod = serde_json::to_value(member_pod(rc, id, "data", None, true)).unwrap();
-    assert_eq!(env(&pod, "RAFTLANE_EXPECT_STATE"), Some("true"));
+    assert_eq!(
+        pod["metadata"]["annotations"][HOLDS_STATE_ANNOTATION],
+        "true"
+    );
     let wiped = tempfile::tempdir().unwrap();
-    let out = pod_process(members, &pod, ip, &wiped.path().join("data"))
+    let out = pod_process(members, &pod, ip, wiped.path())
         .output()
         .unwrap();
     let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
@@ -1211,7 +1247,30 @@ async fn a_pod_recreated_on_a_volume_that_held_state_expects_state() {
         pod["spec"]["volumes"][0]["persistentVolumeClaim"]["claimName"],
         "data-demo-1-seed"
     );
-    assert_eq!(env(pod, "RAFTLANE_EXPECT_STATE"), Some("true"));
+    assert_eq!(
+        pod["metadata"]["annotations"][HOLDS_STATE_ANNOTATION],
+        "true"
+    );
+}
+
+#[tokio::test]
+async fn a_running_pod_is_marked_once_its_member_holds_state() {
+    // The pods were created on fresh volumes, unmarked; the pass that sees
+    // each member's state marks its volume, then its running pod, once.
+    let (api, _ctx, _members) = running_cluster(3).await;
+    for i in 0..3 {
+        let pod = api.get(&pods_path(), &format!("demo-{i}")).unwrap();
+        assert_eq!(
+            pod["metadata"]["annotations"][HOLDS_STATE_ANNOTATION], "true",
+            "{pod}"
+        );
+        // raft-node reads the mark through the downward API at every start.
+        assert_eq!(
+            env(&pod, "RAFTLANE_EXPECT_STATE_FILE"),
+            Some("/etc/raftlane/member/holds-state")
+        );
+        assert_eq!(env(&pod, "RAFTLANE_EXPECT_STATE"), None);
+    }
 }
 
 #[tokio::test]
@@ -1277,7 +1336,10 @@ async fn a_member_whose_volume_was_wiped_is_refused_then_replaced_on_a_fresh_vol
         .expect("the pod created again");
     let claim = &pod["spec"]["volumes"][0]["persistentVolumeClaim"]["claimName"];
     assert_ne!(claim, "data-demo-2-seed");
-    assert_eq!(env(&pod, "RAFTLANE_EXPECT_STATE"), None);
+    assert!(
+        pod["metadata"]["annotations"][HOLDS_STATE_ANNOTATION].is_null(),
+        "{pod}"
+    );
     let ip = members.ip(3, 1);
     members.start(3, &ip, &[], &[]);
     api.update(&pods_path(), "demo-2", |p| {
@@ -1623,7 +1685,7 @@ async fn without_tls_no_secret_is_written_and_members_are_told_plaintext() {
     for pod in pods {
         assert_eq!(env(pod, "RAFTLANE_INSECURE_PLAINTEXT"), Some("true"));
         assert_eq!(env(pod, "RAFTLANE_TLS_CERT"), None);
-        assert_eq!(pod["spec"]["volumes"].as_array().unwrap().len(), 1);
+        assert!(named(&pod["spec"]["volumes"], "tls").is_null(), "{pod}");
     }
 }
 

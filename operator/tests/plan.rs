@@ -342,6 +342,24 @@ fn without_a_leader_only_members_and_addresses_are_restored() {
 }
 
 #[test]
+fn a_forming_cluster_without_a_leader_yet_is_waiting_not_blocked() {
+    let mut obs = cluster(&[1, 2, 3], &[], 1);
+    obs.bootstrapped = Some(set(&[1, 2, 3]));
+    for r in obs.reports.values_mut() {
+        r.leader_id = 0;
+        r.is_leader = false;
+    }
+    let p = plan(3, &obs);
+    assert!(!p.blocked, "{p:?}");
+    assert!(p.waiting.unwrap().contains("electing its first leader"));
+    // Formed, the same observation is a guard refusing steps.
+    obs.bootstrapped = None;
+    let p = plan(3, &obs);
+    assert!(p.blocked, "{p:?}");
+    assert!(p.waiting.unwrap().contains("no leader"));
+}
+
+#[test]
 fn a_member_whose_data_is_lost_is_removed_then_added_back() {
     // Voter 3 is gone and so is its storage: never restarted empty.
     let mut obs = cluster(&[1, 2, 3], &[], 1);

@@ -312,7 +312,7 @@ pub fn error_policy(
     Action::requeue(backoff(n))
 }
 
-fn backoff(failures: u32) -> Duration {
+pub(crate) fn backoff(failures: u32) -> Duration {
     Duration::from_secs(1)
         .saturating_mul(1 << failures.saturating_sub(1).min(16))
         .min(MAX_BACKOFF)

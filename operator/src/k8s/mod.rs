@@ -11,6 +11,7 @@ pub mod metrics;
 pub mod resources;
 pub mod runtime;
 pub mod tls;
+pub mod uninstall_check;
 pub mod volumes;
 
 use std::net::SocketAddr;
@@ -128,8 +129,12 @@ async fn fired(mut flag: watch::Receiver<bool>) {
 }
 
 /// Waits until the API server serves RaftClusters, reporting while it waits.
-async fn wait_for_crd(client: &Client) -> anyhow::Result<()> {
+/// A watch that fails (the API server restarting, its certificate not yet
+/// trusted after a node restart) is tried again after a back-off: the
+/// operator waits for its API server, it never exits over it.
+async fn wait_for_crd(client: &Client) {
     let crds: Api<CustomResourceDefinition> = Api::all(client.clone());
+    let mut failures = 0;
     loop {
         let established = kube::runtime::wait::await_condition(
             crds.clone(),
@@ -137,14 +142,22 @@ async fn wait_for_crd(client: &Client) -> anyhow::Result<()> {
             kube::runtime::wait::conditions::is_crd_established(),
         );
         match tokio::time::timeout(Duration::from_secs(10), established).await {
-            Ok(Ok(_)) => return Ok(()),
-            Ok(Err(e)) => return Err(e).context("watching the RaftCluster CRD"),
+            Ok(Ok(_)) => return,
+            Ok(Err(e)) => {
+                failures += 1;
+                let pause = controller::backoff(failures).min(MAX_WATCH_RETRY);
+                tracing::warn!(error = %e, retry_in = ?pause, "watching CRD {CRD_NAME} failed");
+                tokio::time::sleep(pause).await;
+            }
             Err(_) => tracing::warn!(
                 "waiting for CRD {CRD_NAME} to be established (kubectl apply -f crds/raftcluster.yaml)"
             ),
         }
     }
 }
+
+/// The longest pause between two tries of a failed watch.
+const MAX_WATCH_RETRY: Duration = Duration::from_secs(30);
 
 /// One bounded try: an API server that does not answer in time counts as a
 /// failed renewal.
@@ -158,10 +171,16 @@ async fn attempt(lock: &LeaseLock) -> anyhow::Result<bool> {
 /// Campaigns until this replica holds the Lease, then renews it in a task
 /// that sets `lost` once no renewal succeeded for `RENEW_DEADLINE`.
 async fn lead(lock: LeaseLock, lost: watch::Sender<bool>) -> (Arc<LeaseLock>, JoinHandle<()>) {
+    // Standing by is said once; every later try at the debug level.
+    let mut said = false;
     loop {
         match attempt(&lock).await {
             Ok(true) => break,
-            Ok(false) => tracing::info!("another replica leads; standing by"),
+            Ok(false) if !said => {
+                tracing::info!("another replica leads; standing by");
+                said = true;
+            }
+            Ok(false) => tracing::debug!("another replica leads; standing by"),
             Err(e) => tracing::warn!(error = %e, "leader election"),
         }
         tokio::time::sleep(lock.renew_every()).await;
@@ -218,7 +237,7 @@ pub async fn run(opts: RunOptions) -> anyhow::Result<()> {
     tokio::spawn(metrics::serve(listener, metrics.clone(), ready.clone()));
 
     tokio::select! {
-        r = wait_for_crd(&watches) => r?,
+        _ = wait_for_crd(&watches) => {}
         _ = fired(stop.clone()) => return Ok(()),
     }
     ready.store(true, Ordering::Release);
@@ -340,5 +359,47 @@ mod tests {
         assert!(2 * REQUEST_TIMEOUT < RENEW_MARGIN, "{REQUEST_TIMEOUT:?}");
         // A try that hung, then the pause, leave time for another try.
         assert!(REQUEST_TIMEOUT + RENEW_RETRY < RENEW_MARGIN);
+    }
+
+    /// A watch failing as it did on a real cluster right after a node
+    /// restart is tried again (after a back-off), not the end of the operator.
+    #[tokio::test(start_paused = true)]
+    async fn a_failed_crd_watch_is_retried_until_the_crd_is_served() {
+        use http::{Request, Response};
+        use kube::client::Body;
+
+        let (svc, mut handle) = tower_test::mock::pair::<Request<Body>, Response<Body>>();
+        let api = tokio::spawn(async move {
+            for _ in 0..2 {
+                let (_, send) = handle.next_request().await.expect("a request");
+                send.send_error(std::io::Error::other(
+                    "invalid peer certificate: UnknownIssuer",
+                ));
+            }
+            let (req, send) = handle.next_request().await.expect("a request");
+            assert!(req.uri().path().ends_with("/customresourcedefinitions"));
+            let crd = serde_json::json!({
+                "apiVersion": "apiextensions.k8s.io/v1",
+                "kind": "CustomResourceDefinitionList",
+                "metadata": {"resourceVersion": "1"},
+                "items": [{
+                    "metadata": {"name": CRD_NAME, "resourceVersion": "1"},
+                    "spec": {
+                        "group": "raftlane.io",
+                        "names": {"kind": "RaftCluster", "plural": "raftclusters"},
+                        "scope": "Namespaced",
+                        "versions": [],
+                    },
+                    "status": {"conditions": [{"type": "Established", "status": "True"}]},
+                }],
+            });
+            let body = Body::from(serde_json::to_vec(&crd).unwrap());
+            send.send_response(Response::builder().body(body).unwrap());
+        });
+        let client = Client::new(svc, "default");
+        tokio::time::timeout(Duration::from_secs(600), wait_for_crd(&client))
+            .await
+            .expect("the CRD seen established after two failed watches");
+        api.await.unwrap();
     }
 }

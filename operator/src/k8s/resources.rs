@@ -18,7 +18,7 @@ use serde_json::json;
 use crate::certs::{self, Ca, Leaf, StoredLeaf};
 use crate::crd::{IssuerRef, RaftCluster, Retention};
 use crate::revision;
-use crate::runtime::launch::{Launch, Listen, Transport};
+use crate::runtime::launch::{ExpectState, Launch, Listen, Transport};
 
 pub const PEER_PORT: u16 = 7000;
 pub const CLIENT_PORT: u16 = 7001;
@@ -35,8 +35,13 @@ pub const RETIRED_LABEL: &str = "raftlane.io/retired";
 /// On a member Pod: the spec revision it was created at (see
 /// [`crate::revision`]); a Pod at another revision is rolled.
 pub const REVISION_LABEL: &str = "raftlane.io/revision";
-/// Set on a volume once its member has answered: it holds raft state.
+/// Set on a member's volume and Pod once its `Status` showed raft state: every
+/// later start of that member must find it (a wiped volume is refused).
 pub const HOLDS_STATE_ANNOTATION: &str = "raftlane.io/holds-state";
+/// Where a member pod sees its own [`HOLDS_STATE_ANNOTATION`] (a downward-API
+/// volume), read by raft-node at every start as `--expect-state-file`.
+const MEMBER_INFO_DIR: &str = "/etc/raftlane/member";
+const HOLDS_STATE_FILE: &str = "holds-state";
 /// The raft-node container of a member pod.
 pub const CONTAINER: &str = "raft-node";
 /// Where member data lives in the container.
@@ -438,15 +443,24 @@ pub fn container_security() -> serde_json::Value {
 
 /// Member `id`'s Pod on volume `claim`. Peers are given by stable DNS name;
 /// the operator pushes pod IPs once members run. `initial_voters` is set only
-/// for the members that form a new cluster; `expect_state` once the volume
-/// has held state, so that raft-node refuses it wiped (even when the kubelet,
-/// not the operator, restarts the container).
+/// for the members that form a new cluster.
+///
+/// Whether raft-node must find state on the volume is not in the pod's
+/// environment, which is fixed when the pod is created: the kubelet restarts
+/// the container with it for the pod's whole life, and a member's volume
+/// holds state only after its first start. It is the pod's own
+/// [`HOLDS_STATE_ANNOTATION`] instead, set at creation when the volume is
+/// known to hold state (`holds_state`) and added to a running pod as soon as
+/// it does; a downward-API volume shows the current value, and raft-node reads
+/// it at every start. The kubelet refreshes such a volume when it syncs the
+/// updated pod, which a container restart waits for, so container restarts,
+/// node reboots and a volume swapped under the pod all see it.
 pub fn member_pod(
     rc: &RaftCluster,
     id: u64,
     claim: &str,
     initial_voters: Option<&BTreeSet<u64>>,
-    expect_state: bool,
+    holds_state: bool,
 ) -> Pod {
     let name = rc.name_any();
     let spec = &rc.spec;
@@ -472,7 +486,7 @@ pub fn member_pod(
         },
         peers: &peers,
         initial_voters,
-        expect_state,
+        expect_state: ExpectState::File(format!("{MEMBER_INFO_DIR}/{HOLDS_STATE_FILE}")),
         addrs_file: None,
         restore_from: spec
             .restore
@@ -502,7 +516,15 @@ pub fn member_pod(
         })
     };
     let mut pod_labels = member_labels(rc, id);
-    pod_labels.insert(REVISION_LABEL.into(), revision::of(spec));
+    // The initial members of a restored cluster read the backup from its
+    // volume (read-only; the Kubernetes runtime refuses a restore naming no
+    // RaftClusterBackup), at a revision of their own.
+    let restore = spec.restore.as_ref().filter(|_| initial_voters.is_some());
+    let revision = match restore {
+        Some(_) => revision::restoring(spec),
+        None => revision::of(spec),
+    };
+    pod_labels.insert(REVISION_LABEL.into(), revision);
     let mut pod = json!({
         "apiVersion": "v1",
         "kind": "Pod",
@@ -539,11 +561,25 @@ pub fn member_pod(
                 "livenessProbe": probe("/healthz", 10, 3),
                 "readinessProbe": probe("/readyz", 5, 2),
                 "securityContext": container_security(),
-                "volumeMounts": [{"name": "data", "mountPath": DATA_DIR}],
+                "volumeMounts": [
+                    {"name": "data", "mountPath": DATA_DIR},
+                    {"name": "member-info", "mountPath": MEMBER_INFO_DIR, "readOnly": true},
+                ],
             }],
-            "volumes": [{"name": "data", "persistentVolumeClaim": {"claimName": claim}}],
+            "volumes": [
+                {"name": "data", "persistentVolumeClaim": {"claimName": claim}},
+                {"name": "member-info", "downwardAPI": {"items": [{
+                    "path": HOLDS_STATE_FILE,
+                    "fieldRef": {
+                        "fieldPath": format!("metadata.annotations['{HOLDS_STATE_ANNOTATION}']"),
+                    },
+                }]}},
+            ],
         },
     });
+    if holds_state {
+        pod["metadata"]["annotations"] = json!({HOLDS_STATE_ANNOTATION: "true"});
+    }
     if spec.tls.enabled {
         // Group-readable: the files belong to root and the fsGroup. The
         // kubelet swaps them when the Secret is renewed; raft-node re-reads.
@@ -559,10 +595,6 @@ pub fn member_pod(
             .expect("volume mounts")
             .push(json!({"name": "tls", "mountPath": TLS_DIR, "readOnly": true}));
     }
-    // The initial members of a restored cluster read the backup from its
-    // volume (read-only; the Kubernetes runtime refuses a restore naming no
-    // RaftClusterBackup).
-    let restore = spec.restore.as_ref().filter(|_| initial_voters.is_some());
     if let Some(backup) = restore.and_then(|r| r.backup.as_ref()) {
         pod["spec"]["volumes"]
             .as_array_mut()

@@ -2,10 +2,12 @@
 //! are bare (not a StatefulSet) because only the operator knows when a member
 //! may go: after it has left the raft membership.
 //!
-//! A volume marked as holding state gets pods with `--expect-state`. A pod
-//! whose container last exited with [`WIPED_EXIT_CODE`] (and is not running)
-//! found that volume empty: the volume is retired and the pod deleted, so the
-//! planner sees a member without storage (data lost) and replaces it.
+//! A member whose `Status` showed raft state has its volume and its pod
+//! annotated as holding state; raft-node reads the pod's annotation at every
+//! start (see [`member_pod`]). A pod whose container last exited with
+//! [`WIPED_EXIT_CODE`] (and is not running) found that volume empty: the
+//! volume is retired and the pod deleted, so the planner sees a member
+//! without storage (data lost) and replaces it.
 
 use std::collections::{BTreeMap, BTreeSet};
 
@@ -33,6 +35,9 @@ pub struct KubeRuntime {
     /// Live (not retired, not being deleted) volumes by member id, as of the
     /// last `list`.
     volumes: BTreeMap<u64, Volume>,
+    /// Member pods (by id, as of the last `list`) not yet annotated as
+    /// holding state.
+    unmarked_pods: BTreeMap<u64, String>,
 }
 
 struct Volume {
@@ -138,6 +143,7 @@ impl KubeRuntime {
             claims: Api::namespaced(client.clone(), &ns),
             secrets: Api::namespaced(client, &ns),
             volumes: BTreeMap::new(),
+            unmarked_pods: BTreeMap::new(),
         }
     }
 
@@ -212,6 +218,7 @@ impl Runtime for KubeRuntime {
             .list(&ListParams::default().labels(&selector(&name)))
             .await?;
         let mut members = Vec::new();
+        self.unmarked_pods.clear();
         let owned: Vec<&Pod> = pods.items.iter().filter(|p| self.owned(p)).collect();
         for pod in owned {
             let Some(id) = member_id(pod.labels()) else {
@@ -248,6 +255,9 @@ impl Runtime for KubeRuntime {
             }
             if (ended || on_retired) && !deleting && repair {
                 delete_gone(&self.pods, &pod.name_any()).await?;
+            }
+            if !deleting && !pod.annotations().contains_key(HOLDS_STATE_ANNOTATION) {
+                self.unmarked_pods.insert(id, pod.name_any());
             }
             let ip = status
                 .and_then(|s| s.pod_ip.clone())
@@ -355,20 +365,38 @@ impl Runtime for KubeRuntime {
         Ok(Member::unreachable(id))
     }
 
-    /// Marks the volumes of members that answered as holding state, once each
-    /// (one annotation write in a volume's life). Until then a volume counts
-    /// as empty, so a member of a forming cluster whose pod never ran still
-    /// gets the initial voters; raft-node ignores them on a volume with state.
-    async fn record_state(&mut self, answered: &BTreeSet<u64>) -> anyhow::Result<()> {
-        for id in answered {
+    /// Marks the volumes of members holding state, once each (one annotation
+    /// write in a volume's life), then their pods: a volume first, so a pod
+    /// created after a crash in between is created marked. Until then a
+    /// volume counts as empty, so a member of a forming cluster whose pod
+    /// never ran still gets the initial voters; raft-node ignores them on a
+    /// volume with state. A pod of a marked volume that lacks the mark (made
+    /// before the volume held state) gets it here too.
+    async fn record_state(&mut self, holding: &BTreeSet<u64>) -> anyhow::Result<()> {
+        let mark = json!({"metadata": {"annotations": {HOLDS_STATE_ANNOTATION: "true"}}});
+        for id in holding {
             let Some(v) = self.volumes.get_mut(id).filter(|v| !v.holds_state) else {
                 continue;
             };
-            let patch = json!({"metadata": {"annotations": {HOLDS_STATE_ANNOTATION: "true"}}});
             self.claims
-                .patch(&v.name, &PatchParams::default(), &Patch::Merge(&patch))
+                .patch(&v.name, &PatchParams::default(), &Patch::Merge(&mark))
                 .await?;
             v.holds_state = true;
+        }
+        for id in self.with_data()? {
+            let Some(pod) = self.unmarked_pods.remove(&id) else {
+                continue;
+            };
+            match self
+                .pods
+                .patch(&pod, &PatchParams::default(), &Patch::Merge(&mark))
+                .await
+            {
+                Err(e) if is_not_found(&e) => {}
+                r => {
+                    r?;
+                }
+            }
         }
         Ok(())
     }

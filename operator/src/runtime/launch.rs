@@ -64,6 +64,22 @@ pub enum Transport {
     Plaintext,
 }
 
+/// Whether a start of a member must find raft state in its data dir (else
+/// raft-node exits with [`super::WIPED_EXIT_CODE`]).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum ExpectState {
+    /// Its storage is not known to have held state.
+    No,
+    /// It has: the runtime decides at every start (the local runtime starts
+    /// every process itself).
+    Yes,
+    /// raft-node reads the answer from this file at every start. On
+    /// Kubernetes the kubelet restarts containers on its own with the pod's
+    /// fixed environment, so the answer comes from something that can change
+    /// under a running pod (see `k8s::resources::member_pod`).
+    File(String),
+}
+
 /// Everything one start of member `id` is given.
 pub struct Launch<'a> {
     pub id: u64,
@@ -74,9 +90,9 @@ pub struct Launch<'a> {
     pub peers: &'a BTreeMap<u64, String>,
     /// Set only for the members that form a new cluster.
     pub initial_voters: Option<&'a BTreeSet<u64>>,
-    /// Set once the member's storage has held state: raft-node then refuses
-    /// an empty data dir (a wiped volume) instead of rejoining empty.
-    pub expect_state: bool,
+    /// Once the member's storage has held state, raft-node refuses an empty
+    /// data dir (a wiped volume) instead of rejoining empty.
+    pub expect_state: ExpectState,
     /// Where raft-node writes the addresses it bound, once it has (how ports
     /// asked for as 0 are learned): only the local runtime sets it.
     pub addrs_file: Option<String>,
@@ -127,8 +143,10 @@ impl Launch<'_> {
                 out.push(Setting::new("restore-from", f));
             }
         }
-        if self.expect_state {
-            out.push(Setting::switch("expect-state"));
+        match &self.expect_state {
+            ExpectState::No => {}
+            ExpectState::Yes => out.push(Setting::switch("expect-state")),
+            ExpectState::File(f) => out.push(Setting::new("expect-state-file", f)),
         }
         if let Some(f) = &self.addrs_file {
             out.push(Setting::new("addrs-file", f));
@@ -197,7 +215,7 @@ mod tests {
             },
             peers,
             initial_voters: Some(voters),
-            expect_state: true,
+            expect_state: ExpectState::Yes,
             addrs_file: Some("/state/member-2.addrs".into()),
             restore_from: Some("/restore/nightly.rlb".into()),
             raft,
@@ -217,6 +235,7 @@ mod tests {
         let node = NodeConfig::command();
         let mut plaintext = every_setting(&peers, &voters, &raft);
         plaintext.transport = Transport::Plaintext;
+        plaintext.expect_state = ExpectState::File("/member/holds-state".into());
         let all = every_setting(&peers, &voters, &raft)
             .settings()
             .into_iter()
@@ -297,6 +316,14 @@ mod tests {
         let cfg = NodeConfig::try_parse_from(["raft-node".to_string()].into_iter().chain(args))
             .expect("raft-node parses the flags");
         assert!(cfg.insecure_plaintext);
+        launch.expect_state = ExpectState::File("/member/holds-state".into());
+        let cfg = NodeConfig::try_parse_from(["raft-node".into()].into_iter().chain(launch.args()))
+            .expect("raft-node parses the flags");
+        assert_eq!(
+            cfg.expect_state_file.as_deref(),
+            Some(std::path::Path::new("/member/holds-state"))
+        );
+        assert!(!cfg.expect_state);
         cfg.validate().expect("a valid configuration");
     }
 
@@ -310,7 +337,7 @@ mod tests {
         assert!(env
             .iter()
             .all(|(k, _)| k != "RAFTLANE_PEERS" && k != "RAFTLANE_INITIAL_VOTERS"));
-        launch.expect_state = false;
+        launch.expect_state = ExpectState::No;
         launch.addrs_file = None;
         let args = launch.args();
         assert!(!args.contains(&"--expect-state".to_string()));

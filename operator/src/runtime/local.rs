@@ -10,9 +10,10 @@
 //! the processes it left running instead of starting them twice. A member deleted
 //! after leaving the membership has its data dir retired (renamed, kept).
 //!
-//! Once a member's data dir is seen holding raft state, `member-<id>.holds-state`
-//! records it, outside the data dir so that a wipe cannot erase it; members are
-//! then started with `--expect-state`. A child that exits with
+//! Once a member's `Status` shows raft state, `member-<id>.holds-state`
+//! records it, outside the data dir so that a wipe cannot erase it; the
+//! operator starts every process itself, so each start after that is given
+//! `--expect-state`. A child that exits with
 //! [`WIPED_EXIT_CODE`] found its data dir empty: its storage is retired, so the
 //! planner sees a member without storage (data lost) and replaces it.
 
@@ -27,7 +28,7 @@ use serde::{Deserialize, Serialize};
 use raftlane_tls::files::Material;
 use raftlane_tls::{Dialer, TlsSource};
 
-use super::launch::{Launch, Listen, Transport};
+use super::launch::{ExpectState, Launch, Listen, Transport};
 use super::{Runtime, WIPED_EXIT_CODE};
 use crate::certs::{self, Ca, CaChange, Leaf, Stored, StoredLeaf};
 use crate::crd::{RaftClusterSpec, RaftSettings, MAX_REPLICAS};
@@ -363,12 +364,6 @@ pub struct LocalRuntime {
     children: BTreeMap<u64, Child>,
 }
 
-/// True when raft-node has written its log under the data dir `data` (it does
-/// before it can answer or join); raft-node's `--expect-state` asks the same.
-fn has_raft_state(data: &Path) -> bool {
-    fs::read_dir(data.join("raft")).is_ok_and(|mut entries| entries.next().is_some())
-}
-
 /// Renames member data dir `data` aside (kept, never used again), if it exists.
 fn retire_data(data: &Path) -> anyhow::Result<()> {
     if data.exists() {
@@ -526,7 +521,8 @@ impl LocalRuntime {
         self.dir.join(format!("member-{id}"))
     }
 
-    /// Present once member `id`'s data dir was seen holding raft state.
+    /// Present once member `id`'s `Status` showed raft state (see
+    /// [`Runtime::record_state`]); beside the data dir, so a wiped one is told.
     fn marker_path(&self, id: u64) -> PathBuf {
         self.dir.join(format!("member-{id}.holds-state"))
     }
@@ -766,7 +762,10 @@ impl Runtime for LocalRuntime {
             },
             peers,
             initial_voters,
-            expect_state: self.marker_path(id).exists(),
+            expect_state: match self.marker_path(id).exists() {
+                true => ExpectState::Yes,
+                false => ExpectState::No,
+            },
             addrs_file: Some(addrs_file.display().to_string()),
             restore_from: self.restore.as_ref().map(|f| f.display().to_string()),
             raft: &self.raft,
@@ -848,12 +847,12 @@ impl Runtime for LocalRuntime {
         Ok(())
     }
 
-    /// Marks by the data dirs themselves: a member that answered has written
-    /// its log there, and one that has but did not answer in time is marked too.
-    async fn record_state(&mut self, _answered: &BTreeSet<u64>) -> anyhow::Result<()> {
-        for id in self.stored_ids()? {
-            let marker = self.marker_path(id);
-            if !marker.exists() && has_raft_state(&self.data_dir(id)) {
+    /// Marks the members that hold state with a file beside their data dir,
+    /// which outlives a wiped data dir.
+    async fn record_state(&mut self, holding: &BTreeSet<u64>) -> anyhow::Result<()> {
+        for id in holding {
+            let marker = self.marker_path(*id);
+            if !marker.exists() && self.data_dir(*id).exists() {
                 fs::write(&marker, b"").with_context(|| format!("writing {}", marker.display()))?;
             }
         }
@@ -865,7 +864,7 @@ impl Runtime for LocalRuntime {
     fn with_data(&self) -> anyhow::Result<BTreeSet<u64>> {
         let mut out = BTreeSet::new();
         for id in self.stored_ids()? {
-            if self.marker_path(id).exists() || has_raft_state(&self.data_dir(id)) {
+            if self.marker_path(id).exists() {
                 out.insert(id);
             }
         }
@@ -906,13 +905,15 @@ mod tests {
         LocalRuntime::new(dir, "c", node_bin(), &spec).unwrap()
     }
 
-    /// Observes as a pass does (list, then record which members hold state)
-    /// until `done` holds (bounded).
+    /// Observes as a pass does (list, then record which members hold state:
+    /// here every running one, bootstrapped voters all) until `done` holds
+    /// (bounded).
     async fn list_until(rt: &mut LocalRuntime, what: &str, done: impl Fn(&LocalRuntime) -> bool) {
         let deadline = Instant::now() + Duration::from_secs(20);
         loop {
-            rt.list(true).await.unwrap();
-            rt.record_state(&BTreeSet::new()).await.unwrap();
+            let running = rt.list(true).await.unwrap();
+            let holding = running.iter().map(|m| m.id).collect();
+            rt.record_state(&holding).await.unwrap();
             if done(rt) {
                 return;
             }
@@ -1228,7 +1229,7 @@ mod tests {
 
         rt.create(1, Some(&voters), &BTreeMap::new()).await.unwrap();
         list_until(&mut rt, "member 1 running on a fresh data dir", |rt| {
-            has_raft_state(&rt.data_dir(1))
+            rt.data_dir(1).join("raft").exists()
         })
         .await;
         assert_eq!(rt.list(true).await.unwrap().len(), 1, "it runs");

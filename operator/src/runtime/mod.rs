@@ -35,10 +35,10 @@ pub trait Runtime {
     /// once (a pod must be gone before it is created again) returns it
     /// unreachable; the next pass recreates it as a missing member.
     async fn restart(&mut self, id: u64, peers: &BTreeMap<u64, String>) -> anyhow::Result<Member>;
-    /// Records, once per member, that the storage of members that answered
-    /// holds raft state (raft-node writes its log before it can answer), so
-    /// that they are started with `--expect-state` from then on.
-    async fn record_state(&mut self, answered: &BTreeSet<u64>) -> anyhow::Result<()>;
+    /// Records, once per member, that the storage of members whose `Status`
+    /// shows raft state ([`crate::plan::MemberReport::holds_state`]) holds it,
+    /// so that every later start of theirs expects it.
+    async fn record_state(&mut self, holding: &BTreeSet<u64>) -> anyhow::Result<()>;
     /// Members whose data holds raft state, running or not (as of the last
     /// `list`), or held it before being wiped: members are started on it with
     /// `--expect-state`, so a wiped one refuses to start. It may miss a member
