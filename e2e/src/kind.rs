@@ -80,6 +80,34 @@ pub struct KindTarget {
 }
 
 impl KindTarget {
+    /// The kind node running member `id`'s pod, and its volume's directory
+    /// there.
+    async fn volume_on_node(&self, id: u64) -> anyhow::Result<(String, String)> {
+        let (spec, claim) = self.pod_and_claim(id).await?;
+        let node = spec["spec"]["nodeName"]
+            .as_str()
+            .with_context(|| format!("member {id}'s pod is not scheduled"))?
+            .to_string();
+        let pvc = self.kube.get_json(&["pvc", &claim]).await?;
+        let pv = pvc
+            .as_ref()
+            .and_then(|c| c["spec"]["volumeName"].as_str())
+            .with_context(|| format!("{claim} is not bound"))?
+            .to_string();
+        let pv = self
+            .kube
+            .get_json(&["pv", &pv])
+            .await?
+            .with_context(|| format!("PV {pv} not found"))?;
+        let dir = pv["spec"]["hostPath"]["path"]
+            .as_str()
+            .or(pv["spec"]["local"]["path"].as_str())
+            .with_context(|| format!("{claim}'s volume is neither hostPath nor local"))?
+            .trim_end_matches('/')
+            .to_string();
+        Ok((node, dir))
+    }
+
     fn new(kube: Kubectl, name: &str, operator: String) -> anyhow::Result<KindTarget> {
         let logs = tempfile::tempdir()?;
         Ok(KindTarget {
@@ -220,40 +248,32 @@ impl Target for KindTarget {
         KindTarget::new(self.kube.clone(), name, self.operator.clone())
     }
 
-    /// The raft log directory on the member's volume becomes a file, by
-    /// `docker exec` on the kind node that runs its pod (kind's local-path
-    /// volumes are directories of the node): every start of raft-node fails
-    /// reading it, as on the control plane.
+    /// The raft log directory on the member's volume becomes a file, on the
+    /// kind node that runs its pod (kind's local-path volumes are directories
+    /// of the node): every start of raft-node fails reading it, as on the
+    /// control plane.
     async fn break_member(&mut self, id: u64) -> anyhow::Result<()> {
-        let (spec, claim) = self.pod_and_claim(id).await?;
-        let node = spec["spec"]["nodeName"]
-            .as_str()
-            .with_context(|| format!("member {id}'s pod is not scheduled"))?
-            .to_string();
-        let pvc = self.kube.get_json(&["pvc", &claim]).await?;
-        let pv = pvc
-            .as_ref()
-            .and_then(|c| c["spec"]["volumeName"].as_str())
-            .with_context(|| format!("{claim} is not bound"))?
-            .to_string();
-        let pv = self
-            .kube
-            .get_json(&["pv", &pv])
-            .await?
-            .with_context(|| format!("PV {pv} not found"))?;
-        let dir = pv["spec"]["hostPath"]["path"]
-            .as_str()
-            .or(pv["spec"]["local"]["path"].as_str())
-            .with_context(|| format!("{claim}'s volume is neither hostPath nor local"))?
-            .to_string();
+        let (node, dir) = self.volume_on_node(id).await?;
         let script = format!("rm -rf '{dir}/raft' && echo 'not a directory' > '{dir}/raft'");
-        cmd::blocking(move || {
-            let mut exec = std::process::Command::new("docker");
-            exec.args(["exec", &node, "sh", "-c", &script]);
-            cmd::output(&mut exec, std::time::Duration::from_secs(30)).map(|_| ())
-        })
-        .await?;
+        on_node(node, script).await?;
         self.kill_member(id).await
+    }
+
+    /// On the member's node, its raft-node process (the one whose mounts
+    /// include the member's volume) is killed; the kubelet restarts the
+    /// container in the same pod.
+    async fn kill_process(&mut self, id: u64) -> anyhow::Result<()> {
+        let (node, dir) = self.volume_on_node(id).await?;
+        on_node(node, kill_raft_node_on(&dir)).await
+    }
+
+    async fn wipe_member(&mut self, id: u64) -> anyhow::Result<()> {
+        let (node, dir) = self.volume_on_node(id).await?;
+        let script = format!(
+            "rm -rf '{dir}/raft' '{dir}/snapshots' && {}",
+            kill_raft_node_on(&dir)
+        );
+        on_node(node, script).await
     }
 
     async fn status(&self) -> anyhow::Result<Option<RaftClusterStatus>> {
@@ -351,6 +371,30 @@ impl Target for KindTarget {
     async fn operator_exited(&mut self) -> anyhow::Result<bool> {
         anyhow::bail!("not observable on kind: the Deployment restarts the operator")
     }
+}
+
+/// Runs `script` with `sh -c` on kind node `node` (a container of this
+/// machine's Docker engine).
+async fn on_node(node: String, script: String) -> anyhow::Result<()> {
+    cmd::blocking(move || {
+        let mut exec = std::process::Command::new("docker");
+        exec.args(["exec", &node, "sh", "-c", &script]);
+        cmd::output(&mut exec, std::time::Duration::from_secs(30)).map(|_| ())
+    })
+    .await
+}
+
+/// A shell script for a kind node that kills (`kill -9`) the one raft-node
+/// process with volume directory `dir` among its mounts, and fails unless
+/// exactly one was.
+fn kill_raft_node_on(dir: &str) -> String {
+    format!(
+        "killed=0; for p in /proc/[0-9]*; do \
+           [ \"$(cat $p/comm 2>/dev/null)\" = raft-node ] || continue; \
+           grep -q ' {dir} ' $p/mountinfo 2>/dev/null || continue; \
+           kill -9 ${{p#/proc/}} && killed=$((killed+1)); \
+         done; [ $killed = 1 ]"
+    )
 }
 
 #[cfg(test)]

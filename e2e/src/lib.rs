@@ -74,6 +74,15 @@ pub trait Target {
     /// Makes member `id` unable to start from now on (its data dir turned
     /// into a file, so raft-node fails at start every time) and kills it.
     async fn break_member(&mut self, id: u64) -> anyhow::Result<()>;
+    /// Kills member `id`'s process with `kill -9` and leaves the restart to
+    /// the runtime: the kubelet restarts the container in place (same pod,
+    /// same environment and volumes); the local operator starts the process
+    /// again.
+    async fn kill_process(&mut self, id: u64) -> anyhow::Result<()>;
+    /// Empties member `id`'s storage under its running instance (its raft log
+    /// and snapshots removed, as a volume swapped or wiped under it), then
+    /// [`Target::kill_process`].
+    async fn wipe_member(&mut self, id: u64) -> anyhow::Result<()>;
     /// Kills member `id` abruptly (`kill -9`, pod deleted with no grace).
     async fn kill_member(&mut self, id: u64) -> anyhow::Result<()>;
     /// Kills member `id` and destroys its data, as a lost disk would (data dir

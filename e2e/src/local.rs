@@ -254,6 +254,19 @@ impl Target for LocalTarget {
         Ok(())
     }
 
+    async fn kill_process(&mut self, id: u64) -> anyhow::Result<()> {
+        self.kill_member(id).await
+    }
+
+    async fn wipe_member(&mut self, id: u64) -> anyhow::Result<()> {
+        let data = self.state().join(format!("member-{id}"));
+        for sub in ["raft", "snapshots"] {
+            let dir = data.join(sub);
+            fs::remove_dir_all(&dir).with_context(|| format!("removing {}", dir.display()))?;
+        }
+        self.kill_member(id).await
+    }
+
     async fn lose_member(&mut self, id: u64) -> anyhow::Result<()> {
         // Data first, while the process still runs: the operator must never
         // see it stopped with its data in place.

@@ -101,24 +101,31 @@ pub fn follower(s: &RaftClusterStatus) -> anyhow::Result<u64> {
         .context("a follower")
 }
 
-/// Harms member `victim` with `harm`, then waits until another member's own
-/// status no longer lists it as a voter and it is back as a new incarnation
-/// with three healthy voters.
+/// Harms member `victim` with `harm`, then waits until it is back as a new
+/// member (see [`rejoined`]) among `n` voters.
 async fn back_as_a_new_member<T: Target>(
     t: &mut T,
     victim: u64,
+    n: u64,
     harm: impl for<'a> FnOnce(&'a mut T) -> futures::future::LocalBoxFuture<'a, anyhow::Result<()>>,
 ) -> anyhow::Result<()> {
-    let s = t.status().await?.unwrap_or_default();
-    let watcher = s
-        .members
-        .iter()
-        .map(|m| m.id)
-        .find(|id| *id != victim)
-        .context("another member")?;
     let before = t.incarnation(victim).await?;
-    let started = Instant::now();
     harm(t).await?;
+    rejoined(t, victim, n, before).await
+}
+
+/// Waits until another member's own status no longer lists `victim` as a
+/// voter (it left the membership) and it is back as an incarnation other
+/// than `before`, with `n` healthy voters (ids 1..=n).
+async fn rejoined<T: Target>(
+    t: &T,
+    victim: u64,
+    n: u64,
+    before: Option<String>,
+) -> anyhow::Result<()> {
+    let watcher = if victim == 1 { 2 } else { 1 };
+    let ids: Vec<u64> = (1..=n).collect();
+    let started = Instant::now();
     let mut dropped = false;
     loop {
         if let Ok(st) = node_status(t, watcher).await {
@@ -126,7 +133,7 @@ async fn back_as_a_new_member<T: Target>(
         }
         let now = t.incarnation(victim).await?;
         let s = t.status().await?.unwrap_or_default();
-        let healthy = voters(&s) == [1, 2, 3] && s.members.iter().all(|m| m.healthy);
+        let healthy = voters(&s) == ids && s.members.iter().all(|m| m.healthy);
         if dropped && now.is_some() && now != before && healthy {
             return Ok(());
         }
@@ -138,6 +145,76 @@ async fn back_as_a_new_member<T: Target>(
         );
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
+}
+
+/// Every member's own view of members 1..=n: the same voters, one leader,
+/// one term.
+async fn views_agree<T: Target>(t: &T, n: u64) -> anyhow::Result<()> {
+    let ids: Vec<u64> = (1..=n).collect();
+    let mut views = Vec::new();
+    for id in &ids {
+        let st = node_status(t, *id).await?;
+        let mut voters = st.voters.clone();
+        voters.sort_unstable();
+        views.push((voters, st.leader_id, st.term));
+    }
+    anyhow::ensure!(
+        views
+            .iter()
+            .all(|v| v.0 == ids && v.1 != 0 && *v == views[0]),
+        "members' own views: {views:?}"
+    );
+    Ok(())
+}
+
+/// A wiped volume under a live member: its raft log and snapshots removed and
+/// its process killed, the runtime restarts it in place with the settings it
+/// had. It must not come back empty under the identity that held state: it
+/// refuses to start (the data-lost exit), leaves the membership and joins
+/// again as a new learner, while a client keeps writing. Done for an initial
+/// member, then for a member added by a scale-up (the cluster grows to 4 and
+/// back to 3). Every acknowledged write is on every member afterwards and
+/// every member's own view agrees. Returns the time from each wipe to all
+/// voters healthy again.
+pub async fn wiped_member_is_replaced<T: Target>(
+    t: &mut T,
+    keys: &[String],
+) -> anyhow::Result<[Duration; 2]> {
+    let mut took = [Duration::ZERO; 2];
+    for (round, n) in [(0, 3u64), (1, 4)] {
+        if n > 3 {
+            t.scale(n as u32).await?;
+        }
+        let s = wait_settled(t, n).await?;
+        let victim = match n {
+            3 => follower(&s)?,
+            _ => n,
+        };
+        let before = t.incarnation(victim).await?;
+        let wiped = Instant::now();
+        t.wipe_member(victim).await?;
+        let t = &*t;
+        let done = std::cell::Cell::new(false);
+        let back = async {
+            let r = rejoined(t, victim, n, before).await;
+            done.set(true);
+            r
+        };
+        let prefix = format!("wiped-{victim}/");
+        let (back, writes) = futures::join!(back, write_until(t, &prefix, &done));
+        back?;
+        took[round] = wiped.elapsed();
+        let writes = writes?;
+        anyhow::ensure!(!writes.acked.is_empty(), "no write acknowledged meanwhile");
+        views_agree(t, n).await?;
+        for id in 1..=n {
+            check_keys(t, &[id], keys).await?;
+            check_keys(t, &[id], &writes.acked).await?;
+        }
+    }
+    t.scale(3).await?;
+    wait_settled(t, 3).await?;
+    Ok(took)
 }
 
 /// Member `id`'s admin API as the cluster's admin, each call bounded in time:
@@ -417,7 +494,7 @@ pub async fn lost_member_rejoins_empty<T: Target>(
     let s = wait_settled(t, 3).await?;
     let victim = follower(&s)?;
     let lost = Instant::now();
-    back_as_a_new_member(t, victim, |t| Box::pin(t.lose_member(victim))).await?;
+    back_as_a_new_member(t, victim, 3, |t| Box::pin(t.lose_member(victim))).await?;
     let took = lost.elapsed();
     check_keys(t, &[victim], keys).await?;
     Ok(took)
@@ -483,7 +560,7 @@ pub async fn failed_member_is_replaced<T: Target>(
     let s = wait_settled(t, 3).await?;
     let victim = follower(&s)?;
     let failed = Instant::now();
-    back_as_a_new_member(t, victim, |t| Box::pin(t.break_member(victim))).await?;
+    back_as_a_new_member(t, victim, 3, |t| Box::pin(t.break_member(victim))).await?;
     anyhow::ensure!(
         failed.elapsed() >= Duration::from_secs(10),
         "replaced before spec.failureReplacement.after"
@@ -684,19 +761,8 @@ pub async fn rolling_update_under_writes<T: Target>(
     }
     let progressing = condition(&s, "Progressing").context("no Progressing condition")?;
     anyhow::ensure!(progressing.reason != "RollingUpdate", "{progressing:?}");
+    views_agree(t, n).await?;
     let ids: Vec<u64> = (1..=n).collect();
-    // Every member's own view: the same voters, one leader, in one term.
-    let mut views = Vec::new();
-    for id in &ids {
-        let st = node_status(t, *id).await?;
-        views.push((st.voters.clone(), st.leader_id, st.term));
-    }
-    anyhow::ensure!(
-        views
-            .iter()
-            .all(|v| v.0 == ids && v.1 != 0 && *v == views[0]),
-        "members' own views after the rollout: {views:?}"
-    );
     for id in &ids {
         check_keys(t, &[*id], keys).await?;
         check_keys(t, &[*id], &writes.acked).await?;
@@ -888,9 +954,39 @@ pub async fn backup_and_restore<T: Target>(t: &mut T, count: u64) -> anyhow::Res
     write_keys(t, "after-backup/", 10).await?;
     let created = Instant::now();
     let restore = serde_json::json!({"restore": {"file": file.file, "backup": "snap"}});
-    let restored = t.new_cluster("restored", 3, restore).await?;
-    let s = wait_settled(&restored, 3).await?;
+    let mut restored = t.new_cluster("restored", 3, restore).await?;
+    wait_settled(&restored, 3).await?;
     let took = created.elapsed();
+    // Formed, its members are rolled off their restore settings (locally
+    // they are started without them from then on); then a member's process
+    // killed in place starts again on its data.
+    wait_for("no member at a restoring revision", OPERATION, || async {
+        let s = restored.status().await?.unwrap_or_default();
+        let done = s.update_revision.is_some()
+            && s.current_revision == s.update_revision
+            && s.updated_replicas == 3
+            && s.members.iter().all(|m| m.healthy);
+        Ok(done.then_some(()))
+    })
+    .await?;
+    let before = restored.incarnation(1).await?;
+    restored.kill_process(1).await?;
+    wait_for(
+        "restored member 1 back in place, applying",
+        OPERATION,
+        || async {
+            let now = restored.incarnation(1).await?;
+            if now.is_none() || now == before {
+                return Ok(None);
+            }
+            let st = node_status(&restored, 1).await.ok();
+            Ok(st
+                .filter(|st| st.leader_id != 0 && st.applied_index > 0)
+                .map(|_| ()))
+        },
+    )
+    .await?;
+    let s = wait_settled(&restored, 3).await?;
     anyhow::ensure!(s.leader.is_some(), "the restored cluster has no leader");
     for id in 1..=3 {
         let st = node_status(&restored, id).await?;

@@ -98,6 +98,7 @@ async fn scenarios_on_control_plane() {
     }
 
     let created = Instant::now();
+    let since = jiff::Timestamp::now().to_string();
     let mut t = env.create_cluster("e2e", 3).await.unwrap();
     scenarios::wait_settled(&t, 3).await.unwrap();
     eprintln!(
@@ -120,6 +121,9 @@ async fn scenarios_on_control_plane() {
     eprintln!("measured: kubectl scale 3 to 5 voting members (1000 keys): {took:?}");
     t.scale_by = ScaleBy::Patch;
     scenarios::scale_down_to_three(&mut t, &keys).await.unwrap();
+    checks::no_warnings_since(&env, &since, "create, scale 3 to 5 and back")
+        .await
+        .unwrap();
 
     let took = scenarios::kill_member_comes_back(&mut t, false, &keys)
         .await
@@ -149,6 +153,11 @@ async fn scenarios_on_control_plane() {
         .await
         .unwrap();
     eprintln!("measured: member whose raft-node cannot start to replaced and healthy (after: 10s): {took:?}");
+
+    let [initial, added] = scenarios::wiped_member_is_replaced(&mut t, &keys)
+        .await
+        .unwrap();
+    eprintln!("measured: volume wiped under a running member's pod, container killed, to all voters healthy again: initial member {initial:?}, scale-up member {added:?}");
 
     let took = scenarios::lost_member_rejoins_empty(&mut t, &keys)
         .await
@@ -184,9 +193,16 @@ async fn scenarios_on_control_plane() {
         crashed.elapsed()
     );
 
+    checks::uninstall_refused_while_a_cluster_exists(&env, &t.name)
+        .await
+        .unwrap();
     let deleted = Instant::now();
+    let since = jiff::Timestamp::now().to_string();
     env.delete_cluster(&t.name).await.unwrap();
     checks::nothing_left_of(&env, &t.name).await.unwrap();
+    checks::no_warnings_since(&env, &since, "kubectl delete raftcluster")
+        .await
+        .unwrap();
     eprintln!(
         "measured: kubectl delete raftcluster to nothing of it left: {:?}",
         deleted.elapsed()

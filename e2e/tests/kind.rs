@@ -60,6 +60,11 @@ async fn scenarios_on_kind() {
     eprintln!("measured: 100000 keys (a Job): {r}");
     env.delete_named("restored").await.unwrap();
 
+    let [initial, added] = scenarios::wiped_member_is_replaced(&mut t, &keys)
+        .await
+        .unwrap();
+    eprintln!("measured: volume wiped under a running member's pod, container killed, to all voters healthy again: initial member {initial:?}, scale-up member {added:?}");
+
     let took = scenarios::lost_member_rejoins_empty(&mut t, &keys)
         .await
         .unwrap();

@@ -57,6 +57,16 @@ async fn a_member_whose_data_is_lost_rejoins_as_a_new_member() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_member_wiped_under_its_process_is_replaced_not_restarted_empty() {
+    let mut t = LocalTarget::start(3).unwrap();
+    let keys = scenarios::create_three(&t).await.unwrap();
+    let [initial, added] = scenarios::wiped_member_is_replaced(&mut t, &keys)
+        .await
+        .unwrap();
+    eprintln!("measured: data dir wiped under a running member to all voters healthy again: initial member {initial:?}, scale-up member {added:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn operator_killed_mid_operation_resumes_it() {
     let mut t = LocalTarget::start(3).unwrap();
     scenarios::operator_crash_between_add_and_promote(&mut t)

@@ -396,3 +396,94 @@ pub async fn wiped_volume_is_replaced(
     eprintln!("checked: member {victim}'s wiped volume {claim} refused, retired and replaced");
     Ok(took)
 }
+
+/// Warning events in the suite's namespace, as `reason: message` lines, whose
+/// last occurrence is at or after `since` (RFC 3339, second resolution).
+pub async fn warnings_since(env: &ControlPlaneEnv, since: &str) -> anyhow::Result<Vec<String>> {
+    use k8s_openapi::api::events::v1::Event;
+    let since: jiff::Timestamp = since.parse()?;
+    let events: Api<Event> = Api::namespaced(env.client.clone(), NAMESPACE);
+    let list = events.list(&ListParams::default()).await?;
+    Ok(list
+        .items
+        .into_iter()
+        .filter(|e| e.type_.as_deref() == Some("Warning"))
+        .filter(|e| {
+            let last = e
+                .series
+                .as_ref()
+                .map(|s| s.last_observed_time.0)
+                .or(e.event_time.as_ref().map(|t| t.0))
+                .or(e.deprecated_last_timestamp.as_ref().map(|t| t.0));
+            last.is_some_and(|t| t.as_second() >= since.as_second())
+        })
+        .map(|e| {
+            let on = e.regarding.and_then(|r| r.name).unwrap_or_default();
+            format!(
+                "{on}: {}: {}",
+                e.reason.unwrap_or_default(),
+                e.note.unwrap_or_default()
+            )
+        })
+        .collect())
+}
+
+/// A normal lifecycle step (creating, scaling, deleting) emits no Warning
+/// event: waiting is not failing.
+pub async fn no_warnings_since(
+    env: &ControlPlaneEnv,
+    since: &str,
+    during: &str,
+) -> anyhow::Result<()> {
+    let warnings = warnings_since(env, since).await?;
+    anyhow::ensure!(
+        warnings.is_empty(),
+        "Warning events during {during}: {warnings:#?}"
+    );
+    eprintln!("checked: no Warning event during {during}");
+    Ok(())
+}
+
+/// `helm uninstall` while RaftCluster `name` exists is refused by the chart's
+/// pre-delete hook, naming the cluster, and leaves the operator installed.
+pub async fn uninstall_refused_while_a_cluster_exists(
+    env: &ControlPlaneEnv,
+    name: &str,
+) -> anyhow::Result<()> {
+    let mut helm = env
+        .kube
+        .helm(&["uninstall", RELEASE, "--wait", "--timeout", "2m"]);
+    let refused = blocking(move || output(&mut helm, Duration::from_secs(3 * 60))).await;
+    let err = match refused {
+        Ok(out) => anyhow::bail!("helm uninstall went ahead with RaftCluster {name}: {out}"),
+        Err(e) => format!("{e:#}"),
+    };
+    anyhow::ensure!(err.contains("uninstall-check"), "helm: {err}");
+    let job = format!("{RELEASE}-uninstall-check");
+    let pods: Api<Pod> = Api::namespaced(env.client.clone(), NAMESPACE);
+    let selector = "app.kubernetes.io/component=uninstall-check";
+    let said = pods
+        .list(&ListParams::default().labels(selector))
+        .await?
+        .items
+        .iter()
+        .filter_map(|p| p.status.as_ref()?.container_statuses.as_ref())
+        .flatten()
+        .filter_map(|c| c.state.as_ref()?.terminated.as_ref()?.message.clone())
+        .collect::<Vec<_>>()
+        .join("\n");
+    anyhow::ensure!(
+        said.contains(&format!("{NAMESPACE}/{name}")) && said.contains("--no-hooks"),
+        "Job {job}'s termination message: {said:?}"
+    );
+    let deployments = env
+        .kube
+        .call(&["get", "deployments", "--output=name"])
+        .await?;
+    anyhow::ensure!(
+        deployments.contains(RELEASE),
+        "the operator was uninstalled: {deployments}"
+    );
+    eprintln!("checked: helm uninstall refused while RaftCluster {name} exists: {said}");
+    Ok(())
+}

@@ -419,6 +419,20 @@ impl Loop {
                 }
             }
             if let Some(run) = self.runs.get_mut(uid) {
+                // Before any restart: a restarted container sees the pod's
+                // current downward-API files, as with a real kubelet.
+                let sandbox = Sandbox {
+                    client: &self.client,
+                    pod,
+                    ip: run.ip,
+                    dir: &run.dir,
+                    node: &self.config.node,
+                    apiserver_port: self.config.apiserver_port,
+                    images: &self.config.images,
+                };
+                if let Err(e) = sandbox.refresh_downward_api_volumes() {
+                    eprintln!("kubelet: pod {ns}/{name}: {e:#}");
+                }
                 run.sync(&self.pgids);
             }
         }

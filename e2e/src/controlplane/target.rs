@@ -201,6 +201,29 @@ impl Target for ControlPlaneTarget {
         self.kill_member(id).await
     }
 
+    /// The process kubelet runs raft-node with `RAFTLANE_DATA_DIR` rewritten
+    /// to the volume's host directory: that names the member's process.
+    async fn kill_process(&mut self, id: u64) -> anyhow::Result<()> {
+        let dir = self.volume_dir(&self.claim(id).await?).await?;
+        let pid = process_with_env(&format!("RAFTLANE_DATA_DIR={}", dir.display()))?
+            .with_context(|| format!("no process runs on {}", dir.display()))?;
+        let ok = std::process::Command::new("kill")
+            .args(["-9", &pid.to_string()])
+            .status()?
+            .success();
+        anyhow::ensure!(ok, "kill -9 {pid} failed");
+        Ok(())
+    }
+
+    async fn wipe_member(&mut self, id: u64) -> anyhow::Result<()> {
+        let dir = self.volume_dir(&self.claim(id).await?).await?;
+        for sub in ["raft", "snapshots"] {
+            let d = dir.join(sub);
+            std::fs::remove_dir_all(&d).with_context(|| format!("removing {}", d.display()))?;
+        }
+        self.kill_process(id).await
+    }
+
     async fn status(&self) -> anyhow::Result<Option<RaftClusterStatus>> {
         let api: Api<RaftCluster> = Api::namespaced(self.client.clone(), NAMESPACE);
         let rc = api
@@ -309,4 +332,22 @@ impl Target for ControlPlaneTarget {
             })
         }))
     }
+}
+
+/// The process whose environment holds `var` (`NAME=value`), if one does.
+fn process_with_env(var: &str) -> anyhow::Result<Option<u32>> {
+    for entry in std::fs::read_dir("/proc")? {
+        let entry = entry?;
+        let Some(pid) = entry.file_name().to_str().and_then(|n| n.parse().ok()) else {
+            continue;
+        };
+        // Gone since the listing, or not ours to read: not the one.
+        let Ok(environ) = std::fs::read(entry.path().join("environ")) else {
+            continue;
+        };
+        if environ.split(|b| *b == 0).any(|v| v == var.as_bytes()) {
+            return Ok(Some(pid));
+        }
+    }
+    Ok(None)
 }

@@ -303,6 +303,10 @@ impl Sandbox<'_> {
         if v.empty_dir.is_some() {
             return Ok(dir.to_path_buf());
         }
+        if v.downward_api.is_some() {
+            self.refresh_downward_api(v, dir)?;
+            return Ok(dir.to_path_buf());
+        }
         if let Some(s) = &v.secret {
             let name = s.secret_name.clone().unwrap_or_default();
             if let Some(secret) = self.secret(&name, s.optional.unwrap_or(false)).await? {
@@ -443,6 +447,38 @@ impl Sandbox<'_> {
             "env {}: this valueFrom is not supported by the process kubelet",
             e.name
         )
+    }
+
+    /// Writes the files of downward-API volume `v` into `dir` from the pod as
+    /// it is now; a file whose content is unchanged is left alone.
+    fn refresh_downward_api(&self, v: &Volume, dir: &Path) -> anyhow::Result<()> {
+        let Some(d) = &v.downward_api else {
+            return Ok(());
+        };
+        for i in d.items.iter().flatten() {
+            let Some(f) = &i.field_ref else {
+                anyhow::bail!(
+                    "volume {}: only fieldRef items are supported by the process kubelet",
+                    v.name
+                );
+            };
+            let value = self.field(&f.field_path)?;
+            if std::fs::read(dir.join(&i.path)).ok().as_deref() != Some(value.as_bytes()) {
+                write_file(dir, &i.path, value.as_bytes())?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Brings the pod's downward-API volumes up to date with the pod as it is
+    /// now (its annotations change under a running pod), as a kubelet does
+    /// when it syncs an updated pod.
+    pub fn refresh_downward_api_volumes(&self) -> anyhow::Result<()> {
+        let spec = self.pod.spec.clone().unwrap_or_default();
+        for v in spec.volumes.iter().flatten() {
+            self.refresh_downward_api(v, &self.dir.join("volumes").join(&v.name))?;
+        }
+        Ok(())
     }
 
     /// Host directories of every volume, by volume name.
