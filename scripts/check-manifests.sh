@@ -86,8 +86,9 @@ for label in "${labels[@]}"; do
 	all-options-set) vals+=(--set "$ALL_OPTIONS") ;;
 	*) vals+=(--values "$CHART/ci/$label.yaml") ;;
 	esac
-	check k8s --label "$label" "${kv[@]}" --namespace "$NAMESPACE" \
-		--member-labels operator/src/k8s/resources.rs "${vals[@]}" "$rendered" || failed=1
+	check k8s --label "$label" "${kv[@]}" \
+		--member-labels operator/src/naming.rs operator/src/k8s/resources.rs \
+		--namespace "$NAMESPACE" "${vals[@]}" "$rendered" || failed=1
 done
 
 step "helm template refuses contradictory values"

@@ -287,12 +287,14 @@ def chart_values(files, sets):
     return values
 
 
-def operator_member_labels(path):
+def operator_member_labels(paths):
     """The label pairs the operator sets on member objects, from the
     `("key".into(), "value".into())` and `l.insert("key".into(), "value".into())`
-    lines of operator/src/k8s/resources.rs."""
-    with open(path) as f:
-        src = f.read()
+    lines of operator/src/naming.rs (the selector) and operator/src/k8s/resources.rs."""
+    src = ""
+    for path in paths:
+        with open(path) as f:
+            src += f.read()
     return dict(re.findall(r'"([a-z0-9.]+/[a-z0-9-]+)"\.into\(\),\s*"([a-z0-9-]+)"\.into\(\)', src))
 
 
@@ -320,7 +322,7 @@ def security_check(label, objs, args):
     op_ns = op["metadata"]["namespace"]
     member_labels = operator_member_labels(args.member_labels)
     if member_labels.get("app.kubernetes.io/name") != "raft-node":
-        fail(f"{label}: {args.member_labels}: no app.kubernetes.io/name=raft-node label found "
+        fail(f"{label}: {', '.join(args.member_labels)}: no app.kubernetes.io/name=raft-node label found "
              f"(found {member_labels})")
         return
 
@@ -628,7 +630,8 @@ def main():
     k.add_argument("--label", required=True)
     k.add_argument("-k", "--kube-version", action="append", required=True)
     k.add_argument("--namespace", required=True, help="the release namespace")
-    k.add_argument("--member-labels", required=True, help="operator/src/k8s/resources.rs")
+    k.add_argument("--member-labels", required=True, nargs="+",
+                   help="operator/src/naming.rs and operator/src/k8s/resources.rs")
     k.add_argument("--values", action="append", help="values files of the render, in order")
     k.add_argument("--set", action="append", help="--set pairs of the render")
     k.add_argument("file")

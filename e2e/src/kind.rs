@@ -24,8 +24,7 @@ use forward::Forwards;
 
 /// Where the operator runs and watches, and the RaftClusters live.
 pub const NAMESPACE: &str = "raftlane-e2e";
-const CLIENT_PORT: u16 = 7001;
-const ADMIN_PORT: u16 = 7002;
+use raft_operator::naming::{member_name, selector, ADMIN_PORT, CLIENT_PORT};
 
 /// How [`Target::scale`] sets `spec.replicas`; the suite uses both.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -34,11 +33,6 @@ pub enum ScaleBy {
     Subresource,
     /// `kubectl patch` of `spec.replicas`, as an edit of the spec.
     Patch,
-}
-
-/// Member `id`'s pod: `<cluster>-<ordinal>` with ordinal = id - 1.
-fn pod_name(cluster: &str, id: u64) -> String {
-    format!("{cluster}-{}", id - 1)
 }
 
 /// What the scenarios need of a member pod.
@@ -133,7 +127,7 @@ impl KindTarget {
 
     /// Member `id`'s pod (as JSON) and the PVC it mounts.
     async fn pod_and_claim(&self, id: u64) -> anyhow::Result<(Value, String)> {
-        let pod = pod_name(&self.name, id);
+        let pod = member_name(&self.name, id);
         let spec = self
             .kube
             .get_json(&["pod", &pod])
@@ -151,7 +145,7 @@ impl KindTarget {
 
     /// Member pods by name.
     async fn pods(&self) -> anyhow::Result<HashMap<String, Pod>> {
-        let selector = format!("app.kubernetes.io/instance={}", self.name);
+        let selector = selector(&self.name);
         let list = self
             .kube
             .get_json(&["pods", "--selector", &selector])
@@ -170,7 +164,7 @@ impl KindTarget {
     async fn pod(&self, id: u64) -> anyhow::Result<Option<Pod>> {
         let pod = self
             .kube
-            .get_json(&["pod", &pod_name(&self.name, id)])
+            .get_json(&["pod", &member_name(&self.name, id)])
             .await?;
         Ok(pod.as_ref().map(Pod::from_json))
     }
@@ -296,7 +290,7 @@ impl Target for KindTarget {
         let pods = self.pods().await?;
         let mut endpoints = Vec::new();
         for m in &members {
-            let name = pod_name(&self.name, m.id);
+            let name = member_name(&self.name, m.id);
             let addr = match pods.get(&name) {
                 Some(p) if p.running => self.forward(name, p.uid.clone(), CLIENT_PORT).await?,
                 // A member without a running pod: a port nothing listens on
@@ -323,12 +317,12 @@ impl Target for KindTarget {
             .await?
             .filter(|p| p.running)
             .with_context(|| format!("member {id}: no running pod"))?;
-        self.forward(pod_name(&self.name, id), pod.uid, ADMIN_PORT)
+        self.forward(member_name(&self.name, id), pod.uid, ADMIN_PORT)
             .await
     }
 
     async fn kill_member(&mut self, id: u64) -> anyhow::Result<()> {
-        let pod = pod_name(&self.name, id);
+        let pod = member_name(&self.name, id);
         let args = [
             "delete",
             "pod",
@@ -414,6 +408,6 @@ mod tests {
             "status": {"phase": "Running"}
         });
         assert!(!Pod::from_json(&deleting).running);
-        assert_eq!(pod_name("e2e", 1), "e2e-0");
+        assert_eq!(member_name("e2e", 1), "e2e-0");
     }
 }

@@ -14,15 +14,10 @@ use raftlane_tls::Expect;
 use tonic::transport::Channel;
 
 use crate::{wait_for, Target};
+use raft_operator::naming::conditions::{AVAILABLE, DEGRADED, PROGRESSING, RECONCILIATION_PAUSED};
 
 /// Generous bound for a whole membership operation on a loaded 2-core machine.
 const OPERATION: Duration = Duration::from_secs(90);
-
-fn available(s: &RaftClusterStatus) -> bool {
-    s.conditions
-        .iter()
-        .any(|c| c.type_ == "Available" && c.status == "True")
-}
 
 fn voters(s: &RaftClusterStatus) -> Vec<u64> {
     s.members
@@ -36,7 +31,7 @@ fn voters(s: &RaftClusterStatus) -> Vec<u64> {
 pub async fn wait_settled<T: Target>(t: &T, n: u64) -> anyhow::Result<RaftClusterStatus> {
     wait_for(&format!("{n} healthy voters"), OPERATION, || async {
         Ok(t.status().await?.filter(|s| {
-            available(s)
+            s.is(AVAILABLE)
                 && voters(s) == (1..=n).collect::<Vec<_>>()
                 && s.members.len() as u64 == n
                 && s.members.iter().all(|m| m.healthy)
@@ -510,11 +505,7 @@ pub async fn paused_cluster_is_left_alone<T: Target>(
     let s = wait_settled(t, 3).await?;
     let victim = follower(&s)?;
     t.set_paused(true).await?;
-    let paused = |s: &RaftClusterStatus| {
-        s.conditions
-            .iter()
-            .any(|c| c.type_ == "ReconciliationPaused" && c.status == "True")
-    };
+    let paused = |s: &RaftClusterStatus| s.is(RECONCILIATION_PAUSED);
     wait_for("condition ReconciliationPaused", OPERATION, || async {
         Ok(t.status().await?.filter(|s| paused(s)).map(|_| ()))
     })
@@ -759,7 +750,7 @@ pub async fn rolling_update_under_writes<T: Target>(
             "member {id} was not restarted by the rollout"
         );
     }
-    let progressing = condition(&s, "Progressing").context("no Progressing condition")?;
+    let progressing = condition(&s, PROGRESSING).context("no Progressing condition")?;
     anyhow::ensure!(progressing.reason != "RollingUpdate", "{progressing:?}");
     views_agree(t, n).await?;
     let ids: Vec<u64> = (1..=n).collect();
@@ -797,7 +788,7 @@ pub async fn failed_rollout_stops_and_resumes_after_revert<T: Target>(
     t.patch_spec(serde_json::json!({ "image": broken })).await?;
     let stalled = wait_for("the rollout reported stalled", OPERATION, || async {
         let s = t.status().await?.unwrap_or_default();
-        let degraded = condition(&s, "Degraded").filter(|c| c.status == "True");
+        let degraded = condition(&s, DEGRADED).filter(|c| c.status == "True");
         Ok(degraded
             .filter(|c| c.reason == "RolloutStalled")
             .map(|c| (c.message.clone(), s.clone())))
@@ -818,7 +809,7 @@ pub async fn failed_rollout_stops_and_resumes_after_revert<T: Target>(
         s.members
     );
     anyhow::ensure!(
-        available(&s),
+        s.is(AVAILABLE),
         "the cluster lost its quorum: {:?}",
         s.conditions
     );
@@ -839,7 +830,7 @@ pub async fn failed_rollout_stops_and_resumes_after_revert<T: Target>(
         .await?;
     wait_for("the rollout resumed and settled", OPERATION, || async {
         let s = t.status().await?.unwrap_or_default();
-        let degraded = condition(&s, "Degraded").is_some_and(|c| c.status == "True");
+        let degraded = s.is(DEGRADED);
         let back = s.update_revision.as_deref() == Some(good.as_str())
             && s.current_revision.as_deref() == Some(good.as_str())
             && s.updated_replicas == 3

@@ -477,6 +477,15 @@ pub struct RaftClusterStatus {
     pub updated_replicas: u32,
 }
 
+impl RaftClusterStatus {
+    /// Condition `type_` (see [`crate::naming::conditions`]) is `True`.
+    pub fn is(&self, type_: &str) -> bool {
+        self.conditions
+            .iter()
+            .any(|c| c.type_ == type_ && c.status == "True")
+    }
+}
+
 /// A member that has not been healthy since `since` (RFC 3339), under the
 /// spec revision `revision`: a spec change starts the count again (a revert
 /// gives a member a failed rollout broke its chance to come back before it

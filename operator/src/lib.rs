@@ -6,6 +6,7 @@ pub mod crd;
 pub mod k8s;
 pub mod local;
 pub mod local_backups;
+pub mod naming;
 pub mod plan;
 pub mod reconcile;
 pub mod revision;

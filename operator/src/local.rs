@@ -4,6 +4,7 @@
 //! schema as the CRD's) to `<state>/<name>/status.yaml` and the client endpoints
 //! to `<state>/<name>/endpoints`.
 
+use crate::naming::conditions::{AVAILABLE, RECONCILIATION_PAUSED};
 use std::path::{Path, PathBuf};
 use std::time::{Duration, SystemTime};
 
@@ -377,20 +378,15 @@ fn summarize(s: &RaftClusterStatus) -> String {
             format!("{}{lead} {role} {}{health}", m.id, m.address)
         })
         .collect();
-    let on = |t: &str| {
-        s.conditions
-            .iter()
-            .any(|c| c.type_ == t && c.status == "True")
-    };
     format!(
         "term {} | {}{} | {}",
         s.term,
-        if on("Available") {
+        if s.is(AVAILABLE) {
             "available"
         } else {
             "NOT available"
         },
-        if on("ReconciliationPaused") {
+        if s.is(RECONCILIATION_PAUSED) {
             " | paused (spec.paused)"
         } else {
             ""

@@ -495,6 +495,7 @@ mod tests {
     use std::rc::Rc;
 
     use super::*;
+    use crate::naming::conditions::RECONCILIATION_PAUSED;
 
     type Log = Rc<RefCell<Vec<String>>>;
 
@@ -567,14 +568,9 @@ mod tests {
 
     impl Host for FakeHost {
         async fn save_status(&mut self, s: &RaftClusterStatus, _: &Observed) -> anyhow::Result<()> {
-            let on = |t: &str| {
-                s.conditions
-                    .iter()
-                    .any(|c| c.type_ == t && c.status == "True")
-            };
             let what = match s.conditions.is_empty() {
                 true => "record",
-                false if on("ReconciliationPaused") => "paused status",
+                false if s.is(RECONCILIATION_PAUSED) => "paused status",
                 false => "status",
             };
             let line = format!("save {what}, voters {:?}", s.bootstrap_voters);
@@ -701,7 +697,7 @@ mod tests {
         assert_eq!(log, ["save paused status, voters None"]);
         let paused = outcome.status.conditions.iter();
         let paused = paused
-            .filter(|c| c.type_ == "ReconciliationPaused")
+            .filter(|c| c.type_ == RECONCILIATION_PAUSED)
             .map(|c| c.message.as_str())
             .collect::<Vec<_>>();
         assert!(paused[0].contains("steps held back: 2"), "{paused:?}");

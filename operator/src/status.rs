@@ -5,6 +5,8 @@
 use std::collections::BTreeSet;
 
 use crate::crd::{Condition, MemberRole, MemberStatus, RaftClusterStatus, UnhealthyMember};
+use crate::naming::conditions::{AVAILABLE, DEGRADED, PROGRESSING, RECONCILIATION_PAUSED};
+use crate::naming::{member_name, selector};
 use crate::plan::{Action, Observed, Plan};
 
 /// True when `next` is worth writing over `previous`: applied indexes move
@@ -38,7 +40,7 @@ pub fn compute(
         .filter(|m| voters.contains(&m.id) || learners.contains(&m.id))
         .map(|m| MemberStatus {
             id: m.id,
-            name: format!("{name}-{}", m.id - 1),
+            name: member_name(name, m.id),
             address: m.peer_addr().unwrap_or_default().to_string(),
             role: if learners.contains(&m.id) {
                 MemberRole::Learner
@@ -91,7 +93,7 @@ pub fn compute(
     };
     let mut conditions = vec![
         cond(
-            "Available",
+            AVAILABLE,
             available,
             if available {
                 "QuorumHealthy"
@@ -104,7 +106,7 @@ pub fn compute(
             ),
         ),
         cond(
-            "Progressing",
+            PROGRESSING,
             progressing,
             if paused.is_some() {
                 "Paused"
@@ -122,7 +124,7 @@ pub fn compute(
             },
         ),
         cond(
-            "Degraded",
+            DEGRADED,
             degraded,
             if leader.is_none() {
                 "NoLeader"
@@ -148,7 +150,7 @@ pub fn compute(
             },
         ),
         cond(
-            "ReconciliationPaused",
+            RECONCILIATION_PAUSED,
             paused.is_some(),
             if paused.is_some() {
                 "Paused"
@@ -171,8 +173,8 @@ pub fn compute(
         observed_generation: previous.observed_generation,
         replicas: obs.running.len() as u32,
         ready_replicas: members.iter().filter(|m| m.healthy).count() as u32,
-        selector: format!("app.kubernetes.io/name=raft-node,app.kubernetes.io/instance={name}"),
-        leader: leader.map(|l| format!("{name}-{}", l.id - 1)),
+        selector: selector(name),
+        leader: leader.map(|l| member_name(name, l.id)),
         // Raft terms never go back: the newest ever seen is kept.
         term: obs
             .reports

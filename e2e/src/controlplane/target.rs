@@ -17,13 +17,7 @@ use crate::kind::ScaleBy;
 use crate::manifests;
 use crate::Target;
 
-const CLIENT_PORT: u16 = 7001;
-const ADMIN_PORT: u16 = 7002;
-
-/// Member `id`'s pod: `<cluster>-<ordinal>` with ordinal = id - 1.
-pub fn pod_name(cluster: &str, id: u64) -> String {
-    format!("{cluster}-{}", id - 1)
-}
+use raft_operator::naming::{member_name, ADMIN_PORT, CLIENT_PORT};
 
 /// Phase Running, not being deleted, with an IP: its ports answer.
 fn running_ip(p: &Pod) -> Option<String> {
@@ -68,7 +62,7 @@ impl ControlPlaneTarget {
     }
 
     pub async fn pod(&self, id: u64) -> anyhow::Result<Option<Pod>> {
-        Ok(self.pods().get_opt(&pod_name(&self.name, id)).await?)
+        Ok(self.pods().get_opt(&member_name(&self.name, id)).await?)
     }
 
     /// The PVC member `id`'s pod mounts.
@@ -258,7 +252,7 @@ impl Target for ControlPlaneTarget {
     }
 
     async fn kill_member(&mut self, id: u64) -> anyhow::Result<()> {
-        let pod = pod_name(&self.name, id);
+        let pod = member_name(&self.name, id);
         let args = [
             "delete",
             "pod",

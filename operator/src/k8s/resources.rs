@@ -20,10 +20,9 @@ use crate::crd::{IssuerRef, RaftCluster, Retention};
 use crate::revision;
 use crate::runtime::launch::{ExpectState, Launch, Listen, Transport};
 
-pub const PEER_PORT: u16 = 7000;
-pub const CLIENT_PORT: u16 = 7001;
-pub const ADMIN_PORT: u16 = 7002;
-pub const METRICS_PORT: u16 = 7003;
+pub use crate::naming::{
+    member_name, selector, selector_labels, ADMIN_PORT, CLIENT_PORT, METRICS_PORT, PEER_PORT,
+};
 
 /// Label carrying a member's raft id on its Pod and PVC.
 pub const MEMBER_ID_LABEL: &str = "raftlane.io/member-id";
@@ -63,31 +62,9 @@ pub fn backup_claim_name(backup: &str) -> String {
     format!("{backup}-backups")
 }
 
-/// Pod (and hostname) of member `id`: `<cluster>-<ordinal>`, ordinal = id - 1.
-pub fn pod_name(cluster: &str, id: u64) -> String {
-    format!("{cluster}-{}", id - 1)
-}
-
 /// The headless Service that gives each member a stable DNS name.
 pub fn peer_service_name(cluster: &str) -> String {
     format!("{cluster}-peers")
-}
-
-/// Labels shared by every member object of `cluster` (the status selector).
-pub fn selector_labels(cluster: &str) -> BTreeMap<String, String> {
-    BTreeMap::from([
-        ("app.kubernetes.io/name".into(), "raft-node".into()),
-        ("app.kubernetes.io/instance".into(), cluster.into()),
-    ])
-}
-
-/// `selector_labels` as a label selector string for list calls.
-pub fn selector(cluster: &str) -> String {
-    selector_labels(cluster)
-        .iter()
-        .map(|(k, v)| format!("{k}={v}"))
-        .collect::<Vec<_>>()
-        .join(",")
 }
 
 fn labels(cluster: &str) -> BTreeMap<String, String> {
@@ -122,7 +99,7 @@ pub fn peer_dns(rc: &RaftCluster, id: u64) -> String {
     let name = rc.name_any();
     format!(
         "{}.{}.{}.svc:{PEER_PORT}",
-        pod_name(&name, id),
+        member_name(&name, id),
         peer_service_name(&name),
         rc.namespace().unwrap_or_default()
     )
@@ -150,7 +127,7 @@ pub fn network_policy_name(cluster: &str) -> String {
 pub fn member_names(rc: &RaftCluster, id: u64) -> Vec<String> {
     let name = rc.name_any();
     let ns = rc.namespace().unwrap_or_default();
-    let pod = format!("{}.{}", pod_name(&name, id), peer_service_name(&name));
+    let pod = format!("{}.{}", member_name(&name, id), peer_service_name(&name));
     vec![
         format!("{pod}.{ns}.svc"),
         format!("{pod}.{ns}.svc.cluster.local"),
@@ -401,7 +378,7 @@ pub fn volume_claim(rc: &RaftCluster, id: u64) -> PersistentVolumeClaim {
         "apiVersion": "v1",
         "kind": "PersistentVolumeClaim",
         "metadata": {
-            "generateName": format!("data-{}-", pod_name(&name, id)),
+            "generateName": format!("data-{}-", member_name(&name, id)),
             "labels": labels,
         },
         "spec": {
@@ -529,12 +506,12 @@ pub fn member_pod(
         "apiVersion": "v1",
         "kind": "Pod",
         "metadata": {
-            "name": pod_name(&name, id),
+            "name": member_name(&name, id),
             "labels": pod_labels,
             "ownerReferences": owner(rc),
         },
         "spec": {
-            "hostname": pod_name(&name, id),
+            "hostname": member_name(&name, id),
             "subdomain": peer_service_name(&name),
             "restartPolicy": "Always",
             "terminationGracePeriodSeconds": 30,

@@ -19,7 +19,7 @@ use serde_json::json;
 use crate::certs::Leaf;
 use crate::crd::{RaftCluster, Retention};
 use crate::k8s::resources::{
-    leaf_secret_name, member_pod, pod_name, selector, volume_claim, ADMIN_PORT, CLIENT_PORT,
+    leaf_secret_name, member_name, member_pod, selector, volume_claim, ADMIN_PORT, CLIENT_PORT,
     CLUSTER_UID_LABEL, CONTAINER, HOLDS_STATE_ANNOTATION, MEMBER_ID_LABEL, PEER_PORT,
     RETIRED_LABEL, REVISION_LABEL,
 };
@@ -348,7 +348,7 @@ impl Runtime for KubeRuntime {
             }
         }
         let name = self.cluster.name_any();
-        delete_gone(&self.pods, &pod_name(&name, id)).await?;
+        delete_gone(&self.pods, &member_name(&name, id)).await?;
         // Its certificate goes with it (a member created again gets a new one).
         if self.cluster.spec.tls.enabled && self.cluster.spec.tls.issuer_ref.is_none() {
             let secret = leaf_secret_name(&name, &Leaf::Member(id));
@@ -361,7 +361,7 @@ impl Runtime for KubeRuntime {
     /// its volume: the next pass finds the member missing and creates its
     /// pod again from the spec as it is now.
     async fn restart(&mut self, id: u64, _peers: &BTreeMap<u64, String>) -> anyhow::Result<Member> {
-        delete_gone(&self.pods, &pod_name(&self.cluster.name_any(), id)).await?;
+        delete_gone(&self.pods, &member_name(&self.cluster.name_any(), id)).await?;
         Ok(Member::unreachable(id))
     }
 
