@@ -99,8 +99,14 @@ pub fn write_addrs_file(path: &std::path::Path, bound: &Bound) -> anyhow::Result
 fn open_storage(cfg: &NodeConfig) -> anyhow::Result<(LogStore, SnapshotStore)> {
     let raft_dir = cfg.data_dir.join("raft");
     let expect_state = cfg.expects_state()?;
-    if expect_state && !raft_dir.exists() {
-        refuse_wiped(cfg);
+    if expect_state {
+        // Only a missing log is a wiped volume; a data dir that cannot be
+        // read (not a directory, no permission) is a member that cannot start.
+        match std::fs::metadata(&raft_dir) {
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => refuse_wiped(cfg),
+            Err(e) => return Err(e).with_context(|| format!("--data-dir {}", raft_dir.display())),
+            Ok(_) => {}
+        }
     }
     std::fs::create_dir_all(&cfg.data_dir)
         .with_context(|| format!("--data-dir {}: cannot create", cfg.data_dir.display()))?;

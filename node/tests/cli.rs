@@ -343,6 +343,18 @@ fn expect_state_on_an_empty_data_dir_exits_with_its_code_naming_flag_and_dir() {
         }
     }
     assert!(!gone.exists(), "a refused start writes nothing");
+    // A data dir that cannot be read is a member that cannot start, not a
+    // wiped one: an ordinary failure (exit 1), not the data-lost code.
+    let broken = tmp.path().join("broken");
+    std::fs::write(&broken, "not a directory").unwrap();
+    let (code, err) = raft_node(
+        &[
+            &member_2_on(broken.to_str().unwrap())[..],
+            &["--expect-state"],
+        ]
+        .concat(),
+    );
+    assert_eq!(code, 1, "{err}");
 }
 
 #[test]
