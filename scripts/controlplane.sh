@@ -12,8 +12,20 @@
 # make /version report the pinned release. The Go module and build caches are
 # the standard ones (go env GOMODCACHE / GOCACHE), so a warm rebuild is quick.
 #
+# With --node it also builds, into the same directory, what a kind node image
+# needs (kubelet, kubeadm, kubectl, kube-scheduler, kube-proxy; scripts/kind.sh):
+# one wrapper module and one Go build cache serve both suites. Its own stamp
+# (.complete-node) says those five are complete.
+#
 # Set RAFTLANE_TOOLS_DIR to install elsewhere than .tools/.
 set -euo pipefail
+
+NODE=0
+case "${1:-}" in
+--node) NODE=1 ;;
+"") ;;
+*) echo "usage: $0 [--node]" >&2; exit 2 ;;
+esac
 
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 MOD="$ROOT/scripts/controlplane"
@@ -35,8 +47,18 @@ OUT="$TOOLS/controlplane/$HASH"
 BIN="$OUT/bin"
 STAMP="$OUT/.complete"
 
-if [[ -f "$STAMP" && -x "$BIN/kube-apiserver" && -x "$BIN/kube-controller-manager" && -x "$BIN/etcd" ]]; then
-	log "reusing kube-apiserver/kube-controller-manager $K8S_VERSION, etcd $ETCD_VERSION in $BIN (built $(cat "$STAMP"))"
+NODE_BINS=(kubelet kubeadm kubectl kube-scheduler kube-proxy)
+NODE_STAMP="$OUT/.complete-node"
+node_complete() {
+	[[ -f "$NODE_STAMP" ]] || return 1
+	local b
+	for b in "${NODE_BINS[@]}"; do [[ -x "$BIN/$b" ]] || return 1; done
+}
+
+if [[ -f "$STAMP" && -x "$BIN/kube-apiserver" && -x "$BIN/kube-controller-manager" && -x "$BIN/etcd" ]] &&
+	{ ((NODE == 0)) || node_complete; }; then
+	((NODE == 0)) || log "reusing kube-apiserver/kube-controller-manager/${NODE_BINS[*]} $K8S_VERSION, etcd $ETCD_VERSION in $BIN (built $(cat "$NODE_STAMP"))"
+	((NODE == 1)) || log "reusing kube-apiserver/kube-controller-manager $K8S_VERSION, etcd $ETCD_VERSION in $BIN (built $(cat "$STAMP"))"
 	echo "$BIN"
 	exit 0
 fi
@@ -59,12 +81,22 @@ build() { # name package ldflags
 }
 
 start=$(date +%s)
-build etcd go.etcd.io/etcd/server/v3 "$etcd_ldflags"
-build kube-apiserver k8s.io/kubernetes/cmd/kube-apiserver "$k8s_ldflags"
-build kube-controller-manager k8s.io/kubernetes/cmd/kube-controller-manager "$k8s_ldflags"
-
-v="$("$BIN/kube-apiserver" --version)"
-[[ "$v" == "Kubernetes $K8S_VERSION" ]] || { log "kube-apiserver --version says '$v', want 'Kubernetes $K8S_VERSION'"; exit 1; }
-echo "$(date -u +%FT%TZ) in $(($(date +%s) - start)) s, $v, etcd $ETCD_VERSION" >"$STAMP"
+if ! [[ -f "$STAMP" && -x "$BIN/kube-apiserver" && -x "$BIN/kube-controller-manager" && -x "$BIN/etcd" ]]; then
+	build etcd go.etcd.io/etcd/server/v3 "$etcd_ldflags"
+	build kube-apiserver k8s.io/kubernetes/cmd/kube-apiserver "$k8s_ldflags"
+	build kube-controller-manager k8s.io/kubernetes/cmd/kube-controller-manager "$k8s_ldflags"
+	v="$("$BIN/kube-apiserver" --version)"
+	[[ "$v" == "Kubernetes $K8S_VERSION" ]] || { log "kube-apiserver --version says '$v', want 'Kubernetes $K8S_VERSION'"; exit 1; }
+	echo "$(date -u +%FT%TZ) in $(($(date +%s) - start)) s, $v, etcd $ETCD_VERSION" >"$STAMP"
+fi
+if ((NODE == 1)) && ! node_complete; then
+	t=$(date +%s)
+	for b in "${NODE_BINS[@]}"; do
+		build "$b" "k8s.io/kubernetes/cmd/$b" "$k8s_ldflags"
+	done
+	v="$("$BIN/kubelet" --version)"
+	[[ "$v" == "Kubernetes $K8S_VERSION" ]] || { log "kubelet --version says '$v', want 'Kubernetes $K8S_VERSION'"; exit 1; }
+	echo "$(date -u +%FT%TZ) in $(($(date +%s) - t)) s, $v" >"$NODE_STAMP"
+fi
 log "done in $(($(date +%s) - start)) s"
 echo "$BIN"

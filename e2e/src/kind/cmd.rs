@@ -1,8 +1,11 @@
 //! External commands with a deadline each: a hung API server, image build or
 //! port-forward fails the suite instead of stalling it.
 
+use std::collections::HashMap;
 use std::io::Read;
+use std::path::PathBuf;
 use std::process::{Child, Command, ExitStatus, Stdio};
+use std::sync::OnceLock;
 use std::thread::{self, JoinHandle};
 use std::time::{Duration, Instant};
 
@@ -10,6 +13,23 @@ use anyhow::Context;
 
 /// One kubectl call against a local kind cluster.
 const KUBECTL: Duration = Duration::from_secs(30);
+
+/// kind, kubectl and helm as `scripts/kind.sh` printed them (under .tools/);
+/// set once by the kind environment before any of them runs.
+static TOOL_PATHS: OnceLock<HashMap<String, PathBuf>> = OnceLock::new();
+
+/// Records where each tool is (`name=path` lines of `scripts/kind.sh`).
+pub fn set_tool_paths(paths: HashMap<String, PathBuf>) {
+    let _ = TOOL_PATHS.set(paths);
+}
+
+/// A command running `name`: the path recorded for it, else `name` on PATH.
+pub fn tool(name: &str) -> Command {
+    match TOOL_PATHS.get().and_then(|m| m.get(name)) {
+        Some(path) => Command::new(path),
+        None => Command::new(name),
+    }
+}
 
 /// Runs `f` on the blocking pool: the commands here wait on child processes.
 pub async fn blocking<T, F>(f: F) -> anyhow::Result<T>
@@ -86,7 +106,7 @@ pub struct Kubectl {
 
 impl Kubectl {
     pub fn command(&self, args: &[&str]) -> Command {
-        let mut cmd = Command::new("kubectl");
+        let mut cmd = tool("kubectl");
         cmd.arg("--context")
             .arg(&self.context)
             .arg("--namespace")

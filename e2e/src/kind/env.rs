@@ -2,26 +2,37 @@
 //! cluster, the CRD applied and the operator installed by its Helm chart; at the
 //! end the kind cluster is deleted unless it was reused or is to be kept.
 //!
+//! Everything outside cargo comes from `scripts/kind.sh`: the Docker engine
+//! (started, or installed, when none answers), kind, kubectl and helm under
+//! .tools/, the offline node image and the multi-node cluster (`up`), and the
+//! images from the workspace's prebuilt binaries (`images`: target/debug, or
+//! target/release with `RAFTLANE_IMAGE_PROFILE=release`).
+//!
 //! `RAFTLANE_E2E_KIND=1` enables it (`make e2e-kind`); `RAFTLANE_KIND_CLUSTER`
 //! names a kind cluster to reuse (created when absent); `RAFTLANE_KIND_KEEP=1`
 //! keeps a cluster this run created.
 
+use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::Duration;
 
-use super::cmd::{blocking, output, run_shown, Kubectl};
+use super::cmd::{blocking, output, run_shown, set_tool_paths, tool, Kubectl};
 use super::{KindTarget, NAMESPACE};
 use crate::wait_for;
 
 const DEFAULT_CLUSTER: &str = "raftlane-e2e";
-const TOOLS: [&str; 4] = ["kind", "docker", "kubectl", "helm"];
 use crate::manifests::{NODE_IMAGE, NODE_IMAGE_NEXT};
 const OPERATOR_IMAGE: &str = "raftlane/raft-operator:e2e";
 /// The chart's release; its Deployment carries `app.kubernetes.io/instance=<it>`.
 const RELEASE: &str = "raft-operator";
-/// A release build of the workspace in Docker, from a cold cache.
-const IMAGE_BUILD: Duration = Duration::from_secs(30 * 60);
+/// Starting (or apt-installing) the Docker engine.
+const ENGINE: Duration = Duration::from_secs(10 * 60);
+/// Both images from prebuilt binaries (plus a debootstrap base the first time).
+const IMAGE_BUILD: Duration = Duration::from_secs(10 * 60);
+/// Tools, node image and cluster from cold Go caches (~25 min on 2 cores);
+/// seconds when all are cached.
+const CLUSTER_UP: Duration = Duration::from_secs(45 * 60);
 const CLUSTER_CHANGE: Duration = Duration::from_secs(6 * 60);
 const PODS_GONE: Duration = Duration::from_secs(120);
 
@@ -39,63 +50,49 @@ fn flag(var: &str) -> bool {
     std::env::var(var).is_ok_and(|v| v == "1")
 }
 
-fn on_path(tool: &str) -> bool {
-    std::env::var_os("PATH")
-        .is_some_and(|p| std::env::split_paths(&p).any(|d| d.join(tool).is_file()))
-}
-
-/// Why the suite cannot run here, if it cannot.
-fn skip_reason() -> Option<String> {
-    if !flag("RAFTLANE_E2E_KIND") {
-        return Some("set RAFTLANE_E2E_KIND=1, as `make e2e-kind` does".into());
-    }
-    let missing: Vec<&str> = TOOLS.into_iter().filter(|t| !on_path(t)).collect();
-    if !missing.is_empty() {
-        return Some(format!("not on PATH: {}", missing.join(", ")));
-    }
-    let mut info = Command::new("docker");
-    info.args(["info", "--format", "{{.ServerVersion}}"]);
-    output(&mut info, Duration::from_secs(20))
-        .err()
-        .map(|_| "no Docker engine answers `docker info`".into())
-}
-
 fn repo_root() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("..")
 }
 
-fn build_images(root: &Path) -> anyhow::Result<()> {
-    for (image, dockerfile) in [
-        (NODE_IMAGE, "images/raft-node.Dockerfile"),
-        (OPERATOR_IMAGE, "images/raft-operator.Dockerfile"),
-    ] {
-        let mut build = Command::new("docker");
-        build
-            .env("DOCKER_BUILDKIT", "1")
-            .arg("build")
-            // No attestation manifests: `kind load` cannot import them from a
-            // containerd image store (kubernetes-sigs/kind#3795).
-            .args(["--provenance=false", "--sbom=false"])
-            .arg("--file")
-            .arg(root.join(dockerfile))
-            .args(["--tag", image])
-            .arg(root);
-        run_shown(&mut build, IMAGE_BUILD)?;
-    }
-    Ok(())
+/// `bash scripts/kind.sh ARGS`, from the repository root.
+fn kind_sh(root: &Path, args: &[&str]) -> Command {
+    let mut cmd = Command::new("bash");
+    cmd.arg(root.join("scripts/kind.sh"))
+        .args(args)
+        .current_dir(root);
+    cmd
 }
 
+/// Why the suite cannot run here, if it cannot: only a Docker engine that
+/// cannot be started (or installed) at all skips it.
+fn skip_reason(root: &Path) -> Option<String> {
+    if !flag("RAFTLANE_E2E_KIND") {
+        return Some("set RAFTLANE_E2E_KIND=1, as `make e2e-kind` does".into());
+    }
+    output(&mut kind_sh(root, &["docker"]), ENGINE)
+        .err()
+        .map(|e| format!("no Docker engine could be started: {e:#}"))
+}
+
+/// The `name=path` lines `scripts/kind.sh up` prints, as tool paths.
+fn tool_paths(stdout: &str) -> HashMap<String, PathBuf> {
+    stdout
+        .lines()
+        .filter_map(|l| l.split_once('='))
+        .filter(|(k, _)| ["kind", "kubectl", "helm"].contains(k))
+        .map(|(k, v)| (k.to_string(), PathBuf::from(v.trim())))
+        .collect()
+}
+
+/// Whether kind cluster `name` has nodes, from the label kind puts on their
+/// containers (no kind binary needed before `scripts/kind.sh` built it).
 fn kind_cluster_exists(name: &str) -> anyhow::Result<bool> {
-    let list = output(
-        Command::new("kind").args(["get", "clusters"]),
+    let label = format!("label=io.x-k8s.kind.cluster={name}");
+    let ids = output(
+        Command::new("docker").args(["ps", "--all", "--quiet", "--filter", &label]),
         Duration::from_secs(30),
     )?;
-    Ok(list.lines().any(|l| l.trim() == name))
-}
-
-fn create_kind_cluster(name: &str) -> anyhow::Result<()> {
-    let args = ["create", "cluster", "--name", name, "--wait", "180s"];
-    run_shown(Command::new("kind").args(args), CLUSTER_CHANGE)
+    Ok(!ids.trim().is_empty())
 }
 
 /// The operator's Deployment, found by the chart's instance label.
@@ -144,7 +141,7 @@ impl KindEnv {
     /// Sets the environment up, or prints the one line saying why the suite is
     /// skipped here and returns None.
     pub async fn start() -> anyhow::Result<Option<KindEnv>> {
-        if let Some(why) = blocking(|| Ok(skip_reason())).await? {
+        if let Some(why) = blocking(|| Ok(skip_reason(&repo_root()))).await? {
             println!("e2e-kind: skipped ({why})");
             return Ok(None);
         }
@@ -153,14 +150,14 @@ impl KindEnv {
 
     fn set_up() -> anyhow::Result<KindEnv> {
         let root = repo_root();
-        // Before the cluster exists: the longest step, and the likeliest to fail.
-        build_images(&root)?;
+        // Before the cluster exists: the likeliest to fail (binaries not built).
+        run_shown(&mut kind_sh(&root, &["images"]), IMAGE_BUILD)?;
         let cluster =
             std::env::var("RAFTLANE_KIND_CLUSTER").unwrap_or_else(|_| DEFAULT_CLUSTER.into());
         let created = !kind_cluster_exists(&cluster)?;
-        if created {
-            create_kind_cluster(&cluster)?;
-        }
+        // Creates the cluster, or checks a reused one (its CNI and routes).
+        let up = output(&mut kind_sh(&root, &["up", &cluster]), CLUSTER_UP)?;
+        set_tool_paths(tool_paths(&up));
         // From here on, dropping the environment cleans up after a failed step.
         let env = KindEnv {
             kube: Kubectl {
@@ -187,7 +184,7 @@ impl KindEnv {
         let mut tag = Command::new("docker");
         tag.args(["tag", NODE_IMAGE, NODE_IMAGE_NEXT]);
         run_shown(&mut tag, CLUSTER_CHANGE)?;
-        let mut load = Command::new("kind");
+        let mut load = tool("kind");
         load.args([
             "load",
             "docker-image",
@@ -220,7 +217,7 @@ impl KindEnv {
     }
 
     fn install_operator(&self, root: &Path) -> anyhow::Result<()> {
-        let mut helm = Command::new("helm");
+        let mut helm = tool("helm");
         helm.args(["upgrade", "--install", RELEASE])
             .arg(root.join("charts/raft-operator"))
             .args(["--kube-context", &self.kube.context])
@@ -279,6 +276,16 @@ impl KindEnv {
             Ok(d) => show(&["logs", &d, "--tail=300"]),
             Err(e) => eprintln!("--- the operator's log: {e:#}"),
         }
+        // Every node's journal, kubelet and containerd logs and pod logs.
+        let dir = repo_root().join("target/kind-logs").join(&self.cluster);
+        let mut export = tool("kind");
+        export
+            .args(["export", "logs", "--name", &self.cluster])
+            .arg(&dir);
+        match output(&mut export, Duration::from_secs(180)) {
+            Ok(_) => eprintln!("--- kind export logs: {}", dir.display()),
+            Err(e) => eprintln!("--- kind export logs: {e:#}"),
+        }
     }
 }
 
@@ -294,7 +301,7 @@ impl Drop for KindEnv {
             );
             return;
         }
-        let mut delete = Command::new("kind");
+        let mut delete = tool("kind");
         delete.args(["delete", "cluster", "--name", &self.cluster]);
         if let Err(e) = run_shown(&mut delete, CLUSTER_CHANGE) {
             eprintln!("e2e-kind: {e:#}");
@@ -304,6 +311,16 @@ impl Drop for KindEnv {
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn tool_paths_are_the_scripts_lines() {
+        let out =
+            "kind=/t/kind/bin/kind\nkubectl=/t/bin/kubectl\nhelm=/t/bin/helm\ncontext=kind-x\n";
+        let paths = super::tool_paths(out);
+        assert_eq!(paths.len(), 3);
+        assert_eq!(paths["kubectl"], std::path::PathBuf::from("/t/bin/kubectl"));
+        assert_eq!(paths["kind"], std::path::PathBuf::from("/t/kind/bin/kind"));
+    }
+
     /// The suite's RaftCluster passes the CRD's schema and rules, checked here
     /// where no API server is at hand.
     #[test]
