@@ -21,7 +21,7 @@ use raft_node::storage::SnapshotStore;
 use raft_node::transport::channels::ChannelSettings;
 use raft_node::transport::grpc::{GrpcConfig, GrpcTransport, LaneMode};
 use raft_node::transport::report::ReportSender;
-use raft_node::transport::Transport;
+use raft_node::transport::{PeerTable, Transport};
 use raftlane_proto::transport::raft_transport_server::{RaftTransport, RaftTransportServer};
 use raftlane_proto::transport::{Ack, RaftEnvelope, SnapshotChunk};
 use tonic::{Request, Response, Status, Streaming};

@@ -22,11 +22,11 @@ use raftlane_tls::Dialer;
 use crate::service::{admin::AdminService, forward::Identity, kv::KvService};
 use crate::storage::{LogStore, SnapshotStore};
 use crate::transport::channels::ChannelSettings;
-use crate::transport::grpc::{GrpcConfig, GrpcTransport, MAX_MESSAGE_BYTES};
+use crate::transport::grpc::{GrpcConfig, GrpcTransport};
 use crate::transport::inbox::Inbox;
 use crate::transport::receiver::{Receiver, ReceiverConfig, ReceiverService};
 use crate::transport::report::ReportSender;
-use crate::transport::Transport;
+use crate::transport::{PeerTable, MAX_MESSAGE_BYTES};
 
 const REQUEST_QUEUE: usize = 4096;
 const REPORT_QUEUE: usize = 1024;
@@ -212,10 +212,10 @@ pub async fn run(cfg: NodeConfig) -> anyhow::Result<()> {
         snapshots.clone(),
         metrics.clone(),
     ));
-    let transport: Arc<dyn Transport> = grpc.clone();
+    let peers: Arc<dyn PeerTable> = grpc.clone();
     for (id, addr) in &cfg.peers {
         if *id != cfg.id {
-            transport.upsert_peer(*id, addr)?;
+            peers.upsert_peer(*id, addr)?;
         }
     }
 
@@ -233,7 +233,7 @@ pub async fn run(cfg: NodeConfig) -> anyhow::Result<()> {
         },
         store,
         snapshots.clone(),
-        transport.clone(),
+        grpc,
         metrics.clone(),
     )?;
     let snapshots_for_admin = snapshots.clone();
@@ -248,7 +248,7 @@ pub async fn run(cfg: NodeConfig) -> anyhow::Result<()> {
         raft_loop.staged(),
         raft_loop.members(),
         metrics.clone(),
-        transport.clone(),
+        Some(peers.clone()),
     ));
     let (req_tx, req_rx) = mpsc::channel(REQUEST_QUEUE);
     let handle = NodeHandle::new(req_tx);
@@ -258,7 +258,7 @@ pub async fn run(cfg: NodeConfig) -> anyhow::Result<()> {
 
     let kv = KvService::new(
         handle.clone(),
-        transport.clone(),
+        peers.clone(),
         timeout,
         metrics.clone(),
         Identity {
@@ -292,7 +292,7 @@ pub async fn run(cfg: NodeConfig) -> anyhow::Result<()> {
     let admin_srv = Server::builder()
         .add_service(NodeAdminServer::new(AdminService {
             node: handle.clone(),
-            transport: transport.clone(),
+            peers: peers.clone(),
             cluster_id: cfg.cluster_id.clone(),
             id: cfg.id,
             timeout,
@@ -319,7 +319,12 @@ pub async fn run(cfg: NodeConfig) -> anyhow::Result<()> {
     let servers = tokio::spawn(async move { tokio::try_join!(peer_srv, client_srv, admin_srv) });
     let tls_task = tls.clone().map(|src| {
         let every = NodeConfig::ms(cfg.tls_reload_ms);
-        tokio::spawn(crate::tls::watch(src, every, metrics.clone(), grpc.clone()))
+        tokio::spawn(crate::tls::watch(
+            src,
+            every,
+            metrics.clone(),
+            peers.clone(),
+        ))
     });
     let metrics_task = tokio::spawn(metrics::serve(metrics_l, metrics, ready.clone()));
     if tls.is_none() {

@@ -10,7 +10,7 @@ use raftlane_tls::{ClientAuth, Identity, ServerTls, TlsFiles, TlsSource};
 
 use crate::config::NodeConfig;
 use crate::metrics::{Metrics, Port};
-use crate::transport::grpc::GrpcTransport;
+use crate::transport::PeerTable;
 
 /// The TLS material of `cfg`, or none with `--insecure-plaintext`. Fails when
 /// a file is unreadable or the certificate is not this member's.
@@ -55,7 +55,7 @@ pub async fn watch(
     source: Arc<TlsSource>,
     every: Duration,
     metrics: Metrics,
-    transport: Arc<GrpcTransport>,
+    peers: Arc<dyn PeerTable>,
 ) {
     let mut tick = tokio::time::interval(every);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -67,7 +67,7 @@ pub async fn watch(
             Ok(true) => {
                 metrics.tls_reloads.inc();
                 tracing::info!("TLS files changed: the new certificate is in use");
-                transport.redial_all();
+                peers.redial_all();
             }
             Err(e) => {
                 metrics.tls_reload_failures.inc();

@@ -70,14 +70,8 @@ impl Sim {
                 max_promote_lag: 1000,
                 election_range: Some((election, election + 1)),
             };
-            let raft_loop = RaftLoop::new(
-                cfg,
-                store,
-                snapshots.clone(),
-                transport.clone(),
-                metrics.clone(),
-            )
-            .unwrap();
+            let raft_loop =
+                RaftLoop::new(cfg, store, snapshots.clone(), transport, metrics.clone()).unwrap();
             net.attach(Arc::new(Receiver::new(
                 ReceiverConfig {
                     cluster_id: "sim".into(),
@@ -89,7 +83,7 @@ impl Sim {
                 raft_loop.staged(),
                 raft_loop.members(),
                 metrics,
-                transport,
+                None,
             )));
             let (tx, rx) = mpsc::channel(64);
             let ready = Arc::new(std::sync::atomic::AtomicBool::new(false));

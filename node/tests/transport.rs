@@ -16,14 +16,12 @@ use raft_node::metrics::{Metrics, PeerLane};
 use raft_node::state_machine::KvStateMachine;
 use raft_node::storage::{SnapshotStore, StagedSnapshot};
 use raft_node::transport::channels::ChannelSettings;
-use raft_node::transport::grpc::{
-    GrpcConfig, GrpcTransport, LaneMode, MAX_LEARNED_PEERS, MAX_MESSAGE_BYTES,
-};
+use raft_node::transport::grpc::{GrpcConfig, GrpcTransport, LaneMode, MAX_LEARNED_PEERS};
 use raft_node::transport::inbox::{Inbox, InboxReceiver};
 use raft_node::transport::receiver::{Receiver, ReceiverConfig, ReceiverService};
 use raft_node::transport::report::{Report, ReportSender};
 use raft_node::transport::snapshot::{measure, SnapshotLimits};
-use raft_node::transport::Transport;
+use raft_node::transport::{PeerTable, Transport, MAX_MESSAGE_BYTES};
 use raftlane_proto::kv::{log_command::Op, LogCommand, PutRequest};
 use raftlane_proto::transport::raft_transport_client::RaftTransportClient;
 use raftlane_proto::transport::raft_transport_server::{RaftTransport, RaftTransportServer};
@@ -817,7 +815,7 @@ async fn member1(limits: SnapshotLimits, members: &[u64]) -> Member1 {
         staged.clone(),
         members_rx,
         Metrics::new(),
-        peers.t.clone(),
+        Some(peers.t.clone()),
     );
     let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = l.local_addr().unwrap();

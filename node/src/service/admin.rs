@@ -21,11 +21,11 @@ use super::bounded;
 use crate::consensus::{MembershipChange, NodeHandle};
 use crate::metrics::{Call, Metrics};
 use crate::storage::SnapshotStore;
-use crate::transport::{validate_peer_addr, Transport};
+use crate::transport::{validate_peer_addr, PeerTable};
 
 pub struct AdminService {
     pub node: NodeHandle,
-    pub transport: Arc<dyn Transport>,
+    pub peers: Arc<dyn PeerTable>,
     pub cluster_id: String,
     pub id: u64,
     pub timeout: Duration,
@@ -160,7 +160,7 @@ impl NodeAdmin for AdminService {
             applied_index: s.applied_index,
             voters: s.voters,
             learners: s.learners,
-            peers: self.transport.peers(),
+            peers: self.peers.peers(),
             snapshot_index: s.snapshot_index,
             first_log_index: s.first_log_index,
             last_log_index: s.last_log_index,
@@ -187,7 +187,7 @@ impl NodeAdmin for AdminService {
         sorted.sort();
         for (id, addr) in sorted {
             let did = self
-                .transport
+                .peers
                 .upsert_peer(id, &addr)
                 .map_err(|e| Status::invalid_argument(format!("peers[{id}]: {e}")))?;
             if did {
@@ -203,7 +203,7 @@ impl NodeAdmin for AdminService {
     ) -> Result<Response<AdminResponse>, Status> {
         self.authorize(&req, "RemovePeer")?;
         let id = req.into_inner().id;
-        self.transport.remove_peer(id);
+        self.peers.remove_peer(id);
         Ok(Response::new(AdminResponse {
             index: 0,
             message: format!("peer {id} removed from the peer table"),

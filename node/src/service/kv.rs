@@ -24,7 +24,7 @@ use super::forward::{self, Identity, Listener, Origin};
 use crate::consensus::{NodeError, NodeHandle, Query, QueryResult};
 use crate::metrics::{Kind, Metrics};
 use crate::state_machine::{Applied, ScanRange};
-use crate::transport::Transport;
+use crate::transport::PeerTable;
 
 /// Pairs in a scan page when the request sets no limit.
 pub const DEFAULT_SCAN_LIMIT: u32 = 1_000;
@@ -37,7 +37,7 @@ pub const MAX_SCAN_BYTES: usize = 4 << 20;
 #[derive(Clone)]
 pub struct KvService {
     node: NodeHandle,
-    transport: Arc<dyn Transport>,
+    peers: Arc<dyn PeerTable>,
     timeout: Duration,
     metrics: Metrics,
     me: Identity,
@@ -115,7 +115,7 @@ impl KvService {
     /// The service of the client port; see [`serving_peers`](Self::serving_peers).
     pub fn new(
         node: NodeHandle,
-        transport: Arc<dyn Transport>,
+        peers: Arc<dyn PeerTable>,
         timeout: Duration,
         metrics: Metrics,
         me: Identity,
@@ -123,7 +123,7 @@ impl KvService {
     ) -> KvService {
         KvService {
             node,
-            transport,
+            peers,
             timeout,
             metrics,
             me,
@@ -149,7 +149,7 @@ impl KvService {
         let result = tokio::time::timeout(self.timeout, self.node.write(cmd)).await;
         let result = match result {
             Ok(Err(NodeError::NotLeader { leader_id })) => {
-                let addr = self.transport.peer_addr(leader_id);
+                let addr = self.peers.peer_addr(leader_id);
                 match (origin, addr) {
                     (Origin::Client, Some(addr)) => match self.leader_client(leader_id, addr) {
                         Ok(l) => return Proposed::AtLeader(l),

@@ -1,5 +1,6 @@
 //! The gRPC peer transport: a table of peers, each with its lanes (see
-//! `lanes.rs`), over one HTTP/2 channel per address. `send` only routes messages
+//! `lanes.rs`), over one HTTP/2 channel per address; both the raft loop's
+//! [`Transport`] and the member's [`PeerTable`]. `send` only routes messages
 //! to lane queues; it never blocks the raft loop. A full lane drops the message,
 //! counts it per peer and lane, and reports it (a dropped snapshot as a snapshot
 //! failure).
@@ -10,33 +11,24 @@ use std::time::Duration;
 
 use raft::prelude::{Message, MessageType};
 use raftlane_proto::admin::PeerStatus;
-use raftlane_proto::transport::RaftEnvelope;
 use raftlane_tls::Dialer;
 use tokio::sync::Semaphore;
 
 use super::channels::{ChannelPool, ChannelSettings};
+use super::lanes::LaneContext;
 use super::peer::Peer;
 use super::report::{Report, ReportSender};
-use super::{validate_peer_addr, AddrError, Transport};
-use crate::metrics::{Dropped, Kind, Metrics};
+use super::{validate_peer_addr, AddrError, PeerTable, Transport};
+use crate::metrics::{Dropped, Metrics};
 use crate::storage::SnapshotStore;
 
-/// Largest envelope or chunk a member sends or accepts.
-pub const MAX_MESSAGE_BYTES: usize = 64 << 20;
+pub use super::lanes::LaneMode;
+
 /// Snapshots sent at once by a member; more wait in their snapshot lanes.
 const MAX_CONCURRENT_SNAPSHOT_SENDS: usize = 2;
 /// Traffic adds no peer beyond this many (each costs four lane tasks);
 /// UpsertPeers, an operator's call, is not limited.
 pub const MAX_LEARNED_PEERS: usize = 256;
-
-/// Four isolated lanes per peer, or one multiplexed lane (for comparison).
-#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
-pub enum LaneMode {
-    #[value(name = "4")]
-    Four,
-    #[value(name = "1")]
-    One,
-}
 
 #[derive(Clone, Debug)]
 pub struct GrpcConfig {
@@ -60,62 +52,9 @@ pub struct GrpcConfig {
 }
 
 pub struct GrpcTransport {
-    shared: Arc<Shared>,
-}
-
-/// What every lane task of this member shares.
-pub struct Shared {
-    pub cfg: GrpcConfig,
     pool: ChannelPool,
     peers: Mutex<BTreeMap<u64, Peer>>,
-    reports: ReportSender,
-    pub snapshots: SnapshotStore,
-    pub metrics: Metrics,
-    pub snapshot_slots: Arc<Semaphore>,
-}
-
-impl Shared {
-    pub fn report(&self, r: Report) {
-        let kind = match r {
-            Report::Unreachable(_) => "unreachable",
-            Report::Snapshot { finished: true, .. } => "snapshot_finish",
-            Report::Snapshot {
-                finished: false, ..
-            } => "snapshot_failure",
-        };
-        self.metrics.reports.get_or_create(&Kind { kind }).inc();
-        self.reports.post(r);
-    }
-
-    pub fn envelope(&self, to: u64, messages: Vec<Vec<u8>>) -> RaftEnvelope {
-        RaftEnvelope {
-            cluster_id: self.cfg.cluster_id.clone(),
-            from: self.cfg.id,
-            to,
-            from_addr: self.cfg.advertise_addr.clone(),
-            messages,
-        }
-    }
-
-    /// Counts a message that never reached a lane and reports it.
-    fn drop_msg(&self, to: u64, snapshot: bool, lane: &'static str, reason: &'static str) {
-        self.metrics
-            .dropped
-            .get_or_create(&Dropped {
-                peer: to,
-                lane,
-                reason,
-            })
-            .inc();
-        if snapshot {
-            self.report(Report::Snapshot {
-                to,
-                finished: false,
-            });
-        } else {
-            self.report(Report::Unreachable(to));
-        }
-    }
+    lanes: Arc<LaneContext>,
 }
 
 impl GrpcTransport {
@@ -126,10 +65,17 @@ impl GrpcTransport {
         metrics: Metrics,
     ) -> GrpcTransport {
         GrpcTransport {
-            shared: Arc::new(Shared {
-                pool: ChannelPool::new(cfg.channel.clone(), cfg.dialer.clone()),
-                cfg,
-                peers: Mutex::default(),
+            pool: ChannelPool::new(cfg.channel, cfg.dialer),
+            peers: Mutex::default(),
+            lanes: Arc::new(LaneContext {
+                cluster_id: cfg.cluster_id,
+                id: cfg.id,
+                advertise_addr: cfg.advertise_addr,
+                send_timeout: cfg.send_timeout,
+                max_inflight: cfg.max_inflight,
+                mode: cfg.lanes,
+                unary_only: cfg.unary_only,
+                max_batch: cfg.max_batch,
                 reports,
                 snapshots,
                 metrics,
@@ -138,39 +84,36 @@ impl GrpcTransport {
         }
     }
 
-    /// Closes every peer's streams and channel and dials again: after a TLS
-    /// reload, so that streams run on the new certificate.
-    pub fn redial_all(&self) {
-        let sh = &self.shared;
-        let mut peers = sh.peers.lock().expect("peer table poisoned");
-        let table: Vec<(u64, String)> = peers.iter().map(|(id, p)| (*id, p.addr.clone())).collect();
-        for (id, addr) in &table {
-            if let Some(old) = peers.remove(id) {
-                old.close();
-                sh.pool.release(addr, *id);
-            }
-        }
-        for (id, addr) in table {
-            match sh.pool.acquire(&addr, id) {
-                Ok(channel) => {
-                    peers.insert(id, Peer::spawn(sh, id, &addr, channel));
-                }
-                Err(e) => tracing::error!(peer = id, error = %e, "cannot dial again"),
-            }
-        }
-        tracing::info!(
-            peers = peers.len(),
-            "peer streams rebuilt on the new certificate"
-        );
-    }
-
     /// Ids using a live channel to `addr` (for tests of shared connections).
     pub fn channel_users(&self, addr: &str) -> usize {
-        self.shared.pool.users(addr)
+        self.pool.users(addr)
     }
-}
 
-impl GrpcTransport {
+    fn lock(&self) -> std::sync::MutexGuard<'_, BTreeMap<u64, Peer>> {
+        self.peers.lock().expect("peer table poisoned")
+    }
+
+    /// Counts a message that never reached a lane and reports it.
+    fn drop_msg(&self, to: u64, snapshot: bool, lane: &'static str, reason: &'static str) {
+        self.lanes
+            .metrics
+            .dropped
+            .get_or_create(&Dropped {
+                peer: to,
+                lane,
+                reason,
+            })
+            .inc();
+        if snapshot {
+            self.lanes.report(Report::Snapshot {
+                to,
+                finished: false,
+            });
+        } else {
+            self.lanes.report(Report::Unreachable(to));
+        }
+    }
+
     fn upsert_locked(
         &self,
         peers: &mut BTreeMap<u64, Peer>,
@@ -178,52 +121,52 @@ impl GrpcTransport {
         addr: &str,
     ) -> Result<bool, AddrError> {
         validate_peer_addr(addr)?;
-        let sh = &self.shared;
         if peers.get(&id).is_some_and(|p| p.addr == addr) {
             return Ok(false);
         }
-        let channel = sh.pool.acquire(addr, id)?;
+        let channel = self.pool.acquire(addr, id)?;
         if let Some(old) = peers.remove(&id) {
             old.close();
-            sh.pool.release(&old.addr, id);
+            self.pool.release(&old.addr, id);
             tracing::info!(peer = id, old = %old.addr, new = %addr, "peer address changed: streams rebuilt");
         }
-        peers.insert(id, Peer::spawn(sh, id, addr, channel));
+        peers.insert(id, Peer::spawn(&self.lanes, id, addr, channel));
         Ok(true)
     }
 }
 
 impl Transport for GrpcTransport {
     fn send(&self, msgs: Vec<Message>) {
-        let sh = &self.shared;
-        let peers = sh.peers.lock().expect("peer table poisoned");
+        let peers = self.lock();
         for m in msgs {
             let (to, t) = (m.to, m.get_msg_type());
             if raft::raw_node::is_local_msg(t) {
                 continue;
             }
             let Some(peer) = peers.get(&to) else {
-                sh.drop_msg(to, t == MessageType::MsgSnapshot, "none", "no_address");
+                self.drop_msg(to, t == MessageType::MsgSnapshot, "none", "no_address");
                 continue;
             };
             if let Err(full) = peer.enqueue(m) {
-                sh.drop_msg(to, full.snapshot, full.lane, "queue_full");
+                self.drop_msg(to, full.snapshot, full.lane, "queue_full");
             }
         }
     }
+}
 
+impl PeerTable for GrpcTransport {
     fn upsert_peer(&self, id: u64, addr: &str) -> Result<bool, AddrError> {
-        let mut peers = self.shared.peers.lock().expect("peer table poisoned");
+        let mut peers = self.lock();
         self.upsert_locked(&mut peers, id, addr)
     }
 
     fn learn_peer(&self, id: u64, addr: &str) {
-        if id == self.shared.cfg.id {
+        if id == self.lanes.id {
             return;
         }
         // Checked and inserted under one lock, so a learned address never
         // replaces one that was just set by UpsertPeers.
-        let mut peers = self.shared.peers.lock().expect("peer table poisoned");
+        let mut peers = self.lock();
         if peers.contains_key(&id) {
             return;
         }
@@ -241,20 +184,40 @@ impl Transport for GrpcTransport {
     }
 
     fn remove_peer(&self, id: u64) {
-        let sh = &self.shared;
-        if let Some(old) = sh.peers.lock().expect("peer table poisoned").remove(&id) {
+        if let Some(old) = self.lock().remove(&id) {
             old.close();
-            sh.pool.release(&old.addr, id);
+            self.pool.release(&old.addr, id);
         }
     }
 
     fn peer_addr(&self, id: u64) -> Option<String> {
-        let peers = self.shared.peers.lock().expect("peer table poisoned");
-        peers.get(&id).map(|p| p.addr.clone())
+        self.lock().get(&id).map(|p| p.addr.clone())
     }
 
     fn peers(&self) -> Vec<PeerStatus> {
-        let peers = self.shared.peers.lock().expect("peer table poisoned");
-        peers.iter().map(|(id, p)| p.status(*id)).collect()
+        self.lock().iter().map(|(id, p)| p.status(*id)).collect()
+    }
+
+    fn redial_all(&self) {
+        let mut peers = self.lock();
+        let table: Vec<(u64, String)> = peers.iter().map(|(id, p)| (*id, p.addr.clone())).collect();
+        for (id, addr) in &table {
+            if let Some(old) = peers.remove(id) {
+                old.close();
+                self.pool.release(addr, *id);
+            }
+        }
+        for (id, addr) in table {
+            match self.pool.acquire(&addr, id) {
+                Ok(channel) => {
+                    peers.insert(id, Peer::spawn(&self.lanes, id, &addr, channel));
+                }
+                Err(e) => tracing::error!(peer = id, error = %e, "cannot dial again"),
+            }
+        }
+        tracing::info!(
+            peers = peers.len(),
+            "peer streams rebuilt on the new certificate"
+        );
     }
 }

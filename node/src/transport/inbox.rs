@@ -9,7 +9,7 @@ use std::time::Duration;
 use raft::prelude::Message;
 use tokio::sync::mpsc;
 
-use super::routing::{lane_of, Lane};
+use super::routing::{lane_of, LaneKind};
 
 pub const PRIORITY_CAPACITY: usize = 4096;
 pub const BULK_CAPACITY: usize = 1024;
@@ -49,7 +49,7 @@ impl Inbox {
     /// Queues a message for raft without waiting; false when it was dropped.
     pub fn try_deliver(&self, m: Message) -> bool {
         let queue = match lane_of(m.get_msg_type()) {
-            Some(Lane::Heartbeat) => &self.priority,
+            Some(LaneKind::Heartbeat) => &self.priority,
             _ => &self.bulk,
         };
         let ok = queue.try_send(m).is_ok();

@@ -1,31 +1,83 @@
-//! Lane tasks: each drains its own bounded queue and owns its own `SendStream`
-//! call, so it is the only writer of that stream and a heartbeat never waits
-//! behind an append or a snapshot of another lane. A backlog is packed into one
-//! envelope. With `--lanes 1` a single task serves a heartbeat queue before the
-//! bulk queue (biased), the legacy model kept for comparison.
+//! Lane tasks and the context they share. Each task drains its own bounded
+//! queue and owns its own `SendStream` call, so it is the only writer of that
+//! stream and a heartbeat never waits behind an append or a snapshot of another
+//! lane. A backlog is packed into one envelope. With `--lanes 1` a single task
+//! serves a heartbeat queue before the bulk queue (biased), the legacy model
+//! kept for comparison.
 
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use protobuf::Message as _;
 use raft::prelude::{Message, MessageType};
 use raftlane_proto::transport::raft_transport_client::RaftTransportClient;
 use raftlane_proto::transport::{RaftEnvelope, SnapshotHeader};
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, Semaphore};
 use tokio_util::sync::CancellationToken;
 use tonic::transport::Channel;
 use tonic::Status;
 
-use super::grpc::Shared;
-use super::report::Report;
+use super::report::{Report, ReportSender};
 use super::snapshot::send_file;
 use super::stream::{is_unimplemented, NoStream, OpenStream, StreamSendError};
-use crate::metrics::{Dropped, PeerLane, SendError};
+use crate::metrics::{Dropped, Kind, Metrics, PeerLane, SendError};
+use crate::storage::SnapshotStore;
 
 /// A backlog is packed into one envelope up to this many bytes, or up to the
 /// configured number of messages.
 const BATCH_BYTES: usize = 4 << 20;
+
+/// Four isolated lanes per peer, or one multiplexed lane (for comparison).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum LaneMode {
+    #[value(name = "4")]
+    Four,
+    #[value(name = "1")]
+    One,
+}
+
+/// What every lane of this member shares: who it is, how its lanes are sized
+/// and send (the settings of `GrpcConfig`), and where they report. It lives
+/// here, below the peer table, so that lanes never reach back up into it.
+pub struct LaneContext {
+    pub cluster_id: String,
+    pub id: u64,
+    pub advertise_addr: String,
+    pub send_timeout: Duration,
+    pub max_inflight: usize,
+    pub mode: LaneMode,
+    pub unary_only: bool,
+    pub max_batch: usize,
+    pub reports: ReportSender,
+    pub snapshots: SnapshotStore,
+    pub metrics: Metrics,
+    pub snapshot_slots: Arc<Semaphore>,
+}
+
+impl LaneContext {
+    pub fn report(&self, r: Report) {
+        let kind = match r {
+            Report::Unreachable(_) => "unreachable",
+            Report::Snapshot { finished: true, .. } => "snapshot_finish",
+            Report::Snapshot {
+                finished: false, ..
+            } => "snapshot_failure",
+        };
+        self.metrics.reports.get_or_create(&Kind { kind }).inc();
+        self.reports.post(r);
+    }
+
+    fn envelope(&self, to: u64, messages: Vec<Vec<u8>>) -> RaftEnvelope {
+        RaftEnvelope {
+            cluster_id: self.cluster_id.clone(),
+            from: self.id,
+            to,
+            from_addr: self.advertise_addr.clone(),
+            messages,
+        }
+    }
+}
 
 /// A message waiting in a lane, stamped for the send-wait histogram.
 pub struct Queued {
@@ -102,8 +154,8 @@ fn is_snapshot(q: &Queued) -> bool {
 }
 
 /// One lane's sender task.
-pub struct Lane {
-    pub shared: Arc<Shared>,
+pub struct LaneTask {
+    pub ctx: Arc<LaneContext>,
     pub peer: u64,
     pub stats: Arc<LaneStats>,
     pub no_stream: Arc<NoStream>,
@@ -121,7 +173,7 @@ async fn stream_ended(stream: &mut Option<OpenStream>) -> Status {
     }
 }
 
-impl Lane {
+impl LaneTask {
     fn labels(&self) -> PeerLane {
         PeerLane {
             peer: self.peer,
@@ -158,7 +210,7 @@ impl Lane {
             }
             let mut batch = vec![first];
             let mut bytes = 0;
-            while bytes < BATCH_BYTES && batch.len() < self.shared.cfg.max_batch {
+            while bytes < BATCH_BYTES && batch.len() < self.ctx.max_batch {
                 match inputs.try_recv() {
                     Some(q) if is_snapshot(&q) => {
                         held = Some(q);
@@ -188,14 +240,14 @@ impl Lane {
     /// paused in Snapshot state: a snapshot given up on (peer replaced or removed)
     /// is reported as a failure, though not as the peer being unreachable.
     fn snapshot_abandoned(&self, m: &Message) {
-        self.shared.report(Report::Snapshot {
+        self.ctx.report(Report::Snapshot {
             to: m.to,
             finished: false,
         });
     }
 
     fn envelope(&self, batch: Vec<Queued>) -> (RaftEnvelope, u64) {
-        let hist = &self.shared.metrics.send_wait_seconds;
+        let hist = &self.ctx.metrics.send_wait_seconds;
         let n = batch.len() as u64;
         let messages = batch
             .into_iter()
@@ -204,13 +256,13 @@ impl Lane {
                 q.msg.write_to_bytes().expect("raft messages encode")
             })
             .collect();
-        (self.shared.envelope(self.peer, messages), n)
+        (self.ctx.envelope(self.peer, messages), n)
     }
 
     async fn deliver(&self, stream: &mut Option<OpenStream>, batch: Vec<Queued>) {
         let (env, n) = self.envelope(batch);
-        let timeout = self.shared.cfg.send_timeout;
-        if self.shared.cfg.unary_only || self.no_stream.active() {
+        let timeout = self.ctx.send_timeout;
+        if self.ctx.unary_only || self.no_stream.active() {
             return self.unary(env, n).await;
         }
         if stream.is_none() {
@@ -222,7 +274,7 @@ impl Lane {
                 Ok(s) => {
                     *stream = Some(s);
                     self.stats.stream_open.store(true, Ordering::Relaxed);
-                    self.shared
+                    self.ctx
                         .metrics
                         .stream_opens
                         .get_or_create(&self.labels())
@@ -269,7 +321,7 @@ impl Lane {
         let mut client = self.client.clone();
         let result = tokio::select! {
             _ = self.cancel.cancelled() => return self.count_dropped(n, "peer_closed"),
-            r = tokio::time::timeout(self.shared.cfg.send_timeout, client.send(env)) => r,
+            r = tokio::time::timeout(self.ctx.send_timeout, client.send(env)) => r,
         };
         match result {
             Ok(Ok(_)) => self.sent(n),
@@ -289,7 +341,7 @@ impl Lane {
             );
         }
         self.no_stream.set();
-        self.shared
+        self.ctx
             .metrics
             .unary_fallbacks
             .get_or_create(&self.labels())
@@ -298,7 +350,7 @@ impl Lane {
 
     fn sent(&self, n: u64) {
         self.stats.sent.fetch_add(n, Ordering::Relaxed);
-        self.shared
+        self.ctx
             .metrics
             .sent
             .get_or_create(&self.labels())
@@ -310,7 +362,7 @@ impl Lane {
             return;
         }
         self.stats.dropped.fetch_add(n, Ordering::Relaxed);
-        self.shared
+        self.ctx
             .metrics
             .dropped
             .get_or_create(&Dropped {
@@ -322,7 +374,7 @@ impl Lane {
     }
 
     fn record_error(&self, s: &Status) {
-        self.shared
+        self.ctx
             .metrics
             .send_errors
             .get_or_create(&SendError {
@@ -341,7 +393,7 @@ impl Lane {
         tracing::debug!(peer = self.peer, lane = self.stats.name, code = ?s.code(), message = s.message(), "peer send failed");
         self.record_error(s);
         self.count_dropped(n, "send_failed");
-        self.shared.report(Report::Unreachable(self.peer));
+        self.ctx.report(Report::Unreachable(self.peer));
     }
 
     /// Streams a snapshot from disk; `Finish` is reported only on the receiver's
@@ -352,20 +404,20 @@ impl Lane {
                 self.count_dropped(1, "peer_closed");
                 return self.snapshot_abandoned(&m);
             }
-            s = self.shared.snapshot_slots.clone().acquire_owned() => s,
+            s = self.ctx.snapshot_slots.clone().acquire_owned() => s,
         };
         let meta = m.get_snapshot().get_metadata();
         let (term, index) = (meta.term, meta.index);
         let header = SnapshotHeader {
-            cluster_id: self.shared.cfg.cluster_id.clone(),
-            from: self.shared.cfg.id,
+            cluster_id: self.ctx.cluster_id.clone(),
+            from: self.ctx.id,
             to: self.peer,
-            from_addr: self.shared.cfg.advertise_addr.clone(),
+            from_addr: self.ctx.advertise_addr.clone(),
             message: m.write_to_bytes().expect("raft messages encode"),
             total_size: 0,
             crc32c: 0,
         };
-        let path = self.shared.snapshots.path(term, index);
+        let path = self.ctx.snapshots.path(term, index);
         let mut client = self.client.clone();
         let result = tokio::select! {
             _ = self.cancel.cancelled() => {
@@ -377,7 +429,7 @@ impl Lane {
         drop(slot);
         match result {
             Ok(bytes) => {
-                self.shared.metrics.snapshot_bytes_sent.inc_by(bytes);
+                self.ctx.metrics.snapshot_bytes_sent.inc_by(bytes);
                 self.sent(1);
                 tracing::info!(
                     peer = self.peer,
@@ -385,7 +437,7 @@ impl Lane {
                     bytes,
                     "snapshot sent and acknowledged"
                 );
-                self.shared.report(Report::Snapshot {
+                self.ctx.report(Report::Snapshot {
                     to: self.peer,
                     finished: true,
                 });
@@ -394,7 +446,7 @@ impl Lane {
                 tracing::warn!(peer = self.peer, index, error = %e, "snapshot send failed");
                 self.record_error(&Status::unknown(format!("snapshot: {e}")));
                 self.count_dropped(1, "send_failed");
-                self.shared.report(Report::Snapshot {
+                self.ctx.report(Report::Snapshot {
                     to: self.peer,
                     finished: false,
                 });

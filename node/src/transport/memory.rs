@@ -8,13 +8,12 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use raft::prelude::{Message, MessageType};
-use raftlane_proto::admin::PeerStatus;
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 
 use super::receiver::{install_received, Receiver};
 use super::report::{Report, ReportSender};
-use super::{AddrError, Transport};
+use super::Transport;
 use crate::state_machine::KvStateMachine;
 use crate::storage::SnapshotStore;
 
@@ -170,21 +169,5 @@ impl Transport for MemoryTransport {
                 reports.post(Report::Snapshot { to, finished: ok });
             });
         }
-    }
-
-    fn upsert_peer(&self, _id: u64, _addr: &str) -> Result<bool, AddrError> {
-        Ok(false)
-    }
-
-    fn learn_peer(&self, _id: u64, _addr: &str) {}
-
-    fn remove_peer(&self, _id: u64) {}
-
-    fn peers(&self) -> Vec<PeerStatus> {
-        Vec::new()
-    }
-
-    fn peer_addr(&self, _id: u64) -> Option<String> {
-        None
     }
 }

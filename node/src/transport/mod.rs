@@ -1,6 +1,9 @@
 //! Peer transport: the seam between the raft loop and the network. The raft loop
 //! hands messages to a [`Transport`] without ever blocking; what cannot be
-//! delivered is dropped, counted, and reported back so raft retries.
+//! delivered is dropped, counted, and reported back so raft retries. Where peers
+//! listen is a separate [`PeerTable`], for those who set, learn or look up
+//! addresses: the raft loop needs none of it, and the in-memory network has no
+//! addresses at all.
 
 mod address;
 pub mod channels;
@@ -22,10 +25,17 @@ pub use guard::{check_raft_message, GuardError};
 use raft::prelude::Message;
 use raftlane_proto::admin::PeerStatus;
 
+/// Largest envelope or chunk a member sends or accepts.
+pub const MAX_MESSAGE_BYTES: usize = 64 << 20;
+
 /// What the raft loop needs from the network.
 pub trait Transport: Send + Sync + 'static {
     /// Queues messages for their peers; never blocks the caller.
     fn send(&self, msgs: Vec<Message>);
+}
+
+/// Where each peer listens, and what is kept per peer for that address.
+pub trait PeerTable: Send + Sync + 'static {
     /// Sets where peer `id` listens; returns whether the address changed.
     /// A changed address rebuilds everything kept for the old one.
     fn upsert_peer(&self, id: u64, addr: &str) -> Result<bool, AddrError>;
@@ -37,4 +47,7 @@ pub trait Transport: Send + Sync + 'static {
     fn peers(&self) -> Vec<PeerStatus>;
     /// Where peer `id` listens now, if known.
     fn peer_addr(&self, id: u64) -> Option<String>;
+    /// Closes every peer's streams and channel and dials again: after a TLS
+    /// reload, so that streams run on the new certificate.
+    fn redial_all(&self);
 }

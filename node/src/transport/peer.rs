@@ -12,10 +12,10 @@ use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 use tonic::transport::Channel;
 
-use super::grpc::{LaneMode, Shared, MAX_MESSAGE_BYTES};
-use super::lanes::{Inputs, Lane, LaneStats, Queued};
-use super::routing::{lane_of, Lane as Route};
+use super::lanes::{Inputs, LaneContext, LaneMode, LaneStats, LaneTask, Queued};
+use super::routing::{lane_of, LaneKind};
 use super::stream::{client, NoStream};
+use super::MAX_MESSAGE_BYTES;
 
 /// Queue sizes of the four lanes.
 pub const HEARTBEAT_QUEUE: usize = 512;
@@ -30,8 +30,8 @@ pub struct LaneFull {
 
 pub struct Peer {
     pub addr: String,
-    /// Sender per route, in `Route::ALL` order; in single-lane mode several
-    /// routes share the bulk queue.
+    /// Sender per lane kind, in `LaneKind::ALL` order; in single-lane mode
+    /// several kinds share the bulk queue.
     queues: [mpsc::Sender<Queued>; 4],
     /// Stats per queue index, as shown in `Status`.
     stats: [Arc<LaneStats>; 4],
@@ -42,22 +42,22 @@ pub struct Peer {
     last_error: Arc<Mutex<String>>,
 }
 
-fn index(r: Route) -> usize {
-    Route::ALL
+fn index(kind: LaneKind) -> usize {
+    LaneKind::ALL
         .iter()
-        .position(|x| *x == r)
-        .expect("route in ALL")
+        .position(|x| *x == kind)
+        .expect("kind in ALL")
 }
 
 impl Peer {
     /// Creates the peer's lanes and starts their tasks.
-    pub fn spawn(shared: &Arc<Shared>, id: u64, addr: &str, channel: Channel) -> Peer {
+    pub fn spawn(ctx: &Arc<LaneContext>, id: u64, addr: &str, channel: Channel) -> Peer {
         let no_stream = Arc::new(NoStream::default());
         let last_error = Arc::new(Mutex::new(String::new()));
         let cancel = CancellationToken::new();
         let client = client(channel, MAX_MESSAGE_BYTES);
-        let lane = |stats: &Arc<LaneStats>| Lane {
-            shared: shared.clone(),
+        let lane = |stats: &Arc<LaneStats>| LaneTask {
+            ctx: ctx.clone(),
             peer: id,
             stats: stats.clone(),
             no_stream: no_stream.clone(),
@@ -65,19 +65,19 @@ impl Peer {
             client: client.clone(),
             cancel: cancel.clone(),
         };
-        let cap = |r: Route| match r {
-            Route::Heartbeat => HEARTBEAT_QUEUE,
-            Route::Replication => shared.cfg.max_inflight,
-            Route::Snapshot => SNAPSHOT_QUEUE,
-            Route::Other => OTHER_QUEUE,
+        let cap = |kind: LaneKind| match kind {
+            LaneKind::Heartbeat => HEARTBEAT_QUEUE,
+            LaneKind::Replication => ctx.max_inflight,
+            LaneKind::Snapshot => SNAPSHOT_QUEUE,
+            LaneKind::Other => OTHER_QUEUE,
         };
-        let (queues, stats, shown) = match shared.cfg.lanes {
+        let (queues, stats, shown) = match ctx.mode {
             LaneMode::Four => {
                 let mut queues = Vec::new();
                 let mut stats = Vec::new();
-                for r in Route::ALL {
-                    let (tx, rx) = mpsc::channel(cap(r));
-                    let s = LaneStats::new(r.name());
+                for kind in LaneKind::ALL {
+                    let (tx, rx) = mpsc::channel(cap(kind));
+                    let s = LaneStats::new(kind.name());
                     tokio::spawn(lane(&s).run(Inputs::One(rx)));
                     queues.push(tx);
                     stats.push(s);
@@ -86,15 +86,16 @@ impl Peer {
                 (queues, stats, shown)
             }
             LaneMode::One => {
-                let (high_tx, high) = mpsc::channel(cap(Route::Heartbeat));
-                let bulk = cap(Route::Replication) + cap(Route::Snapshot) + cap(Route::Other);
+                let (high_tx, high) = mpsc::channel(cap(LaneKind::Heartbeat));
+                let bulk =
+                    cap(LaneKind::Replication) + cap(LaneKind::Snapshot) + cap(LaneKind::Other);
                 let (low_tx, low) = mpsc::channel(bulk);
                 let s = LaneStats::new("all");
                 tokio::spawn(lane(&s).run(Inputs::Prioritized { high, low }));
-                let queues = Route::ALL
+                let queues = LaneKind::ALL
                     .iter()
-                    .map(|r| {
-                        if *r == Route::Heartbeat {
+                    .map(|kind| {
+                        if *kind == LaneKind::Heartbeat {
                             high_tx.clone()
                         } else {
                             low_tx.clone()
@@ -108,10 +109,10 @@ impl Peer {
             addr: addr.to_string(),
             queues: queues
                 .try_into()
-                .unwrap_or_else(|_| unreachable!("one queue per route")),
+                .unwrap_or_else(|_| unreachable!("one queue per kind")),
             stats: stats
                 .try_into()
-                .unwrap_or_else(|_| unreachable!("one lane per route")),
+                .unwrap_or_else(|_| unreachable!("one lane per kind")),
             shown,
             no_stream,
             cancel,
@@ -122,10 +123,10 @@ impl Peer {
     /// Queues a message on its lane without waiting. Local-only types are
     /// skipped; a full lane drops the message and names itself.
     pub fn enqueue(&self, msg: Message) -> Result<(), LaneFull> {
-        let Some(route) = lane_of(msg.get_msg_type()) else {
+        let Some(kind) = lane_of(msg.get_msg_type()) else {
             return Ok(());
         };
-        let i = index(route);
+        let i = index(kind);
         let queued = Queued {
             msg,
             at: Instant::now(),
@@ -134,7 +135,7 @@ impl Peer {
             self.stats[i].dropped.fetch_add(1, Ordering::Relaxed);
             LaneFull {
                 lane: self.stats[i].name,
-                snapshot: route == Route::Snapshot,
+                snapshot: kind == LaneKind::Snapshot,
             }
         })
     }

@@ -31,7 +31,7 @@ use tonic::{Request, Response, Status, Streaming};
 use super::guard::check_raft_message;
 use super::inbox::Inbox;
 use super::snapshot::{Assembler, Frame, SnapshotLimits};
-use super::Transport;
+use super::PeerTable;
 use crate::metrics::{Kind, Metrics};
 use crate::state_machine::KvStateMachine;
 use crate::storage::{SnapshotStore, StagedSnapshot};
@@ -68,8 +68,9 @@ pub struct Receiver {
     /// The current members: only their addresses are learned from traffic.
     members: watch::Receiver<BTreeSet<u64>>,
     metrics: Metrics,
-    /// Learns the address of a sender this member has no address for yet.
-    peers: Arc<dyn Transport>,
+    /// Learns the address of a sender this member has no address for yet;
+    /// none where members have no addresses (the in-memory network).
+    peers: Option<Arc<dyn PeerTable>>,
     limits: SnapshotLimits,
     /// Bytes promised to snapshot receives in progress, so that concurrent
     /// ones cannot together claim more than the volume has free.
@@ -86,7 +87,7 @@ impl Receiver {
         staged: StagedSnapshot,
         members: watch::Receiver<BTreeSet<u64>>,
         metrics: Metrics,
-        peers: Arc<dyn Transport>,
+        peers: Option<Arc<dyn PeerTable>>,
     ) -> Receiver {
         Receiver {
             id: cfg.id,
@@ -166,9 +167,10 @@ impl Receiver {
     /// `--peers` must learn where its leader is to answer it (the table's cap
     /// still holds).
     fn learn(&self, from: u64, from_addr: &str) {
+        let Some(peers) = &self.peers else { return };
         let members = self.members.borrow();
         if !from_addr.is_empty() && (members.is_empty() || members.contains(&from)) {
-            self.peers.learn_peer(from, from_addr);
+            peers.learn_peer(from, from_addr);
         }
     }
 

@@ -3,9 +3,9 @@
 
 use raft::prelude::MessageType;
 
-/// A per-peer queue with its own sender task.
+/// A kind of lane: a per-peer queue with its own sender task.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
-pub enum Lane {
+pub enum LaneKind {
     /// Liveness and elections: must never wait behind bulk traffic.
     Heartbeat,
     /// Log replication.
@@ -16,26 +16,26 @@ pub enum Lane {
     Other,
 }
 
-impl Lane {
-    pub const ALL: [Lane; 4] = [
-        Lane::Heartbeat,
-        Lane::Replication,
-        Lane::Snapshot,
-        Lane::Other,
+impl LaneKind {
+    pub const ALL: [LaneKind; 4] = [
+        LaneKind::Heartbeat,
+        LaneKind::Replication,
+        LaneKind::Snapshot,
+        LaneKind::Other,
     ];
 
     pub fn name(self) -> &'static str {
         match self {
-            Lane::Heartbeat => "heartbeat",
-            Lane::Replication => "replication",
-            Lane::Snapshot => "snapshot",
-            Lane::Other => "other",
+            LaneKind::Heartbeat => "heartbeat",
+            LaneKind::Replication => "replication",
+            LaneKind::Snapshot => "snapshot",
+            LaneKind::Other => "other",
         }
     }
 }
 
 /// The lane of a message type, or `None` for types that must stay inside the node.
-pub fn lane_of(t: MessageType) -> Option<Lane> {
+pub fn lane_of(t: MessageType) -> Option<LaneKind> {
     use MessageType::*;
     match t {
         MsgHeartbeat
@@ -46,10 +46,10 @@ pub fn lane_of(t: MessageType) -> Option<Lane> {
         | MsgRequestPreVoteResponse
         | MsgReadIndex
         | MsgReadIndexResp
-        | MsgTimeoutNow => Some(Lane::Heartbeat),
-        MsgAppend | MsgAppendResponse => Some(Lane::Replication),
-        MsgSnapshot => Some(Lane::Snapshot),
-        MsgPropose | MsgTransferLeader => Some(Lane::Other),
+        | MsgTimeoutNow => Some(LaneKind::Heartbeat),
+        MsgAppend | MsgAppendResponse => Some(LaneKind::Replication),
+        MsgSnapshot => Some(LaneKind::Snapshot),
+        MsgPropose | MsgTransferLeader => Some(LaneKind::Other),
         MsgHup | MsgBeat | MsgUnreachable | MsgSnapStatus | MsgCheckQuorum => None,
     }
 }
@@ -65,23 +65,23 @@ mod tests {
         let table = [
             (MsgHup, None),
             (MsgBeat, None),
-            (MsgPropose, Some(Lane::Other)),
-            (MsgAppend, Some(Lane::Replication)),
-            (MsgAppendResponse, Some(Lane::Replication)),
-            (MsgRequestVote, Some(Lane::Heartbeat)),
-            (MsgRequestVoteResponse, Some(Lane::Heartbeat)),
-            (MsgSnapshot, Some(Lane::Snapshot)),
-            (MsgHeartbeat, Some(Lane::Heartbeat)),
-            (MsgHeartbeatResponse, Some(Lane::Heartbeat)),
+            (MsgPropose, Some(LaneKind::Other)),
+            (MsgAppend, Some(LaneKind::Replication)),
+            (MsgAppendResponse, Some(LaneKind::Replication)),
+            (MsgRequestVote, Some(LaneKind::Heartbeat)),
+            (MsgRequestVoteResponse, Some(LaneKind::Heartbeat)),
+            (MsgSnapshot, Some(LaneKind::Snapshot)),
+            (MsgHeartbeat, Some(LaneKind::Heartbeat)),
+            (MsgHeartbeatResponse, Some(LaneKind::Heartbeat)),
             (MsgUnreachable, None),
             (MsgSnapStatus, None),
             (MsgCheckQuorum, None),
-            (MsgTransferLeader, Some(Lane::Other)),
-            (MsgTimeoutNow, Some(Lane::Heartbeat)),
-            (MsgReadIndex, Some(Lane::Heartbeat)),
-            (MsgReadIndexResp, Some(Lane::Heartbeat)),
-            (MsgRequestPreVote, Some(Lane::Heartbeat)),
-            (MsgRequestPreVoteResponse, Some(Lane::Heartbeat)),
+            (MsgTransferLeader, Some(LaneKind::Other)),
+            (MsgTimeoutNow, Some(LaneKind::Heartbeat)),
+            (MsgReadIndex, Some(LaneKind::Heartbeat)),
+            (MsgReadIndexResp, Some(LaneKind::Heartbeat)),
+            (MsgRequestPreVote, Some(LaneKind::Heartbeat)),
+            (MsgRequestPreVoteResponse, Some(LaneKind::Heartbeat)),
         ];
         for (i, (t, lane)) in table.iter().enumerate() {
             assert_eq!(*t as usize, i, "table is in enum order");
