@@ -28,7 +28,15 @@ unit:
 		$(CARGO) test --workspace --no-fail-fast; \
 	fi
 
-test: lint unit manifests e2e-controlplane
+# Every phase prints its wall time (scripts/phase.sh); the kind suite runs
+# wherever a Docker engine can be started (it prints one skip line elsewhere).
+PHASE := bash scripts/phase.sh
+test:
+	$(PHASE) lint $(MAKE) --no-print-directory lint
+	$(PHASE) unit $(MAKE) --no-print-directory unit
+	$(PHASE) manifests $(MAKE) --no-print-directory manifests
+	$(PHASE) e2e-controlplane $(MAKE) --no-print-directory e2e-controlplane
+	$(PHASE) e2e-kind $(MAKE) --no-print-directory e2e-kind
 
 # Benchmark programs (release build): each prints figures measured side by side.
 # RAFTLANE_BENCH_SECS shortens the 60 s RTT-tolerance runs.

@@ -6,6 +6,7 @@
 pub(crate) mod cmd;
 mod env;
 mod forward;
+pub mod real;
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex, PoisonError};
@@ -380,12 +381,15 @@ async fn on_node(node: String, script: String) -> anyhow::Result<()> {
 
 /// A shell script for a kind node that kills (`kill -9`) the one raft-node
 /// process with volume directory `dir` among its mounts, and fails unless
-/// exactly one was.
+/// exactly one was. The mount's source is matched by the directory's name
+/// (`pvc-<uid>_<namespace>_<claim>`, unique): the node's /var is itself a
+/// volume, so mountinfo shows the path as the host sees it.
 fn kill_raft_node_on(dir: &str) -> String {
+    let name = dir.rsplit('/').next().unwrap_or(dir);
     format!(
         "killed=0; for p in /proc/[0-9]*; do \
            [ \"$(cat $p/comm 2>/dev/null)\" = raft-node ] || continue; \
-           grep -q ' {dir} ' $p/mountinfo 2>/dev/null || continue; \
+           grep -q '/{name} ' $p/mountinfo 2>/dev/null || continue; \
            kill -9 ${{p#/proc/}} && killed=$((killed+1)); \
          done; [ $killed = 1 ]"
     )

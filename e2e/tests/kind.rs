@@ -5,7 +5,7 @@
 
 use std::time::Duration;
 
-use raftlane_e2e::kind::{KindEnv, ScaleBy};
+use raftlane_e2e::kind::{real, KindEnv, ScaleBy};
 use raftlane_e2e::scenarios;
 
 /// Under the workflow's 90 minutes, so a stuck step fails here (and the kind
@@ -26,6 +26,16 @@ async fn scenarios_on_kind() {
     let mut t = env.create_cluster("e2e", 3).await.unwrap();
     let keys = scenarios::create_three(&t).await.unwrap();
     scenarios::tls_closes_every_port(&t).await.unwrap();
+    let took = real::container_restarts_in_place(&mut t, &keys)
+        .await
+        .unwrap();
+    eprintln!(
+        "measured: follower's container killed to healthy again in the same pod and IP: {took:?}"
+    );
+    let took = real::members_find_each_other_by_dns(&mut t, &keys)
+        .await
+        .unwrap();
+    eprintln!("measured: every container killed with no operator to a leader elected through CoreDNS names: {took:?}");
 
     t.scale_by = ScaleBy::Subresource;
     let took = scenarios::scale_up_to_five(&mut t, &keys).await.unwrap();
