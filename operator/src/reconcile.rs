@@ -497,6 +497,22 @@ mod tests {
     use super::*;
     use crate::naming::conditions::RECONCILIATION_PAUSED;
 
+    #[test]
+    fn a_members_aborted_refusal_is_a_wait_and_anything_else_a_failure() {
+        let catching_up = anyhow::Error::new(tonic::Status::aborted(
+            "not yet: learner 5 is still catching up",
+        ));
+        assert_eq!(
+            not_yet(&catching_up).as_deref(),
+            Some("not yet: learner 5 is still catching up")
+        );
+        let wrapped = anyhow::Error::new(tonic::Status::aborted("x")).context("promoting 5");
+        assert!(not_yet(&wrapped).is_some(), "seen through context");
+        let refused = anyhow::Error::new(tonic::Status::failed_precondition("unsafe"));
+        assert_eq!(not_yet(&refused), None);
+        assert_eq!(not_yet(&anyhow::anyhow!("connection refused")), None);
+    }
+
     type Log = Rc<RefCell<Vec<String>>>;
 
     /// Members that never get an address (so no admin call is made), with

@@ -345,6 +345,25 @@ mod tests {
     }
 
     #[test]
+    fn degraded_says_why() {
+        let plan = Plan::default();
+        let none = RaftClusterStatus::default();
+        let s = compute("demo", &seen(1, &[1, 2]), &plan, &none, "t");
+        let d = cond(&s, "Degraded");
+        assert_eq!(d.reason, "MemberMissing");
+        assert_eq!(d.message, "voters 3 are not running");
+        let s = compute("demo", &seen(0, &[1, 2, 3]), &plan, &none, "t");
+        let d = cond(&s, "Degraded");
+        assert_eq!(d.reason, "NoLeader");
+        assert_eq!(
+            d.message,
+            "no member reports a leader (3 of 3 members answer)"
+        );
+        let s = compute("demo", &seen(1, &[1, 2, 3]), &plan, &none, "t");
+        assert_eq!(cond(&s, "Degraded").message, "");
+    }
+
+    #[test]
     fn a_spec_change_starts_the_unhealthy_count_again() {
         let plan = Plan::default();
         let mut obs = seen(1, &[1, 2]);
