@@ -201,7 +201,8 @@ impl Target for KindTarget {
 
     async fn patch_spec(&mut self, spec: serde_json::Value) -> anyhow::Result<()> {
         let args = crate::spec_patch(&self.name, spec);
-        self.kube.call(&args.each_ref().map(String::as_str)).await?;
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
+        self.kube.call(&args).await?;
         Ok(())
     }
 
@@ -354,17 +355,28 @@ impl Target for KindTarget {
             .map(|p| format!("{}/{}", p.uid, p.restarts)))
     }
 
+    /// Rolls the operator's Deployment, setting or clearing the failpoint in
+    /// its pod template.
     async fn restart_operator(&mut self, failpoint: Option<&str>) -> anyhow::Result<()> {
-        anyhow::ensure!(
-            failpoint.is_none(),
-            "failpoints are not supported on kind: the chart sets the operator's environment"
-        );
-        let (kube, deployment) = (self.kube.clone(), self.operator.clone());
-        blocking(move || kube.rollout_restart(&deployment)).await
+        for args in crate::failpoint_rollout(&self.operator, failpoint) {
+            let args: Vec<&str> = args.iter().map(String::as_str).collect();
+            self.kube.call(&args).await?;
+        }
+        Ok(())
     }
 
+    /// The Deployment restarts an operator that exits: the sign is an
+    /// operator container whose current or last run ended with the
+    /// failpoint's exit code.
     async fn operator_exited(&mut self) -> anyhow::Result<bool> {
-        anyhow::bail!("not observable on kind: the Deployment restarts the operator")
+        let selector = "app.kubernetes.io/component=operator";
+        let list = self
+            .kube
+            .get_json(&["pods", "--selector", selector])
+            .await?
+            .unwrap_or_default();
+        let pods = list["items"].as_array().cloned().unwrap_or_default();
+        Ok(pods.iter().any(crate::ended_at_failpoint))
     }
 }
 

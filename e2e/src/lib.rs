@@ -98,6 +98,33 @@ pub trait Target {
     async fn operator_exited(&mut self) -> anyhow::Result<bool>;
 }
 
+/// The `kubectl` calls that roll the operator's Deployment `deployment` with
+/// the operator's failpoint set to `failpoint` (cleared with None), in order.
+pub fn failpoint_rollout(deployment: &str, failpoint: Option<&str>) -> [Vec<String>; 3] {
+    use raft_operator::reconcile::FAILPOINT_ENV;
+    let env = match failpoint {
+        Some(f) => format!("{FAILPOINT_ENV}={f}"),
+        None => format!("{FAILPOINT_ENV}-"),
+    };
+    let args = |a: &[&str]| a.iter().map(|s| s.to_string()).collect();
+    [
+        args(&["set", "env", deployment, &env]),
+        args(&["rollout", "restart", deployment]),
+        args(&["rollout", "status", deployment, "--timeout=90s"]),
+    ]
+}
+
+/// True when a container of `pod` (the API's JSON) ended, now or last time,
+/// with the operator's failpoint exit code.
+pub fn ended_at_failpoint(pod: &serde_json::Value) -> bool {
+    let code = serde_json::json!(raft_operator::reconcile::FAILPOINT_EXIT_CODE);
+    let statuses = pod["status"]["containerStatuses"].as_array();
+    statuses.into_iter().flatten().any(|c| {
+        c["state"]["terminated"]["exitCode"] == code
+            || c["lastState"]["terminated"]["exitCode"] == code
+    })
+}
+
 /// `kubectl` arguments that merge `spec` (JSON) into RaftCluster `name`'s spec.
 pub fn spec_patch(name: &str, spec: serde_json::Value) -> [String; 5] {
     [

@@ -115,7 +115,7 @@ impl LocalTarget {
             .stdout(log.try_clone()?)
             .stderr(log);
         if let Some(f) = failpoint {
-            cmd.env("RAFTLANE_FAILPOINT", f);
+            cmd.env(raft_operator::reconcile::FAILPOINT_ENV, f);
         }
         self.operator = Some(cmd.spawn().context("starting raft-operator")?);
         Ok(())

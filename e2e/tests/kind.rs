@@ -85,5 +85,14 @@ async fn scenarios_on_kind() {
         .unwrap();
     eprintln!("measured: every pod deleted to all back and agreeing on a leader: {took:?}");
 
+    let crashed = std::time::Instant::now();
+    scenarios::operator_crash_between_add_and_promote(&mut t)
+        .await
+        .unwrap();
+    eprintln!(
+        "measured: operator killed between add-learner and promote to 4 voters by the next one: {:?}",
+        crashed.elapsed()
+    );
+
     env.delete_cluster(t).await.unwrap();
 }

@@ -284,16 +284,20 @@ fn unhealthy_for(
         .collect()
 }
 
+/// The variable that arms [`crash_point`], and the code it exits with.
+pub const FAILPOINT_ENV: &str = "RAFTLANE_FAILPOINT";
+pub const FAILPOINT_EXIT_CODE: i32 = 3;
+
 /// Test hook, in both runtimes: `RAFTLANE_FAILPOINT=after-add-learner` ends the
 /// operator right after a learner was added, before it is promoted, as a crash
 /// there would; members keep running. End-to-end tests use it to prove the next
 /// operator resumes the operation.
 fn crash_point(done: &Action) {
     if matches!(done, Action::AddLearner { .. })
-        && std::env::var("RAFTLANE_FAILPOINT").is_ok_and(|f| f == "after-add-learner")
+        && std::env::var(FAILPOINT_ENV).is_ok_and(|f| f == "after-add-learner")
     {
         println!("failpoint after-add-learner: exiting");
-        std::process::exit(3);
+        std::process::exit(FAILPOINT_EXIT_CODE);
     }
 }
 

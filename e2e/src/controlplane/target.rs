@@ -34,10 +34,6 @@ fn restarts(p: &Pod) -> i32 {
         .map_or(0, |cs| cs.iter().map(|c| c.restart_count).sum())
 }
 
-/// The operator's failpoint switch and the exit code it ends the process with.
-const FAILPOINT_ENV: &str = "RAFTLANE_FAILPOINT";
-const FAILPOINT_EXIT_CODE: i32 = 3;
-
 /// One RaftCluster on the control plane.
 pub struct ControlPlaneTarget {
     client: Client,
@@ -145,7 +141,8 @@ impl Target for ControlPlaneTarget {
 
     async fn patch_spec(&mut self, spec: serde_json::Value) -> anyhow::Result<()> {
         let args = crate::spec_patch(&self.name, spec);
-        self.kube.call(&args.each_ref().map(String::as_str)).await?;
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
+        self.kube.call(&args).await?;
         Ok(())
     }
 
@@ -290,15 +287,10 @@ impl Target for ControlPlaneTarget {
     /// the same reconcile pass as the local runtime).
     async fn restart_operator(&mut self, failpoint: Option<&str>) -> anyhow::Result<()> {
         let deployment = format!("deployment/{}", super::env::RELEASE);
-        let env = match failpoint {
-            Some(f) => format!("{FAILPOINT_ENV}={f}"),
-            None => format!("{FAILPOINT_ENV}-"),
-        };
-        self.kube.call(&["set", "env", &deployment, &env]).await?;
-        self.kube.call(&["rollout", "restart", &deployment]).await?;
-        self.kube
-            .call(&["rollout", "status", &deployment, "--timeout=90s"])
-            .await?;
+        for args in crate::failpoint_rollout(&deployment, failpoint) {
+            let args: Vec<&str> = args.iter().map(String::as_str).collect();
+            self.kube.call(&args).await?;
+        }
         Ok(())
     }
 
@@ -311,20 +303,12 @@ impl Target for ControlPlaneTarget {
             .pods()
             .list(&kube::api::ListParams::default().labels(&selector))
             .await?;
-        Ok(list.items.iter().any(|p| {
-            let statuses = p
-                .status
-                .as_ref()
-                .and_then(|s| s.container_statuses.as_ref());
-            statuses.into_iter().flatten().any(|c| {
-                let ended = |s: &Option<k8s_openapi::api::core::v1::ContainerState>| {
-                    s.as_ref()
-                        .and_then(|s| s.terminated.as_ref())
-                        .is_some_and(|t| t.exit_code == FAILPOINT_EXIT_CODE)
-                };
-                ended(&c.state) || ended(&c.last_state)
-            })
-        }))
+        let pods = serde_json::to_value(&list.items)?;
+        Ok(pods
+            .as_array()
+            .into_iter()
+            .flatten()
+            .any(crate::ended_at_failpoint))
     }
 }
 
