@@ -105,9 +105,9 @@ pub struct NodeConfig {
     #[arg(long, env = "RAFTLANE_CONNECT_TIMEOUT_MS", default_value_t = 3_000)]
     pub connect_timeout_ms: u64,
     /// Refuse to start when the data dir holds no raft state, exiting with code
-    /// 66. The operator sets it once this member's volume has held state: a
-    /// wiped volume must not rejoin empty under its old id (it could vote for a
-    /// leader missing committed entries); the operator replaces the member.
+    /// 66. For a member whose data has held state: a wiped volume must not
+    /// rejoin empty under its old id (it could vote for a leader missing
+    /// committed entries); the operator replaces the member.
     #[arg(long, env = "RAFTLANE_EXPECT_STATE")]
     pub expect_state: bool,
     /// As --expect-state when this file reads `true` at startup. A fact that
@@ -117,6 +117,15 @@ pub struct NodeConfig {
     /// missing or unreadable file refuses the start.
     #[arg(long, env = "RAFTLANE_EXPECT_STATE_FILE")]
     pub expect_state_file: Option<PathBuf>,
+    /// A file outside the data dir that raft-node writes (fsynced) once its
+    /// data dir first holds raft state, and that makes every later start
+    /// expect state (as --expect-state) while it exists. It closes the window
+    /// before anyone else has recorded that this member holds state: put it
+    /// where a wipe of the data cannot reach (on Kubernetes an emptyDir of the
+    /// pod, which outlives container restarts and node reboots; locally a
+    /// file beside the data dir).
+    #[arg(long, env = "RAFTLANE_STATE_MARKER")]
+    pub state_marker: Option<PathBuf>,
     /// Largest snapshot accepted from a peer, bytes; never more than the data
     /// volume has free.
     #[arg(long, env = "RAFTLANE_MAX_SNAPSHOT_BYTES",
@@ -246,10 +255,18 @@ impl NodeConfig {
     }
 
     /// Whether this start must find raft state in the data dir: `--expect-state`,
-    /// or `--expect-state-file` reading `true` (surrounding white space ignored).
+    /// an existing `--state-marker`, or `--expect-state-file` reading `true`
+    /// (surrounding white space ignored).
     pub fn expects_state(&self) -> anyhow::Result<bool> {
         if self.expect_state {
             return Ok(true);
+        }
+        if let Some(marker) = &self.state_marker {
+            match std::fs::metadata(marker) {
+                Ok(_) => return Ok(true),
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+                Err(e) => anyhow::bail!("--state-marker {}: cannot read: {e}", marker.display()),
+            }
         }
         let Some(path) = &self.expect_state_file else {
             return Ok(false);

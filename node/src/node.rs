@@ -56,40 +56,23 @@ pub struct Bound {
     pub metrics: SocketAddr,
 }
 
-/// Writes `bound` to `path` (`--addrs-file`) as JSON, whole: a temporary file
-/// in the same folder, fsynced, renamed in, the folder fsynced. A reader sees
-/// the previous file or this one, never part of one.
+/// Writes `bound` to `path` (`--addrs-file`) as JSON, whole (see
+/// [`crate::storage::write_file_atomically`]).
 pub fn write_addrs_file(path: &std::path::Path, bound: &Bound) -> anyhow::Result<()> {
-    use std::io::Write;
-    let what = || format!("--addrs-file {}: cannot write", path.display());
     let body = serde_json::to_vec(&serde_json::json!({
         "peer": bound.peer.to_string(),
         "client": bound.client.to_string(),
         "admin": bound.admin.to_string(),
         "metrics": bound.metrics.to_string(),
     }))?;
-    let name = path.file_name().with_context(what)?;
-    let mut tmp_name = std::ffi::OsString::from(".");
-    tmp_name.push(name);
-    tmp_name.push(".tmp");
-    let tmp = path.with_file_name(tmp_name);
-    let mut f = std::fs::File::create(&tmp).with_context(what)?;
-    f.write_all(&body).with_context(what)?;
-    f.sync_all().with_context(what)?;
-    std::fs::rename(&tmp, path).with_context(what)?;
-    let dir = match path.parent() {
-        Some(d) if !d.as_os_str().is_empty() => d,
-        _ => std::path::Path::new("."),
-    };
-    std::fs::File::open(dir)
-        .and_then(|d| d.sync_all())
-        .with_context(what)?;
-    Ok(())
+    crate::storage::write_file_atomically(path, &body)
+        .with_context(|| format!("--addrs-file {}: cannot write", path.display()))
 }
 
 /// Opens storage, bootstrapping a new cluster or waiting to join, per the flags.
 ///
-/// When state is expected (`--expect-state`, `--expect-state-file`), a data dir
+/// When state is expected (`--expect-state`, `--expect-state-file`, an existing
+/// `--state-marker`), a data dir
 /// whose log holds no raft state ends the process with its own exit code: that
 /// code is how the operator learns the volume was wiped (and replaces the
 /// member), so it is not an error returned to `main`, which has one code for
@@ -153,6 +136,13 @@ fn open_storage(cfg: &NodeConfig) -> anyhow::Result<(LogStore, SnapshotStore)> {
         (false, false) => tracing::info!("data dir holds state: --initial-voters ignored"),
         (false, true) => tracing::info!("restarting from the data dir"),
     }
+    // Written now if the log holds state (a restart, a bootstrap), else
+    // with the first write that makes it so (a joiner's first term).
+    if let Some(marker) = &cfg.state_marker {
+        store
+            .mark_state_at(marker.clone())
+            .with_context(|| format!("--state-marker {}: cannot write", marker.display()))?;
+    }
     Ok((store, snapshots))
 }
 
@@ -160,9 +150,10 @@ fn open_storage(cfg: &NodeConfig) -> anyhow::Result<(LogStore, SnapshotStore)> {
 /// expected and the data dir holds none.
 fn refuse_wiped(cfg: &NodeConfig) -> ! {
     eprintln!(
-        "raft-node: --expect-state is set but --data-dir {} holds no raft state: \
-         the volume looks wiped; refusing to rejoin empty as member {} (the operator \
-         will replace this member: remove it, then add it back as a new learner)",
+        "raft-node: state is expected (--expect-state, --expect-state-file or an existing \
+         --state-marker) but --data-dir {} holds no raft state: the volume looks wiped; \
+         refusing to rejoin empty as member {} (the operator will replace this member: \
+         remove it, then add it back as a new learner)",
         cfg.data_dir.display(),
         cfg.id
     );

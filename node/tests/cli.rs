@@ -357,6 +357,48 @@ fn expect_state_on_an_empty_data_dir_exits_with_its_code_naming_flag_and_dir() {
     assert_eq!(code, 1, "{err}");
 }
 
+/// The window before the operator has recorded that a member holds state:
+/// raft-node's own marker, written as it bootstraps, makes the same start
+/// flags (initial voters included) refuse the wiped data dir.
+#[test]
+fn a_state_marker_written_at_bootstrap_refuses_a_wiped_restart_with_the_same_flags() {
+    let tmp = tempfile::tempdir().unwrap();
+    let data = tmp.path().join("data");
+    let marker = tmp.path().join("scratch").join("holds-state");
+    std::fs::create_dir_all(marker.parent().unwrap()).unwrap();
+    let flags = |d: &str, m: &str| -> Vec<String> {
+        [
+            &member_2_on(d)[..],
+            &["--initial-voters", "2", "--state-marker", m],
+        ]
+        .concat()
+        .iter()
+        .map(|s| s.to_string())
+        .collect()
+    };
+    let args = flags(data.to_str().unwrap(), marker.to_str().unwrap());
+    let mut first = Command::new(env!("CARGO_BIN_EXE_raft-node"))
+        .args(&args)
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    while !marker.exists() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "no marker within 20 s"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    first.kill().unwrap();
+    first.wait().unwrap();
+    std::fs::remove_dir_all(&data).unwrap();
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    let (code, err) = raft_node(&args);
+    assert_eq!(code, raft_node::config::EXPECT_STATE_EXIT_CODE, "{err}");
+    assert!(!data.exists(), "nothing bootstrapped again: {err}");
+}
+
 #[test]
 fn an_expect_state_file_that_is_missing_or_unclear_refuses_the_start_naming_it() {
     let tmp = tempfile::tempdir().unwrap();

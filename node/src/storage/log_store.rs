@@ -60,6 +60,9 @@ pub struct LogStore {
     snapshot_meta: SnapshotMetadata,
     /// Set when raft asked for a snapshot the stored one cannot serve.
     snapshot_wanted: AtomicBool,
+    /// Where to record, once, that this log holds raft state
+    /// (`--state-marker`); taken when written.
+    state_marker: Option<std::path::PathBuf>,
 }
 
 /// How long to wait for the log's lock file: a member recreated on its volume
@@ -88,6 +91,10 @@ fn open_engine(cfg: EngineConfig) -> raft::Result<Engine> {
     }
 }
 
+fn marker_err(e: std::io::Error) -> raft::Error {
+    raft::Error::Store(StorageError::Other(Box::new(e)))
+}
+
 fn engine_err(e: raft_engine::Error) -> raft::Error {
     raft::Error::Store(StorageError::Other(Box::new(e)))
 }
@@ -113,6 +120,7 @@ impl LogStore {
             hard_state,
             snapshot_meta,
             snapshot_wanted: AtomicBool::new(false),
+            state_marker: None,
         };
         if store.snapshot_meta.index == 0
             && (store.snapshot_meta.get_conf_state() != &ConfState::default()
@@ -141,6 +149,24 @@ impl LogStore {
         self.hard_state == HardState::default()
             && self.snapshot_meta == SnapshotMetadata::default()
             && self.engine.last_index(GROUP).is_none()
+    }
+
+    /// Writes `marker` once this log holds raft state: now if it does, else
+    /// right after the first write that makes it so.
+    pub fn mark_state_at(&mut self, marker: std::path::PathBuf) -> std::io::Result<()> {
+        self.state_marker = Some(marker);
+        self.note_state()
+    }
+
+    /// Writes the pending state marker if this log holds state now.
+    fn note_state(&mut self) -> std::io::Result<()> {
+        if self.is_fresh() {
+            return Ok(());
+        }
+        match self.state_marker.take() {
+            Some(path) => super::write_file_atomically(&path, b"true\n"),
+            None => Ok(()),
+        }
     }
 
     /// Bootstraps a new cluster: every initial voter starts from the same empty
@@ -203,6 +229,7 @@ impl LogStore {
         self.engine.write(&mut batch, true).map_err(engine_err)?;
         self.snapshot_meta = meta;
         self.hard_state = hs;
+        self.note_state().map_err(io)?;
         Ok(())
     }
 
@@ -230,7 +257,7 @@ impl LogStore {
         if let Some(hs) = hard_state {
             self.hard_state = hs.clone();
         }
-        Ok(())
+        self.note_state().map_err(marker_err)
     }
 
     /// Records a newer commit index. Not synced: a lost commit index is learned
@@ -260,7 +287,7 @@ impl LogStore {
         self.engine.write(&mut batch, true).map_err(engine_err)?;
         self.hard_state = hs;
         self.snapshot_meta = meta.clone();
-        Ok(())
+        self.note_state().map_err(marker_err)
     }
 
     /// Records a local snapshot and drops the entries it covers, except the last
@@ -426,6 +453,27 @@ mod tests {
         std::fs::create_dir_all(&other).unwrap();
         drop(bootstrapped(&other, &[1, 2, 3]));
         assert!(!LogStore::open(&other.join("raft")).unwrap().is_fresh());
+    }
+
+    #[test]
+    fn the_state_marker_is_written_with_the_first_state_and_not_before() {
+        let dir = tempfile::tempdir().unwrap();
+        let marker = dir.path().join("held");
+        let mut s = LogStore::open(&dir.path().join("raft")).unwrap();
+        s.mark_state_at(marker.clone()).unwrap();
+        assert!(!marker.exists(), "an empty log is no state");
+        let hs = HardState {
+            term: 1,
+            ..Default::default()
+        };
+        s.append(&[], Some(&hs), true).unwrap();
+        assert_eq!(std::fs::read_to_string(&marker).unwrap(), "true\n");
+        drop(s);
+        // A log that holds state already writes it at once.
+        std::fs::remove_file(&marker).unwrap();
+        let mut s = LogStore::open(&dir.path().join("raft")).unwrap();
+        s.mark_state_at(marker.clone()).unwrap();
+        assert!(marker.exists());
     }
 
     /// A store bootstrapped as one of `voters`, with its snapshot folder beside it.
