@@ -402,7 +402,8 @@ component_images() {
 	mapfile -t names < <("$K8S_BIN/kubeadm" config images list --kubernetes-version "$K8S_VERSION")
 	h="$({
 		printf '%s\n' "${names[@]}" "$LOCAL_PATH_IMAGE" "$BUSYBOX_IMAGE" "$RUNTIME_BASE" "$NODE_BASE"
-		sha256sum "$K8S_BIN"/* "$COREDNS_BIN" "$LOCAL_PATH_BIN" "$PAUSE_BIN"
+		# Contents only: a clone elsewhere (CI) has other paths, same bytes.
+		sha256sum "$K8S_BIN"/* "$COREDNS_BIN" "$LOCAL_PATH_BIN" "$PAUSE_BIN" | cut -d' ' -f1
 		cat "$ROOT/images/kind/iptables-wrapper"
 		declare -f component_images package_files
 	} | sha)"
@@ -488,7 +489,8 @@ node_image() {
 	local h
 	h="$({
 		echo "$NODE_BASE $K8S_VERSION"
-		sha256sum "$IMAGES_TAR" "$K8S_BIN/kubelet" "$K8S_BIN/kubeadm" "$K8S_BIN/kubectl" "$CRICTL_BIN"
+		sha256sum "$IMAGES_TAR" "$K8S_BIN/kubelet" "$K8S_BIN/kubeadm" "$K8S_BIN/kubectl" "$CRICTL_BIN" |
+			cut -d' ' -f1
 		storage_manifest
 		declare -f node_image storage_manifest
 	} | sha)"

@@ -107,6 +107,16 @@ async fn scenarios_on_control_plane() {
     );
     let keys = scenarios::create_three(&t).await.unwrap();
     scenarios::tls_closes_every_port(&t).await.unwrap();
+    checks::no_warnings_since(&env, &since, "create")
+        .await
+        .unwrap();
+    // First, on the pods the cluster was created with (no mark at creation,
+    // initial voters in their environment), then on a scale-up member.
+    let [initial, added] = scenarios::wiped_member_is_replaced(&mut t, &keys)
+        .await
+        .unwrap();
+    eprintln!("measured: volume wiped under a running member's pod, container killed, to all voters healthy again: initial member {initial:?}, scale-up member {added:?}");
+
     checks::tls_secrets_of(&env, &t.name, 3).await.unwrap();
 
     checks::printer_columns(&env, &t.name).await.unwrap();
@@ -116,12 +126,13 @@ async fn scenarios_on_control_plane() {
     checks::invalid_cluster_refused(&env).await.unwrap();
     operator_rbac(&env).await;
 
+    let since = jiff::Timestamp::now().to_string();
     t.scale_by = ScaleBy::Subresource;
     let took = scenarios::scale_up_to_five(&mut t, &keys).await.unwrap();
     eprintln!("measured: kubectl scale 3 to 5 voting members (1000 keys): {took:?}");
     t.scale_by = ScaleBy::Patch;
     scenarios::scale_down_to_three(&mut t, &keys).await.unwrap();
-    checks::no_warnings_since(&env, &since, "create, scale 3 to 5 and back")
+    checks::no_warnings_since(&env, &since, "scale 3 to 5 and back")
         .await
         .unwrap();
 
@@ -153,11 +164,6 @@ async fn scenarios_on_control_plane() {
         .await
         .unwrap();
     eprintln!("measured: member whose raft-node cannot start to replaced and healthy (after: 10s): {took:?}");
-
-    let [initial, added] = scenarios::wiped_member_is_replaced(&mut t, &keys)
-        .await
-        .unwrap();
-    eprintln!("measured: volume wiped under a running member's pod, container killed, to all voters healthy again: initial member {initial:?}, scale-up member {added:?}");
 
     let took = scenarios::lost_member_rejoins_empty(&mut t, &keys)
         .await

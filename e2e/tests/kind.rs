@@ -26,6 +26,13 @@ async fn scenarios_on_kind() {
     let mut t = env.create_cluster("e2e", 3).await.unwrap();
     let keys = scenarios::create_three(&t).await.unwrap();
     scenarios::tls_closes_every_port(&t).await.unwrap();
+    // First, on the pods the cluster was created with (no mark at creation,
+    // initial voters in their environment), then on a scale-up member.
+    let [initial, added] = scenarios::wiped_member_is_replaced(&mut t, &keys)
+        .await
+        .unwrap();
+    eprintln!("measured: volume wiped under a running member's pod, container killed, to all voters healthy again: initial member {initial:?}, scale-up member {added:?}");
+
     let took = real::container_restarts_in_place(&mut t, &keys)
         .await
         .unwrap();
@@ -69,11 +76,6 @@ async fn scenarios_on_kind() {
         .unwrap();
     eprintln!("measured: 100000 keys (a Job): {r}");
     env.delete_named("restored").await.unwrap();
-
-    let [initial, added] = scenarios::wiped_member_is_replaced(&mut t, &keys)
-        .await
-        .unwrap();
-    eprintln!("measured: volume wiped under a running member's pod, container killed, to all voters healthy again: initial member {initial:?}, scale-up member {added:?}");
 
     let took = scenarios::lost_member_rejoins_empty(&mut t, &keys)
         .await

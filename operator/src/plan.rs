@@ -127,7 +127,8 @@ pub struct Observed {
     /// Members whose storage exists, holding state or not yet confirmed to
     /// (`with_data` is part of it). A member of the membership without any
     /// has lost its data, and so has one whose storage was wiped in place:
-    /// raft-node refuses it (`--expect-state`) and the runtime retires it.
+    /// raft-node refuses it (state expected, none found) and the runtime
+    /// retires it.
     pub with_storage: BTreeSet<u64>,
     /// Set while a new cluster forms: the voters its members were started with.
     /// Cleared (in status) once a leader was seen; never inferred.

@@ -214,8 +214,11 @@ pub async fn pass<R: Runtime, H: Host>(
     }
     // A step a member refused for now (a learner still catching up) is
     // waited for, as the planner's own waits are: no failure, no back-off.
+    // Its figures (a learner's lag) change every pass: an event only when
+    // the reason itself changes.
     if let Some(why) = refused {
-        if current.operation.as_deref() != Some(why.as_str()) {
+        let words = |s: &str| s.replace(|c: char| c.is_ascii_digit(), "");
+        if current.operation.as_deref().map(words) != Some(words(&why)) {
             host.waiting(&why, false).await;
         }
         p.wait(why);

@@ -1130,8 +1130,6 @@ fn pod_env(pod: &Value) -> Vec<(String, String)> {
         .collect()
 }
 
-/// raft-node as the kubelet runs it from `pod`: its environment only, at
-/// this test's "pod IP" `ip`, on the data dir `data`.
 /// The entry called `name` of a JSON list of named things (volumes,
 /// mounts), or null.
 fn named<'a>(list: &'a Value, name: &str) -> &'a Value {
@@ -1140,10 +1138,12 @@ fn named<'a>(list: &'a Value, name: &str) -> &'a Value {
         .unwrap_or(&Value::Null)
 }
 
-/// raft-node as the pod would run it, with `scratch` standing in for its
-/// volumes: `scratch/data` for the data volume (not created), and
+/// raft-node as the kubelet runs it from `pod` (its environment only, at
+/// this test's "pod IP" `ip`), with `scratch` standing in for its
+/// volumes: `scratch/data` for the data volume (not created),
 /// `scratch/member-info` for the downward-API volume, rendered from the pod's
-/// annotations as a kubelet renders it.
+/// annotations as a kubelet renders it, and `scratch/member-scratch` for its
+/// emptyDir.
 fn pod_process(members: &Members, pod: &Value, ip: &str, scratch: &Path) -> std::process::Command {
     let id: u64 = env(pod, "RAFTLANE_ID").unwrap().parse().unwrap();
     // The Secret volume: this member's certificate from the members' CA.
@@ -1165,13 +1165,25 @@ fn pod_process(members: &Members, pod: &Value, ip: &str, scratch: &Path) -> std:
     }
     let info = info.display().to_string();
     let data = scratch.join("data").display().to_string();
+    let empty = scratch.join("member-scratch");
+    std::fs::create_dir_all(&empty).unwrap();
+    let empty_mount = named(
+        &pod["spec"]["containers"][0]["volumeMounts"],
+        "member-scratch",
+    );
+    let empty_mount = empty_mount["mountPath"]
+        .as_str()
+        .expect("its mount")
+        .to_string();
+    let empty = empty.display().to_string();
     let mut cmd = std::process::Command::new(members.bin());
     cmd.env_clear()
         .envs(pod_env(pod).into_iter().map(|(k, v)| {
             let v = v
                 .replace("[::]", ip)
                 .replace(TLS_DIR, &tls_dir)
-                .replace(&mount, &info);
+                .replace(&mount, &info)
+                .replace(&empty_mount, &empty);
             match k.as_str() {
                 "RAFTLANE_DATA_DIR" => (k, data.clone()),
                 _ => (k, v),

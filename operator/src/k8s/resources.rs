@@ -41,6 +41,9 @@ pub const HOLDS_STATE_ANNOTATION: &str = "raftlane.io/holds-state";
 /// volume), read by raft-node at every start as `--expect-state-file`.
 const MEMBER_INFO_DIR: &str = "/etc/raftlane/member";
 const HOLDS_STATE_FILE: &str = "holds-state";
+/// A member pod's own scratch volume (emptyDir: it outlives container restarts
+/// and node reboots, not the pod), where raft-node writes its state marker.
+const MEMBER_SCRATCH_DIR: &str = "/var/run/raftlane";
 /// The raft-node container of a member pod.
 pub const CONTAINER: &str = "raft-node";
 /// Where member data lives in the container.
@@ -422,16 +425,21 @@ pub fn container_security() -> serde_json::Value {
 /// the operator pushes pod IPs once members run. `initial_voters` is set only
 /// for the members that form a new cluster.
 ///
-/// Whether raft-node must find state on the volume is not in the pod's
-/// environment, which is fixed when the pod is created: the kubelet restarts
-/// the container with it for the pod's whole life, and a member's volume
-/// holds state only after its first start. It is the pod's own
-/// [`HOLDS_STATE_ANNOTATION`] instead, set at creation when the volume is
-/// known to hold state (`holds_state`) and added to a running pod as soon as
-/// it does; a downward-API volume shows the current value, and raft-node reads
-/// it at every start. The kubelet refreshes such a volume when it syncs the
-/// updated pod, which a container restart waits for, so container restarts,
-/// node reboots and a volume swapped under the pod all see it.
+/// Whether raft-node must find state on the volume cannot live in the pod's
+/// environment alone, which is fixed when the pod is created (the kubelet
+/// restarts the container with it for the pod's whole life) while a member's
+/// volume holds state only after its first start. Three things say it:
+/// - raft-node's own state marker (`--state-marker`) on the pod's emptyDir,
+///   written the moment its data first holds state, before anyone else could
+///   know: a container restart or a node reboot within the pod finds it;
+/// - the pod's [`HOLDS_STATE_ANNOTATION`], added to a running pod once the
+///   operator sees the member's state and projected by a downward-API volume
+///   (`--expect-state-file`, read at every start; the kubelet refreshes it
+///   when it syncs the updated pod): it also covers a volume swapped under
+///   the pod;
+/// - for a pod created on a volume already known to hold state
+///   (`holds_state`), `--expect-state` in its environment, which every
+///   raft-node version reads.
 pub fn member_pod(
     rc: &RaftCluster,
     id: u64,
@@ -463,7 +471,11 @@ pub fn member_pod(
         },
         peers: &peers,
         initial_voters,
-        expect_state: ExpectState::File(format!("{MEMBER_INFO_DIR}/{HOLDS_STATE_FILE}")),
+        expect_state: match holds_state {
+            true => ExpectState::Yes,
+            false => ExpectState::File(format!("{MEMBER_INFO_DIR}/{HOLDS_STATE_FILE}")),
+        },
+        state_marker: Some(format!("{MEMBER_SCRATCH_DIR}/{HOLDS_STATE_FILE}")),
         addrs_file: None,
         restore_from: spec
             .restore
@@ -541,6 +553,7 @@ pub fn member_pod(
                 "volumeMounts": [
                     {"name": "data", "mountPath": DATA_DIR},
                     {"name": "member-info", "mountPath": MEMBER_INFO_DIR, "readOnly": true},
+                    {"name": "member-scratch", "mountPath": MEMBER_SCRATCH_DIR},
                 ],
             }],
             "volumes": [
@@ -551,6 +564,7 @@ pub fn member_pod(
                         "fieldPath": format!("metadata.annotations['{HOLDS_STATE_ANNOTATION}']"),
                     },
                 }]}},
+                {"name": "member-scratch", "emptyDir": {"sizeLimit": "1Mi"}},
             ],
         },
     });

@@ -42,7 +42,7 @@ pub struct KubeRuntime {
 
 struct Volume {
     name: String,
-    /// A member answered from it: it holds that member's raft state.
+    /// Marked once its member's `Status` showed raft state: it holds it.
     holds_state: bool,
     /// The claim as listed (or created), for volume growth.
     claim: PersistentVolumeClaim,

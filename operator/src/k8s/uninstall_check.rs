@@ -39,10 +39,14 @@ pub async fn run(namespace: Option<&str>) -> anyhow::Result<()> {
         Some(ns) => Api::namespaced(client, ns),
         None => Api::all(client),
     };
-    let list = api
-        .list_metadata(&ListParams::default())
-        .await
-        .context("listing RaftClusters")?;
+    let list = match api.list_metadata(&ListParams::default()).await {
+        // The CRD is gone already: so is every RaftCluster.
+        Err(kube::Error::Api(e)) if e.code == 404 => {
+            println!("no RaftCluster CRD: the uninstall may proceed");
+            return Ok(());
+        }
+        r => r.context("listing RaftClusters (helm uninstall --no-hooks skips this check)")?,
+    };
     let left: Vec<String> = list
         .items
         .iter()

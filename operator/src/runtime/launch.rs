@@ -93,6 +93,10 @@ pub struct Launch<'a> {
     /// Once the member's storage has held state, raft-node refuses an empty
     /// data dir (a wiped volume) instead of rejoining empty.
     pub expect_state: ExpectState,
+    /// A file outside the data where raft-node records, as soon as its data
+    /// first holds raft state, that it does; every later start finding it
+    /// expects state (before any runtime has seen the member's state).
+    pub state_marker: Option<String>,
     /// Where raft-node writes the addresses it bound, once it has (how ports
     /// asked for as 0 are learned): only the local runtime sets it.
     pub addrs_file: Option<String>,
@@ -147,6 +151,9 @@ impl Launch<'_> {
             ExpectState::No => {}
             ExpectState::Yes => out.push(Setting::switch("expect-state")),
             ExpectState::File(f) => out.push(Setting::new("expect-state-file", f)),
+        }
+        if let Some(f) = &self.state_marker {
+            out.push(Setting::new("state-marker", f));
         }
         if let Some(f) = &self.addrs_file {
             out.push(Setting::new("addrs-file", f));
@@ -216,6 +223,7 @@ mod tests {
             peers,
             initial_voters: Some(voters),
             expect_state: ExpectState::Yes,
+            state_marker: Some("/scratch/holds-state".into()),
             addrs_file: Some("/state/member-2.addrs".into()),
             restore_from: Some("/restore/nightly.rlb".into()),
             raft,

@@ -10,10 +10,10 @@
 //! the processes it left running instead of starting them twice. A member deleted
 //! after leaving the membership has its data dir retired (renamed, kept).
 //!
-//! Once a member's `Status` shows raft state, `member-<id>.holds-state`
-//! records it, outside the data dir so that a wipe cannot erase it; the
-//! operator starts every process itself, so each start after that is given
-//! `--expect-state`. A child that exits with
+//! Each member is started with `--state-marker <state>/member-<id>.holds-state`:
+//! raft-node writes it as soon as its data dir holds raft state, outside the
+//! data dir so that a wipe cannot erase it, and every later start that finds
+//! it expects state. A child that exits with
 //! [`WIPED_EXIT_CODE`] found its data dir empty: its storage is retired, so the
 //! planner sees a member without storage (data lost) and replaces it.
 
@@ -521,8 +521,8 @@ impl LocalRuntime {
         self.dir.join(format!("member-{id}"))
     }
 
-    /// Present once member `id`'s `Status` showed raft state (see
-    /// [`Runtime::record_state`]); beside the data dir, so a wiped one is told.
+    /// Written by member `id`'s raft-node (`--state-marker`) once its data dir
+    /// holds raft state; beside the data dir, so a wiped one is told.
     fn marker_path(&self, id: u64) -> PathBuf {
         self.dir.join(format!("member-{id}.holds-state"))
     }
@@ -762,10 +762,10 @@ impl Runtime for LocalRuntime {
             },
             peers,
             initial_voters,
-            expect_state: match self.marker_path(id).exists() {
-                true => ExpectState::Yes,
-                false => ExpectState::No,
-            },
+            // raft-node writes the marker itself once its data holds state,
+            // and expects state at every start that finds it.
+            expect_state: ExpectState::No,
+            state_marker: Some(self.marker_path(id).display().to_string()),
             addrs_file: Some(addrs_file.display().to_string()),
             restore_from: self.restore.as_ref().map(|f| f.display().to_string()),
             raft: &self.raft,
@@ -847,15 +847,9 @@ impl Runtime for LocalRuntime {
         Ok(())
     }
 
-    /// Marks the members that hold state with a file beside their data dir,
-    /// which outlives a wiped data dir.
-    async fn record_state(&mut self, holding: &BTreeSet<u64>) -> anyhow::Result<()> {
-        for id in holding {
-            let marker = self.marker_path(*id);
-            if !marker.exists() && self.data_dir(*id).exists() {
-                fs::write(&marker, b"").with_context(|| format!("writing {}", marker.display()))?;
-            }
-        }
+    /// Nothing to record: raft-node writes `member-<id>.holds-state` itself
+    /// (`--state-marker`) as soon as its data holds state.
+    async fn record_state(&mut self, _holding: &BTreeSet<u64>) -> anyhow::Result<()> {
         Ok(())
     }
 

@@ -8,8 +8,9 @@ use std::collections::{BTreeMap, BTreeSet};
 
 use crate::plan::Member;
 
-/// raft-node's exit code when `--expect-state` (set once a member's storage
-/// has held state) finds its data dir empty: the storage was wiped. A runtime
+/// raft-node's exit code when it expects state (its own `--state-marker`, or
+/// the runtime's mark that the member's storage held state) and finds its
+/// data dir empty: the storage was wiped. A runtime
 /// that sees it retires that storage, so the planner finds the member without
 /// any and treats it as one whose data is lost (removed, then added back).
 pub const WIPED_EXIT_CODE: i32 = 66;
@@ -40,10 +41,10 @@ pub trait Runtime {
     /// so that every later start of theirs expects it.
     async fn record_state(&mut self, holding: &BTreeSet<u64>) -> anyhow::Result<()>;
     /// Members whose data holds raft state, running or not (as of the last
-    /// `list`), or held it before being wiped: members are started on it with
-    /// `--expect-state`, so a wiped one refuses to start. It may miss a member
-    /// whose state was never confirmed (that only means initial voters it will
-    /// ignore); it never names one that never held state.
+    /// `list`), or held it before being wiped: they are never given initial
+    /// voters again, and a wiped one refuses to start. It may miss a member
+    /// whose state was not recorded yet; raft-node's own state marker covers
+    /// that window. It never names one that never held state.
     fn with_data(&self) -> anyhow::Result<BTreeSet<u64>>;
     /// Members whose storage exists (as of the last `list`), with state or not.
     fn with_storage(&self) -> anyhow::Result<BTreeSet<u64>>;
