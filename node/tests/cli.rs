@@ -39,21 +39,7 @@ fn raftctl_env(args: &[&str], env: &[(&str, std::path::PathBuf)]) -> (i32, Strin
 fn malformed_flags_are_refused_naming_the_flag() {
     let dir = tempfile::tempdir().unwrap();
     let d = dir.path().to_str().unwrap();
-    let base = [
-        "--cluster-id",
-        "c",
-        "--data-dir",
-        d,
-        "--peer-addr",
-        "127.0.0.1:0",
-        "--client-addr",
-        "127.0.0.1:0",
-        "--admin-addr",
-        "127.0.0.1:0",
-        "--metrics-addr",
-        "127.0.0.1:0",
-        "--insecure-plaintext",
-    ];
+    let base = flags_on(d);
     let cases: &[(&[&str], &str)] = &[
         (&["--id", "0"], "--id"),
         (&["--id", "x"], "--id"),
@@ -293,9 +279,13 @@ async fn raftctl_finds_the_local_state_dirs_certificate_and_a_client_one_may_not
 
 /// raft-node's flags for member 2 of cluster `c` on `dir`, any port.
 fn member_2_on(dir: &str) -> Vec<&str> {
+    [&["--id", "2"][..], &flags_on(dir)].concat()
+}
+
+/// raft-node's flags, but the id, for a member of cluster `c` on `dir`, any
+/// port, plaintext.
+fn flags_on(dir: &str) -> Vec<&str> {
     vec![
-        "--id",
-        "2",
         "--cluster-id",
         "c",
         "--data-dir",
