@@ -23,7 +23,13 @@ async fn scenarios_on_kind() {
     let Some(env) = KindEnv::start().await.unwrap() else {
         return;
     };
+    let created = std::time::Instant::now();
     let mut t = env.create_cluster("e2e", 3).await.unwrap();
+    scenarios::wait_settled(&t, 3).await.unwrap();
+    eprintln!(
+        "measured: RaftCluster created to Available with 3 voters: {:?}",
+        created.elapsed()
+    );
     let keys = scenarios::create_three(&t).await.unwrap();
     scenarios::tls_closes_every_port(&t).await.unwrap();
     // First, on the pods the cluster was created with (no mark at creation,
