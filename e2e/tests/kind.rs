@@ -93,14 +93,10 @@ async fn scenarios_on_kind() {
         .unwrap();
     eprintln!("measured: every pod deleted to all back and agreeing on a leader: {took:?}");
 
-    let crashed = std::time::Instant::now();
-    scenarios::operator_crash_between_add_and_promote(&mut t)
-        .await
-        .unwrap();
-    eprintln!(
-        "measured: operator killed between add-learner and promote to 4 voters by the next one: {:?}",
-        crashed.elapsed()
-    );
+    // Not the failpoint scenario: on kind the crashed operator's container is
+    // restarted in the same pod, holds the same Lease identity and promotes
+    // the learner before the test can see the crash (seen: "promoted before
+    // the crash"); the scenario needs another way to order the two.
 
     env.delete_cluster(t).await.unwrap();
 }
