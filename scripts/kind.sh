@@ -75,10 +75,14 @@ log() { echo "kind: $*" >&2; }
 die() { log "$*"; exit 1; }
 # Runs "$@" and prints its wall time under a phase name.
 timed() {
-	local what="$1" t0=$SECONDS
+	local what="$1" t0=$SECONDS rc=0
 	shift
-	"$@"
+	# The command's failure is the caller's: a caller on the left of `||`
+	# runs without errexit, and a failed step must not go on (a debootstrap
+	# cut short once yielded a 15 kB "node base" under the good tag).
+	"$@" || rc=$?
 	log "$what: $((SECONDS - t0)) s"
+	return "$rc"
 }
 sha() { sha256sum | cut -c1-16; }
 # Waits up to $1 seconds for "${@:2}" to succeed.
