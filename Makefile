@@ -31,7 +31,7 @@ unit:
 # Every phase prints its wall time (scripts/phase.sh); the kind suite runs
 # wherever a Docker engine can be started (it prints one skip line elsewhere).
 PHASE := bash scripts/phase.sh
-test:
+test: # lint, unit, manifests, e2e-controlplane, e2e-kind; each phase timed
 	$(PHASE) lint $(MAKE) --no-print-directory lint
 	$(PHASE) unit $(MAKE) --no-print-directory unit
 	$(PHASE) manifests $(MAKE) --no-print-directory manifests
