@@ -3,7 +3,7 @@ SHELL := /bin/bash
 CARGO ?= cargo
 STATE ?= .raftlane
 
-.PHONY: all build release test lint fmt unit bench soak crds manifests images e2e-kind e2e-controlplane controlplane run down clean
+.PHONY: all build release test lint deny deny-advisories fuzz fmt unit bench soak crds manifests images e2e-kind e2e-controlplane controlplane run down clean
 
 all: build
 
@@ -19,6 +19,18 @@ fmt:
 lint:
 	$(CARGO) fmt --all -- --check
 	$(CARGO) clippy --workspace --all-targets -- -D warnings
+	$(MAKE) --no-print-directory deny
+
+# Licenses, banned crates, duplicate versions (warnings) and sources of the
+# dependency graph, as deny.toml says; cargo-deny is built from crates.io by
+# scripts/tools.sh into .tools/ (cold ~8 min on 2 cores, reused after).
+deny:
+	"$$(bash scripts/tools.sh cargo-deny)" --workspace check --hide-inclusion-graph licenses bans sources
+
+# RustSec advisories: needs github.com (the database is a git repository), so
+# it is not part of `make test` (see deny.toml).
+deny-advisories:
+	"$$(bash scripts/tools.sh cargo-deny)" --workspace check --hide-inclusion-graph advisories
 
 # Unit and integration tests: real processes, sockets and fsync on loopback.
 unit:
