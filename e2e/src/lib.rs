@@ -6,6 +6,7 @@
 
 pub mod controlplane;
 pub mod kind;
+pub mod kube_target;
 pub mod local;
 pub mod manifests;
 pub mod scenarios;

@@ -14,8 +14,7 @@ use raft_operator::crd::RaftCluster;
 use raftlane_e2e::controlplane::env::NAMESPACE;
 use raftlane_e2e::controlplane::servers::client_from;
 use raftlane_e2e::controlplane::{checks, ControlPlaneEnv};
-use raftlane_e2e::kind::ScaleBy;
-use raftlane_e2e::scenarios;
+use raftlane_e2e::{kube_target, scenarios};
 
 /// Bounds the whole suite, the Go build of a cold machine included.
 const WHOLE_RUN: Duration = Duration::from_secs(80 * 60);
@@ -100,22 +99,12 @@ async fn scenarios_on_control_plane() {
     let created = Instant::now();
     let since = jiff::Timestamp::now().to_string();
     let mut t = env.create_cluster("e2e", 3).await.unwrap();
-    scenarios::wait_settled(&t, 3).await.unwrap();
-    eprintln!(
-        "measured: RaftCluster created to Available with 3 voters: {:?}",
-        created.elapsed()
-    );
-    let keys = scenarios::create_three(&t).await.unwrap();
-    scenarios::tls_closes_every_port(&t).await.unwrap();
+    kube_target::settled_since(&t, created).await.unwrap();
+    let keys = kube_target::first_checks(&mut t).await.unwrap();
     checks::no_warnings_since(&env, &since, "create")
         .await
         .unwrap();
-    // First, on the pods the cluster was created with (no mark at creation,
-    // initial voters in their environment), then on a scale-up member.
-    let [initial, added] = scenarios::wiped_member_is_replaced(&mut t, &keys)
-        .await
-        .unwrap();
-    eprintln!("measured: volume wiped under a running member's pod, container killed, to all voters healthy again: initial member {initial:?}, scale-up member {added:?}");
+    kube_target::wiped_volumes(&mut t, &keys).await.unwrap();
 
     checks::tls_secrets_of(&env, &t.name, 3).await.unwrap();
 
@@ -127,53 +116,12 @@ async fn scenarios_on_control_plane() {
     operator_rbac(&env).await;
 
     let since = jiff::Timestamp::now().to_string();
-    t.scale_by = ScaleBy::Subresource;
-    let took = scenarios::scale_up_to_five(&mut t, &keys).await.unwrap();
-    eprintln!("measured: kubectl scale 3 to 5 voting members (1000 keys): {took:?}");
-    t.scale_by = ScaleBy::Patch;
-    scenarios::scale_down_to_three(&mut t, &keys).await.unwrap();
+    kube_target::scale_suite(&mut t, &keys).await.unwrap();
     checks::no_warnings_since(&env, &since, "scale 3 to 5 and back")
         .await
         .unwrap();
 
-    let took = scenarios::kill_member_comes_back(&mut t, false, &keys)
-        .await
-        .unwrap();
-    eprintln!("measured: follower pod deleted to peers updated in place and the leader streaming to its new IP: {took:?}");
-    let took = scenarios::kill_member_comes_back(&mut t, true, &keys)
-        .await
-        .unwrap();
-    eprintln!("measured: leader pod deleted to peers updated in place and the leader streaming to its new IP: {took:?}");
-
-    scenarios::paused_cluster_is_left_alone(&mut t, &keys)
-        .await
-        .unwrap();
-    eprintln!("checked: paused, a deleted follower pod stays gone for 6 s; unpaused, it is back");
-
-    scenarios::rollouts(&mut t, &keys, "member pods")
-        .await
-        .unwrap();
-
-    let r = scenarios::backup_and_restore(&mut t, 100_000)
-        .await
-        .unwrap();
-    eprintln!("measured: 100000 keys (a Job): {r}");
-    env.delete_cluster("restored").await.unwrap();
-
-    let took = scenarios::failed_member_is_replaced(&mut t, &keys)
-        .await
-        .unwrap();
-    eprintln!("measured: member whose raft-node cannot start to replaced and healthy (after: 10s): {took:?}");
-
-    let took = scenarios::lost_member_rejoins_empty(&mut t, &keys)
-        .await
-        .unwrap();
-    eprintln!("measured: PVC and pod deleted to three healthy voters again: {took:?}");
-
-    let took = scenarios::all_members_killed_recover(&mut t, &keys)
-        .await
-        .unwrap();
-    eprintln!("measured: every pod deleted to all back and agreeing on a leader: {took:?}");
+    kube_target::member_suite(&mut t, &keys).await.unwrap();
 
     let took = checks::wiped_volume_is_replaced(&env, &mut t, &keys)
         .await

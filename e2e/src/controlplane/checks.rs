@@ -17,6 +17,7 @@ use raft_operator::naming::conditions::{AVAILABLE, DEGRADED, PROGRESSING};
 
 use super::env::{ControlPlaneEnv, NAMESPACE, RELEASE};
 use crate::kind::cmd::{blocking, output};
+use crate::kube_target::Kubectl as _;
 use crate::wait_for;
 
 const HANDOVER: Duration = Duration::from_secs(60);
@@ -382,13 +383,7 @@ pub async fn wiped_volume_is_replaced(
     .await?;
     wait_for("a fresh volume for the member", OPERATION, || async {
         let p = t.pod(victim).await?;
-        Ok(p.and_then(|p| p.spec)
-            .and_then(|s| s.volumes)
-            .into_iter()
-            .flatten()
-            .find_map(|v| v.persistent_volume_claim)
-            .filter(|c| c.claim_name != claim)
-            .map(|_| ()))
+        Ok(p.and_then(|p| p.claim).filter(|c| *c != claim).map(|_| ()))
     })
     .await?;
     crate::scenarios::wait_settled(t, 3).await?;

@@ -14,8 +14,6 @@ use std::process::Command;
 use std::time::{Duration, Instant};
 
 use anyhow::Context;
-use k8s_openapi::api::core::v1::Pod;
-use kube::api::{Api, ListParams};
 use kube::Client;
 
 use super::kubectl::Kubectl;
@@ -23,17 +21,15 @@ use super::kubelet::{ImageBinary, Kubelet, KubeletConfig};
 use super::servers::ControlPlane;
 use super::target::ControlPlaneTarget;
 use crate::kind::cmd::{blocking, output, run_shown};
-use crate::wait_for;
+pub use crate::kube_target::RELEASE;
+use crate::kube_target::{delete_raftcluster, Kubectl as _};
 
 /// Where the operator runs and watches, and the RaftClusters live.
 pub const NAMESPACE: &str = "raftlane-e2e";
-/// The chart's release; its Deployment carries `app.kubernetes.io/instance=<it>`.
-pub const RELEASE: &str = "raft-operator";
 pub const NODE: &str = "raftlane-e2e-node";
 /// Bound on a cold build of the three binaries (measured 393 s on 2 cores
 /// with empty Go caches, 567 s while other builds ran).
 const GO_BUILD: Duration = Duration::from_secs(60 * 60);
-const PODS_GONE: Duration = Duration::from_secs(120);
 
 /// Where kube-controller-manager's host-path provisioner makes PV directories.
 const HOSTPATH_PV_DIR: &str = "/tmp/hostpath_pv/";
@@ -258,31 +254,12 @@ impl ControlPlaneEnv {
         yaml: &str,
     ) -> anyhow::Result<ControlPlaneTarget> {
         self.apply_text(&format!("{name}.yaml"), yaml).await?;
-        Ok(ControlPlaneTarget::new(
-            self.client.clone(),
-            self.kube.clone(),
-            name,
-        ))
+        ControlPlaneTarget::new(self.kube.clone(), name)
     }
 
     /// `kubectl delete raftcluster`, then waits until its pods are gone.
     pub async fn delete_cluster(&self, name: &str) -> anyhow::Result<()> {
-        self.kube
-            .call(&[
-                "delete",
-                "raftcluster",
-                name,
-                "--ignore-not-found",
-                "--timeout=120s",
-            ])
-            .await?;
-        let pods: Api<Pod> = Api::namespaced(self.client.clone(), NAMESPACE);
-        let selector = format!("app.kubernetes.io/instance={name}");
-        wait_for(&format!("the pods of {name} gone"), PODS_GONE, || async {
-            let list = pods.list(&ListParams::default().labels(&selector)).await?;
-            Ok(list.items.is_empty().then_some(()))
-        })
-        .await
+        delete_raftcluster(&self.kube, name).await
     }
 
     /// The directory of a running pod's files as the process kubelet laid them out.

@@ -6,7 +6,7 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::Duration;
 
-use crate::kind::cmd::{blocking, output};
+use crate::kind::cmd::output;
 
 /// Bound on one kubectl call: above the longest `--timeout` a call passes
 /// (120 s), so kubectl's own timeout speaks first.
@@ -66,9 +66,10 @@ impl Kubectl {
     pub fn run(&self, args: &[&str]) -> anyhow::Result<String> {
         output(&mut self.command(args), CALL)
     }
+}
 
-    pub async fn call(&self, args: &[&str]) -> anyhow::Result<String> {
-        let mut cmd = self.command(args);
-        blocking(move || output(&mut cmd, CALL)).await
+impl crate::kube_target::Kubectl for Kubectl {
+    fn command(&self, args: &[&str]) -> Command {
+        Kubectl::command(self, args)
     }
 }

@@ -1,98 +1,53 @@
-//! [`Target`] on the real control plane: user actions through kubectl
-//! (`kubectl scale`, `kubectl patch`, `kubectl delete pod --force`), reads
-//! through the API. Members are reached at their pod IPs (127.1.x.y), which
-//! are routable here, so no port-forward is needed.
+//! [`Target`] on the real control plane: user actions and reads through
+//! kubectl, the same as on kind ([`KubeCore`]). Members are reached at their
+//! pod IPs (127.1.x.y), which are routable here, so no port-forward is
+//! needed; their processes and host-path volumes are on this host.
+
+use std::path::PathBuf;
 
 use anyhow::Context;
-use k8s_openapi::api::core::v1::{Pod, Secret};
-use kube::api::Api;
-use kube::Client;
-use raft_operator::backup::{RaftClusterBackup, RaftClusterBackupStatus};
-use raft_operator::crd::{RaftCluster, RaftClusterStatus};
+use raft_operator::backup::RaftClusterBackupStatus;
+use raft_operator::crd::RaftClusterStatus;
 use raftlane_tls::Dialer;
 
-use super::env::NAMESPACE;
 use super::kubectl::Kubectl;
-use crate::kind::ScaleBy;
+use crate::kube_target::{delete_raftcluster, KubeCore, KubeTarget, MemberPod, ScaleBy};
 use crate::manifests;
 use crate::Target;
 
-use raft_operator::naming::{member_name, ADMIN_PORT, CLIENT_PORT};
-
-/// Phase Running, not being deleted, with an IP: its ports answer.
-fn running_ip(p: &Pod) -> Option<String> {
-    let s = p.status.as_ref()?;
-    (s.phase.as_deref() == Some("Running") && p.metadata.deletion_timestamp.is_none())
-        .then(|| s.pod_ip.clone())
-        .flatten()
-}
-
-fn restarts(p: &Pod) -> i32 {
-    p.status
-        .as_ref()
-        .and_then(|s| s.container_statuses.as_ref())
-        .map_or(0, |cs| cs.iter().map(|c| c.restart_count).sum())
-}
+use raft_operator::naming::{ADMIN_PORT, CLIENT_PORT};
 
 /// One RaftCluster on the control plane.
 pub struct ControlPlaneTarget {
-    client: Client,
-    kube: Kubectl,
+    core: KubeCore<Kubectl>,
     pub name: String,
-    /// The way the next [`Target::scale`] edits the resource.
-    pub scale_by: ScaleBy,
 }
 
 impl ControlPlaneTarget {
-    pub fn new(client: Client, kube: Kubectl, name: &str) -> ControlPlaneTarget {
+    pub fn new(kube: Kubectl, name: &str) -> anyhow::Result<ControlPlaneTarget> {
+        Ok(ControlPlaneTarget::of(KubeCore::new(kube, name)?))
+    }
+
+    fn of(core: KubeCore<Kubectl>) -> ControlPlaneTarget {
         ControlPlaneTarget {
-            client,
-            kube,
-            name: name.into(),
-            scale_by: ScaleBy::Subresource,
+            name: core.name.clone(),
+            core,
         }
     }
 
-    fn pods(&self) -> Api<Pod> {
-        Api::namespaced(self.client.clone(), NAMESPACE)
-    }
-
-    pub async fn pod(&self, id: u64) -> anyhow::Result<Option<Pod>> {
-        Ok(self.pods().get_opt(&member_name(&self.name, id)).await?)
+    pub async fn pod(&self, id: u64) -> anyhow::Result<Option<MemberPod>> {
+        self.core.pod(id).await
     }
 
     /// The PVC member `id`'s pod mounts.
     pub async fn claim(&self, id: u64) -> anyhow::Result<String> {
-        let pod = self
-            .pod(id)
-            .await?
-            .with_context(|| format!("member {id} has no pod"))?;
-        pod.spec
-            .iter()
-            .flat_map(|s| s.volumes.iter().flatten())
-            .find_map(|v| v.persistent_volume_claim.as_ref())
-            .map(|c| c.claim_name.clone())
-            .with_context(|| format!("member {id}'s pod has no volume claim"))
+        self.core.claim(id).await
     }
 
     /// The host directory behind PVC `claim` (the controller-manager's
     /// host-path provisioner makes them under /tmp/hostpath_pv).
-    pub async fn volume_dir(&self, claim: &str) -> anyhow::Result<std::path::PathBuf> {
-        use k8s_openapi::api::core::v1::{PersistentVolume, PersistentVolumeClaim};
-        let claims: Api<PersistentVolumeClaim> = Api::namespaced(self.client.clone(), NAMESPACE);
-        let pv = claims
-            .get(claim)
-            .await?
-            .spec
-            .and_then(|s| s.volume_name)
-            .with_context(|| format!("{claim} not bound"))?;
-        let dir = Api::<PersistentVolume>::all(self.client.clone())
-            .get(&pv)
-            .await?
-            .spec
-            .and_then(|s| s.host_path)
-            .map(|h| std::path::PathBuf::from(h.path))
-            .with_context(|| format!("{pv} is not host-path"))?;
+    pub async fn volume_dir(&self, claim: &str) -> anyhow::Result<PathBuf> {
+        let dir = PathBuf::from(self.core.volume_dir(claim).await?);
         anyhow::ensure!(
             dir.starts_with("/tmp/hostpath_pv"),
             "unexpected PV dir {dir:?}"
@@ -100,50 +55,34 @@ impl ControlPlaneTarget {
         Ok(dir)
     }
 
-    /// `kubectl apply` of `manifest`, written as `<stem>.json` beside the
-    /// admin kubeconfig (the suite's state directory).
-    async fn apply(&self, stem: &str, manifest: &serde_json::Value) -> anyhow::Result<()> {
-        let path = self.kube.kubeconfig.with_file_name(format!("{stem}.json"));
-        std::fs::write(&path, serde_json::to_vec_pretty(manifest)?)
-            .with_context(|| format!("writing {}", path.display()))?;
-        let path = path.display().to_string();
-        self.kube.call(&["apply", "-f", &path]).await?;
-        Ok(())
-    }
-
     async fn member_addr(&self, id: u64, port: u16) -> anyhow::Result<Option<String>> {
         Ok(self
+            .core
             .pod(id)
             .await?
-            .as_ref()
-            .and_then(running_ip)
+            .filter(|p| p.running)
+            .and_then(|p| p.ip)
             .map(|ip| format!("{ip}:{port}")))
+    }
+}
+
+impl KubeTarget for ControlPlaneTarget {
+    fn scale_by(&mut self, by: ScaleBy) {
+        self.core.scale_by = by;
+    }
+
+    async fn delete_cluster(&self, name: &str) -> anyhow::Result<()> {
+        delete_raftcluster(&self.core.kube, name).await
     }
 }
 
 impl Target for ControlPlaneTarget {
     async fn scale(&mut self, replicas: u32) -> anyhow::Result<()> {
-        let resource = format!("raftcluster/{}", self.name);
-        match self.scale_by {
-            ScaleBy::Subresource => {
-                let n = format!("--replicas={replicas}");
-                self.kube.call(&["scale", &resource, &n]).await?
-            }
-            ScaleBy::Patch => {
-                let patch = format!(r#"{{"spec":{{"replicas":{replicas}}}}}"#);
-                self.kube
-                    .call(&["patch", &resource, "--type=merge", "--patch", &patch])
-                    .await?
-            }
-        };
-        Ok(())
+        self.core.scale(replicas).await
     }
 
     async fn patch_spec(&mut self, spec: serde_json::Value) -> anyhow::Result<()> {
-        let args = crate::spec_patch(&self.name, spec);
-        let args: Vec<&str> = args.iter().map(String::as_str).collect();
-        self.kube.call(&args).await?;
-        Ok(())
+        self.core.patch_spec(spec).await
     }
 
     /// The process kubelet maps an image to a binary by name, whatever
@@ -152,17 +91,12 @@ impl Target for ControlPlaneTarget {
         Ok(manifests::rollout_image(works).into())
     }
 
-    /// `kubectl apply` of RaftClusterBackup `name` in the suite's namespace.
     async fn apply_backup(&mut self, name: &str, spec: serde_json::Value) -> anyhow::Result<()> {
-        let manifest = manifests::backup(name, &self.name, spec);
-        self.apply(&format!("backup-{name}"), &manifest).await
+        self.core.apply_backup(name, spec).await
     }
 
-    /// The `.status` of RaftClusterBackup `name`; None while the operator
-    /// wrote none (or the resource is not there).
     async fn backup_status(&self, name: &str) -> anyhow::Result<Option<RaftClusterBackupStatus>> {
-        let api: Api<RaftClusterBackup> = Api::namespaced(self.client.clone(), NAMESPACE);
-        Ok(api.get_opt(name).await?.and_then(|b| b.status))
+        self.core.backup_status(name).await
     }
 
     /// `kubectl apply` of RaftCluster `name`, the suite's manifest (as
@@ -173,13 +107,8 @@ impl Target for ControlPlaneTarget {
         replicas: u32,
         spec: serde_json::Value,
     ) -> anyhow::Result<Self> {
-        let manifest = manifests::cluster(name, replicas, spec);
-        self.apply(name, &manifest).await?;
-        Ok(ControlPlaneTarget::new(
-            self.client.clone(),
-            self.kube.clone(),
-            name,
-        ))
+        let core = self.core.apply_cluster(name, replicas, spec).await?;
+        Ok(ControlPlaneTarget::of(core))
     }
 
     /// The raft log directory on the member's host-path volume becomes a
@@ -216,12 +145,7 @@ impl Target for ControlPlaneTarget {
     }
 
     async fn status(&self) -> anyhow::Result<Option<RaftClusterStatus>> {
-        let api: Api<RaftCluster> = Api::namespaced(self.client.clone(), NAMESPACE);
-        let rc = api
-            .get_opt(&self.name)
-            .await?
-            .with_context(|| format!("RaftCluster {} not found", self.name))?;
-        Ok(rc.status)
+        self.core.status().await
     }
 
     /// In the order of the status' members; a member without a running pod
@@ -237,9 +161,7 @@ impl Target for ControlPlaneTarget {
     }
 
     async fn dialer_for(&self, user: &str) -> anyhow::Result<Dialer> {
-        let secrets: Api<Secret> = Api::namespaced(self.client.clone(), NAMESPACE);
-        let name = crate::user_secret(&self.name, user)?;
-        crate::dialer_from_secret(&name, secrets.get_opt(&name).await?)
+        self.core.dialer_for(user).await
     }
 
     async fn admin(&self, id: u64) -> anyhow::Result<String> {
@@ -249,66 +171,23 @@ impl Target for ControlPlaneTarget {
     }
 
     async fn kill_member(&mut self, id: u64) -> anyhow::Result<()> {
-        let pod = member_name(&self.name, id);
-        let args = [
-            "delete",
-            "pod",
-            &pod,
-            "--grace-period=0",
-            "--force",
-            "--wait=false",
-        ];
-        self.kube.call(&args).await?;
-        Ok(())
+        self.core.kill_member(id).await
     }
 
-    /// Deletes the member's PVC (it goes once its pod is gone), then the pod.
     async fn lose_member(&mut self, id: u64) -> anyhow::Result<()> {
-        let claim = self.claim(id).await?;
-        self.kube
-            .call(&["delete", "pvc", &claim, "--wait=false"])
-            .await?;
-        self.kill_member(id).await
+        self.core.lose_member(id).await
     }
 
-    /// The pod's UID and its containers' restart count.
     async fn incarnation(&self, id: u64) -> anyhow::Result<Option<String>> {
-        Ok(self.pod(id).await?.map(|p| {
-            format!(
-                "{}/{}",
-                p.metadata.uid.clone().unwrap_or_default(),
-                restarts(&p)
-            )
-        }))
+        self.core.incarnation(id).await
     }
 
-    /// Rolls the operator's Deployment, setting or clearing the failpoint in
-    /// its pod template (the chart's operator reads `RAFTLANE_FAILPOINT` in
-    /// the same reconcile pass as the local runtime).
     async fn restart_operator(&mut self, failpoint: Option<&str>) -> anyhow::Result<()> {
-        let deployment = format!("deployment/{}", super::env::RELEASE);
-        for args in crate::failpoint_rollout(&deployment, failpoint) {
-            let args: Vec<&str> = args.iter().map(String::as_str).collect();
-            self.kube.call(&args).await?;
-        }
-        Ok(())
+        self.core.restart_operator(failpoint).await
     }
 
-    /// The Deployment restarts an operator that exits, so the sign is an
-    /// operator container whose current or last run ended with the
-    /// failpoint's exit code.
     async fn operator_exited(&mut self) -> anyhow::Result<bool> {
-        let selector = format!("app.kubernetes.io/instance={}", super::env::RELEASE);
-        let list = self
-            .pods()
-            .list(&kube::api::ListParams::default().labels(&selector))
-            .await?;
-        let pods = serde_json::to_value(&list.items)?;
-        Ok(pods
-            .as_array()
-            .into_iter()
-            .flatten()
-            .any(crate::ended_at_failpoint))
+        self.core.operator_exited().await
     }
 }
 

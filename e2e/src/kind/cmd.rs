@@ -127,22 +127,11 @@ impl Kubectl {
         output(&mut self.command(&status), Duration::from_secs(200))?;
         Ok(())
     }
+}
 
-    /// [`Kubectl::run`] off the async workers.
-    pub async fn call(&self, args: &[&str]) -> anyhow::Result<String> {
-        let mut cmd = self.command(args);
-        blocking(move || output(&mut cmd, KUBECTL)).await
-    }
-
-    /// `kubectl get ... -o json`, parsed; None when `--ignore-not-found` found nothing.
-    pub async fn get_json(&self, args: &[&str]) -> anyhow::Result<Option<serde_json::Value>> {
-        let mut full = vec!["get", "--ignore-not-found", "--output", "json"];
-        full.extend_from_slice(args);
-        let text = self.call(&full).await?;
-        if text.trim().is_empty() {
-            return Ok(None);
-        }
-        Ok(Some(serde_json::from_str(&text)?))
+impl crate::kube_target::Kubectl for Kubectl {
+    fn command(&self, args: &[&str]) -> Command {
+        Kubectl::command(self, args)
     }
 }
 

@@ -19,13 +19,11 @@ use std::time::Duration;
 
 use super::cmd::{blocking, output, run_shown, set_tool_paths, tool, Kubectl};
 use super::{KindTarget, NAMESPACE};
-use crate::wait_for;
+use crate::kube_target::{delete_raftcluster, operator_selector, KubeCore, Kubectl as _, RELEASE};
 
 const DEFAULT_CLUSTER: &str = "raftlane-e2e";
 use crate::manifests::{NODE_IMAGE, NODE_IMAGE_NEXT};
 const OPERATOR_IMAGE: &str = "raftlane/raft-operator:e2e";
-/// The chart's release; its Deployment carries `app.kubernetes.io/instance=<it>`.
-const RELEASE: &str = "raft-operator";
 /// Starting (or apt-installing) the Docker engine.
 const ENGINE: Duration = Duration::from_secs(10 * 60);
 /// Both images from prebuilt binaries (plus a debootstrap base the first time).
@@ -34,7 +32,6 @@ const IMAGE_BUILD: Duration = Duration::from_secs(10 * 60);
 /// seconds when all are cached.
 const CLUSTER_UP: Duration = Duration::from_secs(45 * 60);
 const CLUSTER_CHANGE: Duration = Duration::from_secs(6 * 60);
-const PODS_GONE: Duration = Duration::from_secs(120);
 
 /// A kind cluster with the operator running in [`NAMESPACE`].
 pub struct KindEnv {
@@ -97,7 +94,7 @@ fn kind_cluster_exists(name: &str) -> anyhow::Result<bool> {
 
 /// The operator's Deployment, found by the chart's instance label.
 fn operator_deployment(kube: &Kubectl) -> anyhow::Result<String> {
-    let selector = format!("app.kubernetes.io/instance={RELEASE}");
+    let selector = operator_selector();
     let names = kube.run(&[
         "get",
         "deployments",
@@ -114,27 +111,6 @@ fn operator_deployment(kube: &Kubectl) -> anyhow::Result<String> {
 /// [`crate::manifests::cluster`] as text (JSON, which kubectl reads as YAML).
 fn manifest(name: &str, replicas: u32) -> String {
     crate::manifests::cluster(name, replicas, serde_json::json!({})).to_string()
-}
-
-/// `kubectl delete raftcluster <name>`, then waits until its pods are gone
-/// (a no-op when there is none).
-pub(super) async fn delete_raftcluster(kube: &Kubectl, name: &str) -> anyhow::Result<()> {
-    let mut delete = kube.command(&[
-        "delete",
-        "raftcluster",
-        name,
-        "--ignore-not-found",
-        "--timeout=120s",
-    ]);
-    blocking(move || output(&mut delete, Duration::from_secs(150))).await?;
-    let selector = format!("app.kubernetes.io/instance={name}");
-    wait_for(&format!("the pods of {name} gone"), PODS_GONE, || async {
-        let pods = kube
-            .call(&["get", "pods", "--selector", &selector, "--output=name"])
-            .await?;
-        Ok(pods.trim().is_empty().then_some(()))
-    })
-    .await
 }
 
 impl KindEnv {
@@ -242,14 +218,12 @@ impl KindEnv {
         std::fs::write(&path, manifest(name, replicas))?;
         let path = path.to_str().expect("a UTF-8 temporary path");
         self.kube.call(&["apply", "-f", path]).await?;
-        let kube = self.kube.clone();
-        let operator = blocking(move || operator_deployment(&kube)).await?;
-        KindTarget::new(self.kube.clone(), name, operator)
+        KindTarget::new(KubeCore::new(self.kube.clone(), name)?)
     }
 
     /// Deletes the cluster's RaftCluster and waits until its pods are gone.
     pub async fn delete_cluster(&self, t: KindTarget) -> anyhow::Result<()> {
-        let name = t.name.clone();
+        let name = t.core.name.clone();
         drop(t);
         self.delete_named(&name).await
     }

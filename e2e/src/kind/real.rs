@@ -8,6 +8,7 @@ use std::time::{Duration, Instant};
 use anyhow::Context;
 
 use super::KindTarget;
+use crate::kube_target::{operator_selector, Kubectl as _};
 use crate::scenarios::{check_keys, node_status, wait_settled, write_keys};
 use crate::{wait_for, Target};
 
@@ -15,27 +16,29 @@ const OPERATION: Duration = Duration::from_secs(120);
 
 impl KindTarget {
     /// Member `id`'s pod UID and IP.
-    async fn pod_identity(&self, id: u64) -> anyhow::Result<(String, String)> {
-        let (pod, _) = self.pod_and_claim(id).await?;
-        let uid = pod["metadata"]["uid"].as_str().unwrap_or_default();
-        let ip = pod["status"]["podIP"].as_str().unwrap_or_default();
-        Ok((uid.to_string(), ip.to_string()))
+    async fn pod_identity(&self, id: u64) -> anyhow::Result<(String, Option<String>)> {
+        let pod = self
+            .core
+            .pod(id)
+            .await?
+            .with_context(|| format!("member {id} has no pod"))?;
+        Ok((pod.uid, pod.ip))
     }
 
     /// Scales the operator's Deployment to `replicas` and waits for it.
     async fn scale_operator(&self, replicas: u32) -> anyhow::Result<()> {
         let n = format!("--replicas={replicas}");
-        self.kube.call(&["scale", &self.operator, &n]).await?;
+        let kube = &self.core.kube;
+        kube.call(&["scale", &self.core.operator, &n]).await?;
         let done = "--timeout=120s";
         match replicas {
             0 => {
-                let selector = "app.kubernetes.io/component=operator";
-                let args = ["wait", "--for=delete", "pod", "--selector", selector, done];
-                self.kube.call(&args).await?;
+                let selector = operator_selector();
+                let args = ["wait", "--for=delete", "pod", "--selector", &selector, done];
+                kube.call(&args).await?;
             }
             _ => {
-                self.kube
-                    .call(&["rollout", "status", &self.operator, done])
+                kube.call(&["rollout", "status", &self.core.operator, done])
                     .await?;
             }
         }
