@@ -160,10 +160,15 @@ pub struct NodeConfig {
     /// The cluster's CA bundle (PEM; old and new CA while one is rotated).
     #[arg(long, env = "RAFTLANE_TLS_CA", requires = "tls_cert")]
     pub tls_ca: Option<PathBuf>,
-    /// Require a client certificate of this cluster on the client port too
-    /// (the peer and admin ports always require one).
-    #[arg(long, env = "RAFTLANE_TLS_CLIENT_AUTH", requires = "tls_cert")]
-    pub tls_client_auth: bool,
+    /// Let clients without a certificate use the client port (TLS still
+    /// encrypts): anyone who reaches the port can then read and write every
+    /// key. Without it every port requires a certificate of this cluster.
+    #[arg(
+        long,
+        env = "RAFTLANE_INSECURE_ANONYMOUS_CLIENTS",
+        requires = "tls_cert"
+    )]
+    pub insecure_anonymous_clients: bool,
     /// How often the TLS files are checked for changes, milliseconds.
     #[arg(long, env = "RAFTLANE_TLS_RELOAD_MS", default_value_t = 2_000,
           value_parser = clap::value_parser!(u64).range(100..))]
@@ -433,7 +438,7 @@ mod tests {
         assert!(err.contains("--insecure-plaintext"), "{err}");
         let c = with(&["--tls-cert", "/c", "--tls-key", "/k", "--tls-ca", "/a"]).unwrap();
         assert_eq!(c.tls_ca.as_deref(), Some(std::path::Path::new("/a")));
-        assert!(!c.tls_client_auth);
+        assert!(!c.insecure_anonymous_clients);
     }
 
     #[test]

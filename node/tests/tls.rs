@@ -11,6 +11,8 @@ use std::time::{Duration, Instant};
 use common::{Cluster, ELECTION};
 use raftlane_proto::admin::node_admin_client::NodeAdminClient;
 use raftlane_proto::admin::{MemberRequest, StatusRequest};
+use raftlane_proto::kv::kv_client::KvClient;
+use raftlane_proto::kv::PutRequest;
 use raftlane_proto::transport::raft_transport_client::RaftTransportClient;
 use raftlane_proto::transport::RaftEnvelope;
 use raftlane_tls::issue::Authority;
@@ -63,7 +65,7 @@ fn dialer_of(ca: &Authority, trust: &str, who: &Identity) -> Dialer {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn without_a_certificate_of_this_cluster_no_port_lets_a_caller_in() {
-    let c = Cluster::start(1, &["--tls-client-auth"]);
+    let c = Cluster::start(1, &[]);
     c.wait_leader(ELECTION * 20).await;
     let m = &c.members[&1];
     assert!(status(&c.dialer(), &m.admin).await.is_ok());
@@ -115,6 +117,40 @@ async fn without_a_certificate_of_this_cluster_no_port_lets_a_caller_in() {
         "is not a member",
     ] {
         assert!(log.contains(why), "the member's log lacks {why:?}: {log}");
+    }
+}
+
+/// The client port lets anonymous callers in only when told to, by a flag
+/// named for the risk; the peer and admin ports never do.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn anonymous_clients_only_behind_the_explicit_opt_out() {
+    let c = Cluster::start(1, &["--insecure-anonymous-clients"]);
+    c.wait_leader(ELECTION * 20).await;
+    let m = &c.members[&1];
+    let ca_only = Dialer::Tls(
+        TlsSource::open(TlsFiles {
+            cert: None,
+            key: None,
+            ca: c.tls_dir().join("ca.crt"),
+            expect: None,
+        })
+        .unwrap(),
+    );
+    let ch = connect(&ca_only, &m.client, Expect::AnyMember)
+        .await
+        .unwrap();
+    KvClient::new(ch)
+        .put(PutRequest {
+            key: b"k".to_vec(),
+            value: b"v".to_vec(),
+        })
+        .await
+        .expect("anonymous put under --insecure-anonymous-clients");
+    for port in [&m.peer, &m.admin] {
+        assert!(
+            status(&ca_only, port).await.is_err(),
+            "{port} let a caller without a certificate in"
+        );
     }
 }
 

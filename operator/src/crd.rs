@@ -364,11 +364,12 @@ pub struct TlsSpec {
     /// isolated test networks only.
     #[serde(default = "default_true")]
     pub enabled: bool,
-    /// Also require a client certificate of this cluster on the client port
-    /// (the peer and admin ports always require one). Clients then use the
-    /// `client` (or `admin`) certificate the operator issues.
+    /// Let clients without a certificate read and write every key through
+    /// the client port (still encrypted). Off by default: every port then
+    /// requires a certificate of this cluster, and applications use the
+    /// `client` certificate the operator issues (Secret `<name>-client-tls`).
     #[serde(default)]
-    pub client_auth: bool,
+    pub insecure_anonymous_clients: bool,
     /// Let cert-manager issue the certificates from this issuer instead of the
     /// operator's own CA: the operator creates cert-manager Certificates with
     /// the same Secret names (Kubernetes runtime only).
@@ -384,7 +385,7 @@ impl Default for TlsSpec {
     fn default() -> Self {
         TlsSpec {
             enabled: true,
-            client_auth: false,
+            insecure_anonymous_clients: false,
             issuer_ref: None,
         }
     }
@@ -610,7 +611,11 @@ mod tests {
             serde_json::from_value(serde_json::json!({"replicas": 3})).unwrap();
         assert_eq!(spec.raft, RaftSettings::default());
         assert_eq!(spec.storage.size, "1Gi");
-        assert!(spec.tls.enabled && !spec.tls.client_auth && spec.tls.issuer_ref.is_none());
+        assert!(
+            spec.tls.enabled
+                && !spec.tls.insecure_anonymous_clients
+                && spec.tls.issuer_ref.is_none()
+        );
         let spec: RaftClusterSpec = serde_json::from_value(
             serde_json::json!({"replicas": 3, "tls": {"issuerRef": {"name": "ca"}}}),
         )

@@ -1706,8 +1706,7 @@ async fn with_an_issuer_cert_manager_certificates_are_requested() {
     let (api, client) = FakeApi::start();
     let ctx = context(client);
     let mut rc = cluster(2, json!({}));
-    rc["spec"]["tls"] =
-        json!({"clientAuth": true, "issuerRef": {"name": "raft-ca", "kind": "ClusterIssuer"}});
+    rc["spec"]["tls"] = json!({"insecureAnonymousClients": true, "issuerRef": {"name": "raft-ca", "kind": "ClusterIssuer"}});
     api.put(&clusters_path(), rc);
     let stored = api.get(&clusters_path(), "demo").unwrap();
     let guard: DeserializeGuard<RaftCluster> = serde_json::from_value(stored).unwrap();

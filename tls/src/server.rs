@@ -32,7 +32,8 @@ const ACCEPT_QUEUE: usize = 64;
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum ClientAuth {
     Required,
-    /// Verified when presented (client port without `clientAuth`).
+    /// Verified when presented (the client port under
+    /// `--insecure-anonymous-clients`).
     Optional,
 }
 

@@ -487,7 +487,7 @@ pub fn member_pod(
                 cert: format!("{TLS_DIR}/tls.crt"),
                 key: format!("{TLS_DIR}/tls.key"),
                 ca: format!("{TLS_DIR}/ca.crt"),
-                client_auth: spec.tls.client_auth,
+                anonymous_clients: spec.tls.insecure_anonymous_clients,
             },
             false => Transport::Plaintext,
         },

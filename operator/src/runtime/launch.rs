@@ -57,8 +57,9 @@ pub enum Transport {
         cert: String,
         key: String,
         ca: String,
-        /// The client port requires a client certificate too.
-        client_auth: bool,
+        /// The client port lets in clients without a certificate
+        /// (`--insecure-anonymous-clients`).
+        anonymous_clients: bool,
     },
     /// `--insecure-plaintext`: only when the spec says `tls.enabled: false`.
     Plaintext,
@@ -163,15 +164,15 @@ impl Launch<'_> {
                 cert,
                 key,
                 ca,
-                client_auth,
+                anonymous_clients,
             } => {
                 out.extend([
                     Setting::new("tls-cert", cert),
                     Setting::new("tls-key", key),
                     Setting::new("tls-ca", ca),
                 ]);
-                if *client_auth {
-                    out.push(Setting::switch("tls-client-auth"));
+                if *anonymous_clients {
+                    out.push(Setting::switch("insecure-anonymous-clients"));
                 }
             }
             Transport::Plaintext => out.push(Setting::switch("insecure-plaintext")),
@@ -231,7 +232,7 @@ mod tests {
                 cert: "/tls/tls.crt".into(),
                 key: "/tls/tls.key".into(),
                 ca: "/tls/ca.crt".into(),
-                client_auth: true,
+                anonymous_clients: true,
             },
         }
     }
@@ -303,7 +304,7 @@ mod tests {
             cfg.tls_ca.as_deref(),
             Some(std::path::Path::new("/tls/ca.crt"))
         );
-        assert!(cfg.tls_client_auth && !cfg.insecure_plaintext);
+        assert!(cfg.insecure_anonymous_clients && !cfg.insecure_plaintext);
         cfg.validate().expect("a valid configuration");
     }
 

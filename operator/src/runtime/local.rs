@@ -45,7 +45,8 @@ use crate::revision;
 pub struct LocalTls {
     dir: PathBuf,
     cluster: String,
-    client_auth: bool,
+    /// Clients without a certificate are let in (`insecureAnonymousClients`).
+    anonymous_clients: bool,
     /// How long each CA rotation stage is held: members re-read their files
     /// every 2 s (raft-node's `--tls-reload-ms`), so three of those.
     grace: std::time::Duration,
@@ -103,11 +104,11 @@ fn read_opt(path: &Path) -> anyhow::Result<Option<String>> {
 }
 
 impl LocalTls {
-    pub fn new(cluster_dir: &Path, cluster: &str, client_auth: bool) -> LocalTls {
+    pub fn new(cluster_dir: &Path, cluster: &str, anonymous_clients: bool) -> LocalTls {
         LocalTls {
             dir: cluster_dir.join("tls"),
             cluster: cluster.to_string(),
-            client_auth,
+            anonymous_clients,
             grace: std::time::Duration::from_secs(6),
         }
     }
@@ -135,7 +136,7 @@ impl LocalTls {
             cert: self.cert_path(&leaf).display().to_string(),
             key: self.key_path(&leaf).display().to_string(),
             ca: self.trust_path().display().to_string(),
-            client_auth: self.client_auth,
+            anonymous_clients: self.anonymous_clients,
         }
     }
 
@@ -456,7 +457,7 @@ impl LocalRuntime {
             restore: spec.restore.as_ref().map(|r| PathBuf::from(&r.file)),
             tls: tls
                 .enabled
-                .then(|| LocalTls::new(dir, cluster_id, tls.client_auth)),
+                .then(|| LocalTls::new(dir, cluster_id, tls.insecure_anonymous_clients)),
             children: BTreeMap::new(),
         })
     }
