@@ -59,7 +59,7 @@ impl LeaderView<'_> {
 pub fn to_conf_change(
     change: MembershipChange,
     cs: &ConfState,
-    view: &LeaderView,
+    view: &LeaderView<'_>,
 ) -> Result<ConfChangeV2, NodeError> {
     let is_voter = |id| cs.voters.contains(&id);
     let is_learner = |id| cs.learners.contains(&id);
