@@ -1,5 +1,7 @@
 //! Generated gRPC API of raftlane: the peer transport, node admin and key-value services.
 
+pub mod codec;
+
 /// Peer transport: `Send`, `SendStream`, `SendSnapshot`.
 pub mod transport {
     tonic::include_proto!("raftlane.transport.v1");
