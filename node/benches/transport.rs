@@ -91,10 +91,21 @@ impl RaftTransport for Sink {
 async fn serve(sink: Sink) -> String {
     let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = l.local_addr().unwrap().to_string();
+    // The peer port as raft-node serves it, with its default limits.
+    let cfg = raft_node::config::NodeConfig::defaults();
+    let metrics = raft_node::metrics::Metrics::new();
+    let port = raft_node::ports::Port::Peer;
     tokio::spawn(
-        raft_node::node::peer_server()
-            .add_service(RaftTransportServer::new(sink).max_decoding_message_size(64 << 20))
-            .serve_with_incoming(raft_node::node::incoming(l, None)),
+        port.server(&cfg)
+            .layer(port.budget(&cfg, &metrics).layer())
+            .add_service(
+                RaftTransportServer::new(sink).max_decoding_message_size(port.max_message()),
+            )
+            .serve_with_incoming(raft_node::node::incoming(
+                l,
+                None,
+                port.gate(&cfg, &metrics),
+            )),
     );
     addr
 }

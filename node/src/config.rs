@@ -6,6 +6,7 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use clap::Parser;
+use raftlane_tls::limits;
 
 use crate::transport::grpc::LaneMode;
 use crate::transport::snapshot::{self, SnapshotLimits};
@@ -169,6 +170,58 @@ pub struct NodeConfig {
         requires = "tls_cert"
     )]
     pub insecure_anonymous_clients: bool,
+    /// Connections the peer port holds open at once; more are closed on accept.
+    /// Each member dials each peer once per address (lanes share it).
+    #[arg(long, env = "RAFTLANE_PEER_MAX_CONNECTIONS", default_value_t = 256,
+          value_parser = clap::value_parser!(u32).range(1..))]
+    pub peer_max_connections: u32,
+    /// Connections the client port holds open at once.
+    #[arg(long, env = "RAFTLANE_CLIENT_MAX_CONNECTIONS", default_value_t = 1024,
+          value_parser = clap::value_parser!(u32).range(1..))]
+    pub client_max_connections: u32,
+    /// Connections the admin port holds open at once.
+    #[arg(long, env = "RAFTLANE_ADMIN_MAX_CONNECTIONS", default_value_t = 64,
+          value_parser = clap::value_parser!(u32).range(1..))]
+    pub admin_max_connections: u32,
+    /// Connections the metrics port holds open at once.
+    #[arg(long, env = "RAFTLANE_METRICS_MAX_CONNECTIONS", default_value_t = 64,
+          value_parser = clap::value_parser!(u32).range(1..))]
+    pub metrics_max_connections: u32,
+    /// TLS handshakes in progress per port; more connections are closed on accept.
+    #[arg(long, env = "RAFTLANE_MAX_HANDSHAKES", default_value_t = limits::DEFAULT_MAX_HANDSHAKES,
+          value_parser = clap::value_parser!(u32).range(1..))]
+    pub max_handshakes: u32,
+    /// A TLS handshake not done within this is dropped, milliseconds.
+    #[arg(long, env = "RAFTLANE_HANDSHAKE_TIMEOUT_MS",
+          default_value_t = limits::DEFAULT_HANDSHAKE_TIMEOUT.as_millis() as u64,
+          value_parser = clap::value_parser!(u64).range(1..))]
+    pub handshake_timeout_ms: u64,
+    /// A connection nothing was read from for this long is closed, milliseconds
+    /// (peers ping every 10 s, so only dead or silent ones go).
+    #[arg(long, env = "RAFTLANE_IDLE_TIMEOUT_MS",
+          default_value_t = limits::DEFAULT_IDLE_TIMEOUT.as_millis() as u64,
+          value_parser = clap::value_parser!(u64).range(1..))]
+    pub idle_timeout_ms: u64,
+    /// Connections older than this are asked to close (GOAWAY; 30 s for open
+    /// calls to finish), so a rotated certificate is in use on every
+    /// connection within it; milliseconds.
+    #[arg(long, env = "RAFTLANE_MAX_CONNECTION_AGE_MS", default_value_t = 3_600_000,
+          value_parser = clap::value_parser!(u64).range(1..))]
+    pub max_connection_age_ms: u64,
+    /// Concurrent calls (HTTP/2 streams) per connection on the client port.
+    #[arg(long, env = "RAFTLANE_CLIENT_MAX_STREAMS", default_value_t = 256,
+          value_parser = clap::value_parser!(u32).range(1..))]
+    pub client_max_streams: u32,
+    /// Bytes of unfinished requests the client port holds across all its
+    /// connections; a call whose bytes do not fit ends RESOURCE_EXHAUSTED.
+    #[arg(long, env = "RAFTLANE_CLIENT_BUDGET_BYTES", default_value_t = 64 << 20,
+          value_parser = clap::value_parser!(u64).range(8 << 20..))]
+    pub client_budget_bytes: u64,
+    /// As --client-budget-bytes, for the peer port (at least twice the
+    /// largest envelope, 16 MiB).
+    #[arg(long, env = "RAFTLANE_PEER_BUDGET_BYTES", default_value_t = 128 << 20,
+          value_parser = clap::value_parser!(u64).range(32 << 20..))]
+    pub peer_budget_bytes: u64,
     /// How often the TLS files are checked for changes, milliseconds.
     #[arg(long, env = "RAFTLANE_TLS_RELOAD_MS", default_value_t = 2_000,
           value_parser = clap::value_parser!(u64).range(100..))]
@@ -210,6 +263,22 @@ fn peer_entry(s: &str) -> Result<(u64, String), String> {
 }
 
 impl NodeConfig {
+    /// Every flag at its default, ids and addresses placeholders: for tools
+    /// and tests that serve a port the way raft-node does.
+    pub fn defaults() -> NodeConfig {
+        NodeConfig::parse_from([
+            "raft-node",
+            "--id=1",
+            "--cluster-id=defaults",
+            "--data-dir=/nonexistent",
+            "--peer-addr=127.0.0.1:0",
+            "--client-addr=127.0.0.1:0",
+            "--admin-addr=127.0.0.1:0",
+            "--metrics-addr=127.0.0.1:0",
+            "--insecure-plaintext",
+        ])
+    }
+
     /// Checks that span several flags; the message names them.
     pub fn validate(&self) -> Result<(), String> {
         if self.heartbeat_ticks == 0 || self.heartbeat_ticks >= self.election_ticks {

@@ -7,6 +7,7 @@ pub mod consensus;
 pub mod logging;
 pub mod metrics;
 pub mod node;
+pub mod ports;
 pub mod service;
 pub mod state_machine;
 pub mod storage;

@@ -15,6 +15,7 @@ use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::{exponential_buckets, Histogram};
 use prometheus_client::registry::Registry;
+use raftlane_tls::limits::{Gate, Held};
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct PeerLane {
@@ -92,6 +93,19 @@ pub struct Metrics {
     pub tls_reloads: Counter,
     /// Admin calls refused to a certificate that may not make them, by call.
     pub admin_denied: Family<Call, Counter>,
+    /// Connections open now, by port.
+    pub port_connections: Family<Port, Gauge>,
+    /// Connections or streams a port's limits turned away, by port and limit.
+    pub port_refused: Family<Refusal, Counter>,
+    /// Bytes of unfinished messages held against a port's budget.
+    pub port_buffered_bytes: Family<Port, Gauge>,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct Refusal {
+    pub port: &'static str,
+    /// `connections`, `handshakes`, `idle` (closed), `budget` (stream ended).
+    pub reason: &'static str,
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -134,7 +148,25 @@ impl Metrics {
             tls_reload_failures: Counter::default(),
             tls_reloads: Counter::default(),
             admin_denied: Family::default(),
+            port_connections: Family::default(),
+            port_refused: Family::default(),
+            port_buffered_bytes: Family::default(),
         };
+        r.register(
+            "port_connections",
+            "Connections open, by port",
+            m.port_connections.clone(),
+        );
+        r.register(
+            "port_refused",
+            "Connections refused (connections, handshakes limits), closed idle, or streams ended over the byte budget (budget), by port",
+            m.port_refused.clone(),
+        );
+        r.register(
+            "port_buffered_bytes",
+            "Bytes of unfinished request messages held against the port's budget",
+            m.port_buffered_bytes.clone(),
+        );
         r.register(
             "admin_denied",
             "Admin calls refused: the caller's certificate may not make them",
@@ -271,9 +303,42 @@ struct HttpState {
     ready: Arc<AtomicBool>,
 }
 
-/// Serves the metrics port until the process ends.
+/// The metrics port's connections, within its gate's limits.
+struct Gated {
+    listener: tokio::net::TcpListener,
+    gate: Arc<Gate>,
+}
+
+impl axum::serve::Listener for Gated {
+    type Io = Held<tokio::net::TcpStream>;
+    type Addr = std::net::SocketAddr;
+
+    async fn accept(&mut self) -> (Self::Io, Self::Addr) {
+        loop {
+            match self.listener.accept().await {
+                Ok((tcp, from)) => {
+                    if let Some(held) = self.gate.admit(tcp) {
+                        return (held, from);
+                    }
+                }
+                Err(e) => {
+                    // Out of descriptors and the like: back off, keep serving.
+                    tracing::warn!(error = %e, "metrics port: accept failed");
+                    tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+                }
+            }
+        }
+    }
+
+    fn local_addr(&self) -> std::io::Result<Self::Addr> {
+        self.listener.local_addr()
+    }
+}
+
+/// Serves the metrics port until the process ends, within `gate`'s limits.
 pub async fn serve(
     listener: tokio::net::TcpListener,
+    gate: Arc<Gate>,
     metrics: Metrics,
     ready: Arc<AtomicBool>,
 ) -> std::io::Result<()> {
@@ -294,5 +359,5 @@ pub async fn serve(
             }),
         )
         .with_state(HttpState { metrics, ready });
-    axum::serve(listener, app).await
+    axum::serve(Gated { listener, gate }, app).await
 }

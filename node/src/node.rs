@@ -12,11 +12,11 @@ use raftlane_proto::transport::raft_transport_server::RaftTransportServer;
 use tokio::net::TcpListener;
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
-use tonic::transport::Server;
 
 use crate::config::{NodeConfig, TransportMode};
 use crate::consensus::{LoopConfig, NodeHandle, RaftLoop};
 use crate::metrics::{self, Metrics};
+use crate::ports::Port;
 use raftlane_tls::Dialer;
 
 use crate::service::{admin::AdminService, forward::Identity, kv::KvService};
@@ -30,10 +30,6 @@ use crate::transport::{PeerTable, MAX_MESSAGE_BYTES};
 
 const REQUEST_QUEUE: usize = 4096;
 const REPORT_QUEUE: usize = 1024;
-const STREAM_WINDOW: u32 = 1 << 20;
-const CONNECTION_WINDOW: u32 = 64 << 20;
-/// HTTP/2 streams one connection may hold open on the peer port.
-const MAX_PEER_STREAMS: u32 = 1024;
 
 /// Binds `addr` (port 0: a port the OS picks); returns the listener and the
 /// address it is bound to.
@@ -258,43 +254,49 @@ pub async fn run(cfg: NodeConfig) -> anyhow::Result<()> {
         },
         dialer,
     );
-    let port_tls = |port| {
+    let port_tls = |port: Port| {
         tls.as_ref()
-            .map(|src| crate::tls::port(src, port, &cfg, &metrics))
+            .map(|src| crate::tls::port(src, port.name(), &cfg, &metrics))
     };
-    let peer_srv = peer_server()
+    let serve = |port: Port, l: TcpListener| {
+        (
+            port.server(&cfg).layer(port.budget(&cfg, &metrics).layer()),
+            incoming(l, port_tls(port), port.gate(&cfg, &metrics)),
+        )
+    };
+    let (mut server, conns) = serve(Port::Peer, peer_l);
+    let peer_srv = server
         .add_service(
             RaftTransportServer::new(ReceiverService::new(receiver, shutdown.clone()))
-                .max_decoding_message_size(MAX_MESSAGE_BYTES)
+                .max_decoding_message_size(Port::Peer.max_message())
                 .max_encoding_message_size(MAX_MESSAGE_BYTES),
         )
         // Followers forward client writes here.
-        .add_service(KvServer::new(kv.clone().serving_peers()))
-        .serve_with_incoming_shutdown(
-            incoming(peer_l, port_tls("peer")),
-            shutdown.clone().cancelled_owned(),
-        );
-    let client_srv = Server::builder()
-        .add_service(KvServer::new(kv))
-        .serve_with_incoming_shutdown(
-            incoming(client_l, port_tls("client")),
-            shutdown.clone().cancelled_owned(),
-        );
-    let admin_srv = Server::builder()
-        .add_service(NodeAdminServer::new(AdminService {
-            node: handle.clone(),
-            peers: peers.clone(),
-            cluster_id: cfg.cluster_id.clone(),
-            id: cfg.id,
-            timeout,
-            tls: tls.is_some(),
-            snapshots: snapshots_for_admin,
-            metrics: metrics.clone(),
-        }))
-        .serve_with_incoming_shutdown(
-            incoming(admin_l, port_tls("admin")),
-            shutdown.clone().cancelled_owned(),
-        );
+        .add_service(
+            KvServer::new(kv.clone().serving_peers())
+                .max_decoding_message_size(Port::Client.max_message()),
+        )
+        .serve_with_incoming_shutdown(conns, shutdown.clone().cancelled_owned());
+    let (mut server, conns) = serve(Port::Client, client_l);
+    let client_srv = server
+        .add_service(KvServer::new(kv).max_decoding_message_size(Port::Client.max_message()))
+        .serve_with_incoming_shutdown(conns, shutdown.clone().cancelled_owned());
+    let (mut server, conns) = serve(Port::Admin, admin_l);
+    let admin_srv = server
+        .add_service(
+            NodeAdminServer::new(AdminService {
+                node: handle.clone(),
+                peers: peers.clone(),
+                cluster_id: cfg.cluster_id.clone(),
+                id: cfg.id,
+                timeout,
+                tls: tls.is_some(),
+                snapshots: snapshots_for_admin,
+                metrics: metrics.clone(),
+            })
+            .max_decoding_message_size(Port::Admin.max_message()),
+        )
+        .serve_with_incoming_shutdown(conns, shutdown.clone().cancelled_owned());
 
     // Written before any port is served: whoever reads it can connect at once.
     if let Some(path) = &cfg.addrs_file {
@@ -317,7 +319,13 @@ pub async fn run(cfg: NodeConfig) -> anyhow::Result<()> {
             peers.clone(),
         ))
     });
-    let metrics_task = tokio::spawn(metrics::serve(metrics_l, metrics, ready.clone()));
+    let metrics_gate = Port::Metrics.gate(&cfg, &metrics);
+    let metrics_task = tokio::spawn(metrics::serve(
+        metrics_l,
+        metrics_gate,
+        metrics,
+        ready.clone(),
+    ));
     if tls.is_none() {
         tracing::warn!("--insecure-plaintext: every port is unauthenticated and unencrypted");
     }
@@ -360,20 +368,6 @@ const SERVERS_STOP: std::time::Duration = std::time::Duration::from_secs(2);
 
 pub use raftlane_tls::server::incoming;
 
-/// HTTP/2 windows of the peer port. A lane that stops being read can hold at
-/// most its stream window; the connection window is far larger than all lanes
-/// of a peer together, so a stalled lane never starves the others.
-pub fn peer_server() -> Server {
-    Server::builder()
-        // A peer needs a handful of streams (lanes, a snapshot, forwarded client
-        // requests); without a bound one connection could open unlimited ones.
-        .max_concurrent_streams(Some(MAX_PEER_STREAMS))
-        .initial_stream_window_size(STREAM_WINDOW)
-        .initial_connection_window_size(CONNECTION_WINDOW)
-        .http2_keepalive_interval(Some(std::time::Duration::from_secs(10)))
-        .http2_keepalive_timeout(Some(std::time::Duration::from_secs(3)))
-}
-
 async fn shutdown_signal() {
     let term = async {
         match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
@@ -400,12 +394,13 @@ mod tests {
     async fn accepted_connections_have_nagle_off() {
         let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = l.local_addr().unwrap();
-        let mut incoming = Box::pin(super::incoming(l, None));
+        let gate = raftlane_tls::limits::Gate::new("test", Default::default(), Default::default());
+        let mut incoming = Box::pin(super::incoming(l, None, gate));
         let _client = tokio::net::TcpStream::connect(addr).await.unwrap();
         let conn = incoming.next().await.unwrap().unwrap();
         let raftlane_tls::server::Conn::Plain(tcp) = conn else {
             panic!("plaintext listener gave a TLS connection")
         };
-        assert!(tcp.nodelay().unwrap());
+        assert!(tcp.get_ref().nodelay().unwrap());
     }
 }

@@ -16,6 +16,7 @@ use raftlane_proto::kv::PutRequest;
 use raftlane_proto::transport::raft_transport_client::RaftTransportClient;
 use raftlane_proto::transport::RaftEnvelope;
 use raftlane_tls::issue::Authority;
+use raftlane_tls::limits::Gate;
 use raftlane_tls::server::{incoming, Admit};
 use raftlane_tls::{ClientAuth, Dialer, Expect, Identity, ServerTls, TlsFiles, TlsSource};
 use tonic::transport::Channel;
@@ -180,7 +181,8 @@ async fn a_dialled_address_answered_by_the_wrong_member_fails_the_handshake() {
         l.set_nonblocking(true).unwrap();
         let addr = l.local_addr().unwrap().to_string();
         let l = tokio::net::TcpListener::from_std(l).unwrap();
-        (addr, incoming(l, Some(tls)))
+        let gate = Gate::new("test", Default::default(), Default::default());
+        (addr, incoming(l, Some(tls), gate))
     };
     let member1 = dialer_of(&ours, ours.cert_pem(), &Identity::member("ours", 1));
 

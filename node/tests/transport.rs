@@ -208,7 +208,8 @@ impl TestServer {
                     tokio_stream::wrappers::TcpListenerStream::new(l).inspect(move |_| {
                         accepts.accepts.fetch_add(1, Ordering::SeqCst);
                     });
-                raft_node::node::peer_server()
+                raft_node::ports::Port::Peer
+                    .server(&raft_node::config::NodeConfig::defaults())
                     .add_service(RaftTransportServer::new(peer).max_decoding_message_size(64 << 20))
                     .serve_with_incoming(incoming)
                     .await
@@ -825,7 +826,8 @@ async fn member1(limits: SnapshotLimits, members: &[u64]) -> Member1 {
     ))
     .max_decoding_message_size(MAX_MESSAGE_BYTES);
     let server = tokio::spawn(async move {
-        raft_node::node::peer_server()
+        raft_node::ports::Port::Peer
+            .server(&raft_node::config::NodeConfig::defaults())
             .add_service(svc)
             .serve_with_incoming(tokio_stream::wrappers::TcpListenerStream::new(l))
             .await

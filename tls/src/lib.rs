@@ -9,6 +9,8 @@
 //! - [`identity`]: the names and their URI form.
 //! - [`issue`]: a cluster CA and the certificates it signs (rcgen).
 //! - [`files`]: certificate, key and CA files, reloaded when they change.
+//! - [`limits`]: what one port holds at once (connections, handshakes) and
+//!   how long a connection may stay silent.
 //! - [`server`]: TLS on accepted connections; the caller's identity reaches
 //!   each request as a [`server::Caller`] extension.
 //! - [`client`]: [`client::Dialer`], which makes gRPC channels that verify the
@@ -18,6 +20,7 @@ pub mod client;
 pub mod files;
 pub mod identity;
 pub mod issue;
+pub mod limits;
 pub mod server;
 
 pub use client::{Dialer, Expect};

@@ -23,8 +23,8 @@ use tonic::transport::server::Connected;
 
 use crate::files::TlsSource;
 use crate::identity::{Identity, Role};
+use crate::limits::{Gate, Held};
 
-const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 /// Connections accepted but not yet taken by the server.
 const ACCEPT_QUEUE: usize = 64;
 
@@ -142,11 +142,11 @@ impl ServerTls {
         }
     }
 
-    async fn handshake(&self, tcp: TcpStream) -> Result<Conn, String> {
+    async fn handshake(&self, tcp: Held<TcpStream>, within: Duration) -> Result<Conn, String> {
         let cfg = self.config().map_err(|e| e.to_string())?;
         let accept = tokio_rustls::TlsAcceptor::from(cfg).accept(tcp);
-        let tls = match tokio::time::timeout(HANDSHAKE_TIMEOUT, accept).await {
-            Err(_) => return Err(format!("no handshake within {HANDSHAKE_TIMEOUT:?}")),
+        let tls = match tokio::time::timeout(within, accept).await {
+            Err(_) => return Err(format!("no handshake within {within:?}")),
             Ok(Err(e)) => return Err(e.to_string()),
             Ok(Ok(tls)) => tls,
         };
@@ -157,17 +157,20 @@ impl ServerTls {
         };
         let identity = self.admit(presented)?;
         let caller = Caller {
-            addr: tcp.peer_addr().ok(),
+            addr: tcp.get_ref().peer_addr().ok(),
             identity,
         };
         Ok(Conn::Tls(Box::new(tls), caller))
     }
 }
 
-/// An accepted connection, plaintext or TLS.
+/// An accepted connection, plaintext or TLS, holding its slot of the port.
 pub enum Conn {
-    Plain(TcpStream),
-    Tls(Box<tokio_rustls::server::TlsStream<TcpStream>>, Caller),
+    Plain(Held<TcpStream>),
+    Tls(
+        Box<tokio_rustls::server::TlsStream<Held<TcpStream>>>,
+        Caller,
+    ),
 }
 
 impl Connected for Conn {
@@ -176,7 +179,7 @@ impl Connected for Conn {
     fn connect_info(&self) -> Caller {
         match self {
             Conn::Plain(tcp) => Caller {
-                addr: tcp.peer_addr().ok(),
+                addr: tcp.get_ref().peer_addr().ok(),
                 identity: None,
             },
             Conn::Tls(_, caller) => caller.clone(),
@@ -243,11 +246,13 @@ impl AsyncWrite for Conn {
 }
 
 /// The listener's connections with Nagle's algorithm off (small gRPC frames
-/// such as a heartbeat must not wait for a delayed ACK, ~40 ms), through TLS
-/// when `tls` is given. Ends when the server drops the stream.
+/// such as a heartbeat must not wait for a delayed ACK, ~40 ms), within the
+/// port's limits (`gate`), through TLS when `tls` is given. Ends when the
+/// server drops the stream.
 pub fn incoming(
     listener: TcpListener,
     tls: Option<Arc<ServerTls>>,
+    gate: Arc<Gate>,
 ) -> impl Stream<Item = io::Result<Conn>> {
     let (tx, rx) = mpsc::channel::<io::Result<Conn>>(ACCEPT_QUEUE);
     tokio::spawn(async move {
@@ -269,21 +274,31 @@ pub fn incoming(
                 tracing::debug!(%from, error = %e, "connection closed before set-up");
                 continue;
             }
+            let Some(tcp) = gate.admit(tcp) else {
+                continue;
+            };
             let Some(tls) = tls.clone() else {
                 if tx.send(Ok(Conn::Plain(tcp))).await.is_err() {
                     return;
                 }
                 continue;
             };
+            let Some(slot) = gate.handshake() else {
+                continue;
+            };
             let tx = tx.clone();
+            let gate = gate.clone();
+            let within = gate.limits().handshake_timeout;
             tokio::spawn(async move {
-                match tls.handshake(tcp).await {
+                let shaken = tls.handshake(tcp, within).await;
+                drop(slot);
+                match shaken {
                     Ok(conn) => {
                         let _ = tx.send(Ok(conn)).await;
                     }
                     Err(why) => {
                         tls.refused.inc();
-                        tracing::warn!(%from, reason = %why, "TLS connection refused");
+                        gate.refused(Some(from), &format!("TLS: {why}"));
                     }
                 }
             });

@@ -25,8 +25,11 @@ pub use guard::{check_raft_message, GuardError};
 use raft::prelude::Message;
 use raftlane_proto::admin::PeerStatus;
 
-/// Largest envelope or chunk a member sends or accepts.
-pub const MAX_MESSAGE_BYTES: usize = 64 << 20;
+/// Largest envelope or chunk a member sends or accepts. An envelope batches
+/// at most 4 MiB of messages plus one more; a message carries at most 1 MiB
+/// of entries, or one entry of up to a client request (4 MiB); a snapshot
+/// chunk is 1 MiB. Twice the largest of those.
+pub const MAX_MESSAGE_BYTES: usize = 16 << 20;
 
 /// What the raft loop needs from the network.
 pub trait Transport: Send + Sync + 'static {
