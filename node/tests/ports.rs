@@ -337,3 +337,29 @@ async fn silent_and_idle_connections_are_bounded_and_closed() {
         fds(pid)
     );
 }
+
+/// An UpsertPeers with one bad entry changes no address, the good entries
+/// before it included (peer 1 had moved before the bad one was refused).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn upsert_peers_with_a_bad_entry_changes_nothing() {
+    let c = Cluster::start(2, &[]);
+    c.wait_leader(ELECTION * 20).await;
+    let addrs = |s: raftlane_proto::admin::StatusResponse| {
+        s.peers
+            .into_iter()
+            .map(|p| (p.id, p.address))
+            .collect::<Vec<_>>()
+    };
+    let before = addrs(c.status(1).await.unwrap());
+    let err = c
+        .admin(1)
+        .await
+        .upsert_peers(raftlane_proto::admin::UpsertPeersRequest {
+            peers: [(2, "127.0.0.9:7".to_string()), (3, "[x:1".to_string())].into(),
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), tonic::Code::InvalidArgument, "{err}");
+    assert!(err.message().contains("[x:1"), "{err}");
+    assert_eq!(addrs(c.status(1).await.unwrap()), before);
+}

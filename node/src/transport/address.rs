@@ -21,7 +21,17 @@ pub fn validate_peer_addr(addr: &str) -> Result<(), AddrError> {
     let (host, port) = addr
         .rsplit_once(':')
         .ok_or_else(|| err("expected host:port"))?;
-    let host = host.trim_start_matches('[').trim_end_matches(']');
+    let host = match (host.strip_prefix('['), host.strip_suffix(']')) {
+        (Some(_), Some(_)) if host.len() >= 2 => {
+            let inner = &host[1..host.len() - 1];
+            if inner.parse::<std::net::Ipv6Addr>().is_err() {
+                return Err(err("brackets must hold an IPv6 address"));
+            }
+            inner
+        }
+        (None, None) => host,
+        _ => return Err(err("unbalanced brackets")),
+    };
     if host.is_empty() {
         return Err(err("empty host"));
     }
@@ -29,8 +39,14 @@ pub fn validate_peer_addr(addr: &str) -> Result<(), AddrError> {
         return Err(err("host contains whitespace or '/'"));
     }
     match port.parse::<u16>() {
-        Ok(0) | Err(_) => Err(err("port must be a number from 1 to 65535")),
+        Ok(0) | Err(_) => return Err(err("port must be a number from 1 to 65535")),
+        Ok(_) => {}
+    }
+    // What the channel will be built from must parse too: every check that
+    // can refuse an address runs here, before anything changes.
+    match format!("http://{addr}").parse::<tonic::codegen::http::Uri>() {
         Ok(_) => Ok(()),
+        Err(_) => Err(err("not a valid URI authority")),
     }
 }
 
@@ -52,6 +68,10 @@ mod tests {
             "a:99999",
             "a b:1",
             "a:x",
+            "[x:1",
+            "[x]:1",
+            "x]:1",
+            "a%b:1",
         ] {
             assert!(validate_peer_addr(bad).is_err(), "{bad}");
         }
