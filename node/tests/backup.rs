@@ -59,6 +59,10 @@ async fn a_backup_restores_a_new_cluster_with_every_key_on_every_member() {
         "{stdout}"
     );
     eprintln!("measured: {}", stdout.trim());
+    // It holds every key: readable by its owner only.
+    use std::os::unix::fs::PermissionsExt;
+    let mode = std::fs::metadata(&out).unwrap().permissions().mode() & 0o777;
+    assert_eq!(mode, 0o600, "backup file mode {mode:o}");
     // Written after the backup: not in it.
     c.kv(&[1]).put(b"after", b"x").await.unwrap();
 

@@ -281,8 +281,10 @@ struct Taken {
     seconds: f64,
 }
 
-/// Streams a backup into `out` (through a temporary file beside it, fsynced,
-/// renamed only once size and checksums match) with progress on stderr.
+/// Streams a backup into `out` (through a temporary file beside it, mode
+/// 0600 since it holds every key, fsynced, renamed only once size and
+/// checksums match, the directory fsynced before anything is pruned) with
+/// progress on stderr.
 async fn backup(cli: &Cli, out: &Path) -> anyhow::Result<Taken> {
     use raftlane_proto::admin::backup_chunk::Part;
     let started = Instant::now();
@@ -292,9 +294,16 @@ async fn backup(cli: &Cli, out: &Path) -> anyhow::Result<Taken> {
         .await?
         .into_inner();
     let tmp = out.with_extension("partial");
-    let mut file = std::io::BufWriter::new(
-        std::fs::File::create(&tmp).map_err(|e| anyhow::anyhow!("--out {}: {e}", tmp.display()))?,
-    );
+    let mut file = std::io::BufWriter::new({
+        use std::os::unix::fs::OpenOptionsExt;
+        std::fs::OpenOptions::new()
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .mode(0o600)
+            .open(&tmp)
+            .map_err(|e| anyhow::anyhow!("--out {}: {e}", tmp.display()))?
+    });
     let (mut header, mut got, mut crc, mut sent_crc) = (None, 0u64, 0u32, None);
     let mut shown = Instant::now();
     while let Some(chunk) = stream.message().await? {
@@ -335,6 +344,8 @@ async fn backup(cli: &Cli, out: &Path) -> anyhow::Result<Taken> {
     let (_, _, mut body) = raft_node::storage::open_backup(&tmp)?;
     std::io::copy(&mut body, &mut std::io::sink())?;
     std::fs::rename(&tmp, out)?;
+    // The rename is durable before --keep may delete an older backup.
+    raft_node::storage::sync_parent_dir(out)?;
     // The file's own checksum (its last 4 bytes) identifies the backup; the
     // CRC32C of the whole stream, trailer included, is the same for every file.
     let sum = {

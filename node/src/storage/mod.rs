@@ -25,6 +25,12 @@ pub fn write_file_atomically(path: &std::path::Path, body: &[u8]) -> std::io::Re
     f.write_all(body)?;
     f.sync_all()?;
     std::fs::rename(&tmp, path)?;
+    sync_parent_dir(path)
+}
+
+/// Fsyncs the directory holding `path`: a rename into it (or a creation)
+/// is durable only then.
+pub fn sync_parent_dir(path: &std::path::Path) -> std::io::Result<()> {
     let dir = match path.parent() {
         Some(d) if !d.as_os_str().is_empty() => d,
         _ => std::path::Path::new("."),
