@@ -76,6 +76,9 @@ pub struct RaftClusterSpec {
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub image_pull_secrets: Vec<PullSecret>,
     /// Resources of each member's container (Kubernetes runtime only).
+    /// Unset: requests 100m CPU and 256Mi memory, limit 1Gi memory (the
+    /// ports' buffers are bounded; the key-value data is held in memory on
+    /// top of them, so size the limit to the data plus 512Mi).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub resources: Option<ResourceRequirements>,
     #[serde(default)]

@@ -2167,3 +2167,21 @@ async fn a_replica_that_lost_the_lease_adds_no_finalizer_and_releases_no_volume(
     );
     assert_eq!(api.list(&claims_path()).len(), 0);
 }
+
+/// A member's container gets bounded memory by default; `spec.resources`
+/// replaces the default whole.
+#[test]
+fn member_pods_have_default_resources_unless_the_spec_names_them() {
+    let rc = typed(&cluster(1, json!({})));
+    let pod = serde_json::to_value(member_pod(&rc, 1, "data", None, false)).unwrap();
+    let r = &pod["spec"]["containers"][0]["resources"];
+    assert_eq!(r["limits"]["memory"], "1Gi", "{r}");
+    assert_eq!(r["requests"]["memory"], "256Mi", "{r}");
+    let mut v = cluster(1, json!({}));
+    v["spec"]["resources"] = json!({"limits": {"memory": "4Gi"}});
+    let pod = serde_json::to_value(member_pod(&typed(&v), 1, "data", None, false)).unwrap();
+    assert_eq!(
+        pod["spec"]["containers"][0]["resources"],
+        json!({"limits": {"memory": "4Gi"}})
+    );
+}

@@ -599,9 +599,10 @@ pub fn member_pod(
             .expect("volume mounts")
             .push(json!({"name": "restore", "mountPath": RESTORE_DIR, "readOnly": true}));
     }
-    if let Some(r) = &spec.resources {
-        pod["spec"]["containers"][0]["resources"] = json!(r);
-    }
+    pod["spec"]["containers"][0]["resources"] = match &spec.resources {
+        Some(r) => json!(r),
+        None => default_resources(),
+    };
     if let Some(policy) = spec.image_pull_policy {
         pod["spec"]["containers"][0]["imagePullPolicy"] = json!(policy);
     }
@@ -614,4 +615,16 @@ pub fn member_pod(
         pod["spec"]["affinity"] = json!(p.affinity);
     }
     serde_json::from_value(pod).expect("a valid Pod")
+}
+
+/// A member's resources when the spec names none. Every port's buffers are
+/// bounded (client 64 MiB, peer 128 MiB, admin 8 MiB of unfinished
+/// messages), so a limit can be set without knowing the clients; the
+/// key-value data lives in memory on top, so clusters holding more than
+/// ~500 MiB of it set `spec.resources`.
+fn default_resources() -> serde_json::Value {
+    json!({
+        "requests": {"cpu": "100m", "memory": "256Mi"},
+        "limits": {"memory": "1Gi"},
+    })
 }
