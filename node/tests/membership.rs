@@ -35,6 +35,24 @@ async fn promote(c: &Cluster, leader: u64, id: u64) -> Result<u64, tonic::Status
         .map(|r| r.into_inner().index)
 }
 
+/// Promotes learner `id`, retrying while the leader answers ABORTED "not
+/// yet" (as the operator does): a learner whose snapshot install the leader
+/// has not heard of yet is still catching up.
+async fn promote_when_ready(c: &Cluster, leader: u64, id: u64) {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while let Err(e) = promote(c, leader, id).await {
+        let not_yet = [
+            "has not been heard from",
+            "still catching up",
+            "entries behind",
+        ];
+        assert!(not_yet.iter().any(|m| e.message().contains(m)), "{e:?}");
+        assert_eq!(e.code(), Code::Aborted, "{e:?}");
+        assert!(Instant::now() < deadline, "never promoted: {e:?}");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
 async fn remove(c: &Cluster, leader: u64, id: u64) -> Result<u64, tonic::Status> {
     let mut admin = c.admin(leader).await;
     admin
@@ -74,7 +92,7 @@ async fn a_member_joining_a_young_cluster_learns_every_voter_and_never_leads_alo
     let s4 = c.add_learner_and_wait(leader, 4).await;
     assert_eq!(s4.voters, vec![1, 2, 3], "member 4's own view as a learner");
     assert_eq!(s4.learners, vec![4]);
-    promote(&c, leader, 4).await.expect("promote 4");
+    promote_when_ready(&c, leader, 4).await;
     wait_every_view(&c, &[1, 2, 3, 4], &[1, 2, 3, 4], &[]).await;
 
     // With 1–3 stalled, member 4 is one voter of four: it must not win an
@@ -217,17 +235,6 @@ async fn promoting_a_stopped_or_lagging_learner_is_refused() {
     // Running again: promoted once the leader hears from it (the refusal says
     // to retry then).
     c.spawn(4, &[]);
-    let deadline = Instant::now() + Duration::from_secs(30);
-    while let Err(e) = promote(&c, leader, 4).await {
-        let not_yet = [
-            "has not been heard from",
-            "still catching up",
-            "entries behind",
-        ];
-        assert!(not_yet.iter().any(|m| e.message().contains(m)), "{e:?}");
-        assert_eq!(e.code(), Code::Aborted, "{e:?}");
-        assert!(Instant::now() < deadline, "never promoted: {e:?}");
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
+    promote_when_ready(&c, leader, 4).await;
     wait_every_view(&c, &[1, 2, 3, 4], &[1, 2, 3, 4], &[]).await;
 }
