@@ -93,6 +93,33 @@ fn refused_wiped(pod: &Pod) -> bool {
         .is_some_and(|t| t.exit_code == WIPED_EXIT_CODE)
 }
 
+/// How long past the end of its grace period a pod may still be being
+/// deleted before it counts as stuck: a kubelet that answers confirms a
+/// deletion by then (it kills the container when the grace period ends).
+pub const FORCE_DELETE_AFTER: std::time::Duration = std::time::Duration::from_secs(15);
+
+/// True when `pod` is being deleted and its deletion time (set to the end of
+/// its grace period) passed more than [`FORCE_DELETE_AFTER`] before `now`.
+fn deletion_overdue(pod: &Pod, now: jiff::Timestamp) -> bool {
+    pod.metadata
+        .deletion_timestamp
+        .as_ref()
+        .is_some_and(|t| now.duration_since(t.0).as_secs() > FORCE_DELETE_AFTER.as_secs() as i64)
+}
+
+/// Deletes a pod with no grace period (the API server removes it without
+/// waiting for its kubelet), treating "already gone" as done.
+async fn force_delete(pods: &Api<Pod>, name: &str) -> kube::Result<()> {
+    let now = DeleteParams {
+        grace_period_seconds: Some(0),
+        ..DeleteParams::default()
+    };
+    match pods.delete(name, &now).await {
+        Err(e) if is_not_found(&e) => Ok(()),
+        r => r.map(|_| ()),
+    }
+}
+
 /// Volumes of one cluster incarnation (`uid`), retired ones included.
 pub async fn cluster_volumes(
     claims: &Api<PersistentVolumeClaim>,
@@ -255,6 +282,27 @@ impl Runtime for KubeRuntime {
             }
             if (ended || on_retired) && !deleting && repair {
                 delete_gone(&self.pods, &pod.name_any()).await?;
+            }
+            // A pod whose member was given up (its volume retired or being
+            // deleted: replaced after a failure, or removed) and whose
+            // kubelet has not confirmed its deletion long past the grace
+            // period is on a node that is gone or cut off: nothing else
+            // will ever remove it, and while it exists the member's new pod
+            // (same name) cannot be created. Removed from the API at once;
+            // its volume is retired, so its process, if it still runs
+            // somewhere, holds data no member uses again.
+            let live = self.volumes.get(&id).map(|v| v.name.as_str());
+            if repair && claim_of(pod) != live && deletion_overdue(pod, jiff::Timestamp::now()) {
+                tracing::warn!(
+                    member = id,
+                    pod = pod.name_any(),
+                    node = pod.spec.as_ref().and_then(|s| s.node_name.clone()),
+                    "the pod of a replaced member is still being deleted {}s past its grace \
+                     period (its node does not answer): deleted with no grace",
+                    FORCE_DELETE_AFTER.as_secs()
+                );
+                force_delete(&self.pods, &pod.name_any()).await?;
+                continue;
             }
             if !deleting && !pod.annotations().contains_key(HOLDS_STATE_ANNOTATION) {
                 self.unmarked_pods.insert(id, pod.name_any());
@@ -427,6 +475,27 @@ mod tests {
             }]},
         }))
         .unwrap()
+    }
+
+    #[test]
+    fn a_deletion_is_overdue_only_well_past_its_grace_period() {
+        let now: jiff::Timestamp = "2026-01-01T00:01:00Z".parse().unwrap();
+        let deleting = |at: &str| -> Pod {
+            serde_json::from_value(json!({"metadata": {"deletionTimestamp": at}})).unwrap()
+        };
+        assert!(!deletion_overdue(&Pod::default(), now), "not being deleted");
+        assert!(
+            !deletion_overdue(&deleting("2026-01-01T00:01:20Z"), now),
+            "grace left"
+        );
+        assert!(
+            !deletion_overdue(&deleting("2026-01-01T00:00:50Z"), now),
+            "just past"
+        );
+        assert!(
+            deletion_overdue(&deleting("2026-01-01T00:00:40Z"), now),
+            "20 s past"
+        );
     }
 
     #[test]
