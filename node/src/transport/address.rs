@@ -43,9 +43,23 @@ pub fn validate_peer_addr(addr: &str) -> Result<(), AddrError> {
         Ok(_) => {}
     }
     // What the channel will be built from must parse too: every check that
-    // can refuse an address runs here, before anything changes.
+    // can refuse an address runs here, before anything changes. It must also
+    // name this very host: "x@host:1" parses, with "x" as user info, and
+    // would dial host:1 while the peer table shows "x@host:1" (found by
+    // fuzzing, node/tests/fuzz).
     match format!("http://{addr}").parse::<tonic::codegen::http::Uri>() {
-        Ok(_) => Ok(()),
+        Ok(uri)
+            if uri.authority().map(|a| a.as_str()) == Some(addr)
+                && uri
+                    .host()
+                    .map(|h| h.trim_start_matches('[').trim_end_matches(']'))
+                    == Some(host) =>
+        {
+            Ok(())
+        }
+        Ok(_) => Err(err(
+            "the channel would dial another host (user info before '@'?)",
+        )),
         Err(_) => Err(err("not a valid URI authority")),
     }
 }
@@ -72,6 +86,8 @@ mod tests {
             "[x]:1",
             "x]:1",
             "a%b:1",
+            "@a.a---:1",
+            "user@10.0.0.1:7000",
         ] {
             assert!(validate_peer_addr(bad).is_err(), "{bad}");
         }
