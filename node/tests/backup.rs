@@ -2,7 +2,8 @@
 //! snapshot of a running cluster to a file; a new cluster whose every initial
 //! voter is started with `--restore-from` that file holds every key, as each
 //! member's own status and reads show. A corrupt backup, a restore into a
-//! formed cluster and a backup by a non-admin certificate are refused.
+//! formed cluster and a backup by a certificate neither an admin's nor the
+//! backup Jobs' are refused; the backup Jobs' may change nothing.
 //! Scheduled backups: `--series`/`--keep` leave the newest files of a series
 //! and nothing else touched, `--summary-file` records the run, and bad
 //! retention flags are refused before any backup is taken.
@@ -15,7 +16,7 @@ use std::time::Duration;
 use common::{assert_keys, write_keys, Cluster, ELECTION};
 use raftlane_proto::admin::node_admin_client::NodeAdminClient;
 use raftlane_proto::admin::BackupRequest;
-use raftlane_tls::Expect;
+use raftlane_tls::{Expect, Identity};
 
 const KEYS: u64 = 20_000;
 
@@ -102,7 +103,7 @@ async fn a_backup_restores_a_new_cluster_with_every_key_on_every_member() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_corrupt_backup_is_refused_and_only_admins_may_take_one() {
+async fn a_corrupt_backup_is_refused_and_only_admins_or_backup_jobs_may_take_one() {
     let c = Cluster::start(1, &[]);
     c.wait_leader(ELECTION * 20).await;
     write_keys(&c.kv(&[1]), "k/", 0..100).await;
@@ -146,6 +147,37 @@ async fn a_corrupt_backup_is_refused_and_only_admins_may_take_one() {
         .unwrap();
     let err = NodeAdminClient::new(ch)
         .backup(BackupRequest {})
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), tonic::Code::PermissionDenied, "{err}");
+
+    // The backup Jobs' certificate may take a backup, and change nothing.
+    c.write_cert("backup", &Identity::backup(&c.cluster_id));
+    let (code, stdout, err) = raftctl(
+        &c,
+        &[
+            "--cert",
+            c.tls_dir().join("backup.crt").to_str().unwrap(),
+            "--key",
+            c.tls_dir().join("backup.key").to_str().unwrap(),
+            "--admin",
+            &admin,
+            "backup",
+            "--out",
+            c.tmp.path().join("by-job.backup").to_str().unwrap(),
+        ],
+    );
+    assert_eq!(code, 0, "{stdout}{err}");
+    let d = c.dialer_as("backup");
+    let ch = d
+        .connect(
+            d.endpoint(&admin).unwrap().timeout(Duration::from_secs(5)),
+            Expect::AnyMember,
+        )
+        .await
+        .unwrap();
+    let err = NodeAdminClient::new(ch)
+        .remove_member(raftlane_proto::admin::MemberRequest { id: 2 })
         .await
         .unwrap_err();
     assert_eq!(err.code(), tonic::Code::PermissionDenied, "{err}");

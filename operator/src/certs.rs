@@ -42,6 +42,9 @@ pub enum Leaf {
     Admin,
     /// A user's certificate for the key-value API (`/client/default`).
     Client,
+    /// The backup Jobs' certificate: the Backup call and nothing else that
+    /// changes a member (`/backup`).
+    Backup,
 }
 
 impl Leaf {
@@ -51,17 +54,19 @@ impl Leaf {
             Leaf::Operator => Identity::operator(cluster),
             Leaf::Admin => Identity::admin(cluster),
             Leaf::Client => Identity::client(cluster, CLIENT_NAME),
+            Leaf::Backup => Identity::backup(cluster),
         }
     }
 
     /// The file stem (local runtime) and Secret infix (Kubernetes) of this
-    /// certificate: `member-<id>`, `operator`, `admin`, `client`.
+    /// certificate: `member-<id>`, `operator`, `admin`, `client`, `backup`.
     pub fn stem(&self) -> String {
         match self {
             Leaf::Member(id) => format!("member-{id}"),
             Leaf::Operator => "operator".into(),
             Leaf::Admin => "admin".into(),
             Leaf::Client => "client".into(),
+            Leaf::Backup => "backup".into(),
         }
     }
 
@@ -74,12 +79,12 @@ impl Leaf {
 }
 
 /// Every certificate a cluster with `members` has: one per member, the
-/// operator's, and the two users' (admin and client).
+/// operator's, the two users' (admin and client) and the backup Jobs'.
 pub fn leaves(members: impl IntoIterator<Item = u64>) -> Vec<Leaf> {
     let mut out: Vec<Leaf> = members.into_iter().map(Leaf::Member).collect();
     out.sort();
     out.dedup();
-    out.extend([Leaf::Operator, Leaf::Admin, Leaf::Client]);
+    out.extend([Leaf::Operator, Leaf::Admin, Leaf::Client, Leaf::Backup]);
     out
 }
 
@@ -364,6 +369,7 @@ mod tests {
             Leaf::Operator,
             Leaf::Admin,
             Leaf::Client,
+            Leaf::Backup,
         ];
         assert_eq!(c.leaves.keys().cloned().collect::<Vec<_>>(), want);
         let ca = stored.ca.clone().unwrap();
@@ -386,7 +392,7 @@ mod tests {
         assert!(c.is_empty(), "not yet due at 59 days");
         let (_, c) = pass(&stored, None, now + 61 * DAY);
         assert!(c.ca.is_none(), "the CA is far from due");
-        assert_eq!(c.leaves.len(), 5, "every leaf is due at 61 days");
+        assert_eq!(c.leaves.len(), 6, "every leaf is due at 61 days");
         let renewed = &c.leaves[&Leaf::Member(1)];
         assert_ne!(renewed.cert_pem, stored.leaves[&Leaf::Member(1)].cert_pem);
         assert_eq!(renewed.generation, 1);
@@ -414,7 +420,7 @@ mod tests {
         assert_eq!(why, CaChange::Requested("b".into()));
         assert_eq!(ca.generation, 2);
         assert_eq!(ca.previous_pem.as_deref(), Some(old.cert_pem.as_str()));
-        assert_eq!(c.leaves.len(), 5);
+        assert_eq!(c.leaves.len(), 6);
         for (l, s) in &c.leaves {
             assert_eq!(
                 s.generation, 1,
@@ -430,7 +436,7 @@ mod tests {
         let t1 = t0 + GRACE;
         let (s2, c) = pass(&s1, Some("b"), t1);
         assert_eq!(c.ca.as_ref().unwrap().1, CaChange::LeavesReissued);
-        assert_eq!(c.leaves.len(), 5);
+        assert_eq!(c.leaves.len(), 6);
         for s in c.leaves.values() {
             assert_eq!(s.generation, 2);
             assert!(

@@ -200,7 +200,7 @@ async fn a_backup_creates_its_pvc_and_a_job_then_lists_the_file_once_the_job_suc
         pod["volumes"],
         json!([
             {"name": "backups", "persistentVolumeClaim": {"claimName": "nightly-backups"}},
-            {"name": "tls", "secret": {"secretName": "demo-admin-tls", "defaultMode": 0o440}},
+            {"name": "tls", "secret": {"secretName": "demo-backup-tls", "defaultMode": 0o440}},
         ])
     );
     let s = status(&api, "nightly");

@@ -245,8 +245,9 @@ async fn create_cluster_writes_services_budget_volumes_pods_then_status() {
         format!("POST {}", policies_path()),
         format!("GET {}", secrets_path()),
     ];
-    // The CA, each member's certificate, then the users': before any pod.
-    for _ in 0..6 {
+    // The CA, each member's certificate, then the users' and the backup
+    // Jobs': before any pod.
+    for _ in 0..7 {
         want.push(format!("POST {}", secrets_path()));
     }
     want.extend([
@@ -272,7 +273,7 @@ async fn create_cluster_writes_services_budget_volumes_pods_then_status() {
     assert_eq!(peers["metadata"]["ownerReferences"][0]["uid"], UID);
     assert_eq!(calls[3].body["spec"]["ports"][0]["port"], 7001);
     assert_eq!(calls[5].body["spec"]["maxUnavailable"], 1);
-    assert!(calls[16].query.contains("labelSelector="));
+    assert!(calls[17].query.contains("labelSelector="));
 
     // The NetworkPolicy: the peer port only from this cluster's members, and
     // nothing else (the chart's policy covers the other ports; policies add up).
@@ -290,10 +291,10 @@ async fn create_cluster_writes_services_budget_volumes_pods_then_status() {
     );
     assert_eq!(ingress.len(), 1, "{ingress:?}");
 
-    // Secrets: the CA, members 1-3, admin, client; each owned by the cluster
-    // (collected with it).
+    // Secrets: the CA, members 1-3, admin, client, backup; each owned by the
+    // cluster (collected with it).
     assert!(calls[8].query.contains("labelSelector="));
-    let names: Vec<&str> = calls[9..15]
+    let names: Vec<&str> = calls[9..16]
         .iter()
         .map(|c| c.body["metadata"]["name"].as_str().unwrap())
         .collect();
@@ -305,10 +306,11 @@ async fn create_cluster_writes_services_budget_volumes_pods_then_status() {
             "demo-member-2-tls",
             "demo-member-3-tls",
             "demo-admin-tls",
-            "demo-client-tls"
+            "demo-client-tls",
+            "demo-backup-tls"
         ]
     );
-    for c in &calls[9..15] {
+    for c in &calls[9..16] {
         let owner = &c.body["metadata"]["ownerReferences"][0];
         assert_eq!(
             (&owner["uid"], &owner["kind"]),
@@ -328,7 +330,7 @@ async fn create_cluster_writes_services_budget_volumes_pods_then_status() {
             assert_eq!(c.body["type"], "kubernetes.io/tls");
         }
     }
-    assert_eq!(calls[15].body["reason"], "CertificatesIssued");
+    assert_eq!(calls[16].body["reason"], "CertificatesIssued");
     // No certificate is written again by the next pass.
     let stored = api.get(&secrets_path(), "demo-member-1-tls").unwrap();
     assert_eq!(
@@ -337,7 +339,7 @@ async fn create_cluster_writes_services_budget_volumes_pods_then_status() {
     );
 
     // The bootstrap voters are written before the first member is created.
-    let bootstrap = &calls[18];
+    let bootstrap = &calls[19];
     assert!(bootstrap
         .query
         .contains(&format!("fieldManager={STATUS_MANAGER}")));
@@ -348,7 +350,7 @@ async fn create_cluster_writes_services_budget_volumes_pods_then_status() {
     );
 
     for (i, id) in (1..=3u64).enumerate() {
-        let claim = &calls[19 + 3 * i];
+        let claim = &calls[20 + 3 * i];
         assert_eq!(
             claim.body["metadata"]["generateName"],
             format!("data-demo-{}-", id - 1)
@@ -366,7 +368,7 @@ async fn create_cluster_writes_services_budget_volumes_pods_then_status() {
         assert!(claim.body["metadata"]["ownerReferences"].is_null());
         let claim_name = api.list(&claims_path())[i]["metadata"]["name"].clone();
 
-        let pod = &calls[20 + 3 * i].body;
+        let pod = &calls[21 + 3 * i].body;
         assert_eq!(pod["metadata"]["name"], format!("demo-{}", id - 1));
         assert_eq!(pod["spec"]["hostname"], format!("demo-{}", id - 1));
         assert_eq!(pod["spec"]["subdomain"], "demo-peers");
@@ -407,7 +409,7 @@ async fn create_cluster_writes_services_budget_volumes_pods_then_status() {
         assert_eq!(pod["spec"]["securityContext"]["runAsNonRoot"], true);
         // Members never call the Kubernetes API: no ServiceAccount token inside.
         assert_eq!(pod["spec"]["automountServiceAccountToken"], false);
-        assert_eq!(calls[21 + 3 * i].body["reason"], "MemberCreated");
+        assert_eq!(calls[22 + 3 * i].body["reason"], "MemberCreated");
         // The member's Secret, mounted read-only; raft-node told where.
         assert_eq!(
             named(&pod["spec"]["volumes"], "tls")["secret"]["secretName"],
@@ -433,7 +435,7 @@ async fn create_cluster_writes_services_budget_volumes_pods_then_status() {
         assert_eq!(env(pod, "RAFTLANE_INSECURE_PLAINTEXT"), None);
         assert_eq!(env(pod, "RAFTLANE_TLS_CLIENT_AUTH"), None);
     }
-    let status = &calls[28].body["status"];
+    let status = &calls[29].body["status"];
     assert_eq!(status["observedGeneration"], 1);
     assert_eq!(status["bootstrapVoters"], json!([1, 2, 3]));
     let progressing = status["conditions"]
@@ -1488,7 +1490,7 @@ fn with_certificates(api: &FakeApi, replicas: u32) -> (RaftCluster, Ca) {
     put_stored(api, &secrets_path(), ca_secret(&rc, &ca));
     let authority = ca.authority().unwrap();
     let mut leaves: Vec<Leaf> = (1..=u64::from(replicas)).map(Leaf::Member).collect();
-    leaves.extend([Leaf::Admin, Leaf::Client]);
+    leaves.extend([Leaf::Admin, Leaf::Client, Leaf::Backup]);
     for leaf in leaves {
         let issued = authority
             .issue(&leaf.identity(UID), &[], LEAF_VALIDITY)
@@ -1569,6 +1571,7 @@ async fn a_new_rotate_ca_annotation_reissues_every_certificate_trusting_both_cas
         "demo-member-2-tls",
         "demo-admin-tls",
         "demo-client-tls",
+        "demo-backup-tls",
     ];
     let puts = |calls: &[Call]| -> Vec<String> {
         calls
@@ -1728,7 +1731,8 @@ async fn with_an_issuer_cert_manager_certificates_are_requested() {
             "demo-member-2-tls",
             "demo-operator-tls",
             "demo-admin-tls",
-            "demo-client-tls"
+            "demo-client-tls",
+            "demo-backup-tls"
         ]
     );
     assert!(

@@ -17,6 +17,9 @@ pub enum Role {
     Admin,
     /// A client of the key-value API; may read member status, never change it.
     Client(String),
+    /// Backup Jobs: may stream a backup (every key) and read status; may not
+    /// change membership or peers.
+    Backup,
 }
 
 /// One certificate's identity: its cluster (the RaftCluster's UID in
@@ -56,6 +59,10 @@ impl Identity {
         Identity::new(cluster, Role::Client(name.to_string()))
     }
 
+    pub fn backup(cluster: &str) -> Identity {
+        Identity::new(cluster, Role::Backup)
+    }
+
     fn new(cluster: &str, role: Role) -> Identity {
         Identity {
             cluster: cluster.to_string(),
@@ -76,6 +83,12 @@ impl Identity {
         matches!(self.role, Role::Operator | Role::Admin)
     }
 
+    /// True for the identities allowed to stream a backup: the
+    /// administrators and the backup identity.
+    pub fn may_take_backups(&self) -> bool {
+        self.may_administer() || self.role == Role::Backup
+    }
+
     /// The URI SAN form.
     pub fn uri(&self) -> String {
         let c = &self.cluster;
@@ -84,6 +97,7 @@ impl Identity {
             Role::Operator => format!("{SCHEME}{c}/operator"),
             Role::Admin => format!("{SCHEME}{c}/admin"),
             Role::Client(name) => format!("{SCHEME}{c}/client/{name}"),
+            Role::Backup => format!("{SCHEME}{c}/backup"),
         }
     }
 
@@ -102,6 +116,7 @@ impl Identity {
         let role = match path.split_once('/') {
             None if path == "operator" => Role::Operator,
             None if path == "admin" => Role::Admin,
+            None if path == "backup" => Role::Backup,
             Some(("member", id)) => Role::Member(id.parse().map_err(|_| bad("member id"))?),
             Some(("client", name)) if !name.is_empty() && !name.contains('/') => {
                 Role::Client(name.to_string())
@@ -144,6 +159,7 @@ mod tests {
             Identity::operator("demo"),
             Identity::admin("demo"),
             Identity::client("demo", "alice"),
+            Identity::backup("demo"),
         ] {
             assert_eq!(Identity::parse(&id.uri()).unwrap(), id, "{id}");
         }

@@ -12,7 +12,7 @@ use raftlane_proto::admin::{
     AdminResponse, BackupChunk, BackupHeader, BackupRequest, MemberRequest, PeerIdRequest,
     SnapshotRequest, StatusRequest, StatusResponse, UpsertPeersRequest, UpsertPeersResponse,
 };
-use raftlane_tls::Caller;
+use raftlane_tls::{Caller, Identity};
 use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response, Status};
@@ -44,11 +44,21 @@ const BACKUP_AHEAD: usize = 4;
 impl AdminService {
     /// Refuses `call` unless the caller's certificate may administer.
     fn authorize<T>(&self, req: &Request<T>, call: &'static str) -> Result<(), Status> {
+        self.authorize_if(req, call, Identity::may_administer)
+    }
+
+    /// As `authorize`, with `allowed` deciding who may make `call`.
+    fn authorize_if<T>(
+        &self,
+        req: &Request<T>,
+        call: &'static str,
+        allowed: fn(&Identity) -> bool,
+    ) -> Result<(), Status> {
         if !self.tls {
             return Ok(());
         }
         let who = Caller::of(req).and_then(|c| c.identity.as_ref());
-        if who.is_some_and(|w| w.may_administer()) {
+        if who.is_some_and(allowed) {
             return Ok(());
         }
         self.metrics
@@ -123,7 +133,8 @@ impl NodeAdmin for AdminService {
         req: Request<BackupRequest>,
     ) -> Result<Response<Self::BackupStream>, Status> {
         // The whole dataset: as guarded as a change.
-        self.authorize(&req, "Backup")?;
+        // The backup identity too: backup Jobs need this call and no other.
+        self.authorize_if(&req, "Backup", Identity::may_take_backups)?;
         let index = bounded(self.timeout, "snapshot", self.node.snapshot()).await?;
         let (term, path) = self
             .snapshots

@@ -124,8 +124,8 @@ fn admin_addr(ip: &str) -> String {
 
 /// The Job taking backup `backup::file_name(name, now)` of `rc` from its
 /// leader at `leader_ip`: raftctl in the cluster's image, as the members run
-/// (non-root, nothing writable but the backup volume), with the admin
-/// certificate (or plaintext when the cluster has no TLS), writing to the
+/// (non-root, nothing writable but the backup volume), with the backup
+/// certificate, which may take a backup and change nothing (or plaintext when the cluster has no TLS), writing to the
 /// PVC `<name>-backups` and keeping `spec.keep` files of the series `<name>`.
 /// Owned by the RaftClusterBackup; one try, at most an hour.
 pub fn backup_job(
@@ -212,7 +212,7 @@ pub fn backup_job(
             .as_array_mut()
             .expect("volumes")
             .push(json!({"name": "tls", "secret": {
-                "secretName": leaf_secret_name(&rc.name_any(), &Leaf::Admin),
+                "secretName": leaf_secret_name(&rc.name_any(), &Leaf::Backup),
                 "defaultMode": 0o440,
             }}));
         pod["containers"][0]["volumeMounts"]
@@ -664,7 +664,7 @@ mod tests {
             pod["volumes"],
             json!([
                 {"name": "backups", "persistentVolumeClaim": {"claimName": "nightly-backups"}},
-                {"name": "tls", "secret": {"secretName": "demo-admin-tls", "defaultMode": 0o440}},
+                {"name": "tls", "secret": {"secretName": "demo-backup-tls", "defaultMode": 0o440}},
             ])
         );
     }

@@ -115,7 +115,8 @@ pub fn ca_secret_name(cluster: &str) -> String {
 }
 
 /// The Secret of one certificate: `<name>-member-<id>-tls`, `<name>-admin-tls`,
-/// `<name>-client-tls` (and `<name>-operator-tls`, issued by cert-manager only).
+/// `<name>-client-tls`, `<name>-backup-tls` (and `<name>-operator-tls`,
+/// issued by cert-manager only).
 pub fn leaf_secret_name(cluster: &str, leaf: &Leaf) -> String {
     format!("{cluster}-{}-tls", leaf.stem())
 }
