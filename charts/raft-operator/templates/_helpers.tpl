@@ -165,18 +165,22 @@ release namespace (see rbac.yaml).
 - apiGroups: ["policy"]
   resources: ["poddisruptionbudgets"]
   verbs: ["get", "create"]
+# Only the verbs the operator calls: each cluster's peer policy is read,
+# created, or deleted where the chart's policy is absent (k8s/controller.rs).
 - apiGroups: ["networking.k8s.io"]
   resources: ["networkpolicies"]
-  verbs: ["get", "list", "watch", "create", "update", "patch", "delete"]
-# Secrets: each cluster's CA and its members' certificates. Only this role
-# (bound to the operator's ServiceAccount) is granted them.
+  verbs: ["get", "create", "delete"]
+# Secrets: each cluster's CA and its certificates, listed by label, created,
+# replaced on renewal, deleted with a member (k8s/tls.rs, k8s/runtime.rs).
+# Only this role (bound to the operator's ServiceAccount) is granted them.
 - apiGroups: [""]
   resources: ["secrets"]
-  verbs: ["get", "list", "watch", "create", "update", "patch", "delete"]
-# cert-manager Certificates, for clusters that set spec.tls.issuerRef.
+  verbs: ["list", "create", "update", "delete"]
+# cert-manager Certificates, for clusters that set spec.tls.issuerRef: read,
+# created when missing (k8s/tls.rs); they go with the RaftCluster (owned).
 - apiGroups: ["cert-manager.io"]
   resources: ["certificates"]
-  verbs: ["get", "list", "watch", "create", "patch", "delete"]
+  verbs: ["get", "create"]
 - apiGroups: ["events.k8s.io"]
   resources: ["events"]
   verbs: ["create"]
