@@ -360,6 +360,9 @@ impl Default for RaftSettings {
 #[serde(rename_all = "camelCase")]
 #[x_kube(validation = Rule::new("self.enabled || !has(self.issuerRef)")
     .message("spec.tls.issuerRef needs spec.tls.enabled: true"))]
+#[x_kube(validation = Rule::new(
+    "!has(self.issuerRef) || self.issuerRef.kind != 'ClusterIssuer' || self.insecureClusterIssuer")
+    .message("spec.tls.issuerRef names a ClusterIssuer: whoever may create a Certificate for it in any namespace can mint this cluster's admin identity; use a namespaced Issuer, or set spec.tls.insecureClusterIssuer: true to accept that"))]
 pub struct TlsSpec {
     /// TLS on every port (the default). false starts members with
     /// `--insecure-plaintext`: no encryption and no authentication, anyone who
@@ -378,6 +381,13 @@ pub struct TlsSpec {
     /// the same Secret names (Kubernetes runtime only).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub issuer_ref: Option<IssuerRef>,
+    /// Accept an `issuerRef` of kind ClusterIssuer. Identities are names in
+    /// certificates, so anyone who may create a cert-manager Certificate for
+    /// that issuer, in any namespace, can mint this cluster's admin (or a
+    /// member's) identity. A namespaced Issuer whose CA serves this cluster
+    /// alone needs no opt-in.
+    #[serde(default)]
+    pub insecure_cluster_issuer: bool,
 }
 
 fn default_true() -> bool {
@@ -390,6 +400,7 @@ impl Default for TlsSpec {
             enabled: true,
             insecure_anonymous_clients: false,
             issuer_ref: None,
+            insecure_cluster_issuer: false,
         }
     }
 }

@@ -1704,12 +1704,35 @@ async fn without_tls_no_secret_is_written_and_members_are_told_plaintext() {
     }
 }
 
+/// A ClusterIssuer lets any namespace with Certificate rights mint this
+/// cluster's identities: refused, naming the opt-in, with nothing requested.
+#[tokio::test]
+async fn a_cluster_issuer_without_the_opt_in_is_refused() {
+    let (api, client) = FakeApi::start();
+    let ctx = context(client);
+    let mut rc = cluster(2, json!({}));
+    rc["spec"]["tls"] = json!({"issuerRef": {"name": "raft-ca", "kind": "ClusterIssuer"}});
+    api.put(&clusters_path(), rc);
+    let stored = api.get(&clusters_path(), "demo").unwrap();
+    let guard: DeserializeGuard<RaftCluster> = serde_json::from_value(stored).unwrap();
+    let err = reconcile(Arc::new(guard), ctx.clone()).await.unwrap_err();
+    assert!(
+        err.to_string().contains("spec.tls.insecureClusterIssuer"),
+        "{err}"
+    );
+    assert!(!api
+        .take_calls()
+        .iter()
+        .any(|c| c.line() == format!("POST {}", certificates_path())));
+}
+
 #[tokio::test]
 async fn with_an_issuer_cert_manager_certificates_are_requested() {
     let (api, client) = FakeApi::start();
     let ctx = context(client);
     let mut rc = cluster(2, json!({}));
-    rc["spec"]["tls"] = json!({"insecureAnonymousClients": true, "issuerRef": {"name": "raft-ca", "kind": "ClusterIssuer"}});
+    rc["spec"]["tls"] = json!({"insecureAnonymousClients": true, "insecureClusterIssuer": true,
+               "issuerRef": {"name": "raft-ca", "kind": "ClusterIssuer"}});
     api.put(&clusters_path(), rc);
     let stored = api.get(&clusters_path(), "demo").unwrap();
     let guard: DeserializeGuard<RaftCluster> = serde_json::from_value(stored).unwrap();

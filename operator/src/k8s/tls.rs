@@ -238,6 +238,14 @@ async fn sync_cert_manager(
     issuer: &IssuerRef,
     write_allowed: bool,
 ) -> anyhow::Result<Synced> {
+    // Also a CEL rule of the CRD; checked here for objects stored before it.
+    anyhow::ensure!(
+        issuer.kind != "ClusterIssuer" || rc.spec.tls.insecure_cluster_issuer,
+        "spec.tls.issuerRef names ClusterIssuer {}: whoever may create a Certificate for it \
+         in any namespace can mint this cluster's admin identity; use a namespaced Issuer, \
+         or set spec.tls.insecureClusterIssuer: true to accept that",
+        issuer.name
+    );
     let name = rc.name_any();
     let ns = rc.namespace().unwrap_or_default();
     let mut written = Vec::new();
