@@ -51,6 +51,12 @@ pub struct KvService {
 /// A leader's member id and peer address: with TLS a client verifies the id.
 type LeaderKey = (u64, String);
 
+/// Drops the clients of leaders no longer at that address (moved, removed
+/// from the peer table): the map holds at most one client per peer.
+fn keep_current<C>(map: &mut HashMap<LeaderKey, C>, addr_of: impl Fn(u64) -> Option<String>) {
+    map.retain(|(id, addr), _| addr_of(*id).as_deref() == Some(addr.as_str()));
+}
+
 fn require_key(key: &[u8]) -> Result<(), Status> {
     if key.is_empty() {
         return Err(Status::invalid_argument("key must not be empty"));
@@ -193,6 +199,7 @@ impl KvService {
             .connect_timeout(Duration::from_secs(3))
             .timeout(self.timeout);
         let client = KvClient::new(self.dialer.channel(endpoint, Expect::Member(id)));
+        keep_current(&mut map, |id| self.peers.peer_addr(id));
         map.insert((id, addr.clone()), client.clone());
         Ok(Leader { id, addr, client })
     }
@@ -281,6 +288,23 @@ impl Kv for KvService {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn leader_clients_of_moved_or_removed_peers_are_dropped() {
+        let mut map: HashMap<LeaderKey, ()> = HashMap::new();
+        for (id, addr) in [(1, "a:1"), (2, "b:1"), (2, "b:2"), (3, "c:1")] {
+            map.insert((id, addr.to_string()), ());
+        }
+        let table = |id| match id {
+            1 => Some("a:1".to_string()),
+            2 => Some("b:2".to_string()),
+            _ => None,
+        };
+        keep_current(&mut map, table);
+        let mut left: Vec<_> = map.into_keys().collect();
+        left.sort();
+        assert_eq!(left, [(1, "a:1".to_string()), (2, "b:2".to_string())]);
+    }
 
     fn req(limit: u32) -> ScanRequest {
         ScanRequest {
