@@ -40,6 +40,9 @@ pub struct AdminService {
 /// memory a backup holds, whatever the snapshot's size.
 const BACKUP_CHUNK: usize = 1 << 20;
 const BACKUP_AHEAD: usize = 4;
+/// A backup reader that takes no chunk for this long is given up on: the
+/// thread reading the snapshot ends, the file closes.
+const BACKUP_STALL: Duration = Duration::from_secs(60);
 
 impl AdminService {
     /// Refuses `call` unless the caller's certificate may administer.
@@ -90,16 +93,27 @@ impl AdminService {
 }
 
 /// Reads `file` (already open: a later snapshot may prune its name) into
-/// `tx` as header, data chunks and the CRC32C of the data.
+/// `tx` as header, data chunks and the CRC32C of the data; on a blocking
+/// thread of the runtime. Ends when the reader goes, or takes nothing for
+/// `stall`.
 fn stream_backup(
     mut file: std::fs::File,
     header: BackupHeader,
     tx: mpsc::Sender<Result<BackupChunk, Status>>,
+    stall: Duration,
 ) {
     use std::io::Read;
+    let rt = tokio::runtime::Handle::current();
     let send = |part| {
-        tx.blocking_send(Ok(BackupChunk { part: Some(part) }))
-            .is_ok()
+        let chunk = Ok(BackupChunk { part: Some(part) });
+        match rt.block_on(tx.send_timeout(chunk, stall)) {
+            Ok(()) => true,
+            Err(mpsc::error::SendTimeoutError::Timeout(_)) => {
+                tracing::warn!("backup abandoned: the reader took nothing for {stall:?}");
+                false
+            }
+            Err(mpsc::error::SendTimeoutError::Closed(_)) => false,
+        }
     };
     if !send(Part::Header(header)) {
         return;
@@ -155,7 +169,7 @@ impl NodeAdmin for AdminService {
             size,
         };
         let (tx, rx) = mpsc::channel(BACKUP_AHEAD);
-        tokio::task::spawn_blocking(move || stream_backup(file, header, tx));
+        tokio::task::spawn_blocking(move || stream_backup(file, header, tx, BACKUP_STALL));
         Ok(Response::new(ReceiverStream::new(rx)))
     }
 
@@ -276,5 +290,29 @@ impl NodeAdmin for AdminService {
             index,
             message: format!("snapshot at index {index}"),
         }))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A reader that stops taking chunks does not hold the reading thread
+    /// (and the snapshot file) forever.
+    #[tokio::test]
+    async fn a_stalled_backup_reader_is_given_up_on() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("snap");
+        std::fs::write(&path, vec![7u8; 8 * BACKUP_CHUNK]).unwrap();
+        let file = std::fs::File::open(&path).unwrap();
+        let (tx, _rx) = mpsc::channel(1);
+        let started = std::time::Instant::now();
+        let stall = Duration::from_millis(200);
+        tokio::task::spawn_blocking(move || {
+            stream_backup(file, BackupHeader::default(), tx, stall)
+        })
+        .await
+        .unwrap();
+        assert!(started.elapsed() < Duration::from_secs(5));
     }
 }
