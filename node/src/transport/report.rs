@@ -1,6 +1,9 @@
 //! Reports from the network back to the raft loop: a peer is unreachable, or a
-//! snapshot send finished or failed. Posting never blocks; a lost report only delays
-//! raft's retry by a heartbeat, and is counted.
+//! snapshot send finished or failed. Posting never blocks. A lost unreachable
+//! report only delays raft's retry by a heartbeat, and is counted; a snapshot
+//! report is never lost (raft-rs keeps a peer paused in Snapshot state until
+//! it hears one), so on a full channel it waits in a task of its own: at most
+//! one per snapshot sent.
 
 use prometheus_client::metrics::counter::Counter;
 use raft::SnapshotStatus;
@@ -38,8 +41,17 @@ impl ReportSender {
     }
 
     pub fn post(&self, report: Report) {
-        if self.tx.try_send(report).is_err() {
-            self.lost.inc();
+        match self.tx.try_send(report) {
+            Ok(()) | Err(mpsc::error::TrySendError::Closed(_)) => {}
+            Err(mpsc::error::TrySendError::Full(r @ Report::Snapshot { .. })) => {
+                let tx = self.tx.clone();
+                tokio::spawn(async move {
+                    let _ = tx.send(r).await;
+                });
+            }
+            Err(mpsc::error::TrySendError::Full(Report::Unreachable(_))) => {
+                self.lost.inc();
+            }
         }
     }
 }
@@ -47,6 +59,26 @@ impl ReportSender {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[tokio::test]
+    async fn a_snapshot_report_on_a_full_channel_arrives_later() {
+        let lost = Counter::default();
+        let (tx, mut rx) = ReportSender::channel(1, lost.clone());
+        tx.post(Report::Unreachable(2));
+        tx.post(Report::Snapshot {
+            to: 3,
+            finished: false,
+        });
+        assert_eq!(lost.get(), 0);
+        assert_eq!(rx.recv().await.unwrap(), Report::Unreachable(2));
+        assert_eq!(
+            rx.recv().await.unwrap(),
+            Report::Snapshot {
+                to: 3,
+                finished: false
+            }
+        );
+    }
 
     #[test]
     fn post_never_blocks_and_counts_losses() {
