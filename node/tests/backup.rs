@@ -137,15 +137,8 @@ async fn a_corrupt_backup_is_refused_and_only_admins_or_backup_jobs_may_take_one
     );
 
     // A member's certificate may not read the whole dataset out.
-    let d = c.dialer_as("member-1");
-    let ch = d
-        .connect(
-            d.endpoint(&admin).unwrap().timeout(Duration::from_secs(5)),
-            Expect::AnyMember,
-        )
+    let err = admin_as(&c, "member-1", &admin)
         .await
-        .unwrap();
-    let err = NodeAdminClient::new(ch)
         .backup(BackupRequest {})
         .await
         .unwrap_err();
@@ -168,19 +161,23 @@ async fn a_corrupt_backup_is_refused_and_only_admins_or_backup_jobs_may_take_one
         ],
     );
     assert_eq!(code, 0, "{stdout}{err}");
-    let d = c.dialer_as("backup");
-    let ch = d
-        .connect(
-            d.endpoint(&admin).unwrap().timeout(Duration::from_secs(5)),
-            Expect::AnyMember,
-        )
+    let err = admin_as(&c, "backup", &admin)
         .await
-        .unwrap();
-    let err = NodeAdminClient::new(ch)
         .remove_member(raftlane_proto::admin::MemberRequest { id: 2 })
         .await
         .unwrap_err();
     assert_eq!(err.code(), tonic::Code::PermissionDenied, "{err}");
+}
+
+/// The admin API at `addr` as certificate `name`.
+async fn admin_as(
+    c: &Cluster,
+    name: &str,
+    addr: &str,
+) -> NodeAdminClient<tonic::transport::Channel> {
+    let d = c.dialer_as(name);
+    let endpoint = d.endpoint(addr).unwrap().timeout(Duration::from_secs(5));
+    NodeAdminClient::new(d.connect(endpoint, Expect::AnyMember).await.unwrap())
 }
 
 /// The names of the entries of `dir`, sorted.

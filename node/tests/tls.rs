@@ -64,6 +64,19 @@ fn dialer_of(ca: &Authority, trust: &str, who: &Identity) -> Dialer {
     Dialer::Tls(TlsSource::fixed(m))
 }
 
+/// A dialer holding only the cluster's CA, as a user without a certificate.
+fn ca_only(c: &Cluster) -> Dialer {
+    Dialer::Tls(
+        TlsSource::open(TlsFiles {
+            cert: None,
+            key: None,
+            ca: c.tls_dir().join("ca.crt"),
+            expect: None,
+        })
+        .unwrap(),
+    )
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn without_a_certificate_of_this_cluster_no_port_lets_a_caller_in() {
     let c = Cluster::start(1, &[]);
@@ -72,15 +85,7 @@ async fn without_a_certificate_of_this_cluster_no_port_lets_a_caller_in() {
     assert!(status(&c.dialer(), &m.admin).await.is_ok());
 
     // No client certificate: only the CA, as a user without one would hold.
-    let ca_only = Dialer::Tls(
-        TlsSource::open(TlsFiles {
-            cert: None,
-            key: None,
-            ca: c.tls_dir().join("ca.crt"),
-            expect: None,
-        })
-        .unwrap(),
-    );
+    let ca_only = ca_only(&c);
     // TLS 1.3 judges a client's certificate after the client's side of the
     // handshake: the client sees its connection closed, the member logs why.
     for port in [&m.peer, &m.admin, &m.client] {
@@ -128,15 +133,7 @@ async fn anonymous_clients_only_behind_the_explicit_opt_out() {
     let c = Cluster::start(1, &["--insecure-anonymous-clients"]);
     c.wait_leader(ELECTION * 20).await;
     let m = &c.members[&1];
-    let ca_only = Dialer::Tls(
-        TlsSource::open(TlsFiles {
-            cert: None,
-            key: None,
-            ca: c.tls_dir().join("ca.crt"),
-            expect: None,
-        })
-        .unwrap(),
-    );
+    let ca_only = ca_only(&c);
     let ch = connect(&ca_only, &m.client, Expect::AnyMember)
         .await
         .unwrap();
