@@ -144,7 +144,7 @@ async fn rejoined<T: Target>(
 
 /// Every member's own view of members 1..=n: the same voters, one leader,
 /// one term.
-async fn views_agree<T: Target>(t: &T, n: u64) -> anyhow::Result<()> {
+pub async fn views_agree<T: Target>(t: &T, n: u64) -> anyhow::Result<()> {
     let ids: Vec<u64> = (1..=n).collect();
     let mut views = Vec::new();
     for id in &ids {
@@ -596,38 +596,82 @@ pub async fn operator_crash_between_add_and_promote<T: Target>(t: &mut T) -> any
     Ok(())
 }
 
+/// How [`write_while`] writes: for at most `within`, `pause` between keys
+/// (keeps a long run's keys few enough to read back from every member), an
+/// attempt given up after `request` (a member cut off never answers, and the
+/// writer should move on to the next).
+#[derive(Clone, Copy, Debug)]
+pub struct Pace {
+    pub within: Duration,
+    pub pause: Duration,
+    pub request: Duration,
+}
+
 /// What a writer saw during an operation: keys acknowledged, and attempts
 /// that failed and were retried (a member restarting under it).
 #[derive(Debug, Default)]
 pub struct Writes {
     pub acked: Vec<String>,
+    /// When each of `acked` was acknowledged.
+    pub acked_at: Vec<Instant>,
     pub retried: u64,
 }
 
-/// Writes keys `<prefix><i>` one after another until `done` is set (bounded
-/// by [`OPERATION`] and 200 000 keys), each attempt on its own, round-robin
-/// over the members; a failed attempt is retried on the next member, on a
-/// new client when the endpoints changed (a restarted member listens
-/// elsewhere). A key that fails 50 times fails the writer.
+impl Writes {
+    /// How many writes were acknowledged between `from` and `to`.
+    pub fn acked_within(&self, from: Instant, to: Instant) -> usize {
+        self.acked_at
+            .iter()
+            .filter(|at| **at >= from && **at <= to)
+            .count()
+    }
+}
+
+/// [`write_while`] for at most [`OPERATION`].
 async fn write_until<T: Target>(
     t: &T,
     prefix: &str,
     done: &std::cell::Cell<bool>,
 ) -> anyhow::Result<Writes> {
+    let pace = Pace {
+        within: OPERATION,
+        pause: Duration::ZERO,
+        request: Duration::from_secs(20),
+    };
+    write_while(t, prefix, done, pace).await
+}
+
+/// Writes keys `<prefix><i>` one after another until `done` is set (bounded
+/// by `within` and 200 000 keys), each attempt on its own, round-robin
+/// over the members; a failed attempt is retried on the next member, on a
+/// new client when the endpoints changed (a restarted member listens
+/// elsewhere). A key that fails 50 times fails the writer.
+pub async fn write_while<T: Target>(
+    t: &T,
+    prefix: &str,
+    done: &std::cell::Cell<bool>,
+    pace: Pace,
+) -> anyhow::Result<Writes> {
+    let Pace {
+        within,
+        pause,
+        request,
+    } = pace;
     let mut w = Writes::default();
     let started = Instant::now();
     let mut endpoints = t.endpoints().await?;
     let mut client = kv(t, None).await?;
     for i in 0..200_000u64 {
-        if done.get() || started.elapsed() > OPERATION {
+        if done.get() || started.elapsed() > within {
             break;
         }
         let k = format!("{prefix}{i:06}");
         let mut attempts = 0;
         loop {
-            match client
-                .put_once(k.clone().into_bytes(), k.clone().into_bytes())
+            let put = client.put_once(k.clone().into_bytes(), k.clone().into_bytes());
+            match tokio::time::timeout(request, put)
                 .await
+                .unwrap_or_else(|_| Err(tonic::Status::deadline_exceeded("no answer")))
             {
                 Ok(_) => break,
                 Err(e) => {
@@ -645,6 +689,10 @@ async fn write_until<T: Target>(
             }
         }
         w.acked.push(k);
+        w.acked_at.push(Instant::now());
+        if !pause.is_zero() {
+            tokio::time::sleep(pause).await;
+        }
     }
     Ok(w)
 }

@@ -113,6 +113,13 @@ fn manifest(name: &str, replicas: u32) -> String {
     crate::manifests::cluster(name, replicas, serde_json::json!({})).to_string()
 }
 
+/// `scripts/kind.sh up` on existing kind cluster `cluster`: its nodes' CNI
+/// configuration, pod routes and masquerade rule installed again, and every
+/// node Ready.
+pub(super) fn rerun_up(cluster: &str) -> anyhow::Result<()> {
+    output(&mut kind_sh(&repo_root(), &["up", cluster]), CLUSTER_CHANGE).map(|_| ())
+}
+
 impl KindEnv {
     /// Sets the environment up, or prints the one line saying why the suite is
     /// skipped here and returns None.
