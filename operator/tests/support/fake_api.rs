@@ -91,6 +91,16 @@ pub fn events_path() -> String {
     format!("/apis/events.k8s.io/v1/namespaces/{NS}/events")
 }
 
+/// What the API server answers a request RBAC does not grant.
+fn forbidden(call: &Call) -> (u16, Value) {
+    (
+        403,
+        json!({"kind": "Status", "apiVersion": "v1", "status": "Failure",
+               "reason": "Forbidden", "code": 403,
+               "message": format!("{} {} is not granted by the chart's RBAC", call.method, call.path)}),
+    )
+}
+
 fn not_found(name: &str) -> (u16, Value) {
     (
         404,
@@ -121,7 +131,12 @@ impl FakeApi {
                     body,
                     status: 0,
                 };
-                let (status, reply) = served.answer(&call);
+                let (status, reply) = if super::rbac::granted(&call.method, &call.path, &call.query)
+                {
+                    served.answer(&call)
+                } else {
+                    forbidden(&call)
+                };
                 call.status = status;
                 served.state.lock().unwrap().calls.push(call);
                 let resp = Response::builder()
@@ -189,7 +204,10 @@ impl FakeApi {
     }
 
     /// The requests since the last call, in order.
+    /// The calls so far; fails when any call of this test binary was one
+    /// the chart's RBAC does not grant.
     pub fn take_calls(&self) -> Vec<Call> {
+        super::rbac::assert_granted();
         std::mem::take(&mut self.state.lock().unwrap().calls)
     }
 
