@@ -8,12 +8,14 @@
 //!   call);
 //! - `lanes`, write throughput (`raftctl bench`, concurrency 1 and 32), 4 lanes
 //!   vs 1 lane;
-//! - `tls`, mutual TLS vs plaintext (`--insecure-plaintext`): write throughput
-//!   at concurrency 32 and p50 latency at concurrency 1, 4 lanes. Rounds
-//!   (`TLS_ROUNDS`) interleave a fresh TLS cluster and a fresh plaintext one,
-//!   alternating which runs first; each mode's figure is its median over the
-//!   rounds, and the mTLS/plaintext ratios are checked against their targets
-//!   (printed as MEETS or MISSES, not asserted).
+//! - `tls`, mutual TLS vs plaintext (`--insecure-plaintext`), both with the
+//!   ports' default limits, and mutual TLS with every limit raised out of the
+//!   way: write throughput at concurrency 32 and 256, p50 latency at
+//!   concurrency 1, 4 lanes. Rounds (`TLS_ROUNDS`) run a fresh cluster per
+//!   mode, rotating which runs first; each mode's figure is its median over
+//!   the rounds, and the ratios (mTLS/plaintext; limits on/limits raised at
+//!   c=256) are checked against their targets (printed as MEETS or MISSES,
+//!   not asserted).
 //!
 //! Members run with mutual TLS unless a section asks for plaintext;
 //! `raftctl bench` is given the cluster's admin certificate, or
@@ -279,31 +281,51 @@ const TLS_ROUNDS: usize = 3;
 #[derive(Default)]
 struct TlsRound {
     ops_s: Option<f64>,
+    ops_256: Option<f64>,
     p50_ms: Option<f64>,
 }
+
+/// Every port limit raised far past what the bench reaches: the "limits
+/// off" mode the defaults are compared with.
+const LIMITS_RAISED: &[&str] = &[
+    "--client-max-streams",
+    "100000",
+    "--client-max-connections",
+    "100000",
+    "--client-budget-bytes",
+    "17179869184",
+    "--peer-budget-bytes",
+    "17179869184",
+    "--idle-timeout-ms",
+    "86400000",
+    "--max-connection-age-ms",
+    "86400000",
+];
 
 async fn tls_section() {
     println!("\n== mutual TLS vs plaintext: 3 members, raftctl bench, 128-byte values ==");
     println!(
-        "{TLS_ROUNDS} rounds, each a fresh cluster per mode (alternating which goes first), \
-         4 lanes, default settings; c=1: 3000 ops, c=32: 30000 ops, after a discarded warm-up"
+        "{TLS_ROUNDS} rounds, each a fresh cluster per mode (rotating which goes first), \
+         4 lanes, default settings; c=1: 3000 ops, c=32 and c=256: 30000 ops, after a discarded warm-up"
     );
     println!(
         "{:<6} {:<10} {:>12} {:>10} {:>10} {:>10} {:>8}  note",
         "round", "mode", "concurrency", "ops/s", "p50", "p99", "errors"
     );
-    let modes: [(&str, &[&str]); 2] = [
+    let raised: Vec<&str> = [&["--lanes", "4"][..], LIMITS_RAISED].concat();
+    let modes: [(&str, &[&str]); 3] = [
         ("mTLS", &["--lanes", "4"]),
         ("plaintext", &["--lanes", "4", "--insecure-plaintext"]),
+        ("mTLS-raised", &raised),
     ];
-    let mut results: Vec<Vec<TlsRound>> = vec![Vec::new(), Vec::new()];
+    let mut results: Vec<Vec<TlsRound>> = vec![Vec::new(), Vec::new(), Vec::new()];
     let mut flagged = 0;
     for round in 0..TLS_ROUNDS {
-        let order = if round % 2 == 0 { [0, 1] } else { [1, 0] };
+        let order = [0, 1, 2].map(|m| (m + round) % 3);
         for m in order {
             let (name, flags) = modes[m];
             let c = Cluster::start(3, flags);
-            assert_eq!(c.ca.is_some(), name == "mTLS", "{name} cluster");
+            assert_eq!(c.ca.is_some(), name != "plaintext", "{name} cluster");
             c.wait_leader(ELECTION * 40).await;
             // Warm-up, not measured: opens the members' forwarding channels
             // (and their TLS sessions) and lets the log settle past the
@@ -313,7 +335,7 @@ async fn tls_section() {
                 println!("{:<6} {name:<10} warm-up failed: {warm}", round + 1);
             }
             let mut r = TlsRound::default();
-            for (ops, conc) in [(3000u64, 1u64), (30000, 32)] {
+            for (ops, conc) in [(3000u64, 1u64), (30000, 32), (30000, 256)] {
                 let before = leadership(&c).await;
                 let line = raftctl_bench(&c, ops, conc);
                 let after = leadership(&c).await;
@@ -339,10 +361,10 @@ async fn tls_section() {
                     field(&line, "p99"),
                     note.join("; ")
                 );
-                if conc == 1 {
-                    r.p50_ms = millis(&field(&line, "p50"));
-                } else {
-                    r.ops_s = field(&line, "ops/s").parse().ok();
+                match conc {
+                    1 => r.p50_ms = millis(&field(&line, "p50")),
+                    32 => r.ops_s = field(&line, "ops/s").parse().ok(),
+                    _ => r.ops_256 = field(&line, "ops/s").parse().ok(),
                 }
             }
             results[m].push(r);
@@ -354,6 +376,7 @@ async fn tls_section() {
     }
 
     let ops = |m: usize| median(results[m].iter().filter_map(|r| r.ops_s).collect());
+    let ops_256 = |m: usize| median(results[m].iter().filter_map(|r| r.ops_256).collect());
     let p50 = |m: usize| median(results[m].iter().filter_map(|r| r.p50_ms).collect());
     let show = |v: Option<f64>, unit: &str, prec: usize| {
         v.map_or("?".to_string(), |v| format!("{v:.prec$}{unit}"))
@@ -361,8 +384,9 @@ async fn tls_section() {
     println!("median over {TLS_ROUNDS} rounds:");
     for (m, (name, _)) in modes.iter().enumerate() {
         println!(
-            "  {name:<10} ops/s c=32: {:>8}   p50 c=1: {:>8}",
+            "  {name:<12} ops/s c=32: {:>8}   c=256: {:>8}   p50 c=1: {:>8}",
             show(ops(m), "", 0),
+            show(ops_256(m), "", 0),
             show(p50(m), "ms", 2)
         );
     }
@@ -380,6 +404,12 @@ async fn tls_section() {
         "mTLS/plaintext throughput c=32: {} (target >= 0.85x) {}",
         show(tput, "x", 2),
         verdict(tput, |r| r >= 0.85)
+    );
+    let limited = ratio(ops_256(0), ops_256(2));
+    println!(
+        "mTLS default limits / limits raised, throughput c=256: {} (target >= 0.95x) {}",
+        show(limited, "x", 2),
+        verdict(limited, |r| r >= 0.95)
     );
     let lat = ratio(p50(0), p50(1));
     println!(
