@@ -65,6 +65,27 @@ soak:
 	RAFTLANE_NEMESIS_SEEDS=$(SOAK_SEEDS) RAFTLANE_NEMESIS_SECS=$(SOAK_SECS) \
 		$(CARGO) test --release -p raft-node --test nemesis -- --nocapture seeded_nemesis_runs
 
+# Fuzzing of what raft-node reads from outside (node/tests/fuzz/targets.rs:
+# the raft message guard, the peer envelope, the snapshot chunk stream, a
+# backup file, a peer or admin address). `make unit` runs each target's
+# arbitrary and structure-aware inputs for RAFTLANE_FUZZ_CASES (8192) cases;
+# this runs each of them for FUZZ_SECS seconds instead (proptest, 2 at a time),
+# then, where a nightly toolchain is installed, each libFuzzer target of fuzz/
+# for FUZZ_SECS (cargo-fuzz from scripts/tools.sh; the first sanitizer build
+# of raft-node took 37 min here on 2 loaded cores). Every run prints its executions and a seed that replays it.
+FUZZ_SECS ?= 30
+FUZZ_TARGETS := raft_message peer_envelope snapshot_chunks backup_file peer_address
+fuzz:
+	RAFTLANE_FUZZ_SECS=$(FUZZ_SECS) $(CARGO) test -p raft-node --test fuzz -- --nocapture
+	@if rustup run nightly rustc --version >/dev/null 2>&1; then \
+		bin="$$(dirname "$$(bash scripts/tools.sh cargo-fuzz)")" && \
+		for t in $(FUZZ_TARGETS); do \
+			(cd fuzz && PATH="$$bin:$$PATH" cargo +nightly fuzz run $$t -- -max_total_time=$(FUZZ_SECS) -rss_limit_mb=1024) || exit 1; \
+		done; \
+	else \
+		echo "fuzz: no nightly toolchain (rustup toolchain install nightly): libFuzzer targets skipped"; \
+	fi
+
 # Regenerate the CRD manifest from the Rust types, and its copy in the Helm chart
 # (tests fail when either is stale).
 crds:

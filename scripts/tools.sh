@@ -19,7 +19,11 @@
 #       its own Cargo.lock pins, no prebuilt binary). <hash> is the sha256 of
 #       the crate, its version and `rustc -vV`: a new pin or a new compiler
 #       installs again, anything else prints one "reusing ..." line.
-#       Cold: about 7 min on 2 cores.
+#       Cold: about 8 min on 2 cores.
+#
+#   scripts/tools.sh cargo-fuzz
+#       .tools/cargo-fuzz/<hash>/bin/cargo-fuzz the same way, for `make fuzz`
+#       (which also needs a nightly toolchain for libFuzzer's instrumentation).
 #
 # Set RAFTLANE_TOOLS_DIR to install elsewhere, PYTHON to pick the interpreter.
 set -euo pipefail
@@ -38,6 +42,7 @@ KUBECTL_VERSION="v1.37.1"
 REQS="$ROOT/scripts/tools-requirements.txt"
 
 CARGO_DENY_VERSION="0.20.2"
+CARGO_FUZZ_VERSION="0.13.2"
 
 log() { echo "tools: $*" >&2; }
 
@@ -143,5 +148,6 @@ case "${1:-}" in
 	install_venv
 	;;
 cargo-deny) install_cargo_tool cargo-deny "$CARGO_DENY_VERSION" cargo-deny ;;
-*) log "usage: $0 [cargo-deny]"; exit 2 ;;
+cargo-fuzz) install_cargo_tool cargo-fuzz "$CARGO_FUZZ_VERSION" cargo-fuzz ;;
+*) log "usage: $0 [cargo-deny|cargo-fuzz]"; exit 2 ;;
 esac
