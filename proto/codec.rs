@@ -79,7 +79,7 @@ impl<U: Message + Default> Decoder for BoundedDecoder<U> {
 }
 
 /// Walks the top-level fields of `bytes` (tags and lengths only), failing
-/// past `max`; malformed bytes are left for prost to refuse.
+/// past `max` or at a group; malformed bytes are left for prost to refuse.
 pub fn count_fields(bytes: &[u8], max: usize) -> Result<usize, Status> {
     let mut buf = bytes;
     let mut n = 0;
@@ -104,6 +104,13 @@ pub fn count_fields(bytes: &[u8], max: usize) -> Result<usize, Status> {
                 Err(_) => break,
             },
             5 => 4,
+            // Groups (3, 4): no raftlane message has one, and prost would
+            // skip an unknown group and decode on past it, uncounted.
+            3 | 4 => {
+                return Err(Status::invalid_argument(
+                    "message refused: group wire type (not used by raftlane messages)",
+                ))
+            }
             _ => break,
         };
         if skip > buf.len() {
@@ -142,5 +149,15 @@ mod tests {
         ];
         assert_eq!(count_fields(&bytes, 10).unwrap(), 4);
         assert!(count_fields(&bytes, 3).is_err());
+    }
+
+    /// prost skips an unknown group and decodes what follows: a group in
+    /// front of a flood must not end the count.
+    #[test]
+    fn a_group_is_refused_not_skipped() {
+        let mut bytes = vec![0x33, 0x34]; // start and end group, field 6
+        bytes.extend(envelope_of_empties(MAX_FIELDS + 1));
+        let err = count_fields(&bytes, MAX_FIELDS).unwrap_err();
+        assert_eq!(err.code(), tonic::Code::InvalidArgument);
     }
 }

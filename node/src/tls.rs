@@ -27,9 +27,9 @@ pub fn open(cfg: &NodeConfig) -> anyhow::Result<Option<Arc<TlsSource>>> {
     Ok(Some(source))
 }
 
-/// TLS of one port: the peer port admits only members, the admin and client
-/// ports any certificate of the cluster (the client port also clients
-/// without one under `--insecure-anonymous-clients`).
+/// TLS of one port: the peer port admits only members, the admin port any
+/// certificate of the cluster, the client port any but the backup Jobs' (and
+/// clients without one under `--insecure-anonymous-clients`).
 pub fn port(
     source: &Arc<TlsSource>,
     port: &'static str,
@@ -38,7 +38,8 @@ pub fn port(
 ) -> Arc<ServerTls> {
     let (auth, admit) = match port {
         "peer" => (ClientAuth::Required, Admit::Members),
-        "client" if cfg.insecure_anonymous_clients => (ClientAuth::Optional, Admit::Cluster),
+        "client" if cfg.insecure_anonymous_clients => (ClientAuth::Optional, Admit::Clients),
+        "client" => (ClientAuth::Required, Admit::Clients),
         _ => (ClientAuth::Required, Admit::Cluster),
     };
     ServerTls::new(

@@ -161,6 +161,21 @@ async fn a_corrupt_backup_is_refused_and_only_admins_or_backup_jobs_may_take_one
         ],
     );
     assert_eq!(code, 0, "{stdout}{err}");
+    // Nor the data: the client port refuses it at the handshake.
+    let d = c.dialer_as("backup");
+    let endpoint = d
+        .endpoint(&c.members[&1].client)
+        .unwrap()
+        .timeout(Duration::from_secs(5));
+    if let Ok(ch) = d.connect(endpoint, Expect::AnyMember).await {
+        let put = raftlane_proto::kv::kv_client::KvClient::new(ch)
+            .put(raftlane_proto::kv::PutRequest {
+                key: b"k".to_vec(),
+                value: b"v".to_vec(),
+            })
+            .await;
+        assert!(put.is_err(), "the backup identity wrote a key");
+    }
     let err = admin_as(&c, "backup", &admin)
         .await
         .remove_member(raftlane_proto::admin::MemberRequest { id: 2 })

@@ -52,6 +52,19 @@ async fn status(dialer: &Dialer, addr: &str) -> Result<(), String> {
         .map_err(|s| format!("{s}"))
 }
 
+/// A Put through the client port at `addr` with `dialer`.
+async fn put(dialer: &Dialer, addr: &str) -> Result<(), String> {
+    let ch = connect(dialer, addr, Expect::AnyMember).await?;
+    KvClient::new(ch)
+        .put(PutRequest {
+            key: b"k".to_vec(),
+            value: b"v".to_vec(),
+        })
+        .await
+        .map(|_| ())
+        .map_err(|s| format!("{s}"))
+}
+
 /// Material of `who`, signed by `ca`, as an in-memory dialer.
 fn dialer_of(ca: &Authority, trust: &str, who: &Identity) -> Dialer {
     let issued = ca.issue(who, &["localhost".into()], DAY).unwrap();
@@ -88,12 +101,19 @@ async fn without_a_certificate_of_this_cluster_no_port_lets_a_caller_in() {
     let ca_only = ca_only(&c);
     // TLS 1.3 judges a client's certificate after the client's side of the
     // handshake: the client sees its connection closed, the member logs why.
-    for port in [&m.peer, &m.admin, &m.client] {
+    for port in [&m.peer, &m.admin] {
         assert!(
             status(&ca_only, port).await.is_err(),
             "{port} let a caller without a certificate in"
         );
     }
+    // The client port serves the key-value API: a Put, refused at the
+    // handshake (the same Put with a certificate succeeds).
+    assert!(
+        put(&ca_only, &m.client).await.is_err(),
+        "the client port let a caller without a certificate write"
+    );
+    put(&c.dialer(), &m.client).await.unwrap();
     // Plaintext to a TLS port gets no answer.
     assert!(status(&Dialer::Plaintext, &m.admin).await.is_err());
 
@@ -134,14 +154,7 @@ async fn anonymous_clients_only_behind_the_explicit_opt_out() {
     c.wait_leader(ELECTION * 20).await;
     let m = &c.members[&1];
     let ca_only = ca_only(&c);
-    let ch = connect(&ca_only, &m.client, Expect::AnyMember)
-        .await
-        .unwrap();
-    KvClient::new(ch)
-        .put(PutRequest {
-            key: b"k".to_vec(),
-            value: b"v".to_vec(),
-        })
+    put(&ca_only, &m.client)
         .await
         .expect("anonymous put under --insecure-anonymous-clients");
     for port in [&m.peer, &m.admin] {

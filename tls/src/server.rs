@@ -44,6 +44,9 @@ pub enum Admit {
     Cluster,
     /// Only members of this member's cluster (the peer port).
     Members,
+    /// Identities of this cluster that may use the data: all but the
+    /// backup Jobs' (the client port).
+    Clients,
 }
 
 /// TLS for one port of a member.
@@ -134,6 +137,9 @@ impl ServerTls {
             Some(id) if id.cluster != ours.cluster => Err(format!(
                 "{id} belongs to another cluster (this is {})",
                 ours.cluster
+            )),
+            Some(id) if self.admit == Admit::Clients && id.role == Role::Backup => Err(format!(
+                "{id} may take backups only; the client port is not for it"
             )),
             Some(id) if self.admit == Admit::Members && !matches!(id.role, Role::Member(_)) => Err(
                 format!("{id} is not a member; the peer port serves members only"),

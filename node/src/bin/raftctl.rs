@@ -302,6 +302,12 @@ async fn backup(cli: &Cli, out: &Path) -> anyhow::Result<Taken> {
             .truncate(true)
             .mode(0o600)
             .open(&tmp)
+            .and_then(|f| {
+                // A .partial left by an earlier run keeps its old mode.
+                use std::os::unix::fs::PermissionsExt;
+                f.set_permissions(std::fs::Permissions::from_mode(0o600))?;
+                Ok(f)
+            })
             .map_err(|e| anyhow::anyhow!("--out {}: {e}", tmp.display()))?
     });
     let (mut header, mut got, mut crc, mut sent_crc) = (None, 0u64, 0u32, None);

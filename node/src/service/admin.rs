@@ -104,17 +104,15 @@ fn stream_backup(
 ) {
     use std::io::Read;
     let rt = tokio::runtime::Handle::current();
-    let send = |part| {
-        let chunk = Ok(BackupChunk { part: Some(part) });
-        match rt.block_on(tx.send_timeout(chunk, stall)) {
-            Ok(()) => true,
-            Err(mpsc::error::SendTimeoutError::Timeout(_)) => {
-                tracing::warn!("backup abandoned: the reader took nothing for {stall:?}");
-                false
-            }
-            Err(mpsc::error::SendTimeoutError::Closed(_)) => false,
+    let send_item = |item| match rt.block_on(tx.send_timeout(item, stall)) {
+        Ok(()) => true,
+        Err(mpsc::error::SendTimeoutError::Timeout(_)) => {
+            tracing::warn!("backup abandoned: the reader took nothing for {stall:?}");
+            false
         }
+        Err(mpsc::error::SendTimeoutError::Closed(_)) => false,
     };
+    let send = |part| send_item(Ok(BackupChunk { part: Some(part) }));
     if !send(Part::Header(header)) {
         return;
     }
@@ -129,8 +127,7 @@ fn stream_backup(
                 }
             }
             Err(e) => {
-                let _ =
-                    tx.blocking_send(Err(Status::internal(format!("reading the snapshot: {e}"))));
+                send_item(Err(Status::internal(format!("reading the snapshot: {e}"))));
                 return;
             }
         }
