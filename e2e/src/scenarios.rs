@@ -122,9 +122,23 @@ async fn rejoined<T: Target>(
     let ids: Vec<u64> = (1..=n).collect();
     let started = Instant::now();
     let mut dropped = false;
+    // One client to the watcher, polled every 100 ms between the slower
+    // checks below (kubectl reads take seconds): the operator may remove and
+    // re-add the member within one of those.
+    let mut watching = admin_of(t, watcher).await.ok();
     loop {
-        if let Ok(st) = node_status(t, watcher).await {
-            dropped |= !st.voters.contains(&victim);
+        for _ in 0..20 {
+            if dropped {
+                break;
+            }
+            match watching.as_mut() {
+                Some(a) => match a.status(StatusRequest {}).await {
+                    Ok(st) => dropped |= !st.into_inner().voters.contains(&victim),
+                    Err(_) => watching = admin_of(t, watcher).await.ok(),
+                },
+                None => watching = admin_of(t, watcher).await.ok(),
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
         }
         let now = t.incarnation(victim).await?;
         let s = t.status().await?.unwrap_or_default();
