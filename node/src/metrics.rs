@@ -314,20 +314,7 @@ impl axum::serve::Listener for Gated {
     type Addr = std::net::SocketAddr;
 
     async fn accept(&mut self) -> (Self::Io, Self::Addr) {
-        loop {
-            match self.listener.accept().await {
-                Ok((tcp, from)) => {
-                    if let Some(held) = self.gate.admit(tcp) {
-                        return (held, from);
-                    }
-                }
-                Err(e) => {
-                    // Out of descriptors and the like: back off, keep serving.
-                    tracing::warn!(error = %e, "metrics port: accept failed");
-                    tokio::time::sleep(std::time::Duration::from_millis(50)).await;
-                }
-            }
-        }
+        self.gate.accept(&self.listener).await
     }
 
     fn local_addr(&self) -> std::io::Result<Self::Addr> {

@@ -256,7 +256,7 @@ pub async fn run(cfg: NodeConfig) -> anyhow::Result<()> {
     );
     let port_tls = |port: Port| {
         tls.as_ref()
-            .map(|src| crate::tls::port(src, port.name(), &cfg, &metrics))
+            .map(|src| crate::tls::port(src, port, &cfg, &metrics))
     };
     let serve = |port: Port, l: TcpListener| {
         (

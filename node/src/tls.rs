@@ -9,7 +9,8 @@ use raftlane_tls::server::Admit;
 use raftlane_tls::{ClientAuth, Identity, ServerTls, TlsFiles, TlsSource};
 
 use crate::config::NodeConfig;
-use crate::metrics::{Metrics, Port};
+use crate::metrics::{Metrics, Port as PortLabel};
+use crate::ports::Port;
 use crate::transport::PeerTable;
 
 /// The TLS material of `cfg`, or none with `--insecure-plaintext`. Fails when
@@ -30,23 +31,19 @@ pub fn open(cfg: &NodeConfig) -> anyhow::Result<Option<Arc<TlsSource>>> {
 /// TLS of one port: the peer port admits only members, the admin port any
 /// certificate of the cluster, the client port any but the backup Jobs' (and
 /// clients without one under `--insecure-anonymous-clients`).
-pub fn port(
-    source: &Arc<TlsSource>,
-    port: &'static str,
-    cfg: &NodeConfig,
-    m: &Metrics,
-) -> Arc<ServerTls> {
+pub fn port(source: &Arc<TlsSource>, port: Port, cfg: &NodeConfig, m: &Metrics) -> Arc<ServerTls> {
     let (auth, admit) = match port {
-        "peer" => (ClientAuth::Required, Admit::Members),
-        "client" if cfg.insecure_anonymous_clients => (ClientAuth::Optional, Admit::Clients),
-        "client" => (ClientAuth::Required, Admit::Clients),
-        _ => (ClientAuth::Required, Admit::Cluster),
+        Port::Peer => (ClientAuth::Required, Admit::Members),
+        Port::Client if cfg.insecure_anonymous_clients => (ClientAuth::Optional, Admit::Clients),
+        Port::Client => (ClientAuth::Required, Admit::Clients),
+        Port::Admin | Port::Metrics => (ClientAuth::Required, Admit::Cluster),
     };
+    let port = port.name();
     ServerTls::new(
         source.clone(),
         auth,
         admit,
-        m.tls_refused.get_or_create(&Port { port }).clone(),
+        m.tls_refused.get_or_create(&PortLabel { port }).clone(),
     )
 }
 

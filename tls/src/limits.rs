@@ -22,6 +22,7 @@ use std::time::{Duration, Instant};
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::gauge::Gauge;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tokio::time::Sleep;
 
@@ -131,6 +132,30 @@ impl Gate {
             _permit: permit,
             idle: Box::pin(tokio::time::sleep(self.limits.idle_timeout)),
         })
+    }
+
+    /// The next connection of `listener` this port lets in, with Nagle's
+    /// algorithm off (small frames such as a heartbeat must not wait for a
+    /// delayed ACK, ~40 ms). Accept errors (out of descriptors and the like)
+    /// back off and keep serving.
+    pub async fn accept(self: &Arc<Self>, listener: &TcpListener) -> (Held<TcpStream>, SocketAddr) {
+        loop {
+            let (tcp, from) = match listener.accept().await {
+                Ok(a) => a,
+                Err(e) => {
+                    tracing::warn!(port = self.port, error = %e, "accept failed");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    continue;
+                }
+            };
+            if let Err(e) = tcp.set_nodelay(true) {
+                tracing::debug!(%from, error = %e, "connection closed before set-up");
+                continue;
+            }
+            if let Some(held) = self.admit(tcp) {
+                return (held, from);
+            }
+        }
     }
 
     /// A slot for one TLS handshake, or none (the caller drops the connection).

@@ -263,25 +263,9 @@ pub fn incoming(
     let (tx, rx) = mpsc::channel::<io::Result<Conn>>(ACCEPT_QUEUE);
     tokio::spawn(async move {
         loop {
-            let accepted = tokio::select! {
+            let (tcp, from) = tokio::select! {
                 _ = tx.closed() => return,
-                a = listener.accept() => a,
-            };
-            let (tcp, from) = match accepted {
-                Ok(a) => a,
-                Err(e) => {
-                    // Out of descriptors and the like: back off, keep serving.
-                    tracing::warn!(error = %e, "accept failed");
-                    tokio::time::sleep(Duration::from_millis(50)).await;
-                    continue;
-                }
-            };
-            if let Err(e) = tcp.set_nodelay(true) {
-                tracing::debug!(%from, error = %e, "connection closed before set-up");
-                continue;
-            }
-            let Some(tcp) = gate.admit(tcp) else {
-                continue;
+                a = gate.accept(&listener) => a,
             };
             let Some(tls) = tls.clone() else {
                 if tx.send(Ok(Conn::Plain(tcp))).await.is_err() {
